@@ -1,0 +1,81 @@
+"""The collector's BPF programs, written with kestrel_raw.asm, one module per event type.
+
+``specs(event_types)`` lists the programs an event type needs and where each attaches;
+``build(spec, ...)`` assembles the instruction list for the running kernel, taking every layout from the
+tracepoint's format (tracefs) and from BTF (``KernelLayout``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from .. import wire
+from . import connect, exec as exec_, exit as exit_, open as open_
+from .builder import (
+    MAP_PENDING_CONNECT,
+    MAP_PENDING_OPEN,
+    MAP_RINGS,
+    MAP_SCRATCH,
+    MAP_STATS,
+    PENDING_VALUE_SIZE,
+    SCRATCH_SIZE,
+    STAT_NAMES,
+    STATS_ENTRIES,
+    STATS_PER_KIND,
+    ProgramBuilder,
+)
+from .layout import KernelLayout
+
+
+@dataclass(frozen=True)
+class ProgramSpec:
+    name: str  # program name in the kernel (<= 15 chars)
+    kind: int  # wire.KIND_*: the event type it serves
+    group: str  # tracepoint group
+    tracepoint: str
+    _build: Callable  # (builder, fmt, layout) -> instructions
+
+
+def _spec(name, kind, group, tp, fn):
+    return ProgramSpec(name, kind, group, tp, fn)
+
+
+SPECS = {
+    wire.KIND_EXEC: (
+        _spec("kr_exec", wire.KIND_EXEC, "sched", "sched_process_exec", exec_.build),
+    ),
+    wire.KIND_OPEN: (
+        _spec("kr_openat_in", wire.KIND_OPEN, "syscalls", "sys_enter_openat",
+              lambda b, f, l: open_.build_enter(b, f, wire.OPEN_SYSCALL_OPENAT)),
+        _spec("kr_openat_out", wire.KIND_OPEN, "syscalls", "sys_exit_openat", open_.build_exit),
+        _spec("kr_openat2_in", wire.KIND_OPEN, "syscalls", "sys_enter_openat2",
+              lambda b, f, l: open_.build_enter(b, f, wire.OPEN_SYSCALL_OPENAT2)),
+        _spec("kr_openat2_out", wire.KIND_OPEN, "syscalls", "sys_exit_openat2", open_.build_exit),
+    ),
+    wire.KIND_CONNECT: (
+        _spec("kr_connect_in", wire.KIND_CONNECT, "syscalls", "sys_enter_connect",
+              lambda b, f, l: connect.build_enter(b, f)),
+        _spec("kr_connect_out", wire.KIND_CONNECT, "syscalls", "sys_exit_connect", connect.build_exit),
+    ),
+    wire.KIND_EXIT: (
+        _spec("kr_exit", wire.KIND_EXIT, "sched", "sched_process_exit", exit_.build),
+    ),
+}
+
+
+def specs(kinds) -> list[ProgramSpec]:
+    return [spec for kind in sorted(set(int(k) for k in kinds)) for spec in SPECS[kind]]
+
+
+def build(spec: ProgramSpec, fmt, layout: KernelLayout, *, self_tgid: int, nrings: int,
+          wakeup_threshold: int) -> list:
+    """The instructions of ``spec`` for the tracepoint format ``fmt`` and the kernel ``layout``."""
+    b = ProgramBuilder(spec.name, self_tgid=self_tgid, nrings=nrings, wakeup_threshold=wakeup_threshold)
+    return spec._build(b, fmt, layout)
+
+
+__all__ = [
+    "KernelLayout", "ProgramSpec", "SPECS", "specs", "build", "MAP_RINGS", "MAP_SCRATCH", "MAP_STATS",
+    "MAP_PENDING_OPEN", "MAP_PENDING_CONNECT", "PENDING_VALUE_SIZE", "SCRATCH_SIZE", "STATS_ENTRIES",
+    "STATS_PER_KIND", "STAT_NAMES",
+]

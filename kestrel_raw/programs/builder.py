@@ -1,0 +1,331 @@
+"""The pieces every collector program is made of, as instruction sequences.
+
+Register convention for all programs (r6-r9 survive helper calls, r0-r5 do not):
+
+    r6  ctx (the tracepoint record)
+    r7  bpf_get_current_pid_tgid() (tgid << 32 | tid)
+    r8  the per-CPU scratch record being built (a map value pointer)
+    r9  free for the program (a pending-syscall entry, a length)
+
+Stack slots (r10 - N), fixed so that no two pieces overlap:
+
+    -8   u64  key of the pending-syscall maps (pid_tgid)
+    -16  u32  key of the array lookups (scratch, rings, stats)
+    -24  u64  current task_struct pointer
+    -32  u64  pointer read during a BTF hop chain
+    -40  u64  record size, spilled across helper calls (a full 8-byte spill keeps the verifier's bounds)
+    -48  u64  scratch value (exec: arg_start / connect: length)
+    -56  u64  scratch value (exec: arg_end)
+    -96..-57  the value an enter program stores in a pending-syscall map (40 bytes)
+
+Records are built in a per-CPU scratch map value and copied into the ring buffer with
+``bpf_ringbuf_output``, so a record takes only the bytes it uses (an open of "/etc/passwd" takes 107
+bytes, not the 4 KiB its path could have needed).  Tracepoint programs do not nest on one CPU
+(``trace_call_bpf`` refuses re-entry), so one scratch value per CPU is enough.
+"""
+from __future__ import annotations
+
+import itertools
+
+from .. import wire
+from ..asm import (
+    BPF_ADD,
+    BPF_B,
+    BPF_DW,
+    BPF_H,
+    BPF_JEQ,
+    BPF_JGT,
+    BPF_JNE,
+    BPF_MOD,
+    BPF_OR,
+    BPF_RSH,
+    BPF_W,
+    R0,
+    R1,
+    R2,
+    R3,
+    R4,
+    R6,
+    R7,
+    R8,
+    R9,
+    R10,
+    alu64_imm,
+    alu64_reg,
+    call,
+    exit_insn,
+    ja,
+    jmp_imm,
+    label,
+    ld_map_fd,
+    ldx_mem,
+    mov64_imm,
+    mov64_reg,
+    st_mem,
+    stx_mem,
+)
+
+# Stack slots (see the module docstring).
+SLOT_PENDING_KEY = -8
+SLOT_ARRAY_KEY = -16
+SLOT_TASK = -24
+SLOT_HOP = -32
+SLOT_SIZE = -40
+SLOT_A = -48
+SLOT_B = -56
+SLOT_PENDING_VALUE = -96
+PENDING_VALUE_SIZE = 40
+
+# Map names, shared by the programs and the loader.
+MAP_RINGS = "rings"  # BPF_MAP_TYPE_ARRAY_OF_MAPS of BPF_MAP_TYPE_RINGBUF
+MAP_SCRATCH = "scratch"  # BPF_MAP_TYPE_PERCPU_ARRAY, one value of SCRATCH_SIZE
+MAP_STATS = "stats"  # BPF_MAP_TYPE_PERCPU_ARRAY of u64 counters
+MAP_PENDING_OPEN = "pending_open"  # BPF_MAP_TYPE_HASH pid_tgid -> enter arguments
+MAP_PENDING_CONNECT = "pending_connect"
+
+# The scratch value must hold the largest record plus what a bounded-but-unproven length could reach:
+# the exec arguments go at EXEC_DATA + filename_len, both bounded by 4096 for the verifier.
+SCRATCH_SIZE = wire.EXEC_DATA + wire.MAX_FILENAME + wire.MAX_ARGS + 64
+
+# Kernel-side loss counters: stats[kind * STATS_PER_KIND + counter], per CPU.
+STAT_RINGBUF_FULL = 0  # bpf_ringbuf_output failed: the reader is behind, the record is lost
+STAT_PENDING_FULL = 1  # the pending-syscall map was full at syscall entry: the exit is not reported
+STAT_MISSED_ENTER = 2  # a syscall exit with no recorded entry (it began before we attached)
+STAT_READ_FAULT = 3  # user memory could not be read; the event is reported with FLAG_FAULT
+STATS_PER_KIND = 4
+STATS_ENTRIES = (max(wire.KINDS) + 1) * STATS_PER_KIND
+STAT_NAMES = ("ringbuf_full", "pending_full", "missed_enter", "read_fault")
+
+# bpf_ringbuf_output flags and bpf_ringbuf_query flags (enum in include/uapi/linux/bpf.h).
+BPF_RB_NO_WAKEUP = 1
+BPF_RB_FORCE_WAKEUP = 2
+BPF_RB_AVAIL_DATA = 0
+BPF_ANY = 0
+
+_label_ids = itertools.count()
+
+
+class ProgramBuilder:
+    """Accumulates one program's instructions.  Every piece that jumps gets labels of its own."""
+
+    def __init__(self, name: str, self_tgid: int, nrings: int, wakeup_threshold: int) -> None:
+        self.name = name
+        self.self_tgid = self_tgid
+        self.nrings = nrings
+        self.wakeup_threshold = wakeup_threshold
+        self.insns: list = []
+
+    def label(self, what: str) -> str:
+        return f"{self.name}_{what}_{next(_label_ids)}"
+
+    def emit(self, *insns) -> None:
+        self.insns.extend(insns)
+
+    # -- prologue / epilogue ------------------------------------------------------------------------
+
+    def prologue(self) -> None:
+        """r6 = ctx; r7 = pid_tgid; leave at once for the collector's own process."""
+        self.emit(
+            mov64_reg(R6, R1),
+            call("get_current_pid_tgid"),
+            mov64_reg(R7, R0),
+            mov64_reg(R1, R0),
+            alu64_imm(BPF_RSH, R1, 32),
+            jmp_imm(BPF_JEQ, R1, self.self_tgid, "out"),
+        )
+
+    def epilogue(self) -> list:
+        self.emit(label("out"), mov64_imm(R0, 0), exit_insn())
+        return self.insns
+
+    # -- maps ----------------------------------------------------------------------------------------
+
+    def array_lookup(self, map_name: str, index: int | None = None, missing: str = "out") -> None:
+        """r0 = &map[index] (index in r1 when None); jump to ``missing`` on NULL."""
+        if index is None:
+            self.emit(stx_mem(BPF_W, R10, R1, SLOT_ARRAY_KEY))
+        else:
+            self.emit(st_mem(BPF_W, R10, SLOT_ARRAY_KEY, index))
+        self.emit(
+            ld_map_fd(R1, map_name),
+            mov64_reg(R2, R10),
+            alu64_imm(BPF_ADD, R2, SLOT_ARRAY_KEY),
+            call("map_lookup_elem"),
+            jmp_imm(BPF_JEQ, R0, 0, missing),
+        )
+
+    def scratch(self) -> None:
+        """r8 = this CPU's scratch record."""
+        self.array_lookup(MAP_SCRATCH, 0)
+        self.emit(mov64_reg(R8, R0))
+
+    def count(self, kind: int, counter: int) -> None:
+        """stats[kind][counter] += 1 on this CPU (per-CPU value: no atomic needed)."""
+        done = self.label("counted")
+        self.array_lookup(MAP_STATS, kind * STATS_PER_KIND + counter, missing=done)
+        self.emit(
+            ldx_mem(BPF_DW, R1, R0, 0),
+            alu64_imm(BPF_ADD, R1, 1),
+            stx_mem(BPF_DW, R0, R1, 0),
+            label(done),
+        )
+
+    def pending_key(self) -> None:
+        self.emit(stx_mem(BPF_DW, R10, R7, SLOT_PENDING_KEY))
+
+    def pending_lookup(self, map_name: str, kind: int) -> None:
+        """r9 = pending[pid_tgid]; a miss is counted and ends the program."""
+        miss = self.label("miss")
+        found = self.label("found")
+        self.pending_key()
+        self.emit(
+            ld_map_fd(R1, map_name),
+            mov64_reg(R2, R10),
+            alu64_imm(BPF_ADD, R2, SLOT_PENDING_KEY),
+            call("map_lookup_elem"),
+            jmp_imm(BPF_JNE, R0, 0, found),
+            label(miss),
+        )
+        self.count(kind, STAT_MISSED_ENTER)
+        self.emit(ja("out"), label(found), mov64_reg(R9, R0))
+
+    def pending_store(self, map_name: str, kind: int) -> None:
+        """pending[pid_tgid] = the 40 bytes at SLOT_PENDING_VALUE; a full map is counted."""
+        stored = self.label("stored")
+        self.pending_key()
+        self.emit(
+            ld_map_fd(R1, map_name),
+            mov64_reg(R2, R10),
+            alu64_imm(BPF_ADD, R2, SLOT_PENDING_KEY),
+            mov64_reg(R3, R10),
+            alu64_imm(BPF_ADD, R3, SLOT_PENDING_VALUE),
+            mov64_imm(R4, BPF_ANY),
+            call("map_update_elem"),
+            jmp_imm(BPF_JEQ, R0, 0, stored),
+        )
+        self.count(kind, STAT_PENDING_FULL)
+        self.emit(label(stored))
+
+    def pending_delete(self, map_name: str) -> None:
+        self.emit(
+            ld_map_fd(R1, map_name),
+            mov64_reg(R2, R10),
+            alu64_imm(BPF_ADD, R2, SLOT_PENDING_KEY),
+            call("map_delete_elem"),
+        )
+
+    # -- reading -------------------------------------------------------------------------------------
+
+    def load_ctx(self, dst: int, field) -> None:
+        """dst = the tracepoint field (a tracefs format field), read at its own size."""
+        size = {1: BPF_B, 2: BPF_H, 4: BPF_W, 8: BPF_DW}[field.size]
+        self.emit(ldx_mem(size, dst, R6, field.offset))
+
+    def read_kernel_chain(self, hops, dst_reg: int, dst_off: int, base_slot: int = SLOT_TASK) -> None:
+        """*(dst_reg + dst_off) = value at the end of ``hops``, starting from the pointer in base_slot.
+
+        Every hop but the last reads a pointer into SLOT_HOP; bpf_probe_read_kernel zeroes its
+        destination on a fault, so a broken chain yields 0, not garbage.
+        """
+        src_slot = base_slot
+        for i, (offset, size) in enumerate(hops):
+            last = i == len(hops) - 1
+            if last:
+                self.emit(mov64_reg(R1, dst_reg), alu64_imm(BPF_ADD, R1, dst_off))
+            else:
+                self.emit(mov64_reg(R1, R10), alu64_imm(BPF_ADD, R1, SLOT_HOP))
+            self.emit(
+                mov64_imm(R2, size if last else 8),
+                ldx_mem(BPF_DW, R3, R10, src_slot),
+                alu64_imm(BPF_ADD, R3, offset),
+                call("probe_read_kernel"),
+            )
+            src_slot = SLOT_HOP
+
+    def header(self, kind: int, layout) -> None:
+        """Fill the common 64-byte header of the record at r8 (see kestrel_raw/wire.py)."""
+        self.emit(
+            st_mem(BPF_W, R8, wire.HDR_KIND, kind),  # kind, and flags = 0
+            call("get_smp_processor_id"),
+            stx_mem(BPF_W, R8, R0, wire.HDR_CPU),
+            call("ktime_get_ns"),
+            stx_mem(BPF_DW, R8, R0, wire.HDR_TS),
+            stx_mem(BPF_W, R8, R7, wire.HDR_TID),  # low half of pid_tgid
+            mov64_reg(R1, R7),
+            alu64_imm(BPF_RSH, R1, 32),
+            stx_mem(BPF_W, R8, R1, wire.HDR_PID),
+            call("get_current_uid_gid"),  # gid << 32 | uid
+            stx_mem(BPF_W, R8, R0, wire.HDR_UID),
+            alu64_imm(BPF_RSH, R0, 32),
+            stx_mem(BPF_W, R8, R0, wire.HDR_GID),
+            st_mem(BPF_W, R8, wire.HDR_RESERVED, 0),
+            mov64_reg(R1, R8),
+            alu64_imm(BPF_ADD, R1, wire.HDR_COMM),
+            mov64_imm(R2, wire.COMM_LEN),
+            call("get_current_comm"),
+            call("get_current_task"),
+            stx_mem(BPF_DW, R10, R0, SLOT_TASK),
+        )
+        self.read_kernel_chain(layout.ppid, R8, wire.HDR_PPID)
+        self.read_kernel_chain(layout.start_time, R8, wire.HDR_START)
+
+    def set_flag(self, flag: int) -> None:
+        """flags |= flag on the record at r8 (clobbers r1)."""
+        self.emit(
+            ldx_mem(BPF_H, R1, R8, wire.HDR_FLAGS),
+            alu64_imm(BPF_OR, R1, flag),
+            stx_mem(BPF_H, R8, R1, wire.HDR_FLAGS),
+        )
+
+    # -- output --------------------------------------------------------------------------------------
+
+    def submit(self, kind: int) -> None:
+        """Copy SLOT_SIZE bytes of the record at r8 into ring[tgid % nrings].
+
+        Wakeups: with a threshold, the record is written with BPF_RB_NO_WAKEUP unless the ring then holds
+        at least ``wakeup_threshold`` bytes, so the reader is woken once per batch, not once per record
+        (the per-record wakeup is an irq_work charged to the traced syscall).  The reader also drains on a
+        deadline, so a lone record is never stranded.  A threshold of 0 keeps the kernel's own policy.
+        """
+        sent = self.label("sent")
+        self.emit(
+            mov64_reg(R1, R7),
+            alu64_imm(BPF_RSH, R1, 32),
+            alu64_imm(BPF_MOD, R1, self.nrings),
+        )
+        self.array_lookup(MAP_RINGS)
+        self.emit(mov64_reg(R9, R0))  # the ring (r9 is no longer needed by any program at this point)
+        if self.wakeup_threshold > 0:
+            wake = self.label("wake")
+            self.emit(
+                mov64_reg(R1, R9),
+                mov64_imm(R2, BPF_RB_AVAIL_DATA),
+                call("ringbuf_query"),
+                ldx_mem(BPF_DW, R3, R10, SLOT_SIZE),
+                alu64_reg(BPF_ADD, R0, R3),
+                mov64_imm(R4, BPF_RB_FORCE_WAKEUP),
+                jmp_imm(BPF_JGT, R0, self.wakeup_threshold - 1, wake),
+                mov64_imm(R4, BPF_RB_NO_WAKEUP),
+                label(wake),
+            )
+        else:
+            self.emit(mov64_imm(R4, 0))
+        self.emit(
+            mov64_reg(R1, R9),
+            mov64_reg(R2, R8),
+            ldx_mem(BPF_DW, R3, R10, SLOT_SIZE),
+            jmp_imm(BPF_JGT, R3, SCRATCH_SIZE, "out"),
+            call("ringbuf_output"),
+            jmp_imm(BPF_JEQ, R0, 0, sent),
+        )
+        self.count(kind, STAT_RINGBUF_FULL)
+        self.emit(label(sent))
+
+    def size_from(self, reg: int, base: int) -> None:
+        """SLOT_SIZE = base + reg (reg is clobbered)."""
+        self.emit(alu64_imm(BPF_ADD, reg, base), stx_mem(BPF_DW, R10, reg, SLOT_SIZE))
+
+    def size_const(self, size: int) -> None:
+        self.emit(mov64_imm(R1, size), stx_mem(BPF_DW, R10, R1, SLOT_SIZE))
+
+

@@ -1,0 +1,93 @@
+"""exec: each successful execve/execveat, with the file name and the argv the new program sees.
+
+At sched:sched_process_exec the new image is in place: comm is the new one, and ``current->mm`` is the new
+mm, whose argument area [arg_start, arg_end) holds argv as NUL-separated strings, already written by the
+kernel (so the pages are present).  The file name is the tracepoint's ``__data_loc char[] filename``:
+a u32 holding (length << 16 | offset from the start of the record).
+"""
+from __future__ import annotations
+
+from .. import wire
+from ..asm import BPF_ADD, BPF_AND, BPF_DW, BPF_JEQ, BPF_JGT, BPF_JSGT, BPF_SUB, BPF_W, R0, R1, R2, R3, R6, R8
+from ..asm import R9, R10, alu64_imm, alu64_reg, call, ja, jmp_imm, label, ldx_mem, mov64_imm, mov64_reg
+from ..asm import stx_mem
+from .builder import SLOT_A, SLOT_B, SLOT_SIZE, STAT_READ_FAULT, ProgramBuilder
+
+KIND = wire.KIND_EXEC
+
+
+def build(b: ProgramBuilder, fmt, layout) -> list:
+    b.prologue()
+    b.scratch()
+    b.header(KIND, layout)
+
+    # File name: copy it out of the tracepoint record (ctx + offset), at most MAX_FILENAME bytes.
+    name_ok = b.label("name_ok")
+    b.load_ctx(R3, fmt.field("filename"))
+    b.emit(
+        alu64_imm(BPF_AND, R3, 0xFFFF),
+        alu64_reg(BPF_ADD, R3, R6),
+        mov64_reg(R1, R8),
+        alu64_imm(BPF_ADD, R1, wire.EXEC_DATA),
+        mov64_imm(R2, wire.MAX_FILENAME),
+        call("probe_read_kernel_str"),
+        # r0 = length with the NUL, or < 0.  filename_len = r0 - 1, bounded for the verifier.
+        mov64_reg(R9, R0),
+        jmp_imm(BPF_JSGT, R9, 0, name_ok),
+        mov64_imm(R9, 1),
+        label(name_ok),
+        alu64_imm(BPF_ADD, R9, -1),
+        jmp_imm(BPF_JGT, R9, wire.MAX_FILENAME - 1, "out"),
+        stx_mem(BPF_W, R8, R9, wire.EXEC_FILENAME_LEN),
+    )
+
+    # Argument area of the new mm.
+    b.read_kernel_chain(layout.arg_start, R10, SLOT_A)
+    b.read_kernel_chain(layout.arg_end, R10, SLOT_B)
+    clamp = b.label("clamp")
+    have_total = b.label("have_total")
+    read = b.label("read")
+    truncate = b.label("truncate")
+    b.emit(
+        ldx_mem(BPF_DW, R2, R10, SLOT_B),
+        ldx_mem(BPF_DW, R1, R10, SLOT_A),
+        alu64_reg(BPF_SUB, R2, R1),
+        # A hostile or half-built mm could give arg_end < arg_start: that is 0 bytes, not 2**64.
+        jmp_imm(BPF_JGT, R2, 0x7FFFFFFF, clamp),
+        ja(have_total),
+        label(clamp),
+        mov64_imm(R2, 0),
+        label(have_total),
+        stx_mem(BPF_W, R8, R2, wire.EXEC_ARGS_TOTAL),
+        jmp_imm(BPF_JGT, R2, wire.MAX_ARGS, truncate),
+        ja(read),
+    )
+    b.emit(label(truncate))
+    b.set_flag(wire.FLAG_TRUNCATED)
+    b.emit(
+        mov64_imm(R2, wire.MAX_ARGS),
+        label(read),
+        stx_mem(BPF_DW, R10, R2, SLOT_SIZE),  # args length, until the read succeeds
+        mov64_reg(R1, R8),
+        alu64_imm(BPF_ADD, R1, wire.EXEC_DATA),
+        alu64_reg(BPF_ADD, R1, R9),
+        ldx_mem(BPF_DW, R3, R10, SLOT_A),
+        call("probe_read_user"),
+    )
+    args_ok = b.label("args_ok")
+    args_done = b.label("args_done")
+    b.emit(jmp_imm(BPF_JEQ, R0, 0, args_ok))
+    b.set_flag(wire.FLAG_FAULT)
+    b.count(KIND, STAT_READ_FAULT)
+    b.emit(
+        mov64_imm(R1, 0),
+        ja(args_done),
+        label(args_ok),
+        ldx_mem(BPF_DW, R1, R10, SLOT_SIZE),
+        label(args_done),
+        stx_mem(BPF_W, R8, R1, wire.EXEC_ARGS_LEN),
+        alu64_reg(BPF_ADD, R1, R9),
+    )
+    b.size_from(R1, wire.EXEC_DATA)
+    b.submit(KIND)
+    return b.epilogue()
