@@ -1,0 +1,112 @@
+"""The one module that calls into libc: bpf(2), perf_event_open(2) and ioctl(2) through ctypes.
+
+Neither bpf(2) nor perf_event_open(2) has a libc wrapper, so both go through ``syscall(2)`` with the
+number for this machine's architecture.  A failing call raises the ``BPFError`` subclass that
+``errors.bpf_error`` picks for the errno, named after the operation.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+
+from .errors import SetupError, bpf_error
+
+# Syscall numbers per architecture: arch/x86/entry/syscalls/syscall_64.tbl and, for arm64, the generic
+# table include/uapi/asm-generic/unistd.h.
+SYSCALL_NUMBERS = {
+    "x86_64": {"__NR_bpf": 321, "__NR_perf_event_open": 298},
+    "aarch64": {"__NR_bpf": 280, "__NR_perf_event_open": 241},
+}
+_ARCH_ALIASES = {"amd64": "x86_64", "arm64": "aarch64"}
+
+
+def syscall_numbers(machine: str | None = None) -> dict[str, int]:
+    """The bpf/perf_event_open syscall numbers for ``machine`` (default: this one, from uname)."""
+    machine = machine or platform.machine()
+    arch = _ARCH_ALIASES.get(machine, machine)
+    try:
+        return SYSCALL_NUMBERS[arch]
+    except KeyError:
+        known = ", ".join(sorted(SYSCALL_NUMBERS))
+        raise SetupError(
+            f"unsupported architecture {machine!r}: kestrel-raw knows the bpf(2) and perf_event_open(2) "
+            f"syscall numbers only for {known}; add this architecture's numbers to "
+            f"kestrel_raw/syscall.py SYSCALL_NUMBERS") from None
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+_ioctl = _libc.ioctl
+_ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong]
+_ioctl.restype = ctypes.c_int
+
+_numbers: dict[str, int] | None = None
+
+
+def _nr(name: str) -> int:
+    # Resolved on first use so that importing the package (for the pure modules) works on any arch.
+    global _numbers
+    if _numbers is None:
+        _numbers = syscall_numbers()
+    return _numbers[name]
+
+
+def bpf(cmd: int, attr: ctypes.Structure | ctypes.Array, size: int | None = None, op: str | None = None,
+        hint: str = "") -> int:
+    """Issue bpf(cmd, &attr, size) and return its non-negative result.
+
+    ``size`` is how many bytes of ``attr`` the kernel should read (default: all of it); commands pass the
+    end of the last field they use so that an older kernel's shorter ``union bpf_attr`` still fits.
+    ``op`` names the operation in the error (default: the command's name).
+    """
+    if size is None:
+        size = ctypes.sizeof(attr)
+    ret = _syscall(ctypes.c_long(_nr("__NR_bpf")), ctypes.c_long(cmd), ctypes.byref(attr),
+                   ctypes.c_uint(size))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise bpf_error(op or _cmd_name(cmd), err, hint)
+    return ret
+
+
+def bpf_errno(cmd: int, attr: ctypes.Structure | ctypes.Array, size: int | None = None) -> tuple[int, int]:
+    """bpf(2) returning ``(result, errno)`` instead of raising, for callers that branch on the errno
+    (end of an id walk, EAGAIN retries, a verifier log that did not fit)."""
+    if size is None:
+        size = ctypes.sizeof(attr)
+    ret = _syscall(ctypes.c_long(_nr("__NR_bpf")), ctypes.c_long(cmd), ctypes.byref(attr),
+                   ctypes.c_uint(size))
+    return (ret, ctypes.get_errno()) if ret < 0 else (ret, 0)
+
+
+def perf_event_open(attr: ctypes.Structure, pid: int, cpu: int, group_fd: int, flags: int) -> int:
+    """perf_event_open(2); returns the new event's fd."""
+    ret = _syscall(ctypes.c_long(_nr("__NR_perf_event_open")), ctypes.byref(attr), ctypes.c_int(pid),
+                   ctypes.c_int(cpu), ctypes.c_int(group_fd), ctypes.c_ulong(flags))
+    if ret < 0:
+        raise bpf_error("perf_event_open", ctypes.get_errno())
+    return ret
+
+
+def ioctl(fd: int, request: int, arg: int = 0, op: str = "ioctl") -> int:
+    """ioctl(fd, request, arg) with an integer argument."""
+    ret = _ioctl(fd, request, arg)
+    if ret < 0:
+        raise bpf_error(op, ctypes.get_errno())
+    return ret
+
+
+def address_of(buf: ctypes.Array | ctypes.Structure) -> int:
+    """The address of a ctypes buffer, for the ``__aligned_u64`` pointer fields of ``union bpf_attr``."""
+    return ctypes.addressof(buf)
+
+
+def close(fd: int) -> None:
+    os.close(fd)
+
+
+def _cmd_name(cmd: int) -> str:
+    from .uapi import BPF_CMD_NAMES
+    return BPF_CMD_NAMES.get(cmd, f"bpf(cmd={cmd})")
