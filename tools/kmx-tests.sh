@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# kmx-tests.sh KERNEL [PYTEST ARGS...] — run this project's tests inside a QEMU guest booted with another
+# kernel (Debian 12 rootfs, as root, tracefs/bpffs mounted, no network), with KESTREL_REQUIRE_KERNEL=1.
+#
+#   tools/kmx-tests.sh 6.1                       # kernel-marked tests only (the default: -q -m kernel)
+#   tools/kmx-tests.sh 6.12 -q tests/test_ring.py
+#   KMX_ARCH=arm64 tools/kmx-tests.sh 6.1        # arm64 under TCG (see tools/kmx-matrix.sh)
+#   tools/kmx-tests.sh 6.1 -q                    # the whole suite (slow: software emulation)
+#
+# KERNEL is anything tools/kmx-matrix.sh accepts (6.1, 6.12, a linux-image package, a .deb).  Exits with
+# pytest's status inside the guest (5 = no tests collected, a failure; 124 = timeout; 125 = VM failure).
+#
+# The guest has no network, so dependencies come two ways:
+#   - Debian packages baked into the cached rootfs (KMX_DEBS below; bookworm ships
+#     trio 0.22.0, construct 2.10.68, pyroute2 0.7.2, hypothesis 6.67.1, pytest 7.2.1, Python 3.11.2);
+#   - pure-Python wheels of what Debian lacks (KMX_WHEELS below: pytest-trio), downloaded on the host
+#     with pip (cached in $KMX_CACHE/wheels, so a later run works offline) and unpacked into the copy.
+# The checkout is copied to a private staging directory (tracked + untracked-not-ignored files, as
+# kmx-matrix.sh would copy it), the wheels are added there, and the copy is what the guest sees: the
+# checkout itself is never written, so no .gitignore entry is involved and parallel runs do not collide.
+#
+# Environment: every KMX_* setting of tools/kmx-matrix.sh, plus
+#   KMX_MATRIX   the matrix script (default: tools/kmx-matrix.sh next to this one)
+#   KMX_TIMEOUT  seconds for the VM run (default here: 2700)
+#   KMX_WHEELS   pip requirement specs to vendor (default: "pytest-trio==0.8.0", the last release,
+#                which needs trio>=0.22 and pytest>=7.2: exactly what bookworm has)
+#   KMX_DEBS     Debian packages the tests need in the guest, added to KMX_EXTRA_PKGS
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+usage() { awk 'NR>1 && !/^#/{exit} NR>1{sub(/^# ?/,""); print}' "$0" >&2; exit 2; }
+[ $# -ge 1 ] || usage
+case $1 in -h|--help) usage ;; esac
+kernel=$1; shift
+[ $# -ge 1 ] || set -- -q -m kernel
+
+root=$(git -C "$here" rev-parse --show-toplevel 2>/dev/null || (cd "$here/.." && pwd))
+matrix=${KMX_MATRIX:-$here/kmx-matrix.sh}
+export KMX_CACHE=${KMX_CACHE:-${TMPDIR:-/tmp}/kernel-matrix-cache}
+export KMX_TIMEOUT=${KMX_TIMEOUT:-2700}
+KMX_WHEELS=${KMX_WHEELS-pytest-trio==0.8.0}
+KMX_DEBS=${KMX_DEBS-python3-construct python3-trio python3-pyroute2 python3-hypothesis}
+export KMX_EXTRA_PKGS="${KMX_EXTRA_PKGS:+$KMX_EXTRA_PKGS }$KMX_DEBS"
+vendor=kmx-vendor
+
+log() { echo "[kmx-tests] $*" >&2; }
+die() { echo "[kmx-tests] error: $*" >&2; exit 125; }
+[ -x "$matrix" ] || die "matrix script $matrix not found or not executable (set KMX_MATRIX)"
+t0=$(date +%s)
+
+# -------------------------------------------------------------- wheels ---
+wheels="$KMX_CACHE/wheels"
+mkdir -p "$wheels"
+want=()
+for spec in $KMX_WHEELS; do
+  # pytest-trio==0.8.0 -> pytest_trio-0.8.0-*.whl (wheel file names normalise - to _)
+  name=${spec%%[=<>!~ ]*}; ver=${spec#"$name"}; ver=${ver#==}
+  glob="$(echo "$name" | tr '[:upper:]-.' '[:lower:]__')-${ver:-*}-*.whl"
+  if ! compgen -G "$wheels/$glob" >/dev/null; then
+    log "downloading wheel $spec into $wheels"
+    python3 -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: -d "$wheels" "$spec" >&2 \
+      || die "pip download $spec failed (the host needs PyPI once; the wheel is then cached in $wheels)"
+  fi
+  found=$(compgen -G "$wheels/$glob" | sort -V | tail -1) || die "no wheel matching $glob in $wheels"
+  case $found in *-none-any.whl) ;; *) die "$found is not a pure-Python wheel; it cannot serve every guest arch" ;; esac
+  want+=("$found")
+done
+
+# --------------------------------------------------------------- stage ---
+stage=$(mktemp -d "${TMPDIR:-/tmp}/kmx-tests.XXXXXX")
+trap 'rm -rf "$stage"' EXIT
+mkdir -p "$stage/project/$vendor"
+if git -C "$root" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+  # what kmx-matrix.sh copies from a checkout: tracked (as in the work tree) + untracked-not-ignored;
+  # a tracked file deleted in the work tree is listed but absent, hence --ignore-failed-read
+  (cd "$root" && git ls-files -coz --exclude-standard \
+     | tar --null -T - --ignore-failed-read -cf - 2>/dev/null) | tar -xf - -C "$stage/project"
+else
+  tar -C "$root" --exclude=.git --exclude=.venv --exclude=__pycache__ -cf - . | tar -xf - -C "$stage/project"
+fi
+[ -f "$stage/project/tools/kmx-guest.sh" ] || die "tools/kmx-guest.sh missing from the copy of $root"
+if [ ${#want[@]} -gt 0 ]; then
+  python3 -c 'import sys, zipfile
+for w in sys.argv[2:]:
+    zipfile.ZipFile(w).extractall(sys.argv[1])' "$stage/project/$vendor" "${want[@]}"
+  log "vendored: $(for w in "${want[@]}"; do basename "$w"; done | tr '\n' ' ')"
+fi
+
+# ----------------------------------------------------------------- run ---
+log "kernel $kernel (${KMX_ARCH:-amd64}): pytest $*"
+set +e
+KMX_PROJECT="$stage/project" "$matrix" "$kernel" -- bash tools/kmx-guest.sh "$vendor" "$@"
+rc=$?
+set -e
+log "kernel $kernel (${KMX_ARCH:-amd64}): rc=$rc in $(( $(date +%s) - t0 ))s"
+exit "$rc"
