@@ -284,8 +284,8 @@ def _check_ld(insn: Instruction, bad) -> None:
         raise bad(f"ld_imm64 src {insn.src} is not supported (0, BPF_PSEUDO_MAP_FD 1, BPF_PSEUDO_MAP_VALUE 2)")
     if insn.src == op.BPF_PSEUDO_MAP_FD and insn.imm >> 32 != 0:
         raise bad("ld_imm64 with BPF_PSEUDO_MAP_FD holds a map fd: the high 32 bits must be 0")
-    if insn.src != 0 and insn.imm < 0:
-        raise bad(f"a map fd ld_imm64 needs a non-negative fd and offset, imm is {insn.imm}")
+    if insn.src != 0 and to_signed(insn.imm, 32) < 0:
+        raise bad(f"the map fd (low 32 bits of imm) must not be negative, is {to_signed(insn.imm, 32)}")
 
 
 def _check_mem(insn: Instruction, bad) -> None:
