@@ -1,0 +1,118 @@
+"""Attaching programs: classic tracepoints through perf_event_open, raw tracepoints through bpf(2)."""
+from __future__ import annotations
+
+import errno
+import os
+
+from . import bpf, perf
+from .errors import BPFError, SetupError
+from .fd import FD
+from .uapi import BPF_PERF_EVENT
+
+# LINK_CREATE on a perf event exists since 5.15; older kernels (or a kernel that refuses it for this
+# program type) answer with one of these, and the ioctls do the same job without a link fd.
+ENOTSUPP = 524  # kernel-internal errno (include/linux/errno.h) that bpf(2) can return; Python has no name for it
+_LINK_CREATE_REFUSED = (errno.EINVAL, ENOTSUPP, errno.EOPNOTSUPP, errno.ENOSYS)
+
+
+class Link:
+    """An attachment.  Owns the fds that keep it alive (the bpf link and/or the perf event); closing them
+    detaches the program.  ``kind`` says how it was made: ``"perf_link"``, ``"perf_ioctl"``, ``"raw_tp"``."""
+
+    def __init__(self, kind: str, link_fd: FD | None = None, perf_fd: FD | None = None, target: str = "") -> None:
+        self.kind = kind
+        self.target = target
+        self._link = link_fd
+        self._perf = perf_fd
+
+    @property
+    def fd(self) -> int:
+        """The bpf link fd, or the perf event fd when attached through the ioctls (-1 once closed)."""
+        holder = self._link if self._link is not None else self._perf
+        return holder.fd if holder is not None else -1
+
+    @property
+    def perf_fd(self) -> int:
+        return self._perf.fd if self._perf is not None else -1
+
+    @property
+    def closed(self) -> bool:
+        return all(h is None or h.closed for h in (self._link, self._perf))
+
+    def fileno(self) -> int:
+        if self.fd < 0:
+            raise ValueError("I/O on a closed link")
+        return self.fd
+
+    def info(self) -> bpf.LinkInfo | None:
+        """The kernel's link info (id, type, prog_id); None for an ioctl attachment, which has no link."""
+        return bpf.link_info(self._link.fileno()) if self._link is not None else None
+
+    def close(self) -> None:
+        # The link first: it holds the program on the event; then the event itself.
+        for holder in (self._link, self._perf):
+            if holder is not None:
+                holder.close()
+
+    def __enter__(self) -> "Link":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Link({self.kind}, {self.target!r}, fd={self.fd})"
+
+
+def _tracepoint_id(group: str, name: str, tracefs: str | None) -> int:
+    try:
+        from . import tracefs as _tracefs
+    except ImportError:  # the tracefs module is written separately; read the id file directly until it is there
+        return _read_tracepoint_id(group, name, tracefs or "/sys/kernel/tracing")
+    if tracefs is None:
+        return _tracefs.tracepoint_id(group, name)
+    return _tracefs.tracepoint_id(group, name, tracefs=tracefs)
+
+
+def _read_tracepoint_id(group: str, name: str, root: str) -> int:
+    path = os.path.join(root, "events", group, name, "id")
+    try:
+        with open(path) as f:
+            return int(f.read())
+    except FileNotFoundError:
+        raise SetupError(f"no tracepoint {group}:{name}: {path} does not exist (is tracefs mounted at {root}, "
+                         f"and does this kernel have the event?)") from None
+
+
+def attach_tracepoint(program, group: str, name: str, tracefs: str | None = None, cpu: int = 0) -> Link:
+    """Attach ``program`` (BPF_PROG_TYPE_TRACEPOINT) to tracepoint ``group:name``.
+
+    Opens a perf event on the tracepoint, then links the program to it with BPF_LINK_CREATE; a kernel that
+    refuses the link (before 5.15) gets PERF_EVENT_IOC_SET_BPF instead.  Either way the event is enabled and
+    the returned ``Link`` owns both fds.
+    """
+    tp_id = _tracepoint_id(group, name, tracefs)
+    event = perf.tracepoint_event(tp_id, cpu=cpu)
+    try:
+        try:
+            link = bpf.link_create(program.fileno(), event.fileno(), BPF_PERF_EVENT)
+        except BPFError as e:
+            if e.errno not in _LINK_CREATE_REFUSED:
+                raise
+            perf.ioc_set_bpf(event.fileno(), program.fileno())
+            perf.ioc_enable(event.fileno())
+            return Link("perf_ioctl", perf_fd=event, target=f"{group}:{name}")
+        try:
+            perf.ioc_enable(event.fileno())
+        except BaseException:
+            link.close()
+            raise
+        return Link("perf_link", link_fd=link, perf_fd=event, target=f"{group}:{name}")
+    except BaseException:
+        event.close()
+        raise
+
+
+def attach_raw_tracepoint(program, name: str) -> Link:
+    """Attach ``program`` (BPF_PROG_TYPE_RAW_TRACEPOINT) to raw tracepoint ``name`` (``sys_enter``...)."""
+    return Link("raw_tp", link_fd=bpf.raw_tracepoint_open(name, program.fileno()), target=name)
