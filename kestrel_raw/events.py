@@ -1,0 +1,162 @@
+"""Kestrel Events: records normalized into typed, schema-keyed values.  Pure: no kernel, no I/O.
+
+``normalize(record, wall_offset_ns)`` turns a parsed record (kestrel_raw.records) into a ``KestrelEvent``
+whose ``fields`` maps kestrel-schema field ids (kestrel_raw.schema) to typed values.  Strings that are not
+valid UTF-8 survive losslessly: they are ``str`` decoded with ``errors="surrogateescape"``, so
+``s.encode("utf-8", "surrogateescape")`` gives back the exact bytes.
+
+``entity_key`` identifies a process incarnation: see ``entity_key()``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from .errors import RecordError
+from .records import (
+    KIND_CONNECT, KIND_EXEC, KIND_EXIT, KIND_OPEN, SYSCALL_OPENAT, SYSCALL_OPENAT2, Record,
+)
+from .schema import FIELDS_BY_ID, FIELDS_BY_NAME, EventType, FieldId
+from .sockaddr import decode_sockaddr
+
+SOURCE_EBPF = "ebpf"
+
+# Plain ints: an IntEnum key would work in a dict, but costs an attribute lookup per use on the hot path.
+_PID = int(FieldId.PID)
+_TID = int(FieldId.TID)
+_PPID = int(FieldId.PPID)
+_UID = int(FieldId.UID)
+_GID = int(FieldId.GID)
+_COMM = int(FieldId.COMM)
+_START = int(FieldId.PROCESS_START_NS)
+_CPU = int(FieldId.CPU)
+_FILENAME = int(FieldId.FILENAME)
+_ARGV = int(FieldId.ARGV)
+_TRUNCATED = int(FieldId.TRUNCATED)
+_PATH = int(FieldId.PATH)
+_FLAGS = int(FieldId.FLAGS)
+_MODE = int(FieldId.MODE)
+_RET = int(FieldId.RET)
+_DFD = int(FieldId.DFD)
+_SYSCALL = int(FieldId.SYSCALL)
+_FAULT = int(FieldId.FAULT)
+_FAMILY = int(FieldId.FAMILY)
+_DADDR = int(FieldId.DADDR)
+_DPORT = int(FieldId.DPORT)
+_FD = int(FieldId.FD)
+_EXIT_CODE = int(FieldId.EXIT_CODE)
+_SIGNAL = int(FieldId.SIGNAL)
+
+_SYSCALL_NAMES = {SYSCALL_OPENAT: "openat", SYSCALL_OPENAT2: "openat2"}
+_MISSING = object()
+
+
+@dataclass(frozen=True, slots=True)
+class KestrelEvent:
+    event_type_id: int
+    ts_mono: int                 # ns, CLOCK_MONOTONIC (the kernel's bpf_ktime_get_ns)
+    ts_wall: int                 # ns since the epoch: ts_mono + the collector's wall offset
+    entity_key: int              # u64 naming the process incarnation (pid, start time)
+    fields: Mapping[int, Any]    # kestrel-schema field id -> typed value
+    source: str = SOURCE_EBPF
+
+    @property
+    def event_type(self) -> EventType:
+        return EventType(self.event_type_id)
+
+    def __getitem__(self, name: str) -> Any:
+        """The value of the field called ``name`` (``event["pid"]``); KeyError if absent."""
+        value = self.get(name, _MISSING)
+        if value is _MISSING:
+            raise KeyError(f"{EventType(self.event_type_id).label} event has no field {name!r}")
+        return value
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """The value of the field called ``name``, or ``default`` when the event does not carry it."""
+        f = FIELDS_BY_NAME.get(name)
+        if f is None:
+            raise KeyError(f"no kestrel-schema field {name!r}")
+        return self.fields.get(f.id, default)
+
+    def named_fields(self) -> dict[str, Any]:
+        """The fields keyed by name, in field id order."""
+        return {FIELDS_BY_ID[k].name: v for k, v in sorted(self.fields.items())}
+
+
+_M64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15   # 2**64 / phi, odd: multiplying by it permutes the u64s
+
+
+def entity_key(pid: int, start_ns: int) -> int:
+    """The u64 key of the process incarnation (``pid``, ``start_ns``).
+
+    ``start_ns`` is the group leader's start time, so every thread and every event of one process share the
+    key, and a reused pid (new start time) gets another.  The key is the SplitMix64 finalizer (Steele, Lea,
+    Flood 2014: a bijection of the u64s with full avalanche) applied to ``start_ns XOR (pid * golden)``:
+    for a fixed pid distinct start times give distinct keys, and for a fixed start time distinct pids do.
+    Pure integer arithmetic: stable across runs, machines and Python versions (no ``hash()`` seed).
+    """
+    x = (start_ns ^ (pid * _GOLDEN)) & _M64
+    x ^= x >> 30
+    x = (x * 0xBF58476D1CE4E5B9) & _M64
+    x ^= x >> 27
+    x = (x * 0x94D049BB133111EB) & _M64
+    return x ^ (x >> 31)
+
+
+def split_args(area: bytes) -> tuple[str, ...]:
+    """argv from the kernel's argument area ``"a\\0b\\0c\\0"``; the last NUL is missing when cut short."""
+    if not area:
+        return ()
+    parts = area.split(b"\0")
+    if not parts[-1]:
+        parts.pop()
+    return tuple(p.decode("utf-8", "surrogateescape") for p in parts)
+
+
+def _common(r: Record) -> dict:
+    return {
+        _PID: r.pid, _TID: r.tid, _PPID: r.ppid, _UID: r.uid, _GID: r.gid,
+        _COMM: r.comm.decode("utf-8", "surrogateescape"), _START: r.start_ns, _CPU: r.cpu,
+    }
+
+
+def normalize(record: Record, wall_offset_ns: int) -> KestrelEvent:
+    """The KestrelEvent of ``record``; ``ts_wall = ts_ns + wall_offset_ns``.  Pure."""
+    kind = record.kind
+    f = _common(record)
+    if kind == KIND_OPEN:
+        f[_PATH] = record.path.decode("utf-8", "surrogateescape")
+        f[_FLAGS] = record.flags
+        f[_MODE] = record.mode
+        f[_RET] = record.ret
+        f[_DFD] = record.dfd
+        f[_SYSCALL] = _SYSCALL_NAMES.get(record.syscall) or f"syscall_{record.syscall}"
+        hflags = record.header_flags
+        f[_TRUNCATED] = bool(hflags & 1)
+        f[_FAULT] = bool(hflags & 2)
+    elif kind == KIND_EXEC:
+        f[_FILENAME] = record.filename.decode("utf-8", "surrogateescape")
+        f[_ARGV] = split_args(record.args)
+        f[_TRUNCATED] = record.truncated
+    elif kind == KIND_CONNECT:
+        sa = decode_sockaddr(record.addr, record.addrlen)
+        f[_FAMILY] = sa.family
+        f[_DADDR] = sa.address
+        f[_DPORT] = sa.port
+        f[_RET] = record.ret
+        f[_FD] = record.fd
+        f[_FAULT] = record.fault
+    elif kind == KIND_EXIT:
+        code = record.exit_code
+        f[_EXIT_CODE] = (code >> 8) & 0xFF
+        f[_SIGNAL] = code & 0x7F
+    else:
+        raise RecordError(f"cannot normalize {type(record).__name__}: not a kestrel record")
+    ts = record.ts_ns
+    return KestrelEvent(kind, ts, ts + wall_offset_ns, entity_key(record.pid, record.start_ns),
+                        MappingProxyType(f))
+
+
+__all__ = ["KestrelEvent", "SOURCE_EBPF", "entity_key", "normalize", "split_args"]
