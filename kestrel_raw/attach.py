@@ -84,17 +84,20 @@ def _read_tracepoint_id(group: str, name: str, root: str) -> int:
                          f"and does this kernel have the event?)") from None
 
 
-def attach_tracepoint(program, group: str, name: str, tracefs: str | None = None, cpu: int = 0) -> Link:
+def attach_tracepoint(program, group: str, name: str, tracefs: str | None = None, cpu: int = 0,
+                      force_ioctl: bool = False) -> Link:
     """Attach ``program`` (BPF_PROG_TYPE_TRACEPOINT) to tracepoint ``group:name``.
 
     Opens a perf event on the tracepoint, then links the program to it with BPF_LINK_CREATE; a kernel that
     refuses the link (before 5.15) gets PERF_EVENT_IOC_SET_BPF instead.  Either way the event is enabled and
-    the returned ``Link`` owns both fds.
+    the returned ``Link`` owns both fds.  ``force_ioctl`` skips the link (as on a pre-5.15 kernel).
     """
     tp_id = _tracepoint_id(group, name, tracefs)
     event = perf.tracepoint_event(tp_id, cpu=cpu)
     try:
         try:
+            if force_ioctl:
+                raise BPFError("BPF_LINK_CREATE", errno.EINVAL, "not tried: force_ioctl")
             link = bpf.link_create(program.fileno(), event.fileno(), BPF_PERF_EVENT)
         except BPFError as e:
             if e.errno not in _LINK_CREATE_REFUSED:
