@@ -1,0 +1,104 @@
+"""Collector configuration: one frozen value, validated when built (``ConfigError`` names setting and fix)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from .errors import ConfigError
+from .schema import EventType
+
+QUEUE_POLICIES = ("block", "drop")
+ALL_EVENT_TYPES: tuple[EventType, ...] = (EventType.EXEC, EventType.OPEN, EventType.CONNECT, EventType.EXIT)
+_VALID_NAMES = ", ".join(t.label for t in EventType)
+
+
+def _event_type(value: object) -> EventType:
+    if isinstance(value, EventType):
+        return value
+    if isinstance(value, str):
+        try:
+            return EventType[value.strip().upper()]
+        except KeyError:
+            pass
+    elif isinstance(value, int) and not isinstance(value, bool) and value in EventType._value2member_map_:
+        return EventType(value)
+    raise ConfigError(f"event_types: unknown event type {value!r}; valid: {_VALID_NAMES}")
+
+
+def parse_event_types(text: str) -> tuple[EventType, ...]:
+    """``"exec,open"`` -> ``(EventType.EXEC, EventType.OPEN)`` (for the CLI); ``"all"`` means every type."""
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise ConfigError(f"event types: none given in {text!r}; valid: {_VALID_NAMES} (or all)")
+    if [n.lower() for n in names] == ["all"]:
+        return ALL_EVENT_TYPES
+    return _dedupe(_event_type(n) for n in names)
+
+
+def _dedupe(types: Iterable[EventType]) -> tuple[EventType, ...]:
+    return tuple(dict.fromkeys(types))
+
+
+def _positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if value <= 0:
+        raise ConfigError(f"{name} must be at least 1, got {value}")
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    """What the collector loads and how it moves events.
+
+    program_path: a file to load the programs from instead of the built-in ones (must exist); None: built-in.
+    buffers: number of ring buffers (the CPUs are spread over them).
+    buffer_size: bytes of each ring buffer: a power of two and a multiple of the page size (the kernel's
+        BPF_MAP_TYPE_RINGBUF rule).
+    event_types: which events to collect: EventType values or their names ("exec"...); stored as a tuple.
+    queue_size: events buffered between the ring-buffer pollers and each consumer.
+    queue_policy: "block" (a full queue stops the pollers, the ring buffers fill and the kernel side
+        counts drops) or "drop" (a full queue drops the event in Python and counts it).
+    btf_path: kernel BTF, for struct offsets.
+    flush_interval: seconds a JSON line may stay buffered while events flow.
+    """
+
+    program_path: str | None = None
+    buffers: int = 4
+    buffer_size: int = 256 * 1024
+    event_types: tuple[EventType, ...] = field(default=ALL_EVENT_TYPES)
+    queue_size: int = 8192
+    queue_policy: str = "block"
+    btf_path: str = "/sys/kernel/btf/vmlinux"
+    flush_interval: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.program_path is not None:
+            path = os.fspath(self.program_path)
+            if not os.path.exists(path):
+                raise ConfigError(f"program_path {path!r} does not exist; give an existing file or leave it "
+                                  "unset to use the built-in programs")
+            object.__setattr__(self, "program_path", path)
+        _positive_int("buffers", self.buffers)
+        _positive_int("buffer_size", self.buffer_size)
+        page = os.sysconf("SC_PAGE_SIZE")
+        if self.buffer_size & (self.buffer_size - 1):
+            raise ConfigError(f"buffer_size {self.buffer_size} is not a power of two; the kernel requires one "
+                              f"for ring buffers (e.g. {1 << self.buffer_size.bit_length()})")
+        if self.buffer_size % page:
+            raise ConfigError(f"buffer_size {self.buffer_size} is not a multiple of the page size ({page} "
+                              f"bytes); use at least {page}")
+        types = self.event_types
+        if isinstance(types, (str, EventType)):
+            types = [types]
+        types = _dedupe(_event_type(t) for t in types)
+        if not types:
+            raise ConfigError(f"event_types is empty; give at least one of: {_VALID_NAMES}")
+        object.__setattr__(self, "event_types", types)
+        _positive_int("queue_size", self.queue_size)
+        if self.queue_policy not in QUEUE_POLICIES:
+            raise ConfigError(f"queue_policy {self.queue_policy!r} is unknown; valid: block, drop")
+        if not (isinstance(self.flush_interval, (int, float)) and not isinstance(self.flush_interval, bool)
+                and self.flush_interval > 0):
+            raise ConfigError(f"flush_interval must be a positive number of seconds, got {self.flush_interval!r}")
+        object.__setattr__(self, "btf_path", os.fspath(self.btf_path))
