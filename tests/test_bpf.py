@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from kestrel_raw import bpf, syscall, uapi
-from kestrel_raw.asm import (BPF_ADD, BPF_DW, BPF_JEQ, BPF_W, R0, R1, R2, R10, alu64_imm, call, exit_insn, jmp_imm,
+from kestrel_raw.asm import (assemble, atomic_op, BPF_ADD, BPF_DW, BPF_JEQ, BPF_W, R0, R1, R2, R10, alu64_imm, call, exit_insn, jmp_imm,
                              label, ld_map_fd, ldx_mem, mov64_imm, mov64_reg, st_mem)
 from kestrel_raw.errors import BPFError, ConfigError, PrivilegeError, VerifierError
 from kestrel_raw.maps import ArrayMap
@@ -166,7 +166,7 @@ def test_verifier_log_grows_past_enospc():
     for i in range(200):
         long += [mov64_imm(R0, i)]
     long += [ldx_mem(BPF_DW, R0, R2, 0), exit_insn()]
-    code = __import__("kestrel_raw.asm", fromlist=["assemble"]).assemble(long)
+    code = assemble(long)
     with pytest.raises(VerifierError) as e:
         bpf.prog_load(uapi.BPF_PROG_TYPE_TRACEPOINT, code, name="kr_grow", log_size=256)
     assert len(e.value.log) > 256
@@ -272,7 +272,7 @@ def test_enable_stats_counts_runs():
             ld_map_fd(R1, "m"), call("map_lookup_elem"),
             jmp_imm(BPF_JEQ, R0, 0, "out"),
             mov64_imm(R1, 1),
-            __import__("kestrel_raw.asm", fromlist=["atomic_op"]).atomic_op(BPF_DW, BPF_ADD, R0, R1, 0),
+            atomic_op(BPF_DW, BPF_ADD, R0, R1, 0),
             label("out"),
             mov64_imm(R0, 0), exit_insn(),
         ]
