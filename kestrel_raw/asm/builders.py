@@ -80,7 +80,7 @@ def _imm(value, what: str, *, unsigned_ok: bool) -> int:
 
 
 def _one_of(value, table: dict | frozenset, what: str, names: dict) -> int:
-    if isinstance(value, bool) or value not in table:
+    if not isinstance(value, int) or isinstance(value, bool) or value not in table:
         choices = ", ".join(names[k] for k in sorted(table))
         raise InvalidInstructionError(f"{what} {value!r} is not one of {choices}")
     return int(value)
