@@ -1,0 +1,110 @@
+"""The library API: KestrelCollector with a trio channel, on the real kernel (the seed's test names)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+
+import pytest
+import trio
+
+from kestrel_raw import bpf, wire
+from kestrel_raw.collector import KestrelCollector
+from kestrel_raw.config import CollectorConfig
+from kestrel_raw.errors import ConfigError
+from kestrel_raw.events import normalize
+from kestrel_raw.records import parse_record
+from kestrel_raw.schema import EventType
+
+
+def _our_prog_ids(collector) -> set[int]:
+    return {prog.info().id for _spec, prog in collector._programs}
+
+
+@pytest.mark.kernel
+def test_collector_create():
+    send, _recv = trio.open_memory_channel(100)
+    c = KestrelCollector(send, CollectorConfig(event_types=[EventType.OPEN, EventType.EXIT], buffers=2))
+    c.load()
+    try:
+        names = sorted(prog.info().name for _spec, prog in c._programs)
+        assert names == ["kr_exit", "kr_openat2_in", "kr_openat2_out", "kr_openat_in", "kr_openat_out"]
+        assert _our_prog_ids(c) <= set(bpf.prog_ids())
+        listing = c.program_listing()
+        assert "; kr_exit: tracepoint sched:sched_process_exit" in listing
+        assert "call bpf_ringbuf_output#130" in listing
+    finally:
+        c.stop()
+
+
+def test_config_validation(tmp_path):
+    page = os.sysconf("SC_PAGE_SIZE")
+    with pytest.raises(ConfigError, match="power of two"):
+        CollectorConfig(buffer_size=3 * page)
+    with pytest.raises(ConfigError, match="page"):
+        CollectorConfig(buffer_size=page // 2)
+    with pytest.raises(ConfigError, match="buffers"):
+        CollectorConfig(buffers=0)
+    with pytest.raises(ConfigError, match="event type"):
+        CollectorConfig(event_types=["exec", "fork"])
+    with pytest.raises(ConfigError, match="program_path"):
+        CollectorConfig(program_path=str(tmp_path / "missing"))
+    ok = CollectorConfig(buffers=1, buffer_size=page * 4, event_types=["exec"], program_path=str(tmp_path))
+    assert ok.event_types == (EventType.EXEC,) or list(ok.event_types) == [EventType.EXEC]
+
+
+def test_event_normalization():
+    import struct
+
+    comm = b"cat".ljust(16, b"\0")
+    path = b"/etc/hostname"
+    header = struct.pack("<HHIQQIIIIII16s", wire.KIND_OPEN, 0, 1, 5_000, 1_000, 42, 43, 1, 1000, 1000, 0, comm)
+    body = struct.pack("<iiQIIII", 3, -100, os.O_RDONLY, 0, len(path), wire.OPEN_SYSCALL_OPENAT, 0) + path
+    ev = normalize(parse_record(header + body), 10**18)
+    assert ev.event_type_id == 2
+    assert ev.ts_mono == 5_000
+    assert ev.ts_wall == 10**18 + 5_000
+    assert ev.source == "ebpf"
+    assert ev["pid"] == 42 and ev["tid"] == 43 and ev["ppid"] == 1
+    assert ev["uid"] == 1000 and ev["gid"] == 1000
+    assert ev["comm"] == "cat"
+    assert ev["path"] == "/etc/hostname"
+    assert ev["ret"] == 3
+
+
+async def _collect_until(recv, pred, timeout=10):
+    with trio.fail_after(timeout):
+        async for ev in recv:
+            if pred(ev):
+                return ev
+
+
+@pytest.mark.kernel
+async def test_ring_buffer_read():
+    send, recv = trio.open_memory_channel(10_000)
+    c = KestrelCollector(send, CollectorConfig(event_types=["open"], buffers=2, buffer_size=64 * 1024))
+    path = f"/tmp/kestrel-rb-{uuid.uuid4().hex}"
+    async with trio.open_nursery() as nursery:
+        await nursery.start(c.start)
+        await trio.to_thread.run_sync(lambda: subprocess.run(["/bin/cat", path], stderr=subprocess.DEVNULL))
+        ev = await _collect_until(recv, lambda e: e["path"] == path)
+        assert ev["comm"] == "cat"
+        assert ev["ppid"] == os.getpid()
+        c.stop()
+    assert c.stats().delivered["open"] >= 1
+
+
+@pytest.mark.kernel
+async def test_shutdown_clean():
+    send, _recv = trio.open_memory_channel(10_000)
+    c = KestrelCollector(send, CollectorConfig(buffers=2))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(c.start)
+        progs = _our_prog_ids(c)
+        maps = {m.map_info().id for m in c._maps.values()} | {r.map_info().id for r in c._rings}
+        assert progs and progs <= set(bpf.prog_ids())
+        c.stop()
+    assert not progs & set(bpf.prog_ids())
+    assert not maps & set(bpf.map_ids())
+    c.stop()  # idempotent
+
