@@ -1,0 +1,20 @@
+"""BTF reader: parse kernel BTF (/sys/kernel/btf/vmlinux) and answer layout questions.
+
+Pure Python, no ctypes, no trio.  ``BTF.load()`` / ``BTF.parse(data)``; ``find``, ``member``, ``path``,
+``size_of``, ``enum_value(s)``, ``type_by_id``, iteration.  ``format_raw`` prints a type as bpftool's raw
+dump does; ``format_aggregate`` prints a struct as C with offsets.
+"""
+from kestrel_raw.btf.cformat import declaration as declaration, format_aggregate as format_aggregate
+from kestrel_raw.btf.header import Header as Header, parse_header as parse_header
+from kestrel_raw.btf.raw import format_raw as format_raw
+from kestrel_raw.btf.spec import BTF as BTF, VMLINUX_BTF as VMLINUX_BTF
+from kestrel_raw.btf.types import (
+    ArrayInfo as ArrayInfo, Enumerator as Enumerator, IntEncoding as IntEncoding, Member as Member,
+    Param as Param, Type as Type, VarSecinfo as VarSecinfo,
+)
+from kestrel_raw.errors import BTFError as BTFError
+
+__all__ = [
+    "BTF", "BTFError", "VMLINUX_BTF", "ArrayInfo", "Enumerator", "Header", "IntEncoding", "Member", "Param",
+    "Type", "VarSecinfo", "declaration", "format_aggregate", "format_raw", "parse_header",
+]
