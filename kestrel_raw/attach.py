@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import errno
-import os
 
 from . import bpf, perf
-from .errors import BPFError, SetupError
+from .errors import BPFError
 from .fd import FD
+from .tracefs import tracepoint_id
 from .uapi import BPF_PERF_EVENT
 
 # LINK_CREATE on a perf event exists since 5.15; older kernels (or a kernel that refuses it for this
@@ -64,35 +64,16 @@ class Link:
         return f"Link({self.kind}, {self.target!r}, fd={self.fd})"
 
 
-def _tracepoint_id(group: str, name: str, tracefs: str | None) -> int:
-    try:
-        from . import tracefs as _tracefs
-    except ImportError:  # the tracefs module is written separately; read the id file directly until it is there
-        return _read_tracepoint_id(group, name, tracefs or "/sys/kernel/tracing")
-    if tracefs is None:
-        return _tracefs.tracepoint_id(group, name)
-    return _tracefs.tracepoint_id(group, name, tracefs=tracefs)
-
-
-def _read_tracepoint_id(group: str, name: str, root: str) -> int:
-    path = os.path.join(root, "events", group, name, "id")
-    try:
-        with open(path) as f:
-            return int(f.read())
-    except FileNotFoundError:
-        raise SetupError(f"no tracepoint {group}:{name}: {path} does not exist (is tracefs mounted at {root}, "
-                         f"and does this kernel have the event?)") from None
-
-
 def attach_tracepoint(program, group: str, name: str, tracefs: str | None = None, cpu: int = 0,
                       force_ioctl: bool = False) -> Link:
     """Attach ``program`` (BPF_PROG_TYPE_TRACEPOINT) to tracepoint ``group:name``.
 
-    Opens a perf event on the tracepoint, then links the program to it with BPF_LINK_CREATE; a kernel that
+    The tracepoint id comes from tracefs (``tracefs`` is its mount point; by default it is found, and
+    mounted when absent).  Opens a perf event on the tracepoint, then links the program to it with BPF_LINK_CREATE; a kernel that
     refuses the link (before 5.15) gets PERF_EVENT_IOC_SET_BPF instead.  Either way the event is enabled and
     the returned ``Link`` owns both fds.  ``force_ioctl`` skips the link (as on a pre-5.15 kernel).
     """
-    tp_id = _tracepoint_id(group, name, tracefs)
+    tp_id = tracepoint_id(group, name, tracefs=tracefs)
     event = perf.tracepoint_event(tp_id, cpu=cpu)
     try:
         try:
