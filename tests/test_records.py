@@ -1,0 +1,207 @@
+"""Record parsing: the documented wire format (docs/architecture.md "Records"), pinned byte for byte."""
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from kestrel_raw.errors import RecordError
+from kestrel_raw.records import (
+    FIXED_FORMATS, HEADER_FORMAT, KIND_CONNECT, KIND_EXEC, KIND_EXIT, KIND_OPEN, RECORD_STRUCTS,
+    ConnectRecord, ExecRecord, ExitRecord, OpenRecord, build_record, parse_record, parse_record_construct,
+)
+
+PARSERS = [parse_record, parse_record_construct]
+
+
+def header(kind, flags=0, cpu=3, ts=1_000_000_123, start=999_000, pid=4242, tid=4243, ppid=1, uid=1000,
+           gid=100, comm=b"cat"):
+    # Written out from the architecture table, independently of records.py.
+    return (struct.pack("<HHI", kind, flags, cpu) + struct.pack("<QQ", ts, start)
+            + struct.pack("<IIIIII", pid, tid, ppid, uid, gid, 0) + comm.ljust(16, b"\0"))
+
+
+COMMON = dict(header_flags=0, cpu=3, ts_ns=1_000_000_123, start_ns=999_000, pid=4242, tid=4243, ppid=1,
+              uid=1000, gid=100, comm=b"cat")
+
+
+def exec_bytes(filename=b"/bin/ls", args=b"ls\0-l\0/tmp\0", args_total=None, flags=0, pad=b""):
+    total = len(args) if args_total is None else args_total
+    return (header(KIND_EXEC, flags) + struct.pack("<IIII", len(filename), len(args), total, 0)
+            + filename + args + pad)
+
+
+def open_bytes(path=b"/etc/passwd", ret=3, dfd=-100, oflags=0o2000000, mode=0o644, syscall=0, flags=0, pad=b""):
+    return (header(KIND_OPEN, flags) + struct.pack("<iiQIIII", ret, dfd, oflags, mode, len(path), syscall, 0)
+            + path + pad)
+
+
+def connect_bytes(addr=b"\x02\x00\x1f\x90\x7f\x00\x00\x01" + bytes(8), addrlen=16, ret=-111, fd=5, flags=0):
+    return header(KIND_CONNECT, flags) + struct.pack("<iiII", ret, fd, addrlen, len(addr)) + addr
+
+
+def exit_bytes(code=0x0300):
+    return header(KIND_EXIT) + struct.pack("<iI", code, 0)
+
+
+def test_fixed_part_sizes_follow_the_table():
+    assert HEADER_FORMAT.size == 64
+    assert {k: f.size for k, f in FIXED_FORMATS.items()} == {KIND_EXEC: 80, KIND_OPEN: 96, KIND_CONNECT: 80,
+                                                            KIND_EXIT: 72}
+    assert FIXED_FORMATS[KIND_OPEN].format == "<HHLQQLLLLLL16sllQLLLL"
+
+
+@pytest.mark.parametrize("name, offset, size", [
+    ("kind", 0, 2), ("flags", 2, 2), ("cpu", 4, 4), ("ts_ns", 8, 8), ("start_ns", 16, 8), ("pid", 24, 4),
+    ("tid", 28, 4), ("ppid", 32, 4), ("uid", 36, 4), ("gid", 40, 4), ("reserved", 44, 4),
+])
+def test_construct_header_offsets(name, offset, size):
+    value = 0x0102030405060708 & ((1 << (8 * size)) - 1)
+    fields = {} if name == "kind" else {name: value}
+    data = build_record(KIND_EXIT, **fields) if name != "kind" else build_record(KIND_EXIT)
+    if name == "kind":
+        assert data[0:2] == b"\x04\x00"
+    else:
+        assert data[offset:offset + size] == value.to_bytes(size, "little")
+
+
+@pytest.mark.parametrize("kind, name, offset, size", [
+    (KIND_EXEC, "filename_len", 64, 4), (KIND_EXEC, "args_len", 68, 4), (KIND_EXEC, "args_total", 72, 4),
+    (KIND_OPEN, "ret", 64, 4), (KIND_OPEN, "dfd", 68, 4), (KIND_OPEN, "open_flags", 72, 8),
+    (KIND_OPEN, "mode", 80, 4), (KIND_OPEN, "path_len", 84, 4), (KIND_OPEN, "syscall", 88, 4),
+    (KIND_CONNECT, "ret", 64, 4), (KIND_CONNECT, "fd", 68, 4), (KIND_CONNECT, "addrlen", 72, 4),
+    (KIND_CONNECT, "addr_len", 76, 4), (KIND_EXIT, "exit_code", 64, 4),
+])
+def test_construct_kind_offsets(kind, name, offset, size):
+    value = 0x0A0B0C0D0E0F1011 & ((1 << (8 * size - 1)) - 1) if name not in ("filename_len", "args_len",
+                                                                            "path_len", "addr_len") else 0
+    # Length fields are checked by building zero-length variable parts and pinning the zero.
+    data = build_record(kind, **{name: value})
+    assert data[offset:offset + size] == value.to_bytes(size, "little")
+
+
+def test_build_record_matches_hand_built_bytes():
+    assert build_record(KIND_OPEN, **{**{k: v for k, v in COMMON.items() if k != "header_flags"}},
+                        ret=3, dfd=-100, open_flags=0o2000000, mode=0o644, path=b"/etc/passwd") == open_bytes()
+    assert exit_bytes().hex() == (
+        "0400" "0000" "03000000" "7bca9a3b00000000" "583e0f0000000000" "92100000" "93100000" "01000000"
+        "e8030000" "64000000" "00000000" "63617400000000000000000000000000" "00030000" "00000000")
+
+
+@pytest.mark.parametrize("parse", PARSERS)
+def test_exec_record(parse):
+    rec = parse(exec_bytes(pad=b"\0" * 5))
+    assert rec == ExecRecord(**COMMON, filename=b"/bin/ls", args=b"ls\0-l\0/tmp\0", args_total=11)
+    assert rec.kind == KIND_EXEC and rec.truncated is False and rec.fault is False
+
+
+@pytest.mark.parametrize("parse", PARSERS)
+def test_exec_truncated_by_total_or_flag(parse):
+    assert parse(exec_bytes(args=b"a\0b", args_total=9000)).truncated is True
+    assert parse(exec_bytes(flags=1)).truncated is True
+
+
+@pytest.mark.parametrize("parse", PARSERS)
+def test_open_record(parse):
+    rec = parse(open_bytes(flags=2, syscall=1))
+    assert rec == OpenRecord(**{**COMMON, "header_flags": 2}, ret=3, dfd=-100, flags=0o2000000, mode=0o644,
+                             path=b"/etc/passwd", syscall=1)
+    assert rec.fault is True and rec.truncated is False
+
+
+@pytest.mark.parametrize("parse", PARSERS)
+def test_strings_are_cut_at_nul(parse):
+    rec = parse(open_bytes(path=b"/tmp/x\0garbage"))
+    assert rec.path == b"/tmp/x"
+    assert parse(exec_bytes(filename=b"/bin/sh\0")).filename == b"/bin/sh"
+    full = header(KIND_EXIT, comm=b"0123456789abcdef") + struct.pack("<iI", 0, 0)
+    assert parse(full).comm == b"0123456789abcdef"
+
+
+@pytest.mark.parametrize("parse", PARSERS)
+def test_connect_record(parse):
+    rec = parse(connect_bytes())
+    assert rec == ConnectRecord(**COMMON, ret=-111, fd=5, addrlen=16,
+                                addr=b"\x02\x00\x1f\x90\x7f\x00\x00\x01" + bytes(8))
+
+
+@pytest.mark.parametrize("parse", PARSERS)
+def test_exit_record(parse):
+    assert parse(exit_bytes(-1)) == ExitRecord(**COMMON, exit_code=-1)
+
+
+def test_memoryview_and_bytearray_inputs():
+    data = open_bytes()
+    assert parse_record(memoryview(data)) == parse_record(bytearray(data)) == parse_record(data)
+    assert type(parse_record(memoryview(data)).path) is bytes
+
+
+@pytest.mark.parametrize("parse", PARSERS)
+@pytest.mark.parametrize("data, message", [
+    (b"", "too short to hold its kind"),
+    (b"\x02", "too short to hold its kind"),
+    (header(9), "record kind 9 is unknown"),
+    (header(0), "record kind 0 is unknown"),
+])
+def test_malformed_header(parse, data, message):
+    with pytest.raises(RecordError, match=message):
+        parse(data)
+
+
+@pytest.mark.parametrize("parse", PARSERS)
+@pytest.mark.parametrize("data", [
+    open_bytes()[:95],                 # fixed part cut
+    exit_bytes()[:71],
+    header(KIND_EXEC),                 # header alone
+    open_bytes()[:-1],                 # path one byte short
+    exec_bytes()[:-1],                 # args one byte short
+    connect_bytes()[:-1],
+])
+def test_short_records(parse, data):
+    with pytest.raises(RecordError):
+        parse(data)
+
+
+def test_short_record_messages():
+    with pytest.raises(RecordError, match=r"open record is 95 bytes, shorter than its 96-byte fixed part"):
+        parse_record(open_bytes()[:95])
+    with pytest.raises(RecordError, match=r"open record path ends at byte 107, beyond the 106-byte record"):
+        parse_record(open_bytes()[:-1])
+
+
+def _set_u32(data: bytes, offset: int, value: int) -> bytes:
+    b = bytearray(data)
+    struct.pack_into("<I", b, offset, value)
+    return bytes(b)
+
+
+@pytest.mark.parametrize("parse", PARSERS)
+def test_length_limits(parse):
+    big = b"x" * 4097
+    with pytest.raises(RecordError, match="args_len is 4097, above the limit 4096" if parse is parse_record
+                       else "exec record is malformed"):
+        parse(exec_bytes(args=big))
+    with pytest.raises(RecordError):
+        parse(exec_bytes(filename=big))
+    with pytest.raises(RecordError):
+        parse(open_bytes(path=big))
+    with pytest.raises(RecordError):
+        parse(connect_bytes(addr=bytes(129)))
+    # At the limits they parse.
+    assert parse(exec_bytes(args=b"y" * 4096)).args == b"y" * 4096
+    assert parse(open_bytes(path=b"p" * 4096)).path == b"p" * 4096
+    assert parse(connect_bytes(addr=bytes(128))).addr == bytes(128)
+
+
+@pytest.mark.parametrize("parse", PARSERS)
+def test_length_field_beyond_record(parse):
+    with pytest.raises(RecordError):
+        parse(_set_u32(open_bytes(), 84, 12))          # path_len 12, 11 bytes present
+    with pytest.raises(RecordError):
+        parse(_set_u32(exec_bytes(), 64, 4000))        # filename_len
+    with pytest.raises(RecordError):
+        parse(_set_u32(connect_bytes(), 76, 17))       # addr_len
+
+
+def test_all_kinds_have_a_struct():
+    assert sorted(RECORD_STRUCTS) == [1, 2, 3, 4]
