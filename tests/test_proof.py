@@ -128,3 +128,24 @@ def test_proof_openat_into_hash_map(tmp_path):
             _open_it(path)
         key = struct.pack("<Q", os.getpid() << 32 | threading.get_native_id())
         _check(last[key], path)
+
+
+@pytest.mark.kernel
+def test_proof_openat_into_ring_buffer(tmp_path):
+    from kestrel_raw.maps import RingBuf, RingBufReader
+
+    path = _unique_path(tmp_path)
+    with RingBuf(1 << 20, name="kr_proof_rb") as events, \
+            Program(openat_to_ringbuf_program(_filename_offset()), maps={"events": events},
+                    name="kr_proof_rb") as prog, \
+            RingBufReader(events) as reader:
+        with attach_tracepoint(prog, "syscalls", "sys_enter_openat") as link:
+            assert link.kind == "perf_link"
+            _open_it(path)
+        # Every openat on the machine while attached is in the ring; ours is among them exactly once.
+        records = reader.drain()
+        assert all(len(r) == RECORD.size for r in records)
+        ours = [r for r in records if RECORD.unpack(r)[3].split(b"\0", 1)[0] == path.encode()]
+        assert len(ours) == 1
+        _check(ours[0], path)
+        assert prog.info().map_ids == (events.map_info().id,)
