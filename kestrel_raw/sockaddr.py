@@ -71,7 +71,11 @@ def decode_sockaddr(raw: bytes, addrlen: int | None = None) -> SockAddr:
     if family == AF_INET6:
         if n < _SIN6_NEED:
             return SockAddr("AF_INET6", "", 0)
-        text = str(ipaddress.IPv6Address(bytes(raw[8:24])))
+        ip = ipaddress.IPv6Address(bytes(raw[8:24]))
+        mapped = ip.ipv4_mapped
+        # Python < 3.13 prints a v4-mapped address as "::ffff:7f00:1"; inet_ntop, ss and 3.13 say
+        # "::ffff:127.0.0.1".
+        text = f"::ffff:{mapped}" if mapped is not None else str(ip)
         if n >= _SIN6_SCOPE_END:
             scope = _SCOPE.unpack_from(raw, 24)[0]
             if scope:

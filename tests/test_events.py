@@ -1,0 +1,135 @@
+"""normalize(): exact Kestrel Events for hand-built records of each kind."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from hypothesis import given, strategies as st
+
+from kestrel_raw.events import KestrelEvent, entity_key, normalize, split_args
+from kestrel_raw.records import parse_record
+from kestrel_raw.schema import EventType, FieldId as F
+
+from test_records import connect_bytes, exec_bytes, exit_bytes, open_bytes
+
+WALL = 1_700_000_000_000_000_000
+KEY = 17461281073734017390            # entity_key(4242, 999000), pinned below
+COMMON = {F.PID: 4242, F.TID: 4243, F.PPID: 1, F.UID: 1000, F.GID: 100, F.COMM: "cat",
+          F.PROCESS_START_NS: 999_000, F.CPU: 3}
+
+
+def ev(data: bytes) -> KestrelEvent:
+    return normalize(parse_record(data), WALL)
+
+
+def fields(by_id):
+    return {int(k): v for k, v in {**COMMON, **by_id}.items()}
+
+
+def test_exec_event():
+    e = ev(exec_bytes())
+    assert (e.event_type_id, e.ts_mono, e.ts_wall, e.entity_key, e.source) == (
+        1, 1_000_000_123, WALL + 1_000_000_123, KEY, "ebpf")
+    assert dict(e.fields) == fields({F.FILENAME: "/bin/ls", F.ARGV: ("ls", "-l", "/tmp"), F.TRUNCATED: False})
+    assert e.event_type is EventType.EXEC
+
+
+def test_exec_truncated_args():
+    e = ev(exec_bytes(args=b"python3\0-c\0import o", args_total=5000))
+    assert e["argv"] == ("python3", "-c", "import o")
+    assert e["truncated"] is True
+
+
+def test_open_event():
+    e = ev(open_bytes(ret=-13, flags=1, syscall=1))
+    assert dict(e.fields) == fields({F.PATH: "/etc/passwd", F.FLAGS: 0o2000000, F.MODE: 0o644, F.RET: -13,
+                                       F.DFD: -100, F.SYSCALL: "openat2", F.TRUNCATED: True, F.FAULT: False})
+    assert ev(open_bytes(syscall=7))["syscall"] == "syscall_7"
+
+
+def test_connect_event():
+    e = ev(connect_bytes())
+    assert dict(e.fields) == fields({F.FAMILY: "AF_INET", F.DADDR: "127.0.0.1", F.DPORT: 8080, F.RET: -111,
+                                       F.FD: 5, F.FAULT: False})
+
+
+def test_connect_fault_null_address():
+    e = ev(connect_bytes(addr=b"", addrlen=16, flags=2))
+    assert (e["family"], e["daddr"], e["dport"], e["fault"]) == ("AF_UNSPEC", "", 0, True)
+
+
+@pytest.mark.parametrize("code, exit_code, signal", [
+    (0, 0, 0),
+    (3 << 8, 3, 0),          # exit(3)
+    (255 << 8, 255, 0),
+    (9, 0, 9),               # SIGKILL
+    (0x80 | 11, 0, 11),      # SIGSEGV with core dump bit
+])
+def test_exit_event(code, exit_code, signal):
+    e = ev(exit_bytes(code))
+    assert dict(e.fields) == fields({F.EXIT_CODE: exit_code, F.SIGNAL: signal})
+
+
+@pytest.mark.parametrize("area, argv", [
+    (b"", ()),
+    (b"a\0b\0c\0", ("a", "b", "c")),
+    (b"a\0b\0c", ("a", "b", "c")),        # cut short: last NUL missing
+    (b"\0", ("",)),                        # one empty argument
+    (b"a\0\0b\0", ("a", "", "b")),
+])
+def test_split_args(area, argv):
+    assert split_args(area) == argv
+
+
+def test_non_utf8_is_lossless():
+    e = ev(exec_bytes(filename=b"/tmp/\xff\xfe", args=b"\xe9t\xe9\0ok\0"))
+    assert e["filename"] == "/tmp/\udcff\udcfe"
+    assert e["filename"].encode("utf-8", "surrogateescape") == b"/tmp/\xff\xfe"
+    assert [a.encode("utf-8", "surrogateescape") for a in e["argv"]] == [b"\xe9t\xe9", b"ok"]
+    assert ev(open_bytes(path="/tmp/é".encode()))["path"] == "/tmp/é"
+
+
+def test_entity_key_pinned_and_shared_by_threads():
+    # SplitMix64's first output for seed 0 is 0xe220a8397b1dcdaf: pid 1, start 0 is exactly that state.
+    assert entity_key(1, 0) == 0xE220A8397B1DCDAF
+    assert entity_key(4242, 999_000) == KEY
+    assert entity_key(4242, 999_001) == 10945603234613396754     # same pid, reused: another key
+    assert entity_key(4243, 999_000) == 13960630668270798061
+    a = ev(open_bytes())
+    b = normalize(dataclasses.replace(parse_record(open_bytes()), tid=9999, ts_ns=5), WALL)
+    assert a.entity_key == b.entity_key == KEY
+    c = normalize(dataclasses.replace(parse_record(open_bytes()), start_ns=5_000_000), WALL)
+    assert c.entity_key != KEY
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1))
+def test_entity_key_is_u64_and_separates_incarnations(pid, s1, s2):
+    k1 = entity_key(pid, s1)
+    assert 0 <= k1 < 2**64
+    assert (k1 == entity_key(pid, s2)) == (s1 == s2)
+
+
+def test_accessors():
+    e = ev(open_bytes())
+    assert e["path"] == "/etc/passwd" and e.get("pid") == 4242
+    assert e.get("argv") is None and e.get("argv", ()) == ()
+    with pytest.raises(KeyError, match="open event has no field 'argv'"):
+        e["argv"]
+    with pytest.raises(KeyError, match="no kestrel-schema field 'nope'"):
+        e.get("nope")
+    assert list(e.named_fields())[:3] == ["pid", "tid", "ppid"]
+
+
+def test_event_is_immutable():
+    e = ev(exit_bytes())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        e.ts_mono = 1
+    with pytest.raises(TypeError):
+        e.fields[1] = 5
+    assert not hasattr(e, "__dict__")
+
+
+def test_normalize_is_pure():
+    rec = parse_record(exec_bytes())
+    assert normalize(rec, WALL) == normalize(rec, WALL)
+    assert normalize(rec, 0).ts_wall == rec.ts_ns
