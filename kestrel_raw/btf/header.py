@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from kestrel_raw.btf.kinds import BTF_HEADER_SIZE, BTF_MAGIC, BTF_MAX_STR_OFFSET, BTF_VERSION
+from kestrel_raw.btf.kinds import BTF_HEADER_SIZE, BTF_MAGIC, BTF_VERSION
 from kestrel_raw.errors import BTFError
 
 _NOT_BTF = "the data is not raw BTF (expected a blob such as /sys/kernel/btf/vmlinux)"
@@ -83,9 +83,6 @@ def parse_header(data: bytes) -> Header:
     if str_len == 0:
         raise BTFError(f"Invalid BTF string section: it is empty (it must hold at least the empty "
                        f"string); {_CORRUPT}")
-    if str_len - 1 > BTF_MAX_STR_OFFSET:
-        raise BTFError(f"Invalid BTF string section: {str_len} bytes, more than offsets can address "
-                       f"({BTF_MAX_STR_OFFSET + 1}); {_CORRUPT}")
     strs = hdr.str_start
     if data[strs] != 0:
         raise BTFError(f"Invalid BTF string section: it does not start with the empty string "

@@ -12,8 +12,6 @@ BTF_VERSION = 1
 BTF_HEADER_SIZE = 24
 # struct btf_type is name_off, info, then size or type (one u32 shared by both).
 BTF_TYPE_SIZE = 12
-# libbpf refuses a string section longer than this (BTF_MAX_STR_OFFSET, include/linux/btf.h).
-BTF_MAX_STR_OFFSET = 0x7FFFFFFF
 
 BTF_KIND_UNKN = 0
 BTF_KIND_INT = 1

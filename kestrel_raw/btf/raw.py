@@ -47,8 +47,12 @@ def format_raw(btf: "BTF", t: Type) -> str:
     elif kind in (BTF_KIND_STRUCT, BTF_KIND_UNION):
         out.append(f" size={t.size} vlen={t.vlen}")
         for m in t.members:
-            out.append(f"\n\t'{_name(m.name)}' type_id={m.type} bits_offset={m.bit_offset}")
-            # bpftool shows the bitfield size only as the kind_flag encoding stores it.
+            bits = m.bit_offset
+            if m.bit_size and not t.kind_flag:
+                # Member.bit_offset includes the INT's own bit offset; the record (and bpftool) does not.
+                bits -= btf.type_by_id(m.type).int_encoding.offset
+            out.append(f"\n\t'{_name(m.name)}' type_id={m.type} bits_offset={bits}")
+            # bpftool shows a bitfield size only where the kind_flag encoding stores it.
             if t.kind_flag and m.bit_size:
                 out.append(f" bitfield_size={m.bit_size}")
     elif kind in (BTF_KIND_ENUM, BTF_KIND_ENUM64):

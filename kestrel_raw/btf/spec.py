@@ -40,7 +40,7 @@ def _s32(v: int) -> int:
 
 
 def _close(word: str, candidates) -> str:
-    matches = difflib.get_close_matches(word, list(candidates), n=5, cutoff=0.7)
+    matches = difflib.get_close_matches(word, list(candidates), n=5, cutoff=0.6)
     return f"; close matches: {', '.join(matches)}" if matches else ""
 
 
@@ -375,7 +375,8 @@ class BTF:
         t = self._type_arg(what)
         r = self.resolve(t.id)
         if r.kind not in _AGGREGATES:
-            raise BTFError(f"BTF type {t} is a {r.kind_name.lower()}, not a struct or union: it has no members")
+            raise BTFError(f"BTF type {t} is not a struct or union (it resolves to a {r.kind_name.lower()}): "
+                           "it has no members")
         return r
 
     def members(self, what: str | int | Type) -> tuple[Member, ...]:
@@ -456,7 +457,7 @@ class BTF:
                     raise BTFError(f"{walked} points to {target.name!r}, which this BTF only declares "
                                    "(no members known)")
             if target.kind not in _AGGREGATES:
-                raise BTFError(f"{walked} is a {self.type_name(m.type)}: only a struct, a union or a pointer "
+                raise BTFError(f"{walked} has type {self.type_name(m.type)}: only a struct, a union or a pointer "
                                f"to one can be gone through to reach {parts[k + 1]!r}")
             current = target
         return hops
