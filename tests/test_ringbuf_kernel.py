@@ -1,0 +1,265 @@
+"""RingBuf and RingBufReader against the kernel's own producer.
+
+A program assembled here runs at ``syscalls:sys_enter_getppid`` for this process only and writes the
+record the test asked for in the ``ctl`` array map: ``ringbuf_output`` of a payload (any length, so
+records wrap around the end of a one-page ring), a ``ringbuf_reserve`` + ``ringbuf_discard``, or a
+``ringbuf_reserve`` + ``ringbuf_submit`` of 16 bytes written by the program itself.  The test triggers it
+with ``os.getppid()`` and reads exactly those records back, blocking and with trio.
+"""
+from __future__ import annotations
+
+import os
+import struct
+import time
+
+import pytest
+import trio
+
+from kestrel_raw.asm import (
+    BPF_ADD,
+    BPF_DW,
+    BPF_JEQ,
+    BPF_JGT,
+    BPF_JNE,
+    BPF_RSH,
+    BPF_W,
+    R0,
+    R1,
+    R2,
+    R3,
+    R4,
+    R6,
+    R7,
+    R8,
+    R10,
+    alu64_imm,
+    call,
+    exit_insn,
+    ja,
+    jmp_imm,
+    label,
+    ld_map_fd,
+    ldx_mem,
+    mov64_imm,
+    mov64_reg,
+    st_mem,
+    stx_mem,
+)
+from kestrel_raw.attach import attach_tracepoint
+from kestrel_raw.maps.array import ArrayMap
+from kestrel_raw.maps.ring import roundup_len
+from kestrel_raw.maps.ringbuf import PAGE_SIZE, RingBuf, RingBufReader
+from kestrel_raw.program import Program
+
+pytestmark = pytest.mark.kernel
+
+SIZE = PAGE_SIZE  # one page: records wrap after a few kilobytes
+MAX_PAYLOAD = SIZE - 8
+OP_OUTPUT, OP_DISCARD, OP_RESERVE = 0, 1, 2
+DISCARD_LEN = 24
+RESERVE_LEN = 16
+MARKER = 0x5A5A5A5A
+
+
+def producer(pid: int) -> list:
+    return [
+        call("get_current_pid_tgid"),
+        alu64_imm(BPF_RSH, R0, 32),
+        jmp_imm(BPF_JNE, R0, pid, "out"),                 # only this process's getppid()
+        st_mem(BPF_W, R10, -4, 0),                        # key = 0
+        ld_map_fd(R1, "ctl"),
+        mov64_reg(R2, R10),
+        alu64_imm(BPF_ADD, R2, -4),
+        call("map_lookup_elem"),
+        jmp_imm(BPF_JEQ, R0, 0, "out"),
+        mov64_reg(R7, R0),                                # r7 = ctl value: u32 len, u32 op, payload
+        ldx_mem(BPF_W, R8, R7, 4),
+        jmp_imm(BPF_JEQ, R8, OP_DISCARD, "discard"),
+        jmp_imm(BPF_JEQ, R8, OP_RESERVE, "reserve"),
+        ldx_mem(BPF_W, R3, R7, 0),                        # OP_OUTPUT: ringbuf_output(rb, payload, len, 0)
+        jmp_imm(BPF_JGT, R3, MAX_PAYLOAD, "out"),
+        ld_map_fd(R1, "rb"),
+        mov64_reg(R2, R7),
+        alu64_imm(BPF_ADD, R2, 8),
+        mov64_imm(R4, 0),
+        call("ringbuf_output"),
+        ja("out"),
+        label("discard"),                                 # reserve 24 bytes, then drop them
+        ld_map_fd(R1, "rb"),
+        mov64_imm(R2, DISCARD_LEN),
+        mov64_imm(R3, 0),
+        call("ringbuf_reserve"),
+        jmp_imm(BPF_JEQ, R0, 0, "out"),
+        mov64_reg(R1, R0),
+        mov64_imm(R2, 0),
+        call("ringbuf_discard"),
+        ja("out"),
+        label("reserve"),                                 # reserve 16: payload[0:8] then MARKER
+        ld_map_fd(R1, "rb"),
+        mov64_imm(R2, RESERVE_LEN),
+        mov64_imm(R3, 0),
+        call("ringbuf_reserve"),
+        jmp_imm(BPF_JEQ, R0, 0, "out"),
+        ldx_mem(BPF_DW, R1, R7, 8),
+        stx_mem(BPF_DW, R0, R1, 0),
+        st_mem(BPF_DW, R0, 8, MARKER),
+        mov64_reg(R1, R0),
+        mov64_imm(R2, 0),
+        call("ringbuf_submit"),
+        label("out"),
+        mov64_imm(R0, 0),
+        exit_insn(),
+    ]
+
+
+class Producer:
+    """The attached program and the way to make it write one record."""
+
+    def __init__(self) -> None:
+        self.rb = RingBuf(SIZE, name="kr_test_rb")
+        self.ctl = ArrayMap(8 + MAX_PAYLOAD, 1, name="kr_test_ctl")
+        self.prog = Program(producer(os.getpid()), maps={"rb": self.rb, "ctl": self.ctl}, name="kr_test_rb")
+        self.link = attach_tracepoint(self.prog, "syscalls", "sys_enter_getppid")
+        self.pos = 0  # where the next record starts, as the kernel will place it
+
+    def _fire(self, op: int, payload: bytes, length: int) -> int:
+        self.ctl[0] = struct.pack("<II", length, op) + payload.ljust(MAX_PAYLOAD, b"\0")
+        os.getppid()
+        pos, self.pos = self.pos, self.pos + roundup_len(length)
+        return pos
+
+    def output(self, payload: bytes) -> int:
+        return self._fire(OP_OUTPUT, payload, len(payload))
+
+    def discard(self) -> int:
+        return self._fire(OP_DISCARD, b"", DISCARD_LEN)
+
+    def reserve(self, first8: bytes) -> bytes:
+        self._fire(OP_RESERVE, first8, RESERVE_LEN)
+        return first8 + struct.pack("<Q", MARKER)
+
+    def close(self) -> None:
+        self.link.close()
+        self.prog.close()
+        self.ctl.close()
+        self.rb.close()
+
+
+@pytest.fixture
+def prod():
+    p = Producer()
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def payload(i: int, n: int) -> bytes:
+    return bytes((i * 7 + k) & 0xFF for k in range(n))
+
+
+def test_records_wrap_and_discards_are_skipped_blocking_poll(prod):
+    # 4080 is the largest record a 4096-byte ring takes: the kernel keeps prod - cons <= size - 1, so a
+    # record never fills the whole area (header 8 + 4080 = 4088 bytes).
+    lengths = [1000, 777, 1, 2000, 0, 333, 1500, 8, 4080, 1234, 999, 17]
+    wrapped = []
+    with RingBufReader(prod.rb) as reader:
+        for i, n in enumerate(lengths):
+            expected = []
+            if n < 4000:
+                prod.discard()
+                expected.append(prod.reserve(struct.pack("<Q", i)))
+            data = payload(i, n)
+            pos = prod.output(data)
+            expected.append(data)
+            if (pos % SIZE) + 8 + n > SIZE:
+                wrapped.append(i)
+            got = reader.poll(timeout=5)
+            assert got == expected, f"step {i}"
+            assert reader.available() == 0
+            assert reader._cursor.consumer_pos == prod.pos
+        st = reader.statistics()
+        assert st.records == sum(2 if n < 4000 else 1 for n in lengths)
+        assert st.discarded == sum(1 for n in lengths if n < 4000)
+        assert st.bytes == sum(lengths) + 16 * st.discarded
+        assert st.resets == 0
+    assert wrapped == [8, 10]  # these payloads span the end of the data area (positions are deterministic)
+    assert prod.pos > 3 * SIZE  # three laps: the kernel took our published consumer_pos each time
+
+
+def test_batch_of_many_small_records_in_order(prod):
+    with RingBufReader(prod.rb) as reader:
+        sent = [prod.reserve(struct.pack("<Q", i)) for i in range(150)]  # 150 * 24 = 3600 bytes
+        assert reader.available() == 3600
+        assert reader.drain(max_records=100) == sent[:100]
+        assert reader.drain() == sent[100:]
+        assert reader.drain() == []
+
+
+def test_ring_full_then_published_consumer_pos_frees_space(prod):
+    with RingBufReader(prod.rb) as reader:
+        for i in range(5):
+            prod.output(payload(i, 1000))  # the fifth does not fit: the kernel drops it
+        got = reader.drain()
+        assert got == [payload(i, 1000) for i in range(4)]
+        prod.pos = reader._cursor.consumer_pos
+        prod.output(payload(9, 1000))  # fits only because the kernel saw our consumer_pos
+        assert reader.drain() == [payload(9, 1000)]
+
+
+def test_poll_times_out_empty(prod):
+    with RingBufReader(prod.rb) as reader:
+        t0 = time.monotonic()
+        assert reader.poll(timeout=0.05) == []
+        assert 0.04 <= time.monotonic() - t0 < 1
+
+
+def test_reader_from_bare_fd_and_close(prod):
+    reader = RingBufReader(prod.rb.fd, SIZE)
+    prod.output(b"via fd")
+    assert reader.drain() == [b"via fd"]
+    reader.close()
+    reader.close()
+    assert reader.closed
+    with pytest.raises(ValueError, match="ring buffer reader is closed"):
+        reader.drain()
+    assert prod.rb.reader().drain() == []  # the map is still there; the record was consumed
+
+
+async def test_trio_wait_records_wakes_on_commit(prod):
+    reader = RingBufReader(prod.rb)
+    got = []
+
+    async def consume():
+        got.extend(await reader.wait_records())
+
+    with reader:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(consume)
+            await trio.sleep(0.05)  # the consumer is parked in wait_readable
+            assert got == []
+            prod.output(b"wake up")
+        assert got == [b"wake up"]
+
+
+async def test_trio_async_for_reads_in_order_and_ends_on_close(prod):
+    reader = RingBufReader(prod.rb)
+    got = []
+
+    async def consume():
+        async for record in reader:
+            got.append(record)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(consume)
+        for i in range(6):
+            await trio.sleep(0.01)
+            if i % 2:
+                prod.discard()
+            prod.output(payload(i, 700))
+        with trio.fail_after(5):
+            while len(got) < 6:
+                await trio.sleep(0.01)
+        reader.close()  # the consumer's wait ends: StopAsyncIteration
+    assert got == [payload(i, 700) for i in range(6)]
+    assert reader.statistics().discarded == 3
