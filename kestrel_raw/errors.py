@@ -77,8 +77,8 @@ class VerifierError(BPFError):
         self.program_name = program_name
         lines = [ln for ln in log.rstrip("\n").splitlines() if ln.strip()]
         tail = "\n  ".join(lines[-self.TAIL_LINES:]) if lines else "(the verifier wrote no log)"
-        who = f" of program {program_name!r}" if program_name else ""
-        hint = f"the verifier rejected the program{who}; its log ends:\n  {tail}"
+        who = f"program {program_name!r}" if program_name else "the program"
+        hint = f"the verifier rejected {who}; its log ends:\n  {tail}"
         super().__init__(op, err, hint)
 
 

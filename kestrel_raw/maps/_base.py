@@ -16,8 +16,9 @@ class Map:
     """
 
     def __init__(self, map_type: int, key_size: int, value_size: int, max_entries: int, name: str = "",
-                 flags: int = 0) -> None:
-        self._fd = bpf.map_create(map_type, key_size, value_size, max_entries, name=name, flags=flags)
+                 flags: int = 0, inner_map_fd: int = 0) -> None:
+        self._fd = bpf.map_create(map_type, key_size, value_size, max_entries, name=name, flags=flags,
+                                  inner_map_fd=inner_map_fd)
         self.map_type = map_type
         self.key_size = key_size
         self.value_size = value_size
