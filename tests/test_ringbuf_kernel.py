@@ -263,3 +263,11 @@ async def test_trio_async_for_reads_in_order_and_ends_on_close(prod):
         reader.close()  # the consumer's wait ends: StopAsyncIteration
     assert got == [payload(i, 700) for i in range(6)]
     assert reader.statistics().discarded == 3
+
+
+def test_reader_size_must_match_the_map(prod):
+    from kestrel_raw.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"RingBufReader size {2 * SIZE} differs from the ring buffer's "
+                                          f"max_entries {SIZE}"):
+        RingBufReader(prod.rb, 2 * SIZE)

@@ -101,10 +101,14 @@ class RingBufReader:
 
     def __init__(self, ringbuf_or_fd, size: int | None = None, *, fence: Fence | None | str = "auto") -> None:
         fd = ringbuf_or_fd if isinstance(ringbuf_or_fd, int) else ringbuf_or_fd.fileno()
+        map_size = getattr(ringbuf_or_fd, "max_entries", None)
         if size is None:
-            size = getattr(ringbuf_or_fd, "max_entries", None)
-            if size is None:
+            if map_size is None:
                 raise ConfigError("RingBufReader needs the ring buffer size with a bare fd: pass size=")
+            size = map_size
+        elif map_size is not None and size != map_size:
+            raise ConfigError(f"RingBufReader size {size} differs from the ring buffer's max_entries {map_size}; "
+                              f"omit size= to use the map's")
         check_ringbuf_size(size)
         self.size = size
         self._fd = FD(os.dup(fd))
@@ -190,8 +194,10 @@ class RingBufReader:
             raise StopAsyncIteration
         try:
             return (await self.wait_records(1))[0]
-        except trio.ClosedResourceError:
-            raise StopAsyncIteration from None
+        except (trio.ClosedResourceError, ValueError):
+            if self.closed:  # closed by another task while this one waited or yielded
+                raise StopAsyncIteration from None
+            raise
 
     # -- waiting: blocking ---------------------------------------------------------------------------
 
