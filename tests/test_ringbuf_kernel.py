@@ -271,3 +271,13 @@ def test_reader_size_must_match_the_map(prod):
     with pytest.raises(ConfigError, match=f"RingBufReader size {2 * SIZE} differs from the ring buffer's "
                                           f"max_entries {SIZE}"):
         RingBufReader(prod.rb, 2 * SIZE)
+
+
+async def test_cancelled_wait_loses_no_record(prod):
+    with RingBufReader(prod.rb) as reader:
+        prod.output(b"kept")
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await reader.wait_records()  # cancelled at its first checkpoint, before the drain
+        assert scope.cancelled_caught
+        assert reader.drain() == [b"kept"]

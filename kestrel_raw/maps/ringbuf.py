@@ -171,18 +171,20 @@ class RingBufReader:
         await trio.lowlevel.wait_readable(self.fileno())
 
     async def wait_records(self, max_records: int | None = None) -> list[bytes]:
-        """Wait for at least one record and return the batch that is there (at most ``max_records``)."""
+        """Wait for at least one record and return the batch that is there (at most ``max_records``).
+
+        Cancellation never loses records: the checkpoint comes before the drain, and nothing awaits
+        between copying the records out and returning them.
+        """
         while True:
+            await trio.lowlevel.checkpoint()
             batch = self.drain(max_records)
             if batch:
-                await trio.lowlevel.checkpoint()
                 return batch
-            if self._cursor.available():
-                # The record at the head is still being written (BUSY): the fd stays readable, so waiting
-                # on it would return at once; let other tasks run until the producer commits it.
-                await trio.sleep(0)
-            else:
+            if not self._cursor.available():
                 await self.wait_readable()
+            # else the record at the head is still being written (BUSY): the fd stays readable, so waiting
+            # on it would return at once; the checkpoint above lets other tasks run until it is committed.
 
     def __aiter__(self) -> "RingBufReader":
         return self
