@@ -324,6 +324,6 @@ struct task {
 def test_c_format(btf):
     assert format_aggregate(btf, btf.find("task")) == C_TASK
     assert btf.type_name(15) == "char [16]"
-    assert btf.type_name(20) == "struct task *restrict"
+    assert btf.type_name(20) == "struct task * restrict"  # spaced as libbpf spaces a qualified pointer
     assert btf.type_name(22) == "int do_it(int a, ...)"
     assert btf.type_name(11) == "const int"

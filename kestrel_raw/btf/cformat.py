@@ -39,7 +39,10 @@ def declaration(btf: "BTF", type_id: int, inner: str, anon_body: str | None = No
         return _join("void", inner)
     if kind == BTF_KIND_PTR:
         target = btf.type_by_id(t.type)
-        inner = "*" + inner
+        # libbpf's btf_dump spaces a star from a following `(` or qualifier (`void * (*start)(...)`,
+        # `struct file * const f`); done the same so that our dump diffs cleanly against bpftool's.
+        spaced = inner.startswith("(") or inner.split(" ", 1)[0] in _QUALIFIERS.values()
+        inner = ("* " if spaced else "*") + inner
         if target.kind in (BTF_KIND_ARRAY, BTF_KIND_FUNC_PROTO):
             inner = f"({inner})"
         return declaration(btf, t.type, inner, anon_body)
@@ -48,7 +51,10 @@ def declaration(btf: "BTF", type_id: int, inner: str, anon_body: str | None = No
         if target.kind == BTF_KIND_PTR:
             # `char *const p`: a qualifier of the pointer itself goes after its star.
             return declaration(btf, t.type, f"{_QUALIFIERS[kind]} {inner}".rstrip(), anon_body)
-        return _QUALIFIERS[kind] + " " + declaration(btf, t.type, inner, anon_body)
+        qual = _QUALIFIERS[kind]
+        rest = declaration(btf, t.type, inner, anon_body)
+        # A qualified array qualifies its elements, which BTF may say again: write it once.
+        return rest if rest.startswith(qual + " ") else f"{qual} {rest}"
     if kind == BTF_KIND_TYPE_TAG:
         return declaration(btf, t.type, inner, anon_body)
     if kind == BTF_KIND_ARRAY:
@@ -85,20 +91,26 @@ def _body(btf: "BTF", t: Type, base_bits: int, depth: int, lines: list[str]) -> 
         bits = base_bits + m.bit_offset
         inner = btf.resolve(m.type)
         if not m.name and inner.kind in (BTF_KIND_STRUCT, BTF_KIND_UNION) and not inner.name:
-            lines.append(f"{indent}{_TAGS[inner.kind]} {{")
+            quals, q = [], btf.type_by_id(m.type)
+            while q.kind in _QUALIFIERS:
+                quals.append(_QUALIFIERS[q.kind] + " ")
+                q = btf.type_by_id(q.type)
+            lines.append(f"{indent}{''.join(quals)}{_TAGS[inner.kind]} {{")
             _body(btf, inner, bits, depth + 1, lines)
             lines.append(f"{indent}}}; /* offset: {bits // 8}, size: {inner.size} */")
             continue
         anon = None
         direct = btf.type_by_id(m.type)
+        while direct.kind in _QUALIFIERS or direct.kind in (BTF_KIND_ARRAY, BTF_KIND_PTR):
+            direct = btf.type_by_id(direct.array.type if direct.kind == BTF_KIND_ARRAY else direct.type)
         if direct.kind in (BTF_KIND_STRUCT, BTF_KIND_UNION) and not direct.name:
             # A named member of an anonymous struct type: expand it inline as C writes it.
             sub: list[str] = []
             _body(btf, direct, bits, depth + 1, sub)
-            anon = "{\n" + "\n".join(sub) + f"\n{indent}}}"
+            anon = "{\n" + "\n".join(sub) + f"\n{indent}}}" if sub else "{}"
         elif direct.kind in (BTF_KIND_ENUM, BTF_KIND_ENUM64) and not direct.name:
-            values = ", ".join(f"{e.name} = {e.value}" for e in direct.enumerators)
-            anon = "{ " + values + " }"
+            values = "".join(f"{indent}\t{e.name} = {e.value},\n" for e in direct.enumerators)
+            anon = "{\n" + values + indent + "}"
         decl = declaration(btf, m.type, m.name, anon)
         if m.bit_size:
             lines.append(f"{indent}{decl}: {m.bit_size}; /* offset: {bits // 8}, bit_offset: {bits}, "
