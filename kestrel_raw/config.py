@@ -47,6 +47,11 @@ def _positive_int(name: str, value: object) -> None:
         raise ConfigError(f"{name} must be at least 1, got {value}")
 
 
+def _positive_seconds(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
+
+
 @dataclass(frozen=True)
 class CollectorConfig:
     """What the collector loads and how it moves events.
@@ -60,6 +65,9 @@ class CollectorConfig:
     queue_policy: "block" (a full queue stops the pollers, the ring buffers fill and the kernel side
         counts drops) or "drop" (a full queue drops the event in Python and counts it).
     btf_path: kernel BTF, for struct offsets.
+    wakeup_bytes: the programs wake the reader only once a ring holds this many bytes (0: every record);
+        None means buffer_size // 8.  Must be below buffer_size.
+    poll_interval: seconds between drains when no wakeup comes: the longest a lone event waits.
     flush_interval: seconds a JSON line may stay buffered while events flow.
     """
 
@@ -70,14 +78,15 @@ class CollectorConfig:
     queue_size: int = 8192
     queue_policy: str = "block"
     btf_path: str = "/sys/kernel/btf/vmlinux"
+    wakeup_bytes: int | None = None
+    poll_interval: float = 0.1
     flush_interval: float = 0.1
 
     def __post_init__(self) -> None:
         if self.program_path is not None:
             path = os.fspath(self.program_path)
             if not os.path.exists(path):
-                raise ConfigError(f"program_path {path!r} does not exist; give an existing file or leave it "
-                                  "unset to use the built-in programs")
+                raise ConfigError(f"program_path {path!r} does not exist; create it or leave it unset")
             object.__setattr__(self, "program_path", path)
         _positive_int("buffers", self.buffers)
         _positive_int("buffer_size", self.buffer_size)
@@ -98,7 +107,13 @@ class CollectorConfig:
         _positive_int("queue_size", self.queue_size)
         if self.queue_policy not in QUEUE_POLICIES:
             raise ConfigError(f"queue_policy {self.queue_policy!r} is unknown; valid: block, drop")
-        if not (isinstance(self.flush_interval, (int, float)) and not isinstance(self.flush_interval, bool)
-                and self.flush_interval > 0):
-            raise ConfigError(f"flush_interval must be a positive number of seconds, got {self.flush_interval!r}")
+        if self.wakeup_bytes is None:
+            object.__setattr__(self, "wakeup_bytes", self.buffer_size // 8)
+        elif isinstance(self.wakeup_bytes, bool) or not isinstance(self.wakeup_bytes, int):
+            raise ConfigError(f"wakeup_bytes must be an integer, got {self.wakeup_bytes!r}")
+        elif not 0 <= self.wakeup_bytes < self.buffer_size:
+            raise ConfigError(f"wakeup_bytes {self.wakeup_bytes} must be at least 0 and below buffer_size "
+                              f"({self.buffer_size}), or the reader would never be woken")
+        _positive_seconds("poll_interval", self.poll_interval)
+        _positive_seconds("flush_interval", self.flush_interval)
         object.__setattr__(self, "btf_path", os.fspath(self.btf_path))

@@ -173,11 +173,18 @@ class JsonlSink:
         self.lines_written = 0
         self.flushes = 0
 
-    def write(self, event: KestrelEvent) -> None:
-        self.write_line(encode_event(event))
+    @classmethod
+    def open(cls, path: str | os.PathLike, **kwargs) -> "JsonlSink":
+        """A sink appending to ``path``, created with mode 0600 (same as ``JsonlSink(path)``)."""
+        if not isinstance(path, (str, bytes, os.PathLike)):
+            raise TypeError(f"JsonlSink.open takes a path, got {type(path).__name__}")
+        return cls(path, **kwargs)
 
-    def write_line(self, line: bytes) -> None:
-        """Write one encoded line; flush if the last flush is ``flush_interval`` old."""
+    def write_event(self, event: KestrelEvent) -> None:
+        self.write(encode_event(event))
+
+    def write(self, line: bytes) -> None:
+        """Write one encoded line (``encode_event``'s output); flush once ``flush_interval`` has passed."""
         self._file.write(line)
         self.lines_written += 1
         self._dirty = True
@@ -190,6 +197,8 @@ class JsonlSink:
             self.flush()
             return True
         return False
+
+    write_line = write
 
     def flush(self) -> None:
         self._file.flush()

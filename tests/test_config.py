@@ -17,6 +17,9 @@ def test_defaults():
     assert (c.program_path, c.buffers, c.buffer_size, c.queue_size, c.queue_policy, c.btf_path) == (
         None, 4, 256 * 1024, 8192, "block", "/sys/kernel/btf/vmlinux")
     assert c.event_types == (EventType.EXEC, EventType.OPEN, EventType.CONNECT, EventType.EXIT)
+    assert (c.wakeup_bytes, c.poll_interval, c.flush_interval) == (32 * 1024, 0.1, 0.1)
+    assert CollectorConfig(buffer_size=1 << 20).wakeup_bytes == 128 * 1024
+    assert CollectorConfig(wakeup_bytes=0).wakeup_bytes == 0
     with pytest.raises(dataclasses.FrozenInstanceError):
         c.buffers = 2
 
@@ -40,7 +43,11 @@ def test_event_types_by_name_or_value():
     (dict(program_path="/nonexistent/kestrel.bin"), "program_path '/nonexistent/kestrel.bin' does not exist"),
     (dict(queue_policy="fifo"), "queue_policy 'fifo' is unknown; valid: block, drop"),
     (dict(queue_size=0), "queue_size must be at least 1"),
-    (dict(flush_interval=0), "flush_interval must be a positive number of seconds"),
+    (dict(flush_interval=0), "flush_interval must be a positive number of seconds, got 0"),
+    (dict(poll_interval=-1.0), "poll_interval must be a positive number of seconds, got -1.0"),
+    (dict(wakeup_bytes=256 * 1024), "wakeup_bytes 262144 must be at least 0 and below buffer_size \\(262144\\)"),
+    (dict(wakeup_bytes=-1), "wakeup_bytes -1 must be at least 0"),
+    (dict(wakeup_bytes="1k"), "wakeup_bytes must be an integer, got '1k'"),
 ])
 def test_invalid(kwargs, message):
     with pytest.raises(ConfigError, match=message):

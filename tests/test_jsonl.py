@@ -142,14 +142,14 @@ def test_sink_flushes_by_time_not_per_line():
     sink = JsonlSink(f, clock=clock)
     event = normalize(parse_record(open_bytes()), WALL)
     for _ in range(50):
-        sink.write(event)
+        sink.write_event(event)
         clock.now += 0.001
     assert f.flush_count == 0 and sink.lines_written == 50
     clock.now += 0.05                     # 100.1 s: the interval has passed
-    sink.write(event)
+    sink.write_event(event)
     assert f.flush_count == 1
     assert sink.flush_if_due() is False   # nothing buffered since
-    sink.write(event)
+    sink.write_event(event)
     clock.now += 0.2
     assert sink.flush_if_due() is True and f.flush_count == 2
     sink.close()
@@ -163,12 +163,12 @@ def test_sink_creates_file_0600_and_appends(tmp_path):
     old = os.umask(0)
     try:
         with JsonlSink(path) as sink:
-            sink.write(normalize(parse_record(exit_bytes(0)), WALL))
+            sink.write(encode_event(normalize(parse_record(exit_bytes(0)), WALL)))
     finally:
         os.umask(old)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    with JsonlSink(str(path)) as sink:
-        sink.write(normalize(parse_record(exit_bytes(3 << 8)), WALL))
+    with JsonlSink.open(str(path)) as sink:
+        sink.write_event(normalize(parse_record(exit_bytes(3 << 8)), WALL))
     lines = path.read_bytes().splitlines()
     assert [json.loads(x)["exit_code"] for x in lines] == [0, 3]
 
@@ -177,9 +177,14 @@ def test_sink_accepts_text_stream():
     buf = io.BytesIO()
     text = io.TextIOWrapper(buf, encoding="utf-8")
     sink = JsonlSink(text)
-    sink.write(normalize(parse_record(exit_bytes()), WALL))
+    sink.write_event(normalize(parse_record(exit_bytes()), WALL))
     sink.close()
     assert buf.getvalue().startswith(b'{"type":"exit"')
+
+
+def test_sink_open_refuses_a_file_object():
+    with pytest.raises(TypeError, match="JsonlSink.open takes a path, got BytesIO"):
+        JsonlSink.open(io.BytesIO())
 
 
 def test_sink_rejects_bad_interval():
