@@ -22,29 +22,31 @@ from typing import Union
 import construct as cs
 from construct import Bytes, Check, Int16ul, Int32sl, Int32ul, Int64ul, Struct, this
 
+from . import wire
 from .errors import RecordError
 
-# Record kinds (header offset 0).
-KIND_EXEC = 1
-KIND_OPEN = 2
-KIND_CONNECT = 3
-KIND_EXIT = 4
+# The numbers come from kestrel_raw/wire.py, which the programs write with; tests/test_records_wire.py
+# checks every Struct offset below against it.
+KIND_EXEC = wire.KIND_EXEC
+KIND_OPEN = wire.KIND_OPEN
+KIND_CONNECT = wire.KIND_CONNECT
+KIND_EXIT = wire.KIND_EXIT
 
-# Header flags (offset 2).
-FLAG_TRUNCATED = 1 << 0
-FLAG_FAULT = 1 << 1
+FLAG_TRUNCATED = wire.FLAG_TRUNCATED
+FLAG_FAULT = wire.FLAG_FAULT
 
 # Bounds the BPF programs never exceed; a larger length field means a corrupt record.
-ARGS_MAX = 4096   # bytes of the argument area copied
-PATH_MAX = 4096   # include/uapi/linux/limits.h; filename and path
-SOCKADDR_MAX = 128  # sizeof(struct sockaddr_storage)
-TASK_COMM_LEN = 16
+ARGS_MAX = wire.MAX_ARGS            # bytes of the argument area copied
+PATH_MAX = wire.MAX_PATH            # open path bytes, without the NUL
+FILENAME_MAX = wire.MAX_FILENAME    # exec filename bytes
+SOCKADDR_MAX = wire.MAX_SOCKADDR    # sizeof(struct sockaddr_storage)
+TASK_COMM_LEN = wire.COMM_LEN
 
-HEADER_SIZE = 64
+HEADER_SIZE = wire.HEADER_SIZE
 
 # open(2) record "syscall" values.
-SYSCALL_OPENAT = 0
-SYSCALL_OPENAT2 = 1
+SYSCALL_OPENAT = wire.OPEN_SYSCALL_OPENAT
+SYSCALL_OPENAT2 = wire.OPEN_SYSCALL_OPENAT2
 
 HEADER = Struct(
     "kind" / Int16ul,
@@ -90,7 +92,7 @@ EXIT_FIXED = Struct(
 EXEC_RECORD = Struct(
     *HEADER.subcons,
     *EXEC_FIXED.subcons,
-    Check(this.filename_len <= PATH_MAX),
+    Check(this.filename_len <= FILENAME_MAX),
     Check(this.args_len <= ARGS_MAX),
     "filename" / Bytes(this.filename_len),
     "args" / Bytes(this.args_len),
@@ -335,8 +337,8 @@ def _parse_exec(data, n: int) -> ExecRecord:
         raise _short(KIND_EXEC, _EXEC_SIZE, n)
     (_, hflags, cpu, ts, start, pid, tid, ppid, uid, gid, _, comm,
      filename_len, args_len, args_total, _) = _EXEC.unpack_from(data)
-    if filename_len > PATH_MAX:
-        raise _too_long(KIND_EXEC, "filename_len", filename_len, PATH_MAX)
+    if filename_len > FILENAME_MAX:
+        raise _too_long(KIND_EXEC, "filename_len", filename_len, FILENAME_MAX)
     if args_len > ARGS_MAX:
         raise _too_long(KIND_EXEC, "args_len", args_len, ARGS_MAX)
     f_end = _EXEC_SIZE + filename_len
