@@ -327,3 +327,53 @@ def test_c_format(btf):
     assert btf.type_name(20) == "struct task * restrict"  # spaced as libbpf spaces a qualified pointer
     assert btf.type_name(22) == "int do_it(int a, ...)"
     assert btf.type_name(11) == "const int"
+
+
+def _tool(*args: str, cwd) -> "subprocess.CompletedProcess[str]":
+    import os
+    import subprocess
+    import sys
+    tool = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "btfdump.py")
+    return subprocess.run([sys.executable, tool, *args], cwd=cwd, capture_output=True, text=True)
+
+
+def test_tool_on_a_file(tmp_path):
+    path = tmp_path / "blob.btf"
+    path.write_bytes(blob())
+    assert _tool("--file", str(path), "--raw", cwd=tmp_path).stdout == RAW
+    assert _tool("--file", str(path), "--raw", "17", "color", cwd=tmp_path).stdout == (
+        "[17] ENUM64 'big' encoding=UNSIGNED size=8 vlen=2\n\t'SMALL' val=1ULL\n"
+        "\t'HUGE' val=18446744069414584320ULL\n"
+        "[16] ENUM 'color' encoding=SIGNED size=4 vlen=2\n\t'RED' val=-1\n\t'BLUE' val=2\n")
+    assert _tool("--file", str(path), "task", cwd=tmp_path).stdout == C_TASK + "\n"
+    assert _tool("--file", str(path), "task.mm.arg_start", "signal.live.counter", cwd=tmp_path).stdout == (
+        "task.mm.arg_start: 2 loads, one per pointer dereference; the last is a u64\n"
+        "  1. offset 8, size 8\n"
+        "  2. offset 8, size 8\n"
+        "signal.live.counter: offset 4, size 4 (int)\n")
+    assert _tool("--file", str(path), "mm", "--kind", "func", cwd=tmp_path).stdout == (
+        "[31] FUNC 'mm' type_id=21 linkage=static\n")
+    bad = _tool("--file", str(path), "task.pdi", cwd=tmp_path)
+    assert (bad.returncode, bad.stdout) == (1, "")
+    assert bad.stderr == ("btfdump.py: error: struct task has no member 'pdi' (anonymous members searched too) "
+                          f"in BTF from {path}; close matches: pid\n")
+    junk = tmp_path / "junk"
+    junk.write_bytes(b"\x7fELF" + bytes(40))
+    assert _tool("--file", str(junk), "--raw", cwd=tmp_path).stderr.startswith(
+        "btfdump.py: error: Invalid BTF magic: 0x457f (expected 0xeb9f)")
+
+
+def test_tool_help_says_what_the_formats_are(tmp_path):
+    out = _tool("--help", cwd=tmp_path).stdout
+    assert "/* offset: N, size: M */" in out and "format raw" in out and "--file PATH" in out
+
+
+def test_btf_imports_neither_ctypes_nor_trio(tmp_path):
+    import subprocess
+    import sys
+    code = ("import sys, kestrel_raw.btf, kestrel_raw.btf.cformat, kestrel_raw.btf.raw; "
+            "print(sorted(m for m in ('ctypes', 'trio') if m in sys.modules))")
+    import os
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True)
+    assert out.stdout == "[]\n"
