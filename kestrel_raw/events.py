@@ -177,6 +177,7 @@ def normalize(record: Record, wall_offset_ns: int) -> KestrelEvent:
         f[_FILENAME] = record.filename.decode("utf-8", "surrogateescape")
         f[_ARGV] = split_args(record.args)
         f[_TRUNCATED] = record.truncated
+        f[_FAULT] = record.fault
     elif kind == KIND_CONNECT:
         sa = decode_sockaddr(record.addr, record.addrlen)
         f[_FAMILY] = sa.family

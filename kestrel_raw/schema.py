@@ -111,7 +111,7 @@ FIELDS: tuple[Field, ...] = (
     Field(FieldId.RET, "ret", FieldType.I64, frozenset({_O, _C}), "syscall return value (-errno on failure)"),
     Field(FieldId.DFD, "dfd", FieldType.I64, frozenset({_O}), "directory fd the path is relative to"),
     Field(FieldId.SYSCALL, "syscall", FieldType.STRING, frozenset({_O}), "\"openat\" or \"openat2\""),
-    Field(FieldId.FAULT, "fault", FieldType.BOOL, frozenset({_O, _C}), "user memory could not be read"),
+    Field(FieldId.FAULT, "fault", FieldType.BOOL, frozenset({_E, _O, _C}), "user memory could not be read"),
     Field(FieldId.FAMILY, "family", FieldType.STRING, frozenset({_C}), "address family name (\"AF_INET\"...)"),
     Field(FieldId.DADDR, "daddr", FieldType.STRING, frozenset({_C}), "destination address text"),
     Field(FieldId.DPORT, "dport", FieldType.U64, frozenset({_C}), "destination port (0 when none)"),

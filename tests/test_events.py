@@ -30,8 +30,14 @@ def test_exec_event():
     e = ev(exec_bytes())
     assert (e.event_type_id, e.ts_mono, e.ts_wall, e.entity_key, e.source) == (
         1, 1_000_000_123, WALL + 1_000_000_123, KEY, "ebpf")
-    assert dict(e.fields) == fields({F.FILENAME: "/bin/ls", F.ARGV: ("ls", "-l", "/tmp"), F.TRUNCATED: False})
+    assert dict(e.fields) == fields({F.FILENAME: "/bin/ls", F.ARGV: ("ls", "-l", "/tmp"), F.TRUNCATED: False,
+                                     F.FAULT: False})
     assert e.event_type is EventType.EXEC
+
+
+def test_exec_fault():
+    e = ev(exec_bytes(filename=b"", args=b"", flags=2))
+    assert (e["filename"], e["argv"], e["fault"], e["truncated"]) == ("", (), True, False)
 
 
 def test_exec_truncated_args():

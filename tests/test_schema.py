@@ -29,7 +29,7 @@ PINNED = [
     (15, "ret", "i64", {O, C}),
     (16, "dfd", "i64", {O}),
     (17, "syscall", "string", {O}),
-    (18, "fault", "bool", {O, C}),
+    (18, "fault", "bool", {E, O, C}),
     (19, "family", "string", {C}),
     (20, "daddr", "string", {C}),
     (21, "dport", "u64", {C}),
