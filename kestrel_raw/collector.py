@@ -76,6 +76,7 @@ class KestrelCollector:
         self._maps: dict[str, Map] = {}
         self._rings: list[RingBuf] = []
         self._programs: list[tuple[programs.ProgramSpec, Program]] = []
+        self._listing: list[tuple[programs.ProgramSpec, list]] = []
         self._links: list = []
         self._readers: list[RingBufReader] = []
         self._cancel: trio.CancelScope | None = None
@@ -101,15 +102,14 @@ class KestrelCollector:
             formats = {s.name: tracepoint_format(s.group, s.tracepoint) for s in specs}
             layout = programs.KernelLayout.from_btf(self._load_btf())
             self._create_maps()
-            listing = []
             for spec in specs:
                 insns = programs.build(spec, formats[spec.name], layout, self_tgid=os.getpid(),
                                        nrings=cfg.buffers, wakeup_threshold=cfg.wakeup_bytes)
                 prog = Program(insns, maps=self._maps, name=spec.name)
                 self._programs.append((spec, prog))
-                listing.append((spec, insns))
+                self._listing.append((spec, insns))
             if cfg.program_path is not None:
-                _write_listings(cfg.program_path, listing)
+                _write_listings(cfg.program_path, self._listing)
         except BaseException:
             self._close_all()
             raise
@@ -219,9 +219,9 @@ class KestrelCollector:
         from .asm import format_program
 
         out = []
-        for spec, prog in self._programs:
+        for spec, insns in self._listing:
             out.append(f"; {spec.name}: tracepoint {spec.group}:{spec.tracepoint}")
-            out.append(format_program(prog.insns))
+            out.append(format_program(insns))
         return "\n".join(out)
 
     # -- teardown --------------------------------------------------------------------------------------
