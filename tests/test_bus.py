@@ -120,3 +120,21 @@ async def test_use_after_close_and_bad_buffer():
         bus.subscribe()
     with pytest.raises(trio.ClosedResourceError):
         await bus.send(1)
+
+
+async def test_aclose_releases_a_blocked_send():
+    bus = EventBus()
+    rx = bus.subscribe(max_buffer=0)      # rendezvous: send waits for a receiver
+    done = []
+
+    async def producer():
+        await bus.send("never received")
+        done.append(True)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(producer)
+        await trio.testing.wait_all_tasks_blocked()
+        assert done == []
+        await bus.aclose()
+    assert done == [True]
+    assert await drain(rx) == []
