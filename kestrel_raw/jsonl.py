@@ -18,7 +18,7 @@ consumer that needs exact bytes reads ``<key>_b64`` when it is present and ``<ke
 is always valid UTF-8 JSON (never a lone surrogate), so any JSON parser accepts every line.
 
 ``encode_event`` builds the line by hand (integers formatted directly, strings escaped with the json
-module's C encoder): ~1.6 us against ~4 us for ``json.dumps`` of a dict, and the line is byte-for-byte the same as
+module's C encoder): ~1.6 us against ~4 us for ``json.dumps`` of a dict, and the line is byte for byte
 ``json.dumps(obj, separators=(",", ":"), ensure_ascii=False)`` of the same keys.
 
 ``JsonlSink`` writes lines to a file it creates with mode 0600 (events reveal what users run and open),

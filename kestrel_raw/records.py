@@ -4,9 +4,9 @@ The ``construct`` Structs below are the schema, one per record kind, little-endi
 are also the test oracle: ``parse_record_construct`` parses with them (construct's interpreted parser,
 which checks every length; its compiled parser does not: ``Compiled`` ``Bytes(this.n)`` returns a short
 slice instead of failing, so it cannot be the oracle).  The hot path, ``parse_record``, uses
-``struct.Struct`` formats *generated from* those Structs for each kind's fixed part and plain slicing for the
-variable parts: ~2 us a record instead of construct's 30-50 us here (bench/parse_speed.py).  A test proves the two
-paths agree on every kind and on hypothesis-generated records, including malformed ones.
+``struct.Struct`` formats *generated from* those Structs for each kind's fixed part and plain slicing for
+the variable parts: ~2 us a record instead of construct's 30-50 us here (bench/parse_speed.py).  A test
+proves the two paths agree on every kind and on hypothesis-generated records, including malformed ones.
 
 Callers never see construct containers: both paths return frozen dataclasses (``ExecRecord``,
 ``OpenRecord``, ``ConnectRecord``, ``ExitRecord``) whose strings are raw ``bytes`` (``comm`` and the
