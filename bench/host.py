@@ -1,0 +1,129 @@
+"""Getting this machine ready for a run, and putting it back: tracefs, the peer tools (Debian packages),
+matplotlib (bench-only), kernel.bpf_stats_enabled, and the C load generator built with the machine's gcc.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+
+TRACEFS = "/sys/kernel/tracing"
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+BUILD_DIR = os.path.join(BENCH_DIR, "build")
+GEN_SOURCE = os.path.join(BENCH_DIR, "gen", "krgen.c")
+
+# tool -> Debian package that ships it
+PACKAGES = {
+    "/usr/sbin/opensnoop": "libbpf-tools",
+    "/usr/sbin/execsnoop": "libbpf-tools",
+    "/usr/sbin/exitsnoop": "libbpf-tools",
+    "bpftrace": "bpftrace",
+    "bpftool": "bpftool",
+    "gcc": "gcc",
+    "stdbuf": "coreutils",
+}
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def tracefs_mounted(mountinfo: str) -> bool:
+    return any(line.split()[4] == TRACEFS and " - tracefs " in line for line in mountinfo.splitlines()
+               if len(line.split()) > 4)
+
+
+def ensure_tracefs() -> None:
+    """Mount tracefs where the peers (and kestrel-raw) look for it; a fresh machine has it unmounted."""
+    with open("/proc/self/mountinfo") as f:
+        if tracefs_mounted(f.read()):
+            return
+    log(f"mounting tracefs on {TRACEFS}")
+    subprocess.run(["mount", "-t", "tracefs", "nodev", TRACEFS], check=True)
+
+
+def _have(tool: str) -> bool:
+    return os.path.exists(tool) if tool.startswith("/") else shutil.which(tool) is not None
+
+
+def ensure_packages() -> list[str]:
+    """apt-get install the Debian packages of missing tools; returns the tools still missing after that."""
+    missing = sorted({pkg for tool, pkg in PACKAGES.items() if not _have(tool)})
+    if missing:
+        log(f"installing {' '.join(missing)} with apt-get")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-q"], env=env, check=False, stdin=subprocess.DEVNULL)
+        subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing], env=env,
+                       check=False, stdin=subprocess.DEVNULL)
+    return [tool for tool in PACKAGES if not _have(tool)]
+
+
+def ensure_matplotlib() -> bool:
+    """matplotlib is a bench-only dependency: pip-install it when missing.  False if it cannot be had."""
+    try:
+        import matplotlib  # noqa: F401
+        return True
+    except ImportError:
+        pass
+    log("installing matplotlib (bench-only dependency) with pip")
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "matplotlib"], stdin=subprocess.DEVNULL)
+    if r.returncode != 0:
+        return False
+    import importlib
+    importlib.invalidate_caches()
+    try:
+        import matplotlib  # noqa: F401,F811
+        return True
+    except ImportError:
+        return False
+
+
+@contextlib.contextmanager
+def bpf_stats_enabled():
+    """kernel.bpf_stats_enabled=1 for the block, then the previous value back (the accounting costs a
+    little on every program run of every tool, so it is on for all subjects alike)."""
+    path = "/proc/sys/kernel/bpf_stats_enabled"
+    with open(path) as f:
+        before = f.read().strip()
+    with open(path, "w") as f:
+        f.write("1")
+    try:
+        yield
+    finally:
+        with open(path, "w") as f:
+            f.write(before)
+
+
+def build_generator() -> str:
+    """Compile bench/gen/krgen.c into bench/build/ (not committed) and return the binary's path."""
+    os.makedirs(BUILD_DIR, exist_ok=True)
+    out = os.path.join(BUILD_DIR, "krgen")
+    if not os.path.exists(out) or os.path.getmtime(out) < os.path.getmtime(GEN_SOURCE):
+        log(f"building {out} with gcc")
+        subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-o", out, GEN_SOURCE], check=True)
+    return out
+
+
+def machine_facts() -> dict:
+    un = os.uname()
+    facts = {"kernel": un.release, "machine": un.machine, "cpus": os.cpu_count(), "python": sys.version.split()[0]}
+    for tool, args in (("bpftrace", ["--version"]), ("bpftool", ["version"])):
+        try:
+            out = subprocess.run([tool, *args], capture_output=True, text=True, timeout=10).stdout
+            facts[tool] = out.splitlines()[0] if out else None
+        except (OSError, subprocess.TimeoutExpired):
+            facts[tool] = None
+    try:
+        out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "libbpf-tools"], capture_output=True,
+                             text=True, timeout=10).stdout
+        facts["libbpf-tools"] = out or None
+    except OSError:
+        facts["libbpf-tools"] = None
+    try:
+        with open("/proc/loadavg") as f:
+            facts["loadavg_at_start"] = f.read().split()[:3]
+    except OSError:
+        pass
+    return facts

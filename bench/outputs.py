@@ -1,0 +1,158 @@
+"""Reading what each tracer printed: one parser per output format, turning a line into a ``Seen`` event
+(or None for headers and noise), and the rules that decide which events belong to a generator.
+
+Formats:
+- ``kestrel``: kestrel-raw JSON lines (kestrel_raw/jsonl.py);
+- ``opensnoop``, ``execsnoop``, ``exitsnoop``: libbpf-tools' default columns;
+- ``bpftrace``: the one-line formats of bench/tracers.py's scripts: ``open PID RET PATH``,
+  ``exec PID PPID FILENAME``, ``exit PID PPID CODE``, ``connect PID RET``.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+
+@dataclass(frozen=True)
+class Seen:
+    kind: str  # open, exec, exit, connect
+    pid: int
+    ppid: int | None  # None where the format does not carry it
+    text: str  # open: path; exec: filename (or args); others: ""
+
+
+def parse_kestrel(line: str) -> Seen | None:
+    if not line.startswith("{"):
+        return None
+    try:
+        o = json.loads(line)
+    except ValueError:
+        return None
+    kind = o.get("type")
+    text = o.get("path") if kind == "open" else o.get("filename") if kind == "exec" else ""
+    return Seen(kind, int(o["pid"]), int(o["ppid"]), text or "")
+
+
+# opensnoop: "%-6d %-16s %3d %3d %s" PID COMM FD ERR PATH (comm may hold spaces)
+_OPENSNOOP = re.compile(r"^(\d+)\s+(.*?)\s+(-?\d+)\s+(\d+)\s(.*)$")
+# execsnoop: "%-16s %-6d %-6d %3d %s" PCOMM PID PPID RET ARGS
+_EXECSNOOP = re.compile(r"^(.*?)\s+(\d+)\s+(\d+)\s+(-?\d+)\s(.*)$")
+# exitsnoop: "%-16s %-7d %-7d %-7d %-7.2f %s" PCOMM PID PPID TID AGE(s) EXIT_CODE
+_EXITSNOOP = re.compile(r"^(.*?)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+\.\d+)\s+(.*)$")
+
+
+def parse_opensnoop(line: str) -> Seen | None:
+    m = _OPENSNOOP.match(line.rstrip("\n"))
+    if not m:
+        return None
+    return Seen("open", int(m.group(1)), None, m.group(5).strip())
+
+
+def parse_execsnoop(line: str) -> Seen | None:
+    m = _EXECSNOOP.match(line.rstrip("\n"))
+    if not m:
+        return None
+    args = m.group(5).strip()
+    return Seen("exec", int(m.group(2)), int(m.group(3)), args.split(" ", 1)[0])
+
+
+def parse_exitsnoop(line: str) -> Seen | None:
+    m = _EXITSNOOP.match(line.rstrip("\n"))
+    if not m:
+        return None
+    return Seen("exit", int(m.group(2)), int(m.group(3)), "")
+
+
+def parse_bpftrace(line: str) -> Seen | None:
+    parts = line.rstrip("\n").split(" ", 3)
+    try:
+        kind = parts[0]
+        if kind == "open" and len(parts) == 4:
+            return Seen("open", int(parts[1]), None, parts[3])
+        if kind in ("exec", "exit") and len(parts) >= 3:
+            return Seen(kind, int(parts[1]), int(parts[2]), parts[3] if kind == "exec" and len(parts) == 4 else "")
+        if kind == "connect" and len(parts) >= 2:
+            return Seen("connect", int(parts[1]), None, "")
+    except ValueError:
+        return None
+    return None
+
+
+PARSERS: dict[str, Callable[[str], Seen | None]] = {
+    "kestrel": parse_kestrel,
+    "opensnoop": parse_opensnoop,
+    "execsnoop": parse_execsnoop,
+    "exitsnoop": parse_exitsnoop,
+    "bpftrace": parse_bpftrace,
+}
+
+
+def belongs(workload: str, ev: Seen, pids: frozenset[int], target: str = "") -> bool:
+    """Does ``ev`` count as one of the operations the generators ``pids`` made?
+
+    open: an open of ``target`` by a generator; openlat: an open of ``target<seq>`` by a generator;
+    exec / exit: an exec or exit of a CHILD of a generator (the generator forks /bin/true); connect: a
+    connect by a generator.
+    """
+    if workload == "open":
+        return ev.kind == "open" and ev.pid in pids and ev.text == target
+    if workload == "openlat":
+        return ev.kind == "open" and ev.pid in pids and ev.text.startswith(target)
+    if workload == "exec":
+        return ev.kind == "exec" and ev.ppid in pids
+    if workload == "exit":
+        return ev.kind == "exit" and ev.ppid in pids
+    if workload == "connect":
+        return ev.kind == "connect" and ev.pid in pids
+    raise ValueError(f"unknown workload {workload!r}: expected open, openlat, exec, exit or connect")
+
+
+@dataclass(frozen=True)
+class Tally:
+    total: int  # events of any process in the output (what the tracer delivered)
+    by_pid: dict[int, int]  # events that belong to each generator pid (exec/exit: by parent pid)
+
+
+def tally(fmt: str, lines: Iterable[str], workload: str, pids: Iterable[int], target: str = "") -> Tally:
+    parse = PARSERS[fmt]
+    pidset = frozenset(pids)
+    by_pid = {p: 0 for p in pidset}
+    total = 0
+    by_parent = workload in ("exec", "exit")
+    for line in lines:
+        ev = parse(line)
+        if ev is None:
+            continue
+        total += 1
+        if belongs(workload, ev, pidset, target):
+            by_pid[ev.ppid if by_parent else ev.pid] += 1
+    return Tally(total, by_pid)
+
+
+def latency_seq(ev: Seen, prefix: str) -> int | None:
+    """The sequence number of an openlat path ``prefix<seq>`` (None for anything else)."""
+    if ev.kind != "open" or not ev.text.startswith(prefix):
+        return None
+    tail = ev.text[len(prefix):]
+    return int(tail) if tail.isdigit() else None
+
+
+_SUMMARY = re.compile(r"kestrel-raw: records=(\d+) delivered\[([^\]]*)\] kernel_lost=(\d+) user_dropped=(\d+) "
+                      r"parse_errors=(\d+)")
+
+
+def parse_kestrel_summary(stderr: str) -> dict | None:
+    """The stats line kestrel-raw prints on stderr at exit, as a dict; None if it is absent."""
+    found = None
+    for line in stderr.splitlines():
+        m = _SUMMARY.search(line)
+        if m:
+            delivered = {}
+            for item in m.group(2).split():
+                k, _, v = item.partition("=")
+                delivered[k] = int(v)
+            found = {"records": int(m.group(1)), "delivered": delivered, "kernel_lost": int(m.group(3)),
+                     "user_dropped": int(m.group(4)), "parse_errors": int(m.group(5))}
+    return found

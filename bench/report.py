@@ -1,0 +1,267 @@
+"""From raw runs to figures: per (workload, subject) summaries, the targets, the markdown report and the
+PNG plot.  ``summarize`` and ``targets`` are pure (dicts in, dicts out) and are what the tests pin.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from . import stats
+
+MB = 1024.0  # kB per MB (VmHWM is in kB)
+
+
+def _vals(runs: list[dict], key, scale: float = 1.0) -> list[float]:
+    out = []
+    for r in runs:
+        v = key(r) if callable(key) else r.get(key)
+        if v is not None:
+            out.append(v * scale)
+    return out
+
+
+def summarize(trials: list[dict]) -> dict:
+    """{workload: {subject: figures}} where each figure is stats.summarize of the successful runs.
+
+    slowdown: each run's elapsed / the median elapsed of the no-tracer runs of the same workload.
+    """
+    out: dict = {}
+    by: dict = {}
+    for t in trials:
+        by.setdefault(t["workload"], {}).setdefault(t["subject"], []).append(t)
+    for wl, subjects in by.items():
+        base_runs = [r for r in subjects.get("none", []) if r.get("ok")]
+        base = stats.median(_vals(base_runs, "elapsed_s"))
+        out[wl] = {}
+        for subj, runs in subjects.items():
+            ok = [r for r in runs if r.get("ok")]
+            fig = {
+                "runs": len(runs), "ok": len(ok),
+                "errors": sorted({r["error"] for r in runs if r.get("error")}),
+                "elapsed_s": stats.summarize(_vals(ok, "elapsed_s")),
+                "rate": stats.summarize(_vals(ok, "rate")),
+                "slowdown": stats.summarize([stats.ratio(r["elapsed_s"], base) for r in ok]),
+            }
+            if subj != "none":
+                fig.update(
+                    loss_pct=stats.summarize(_vals(ok, "loss_pct")),
+                    kernel_ns_per_run=stats.summarize(_vals(ok, lambda r: (r.get("kernel") or {}).get("ns_per_run"))),
+                    cpu_us_per_event=stats.summarize(_vals(ok, "cpu_us_per_event")),
+                    hwm_mb=stats.summarize(_vals(ok, "hwm_kb", 1 / MB)),
+                    attach_wait_s=stats.summarize(_vals(ok, "attached_s")),
+                )
+            out[wl][subj] = fig
+    return out
+
+
+def _median(summary: dict, wl: str, subj: str, fig: str):
+    return (((summary.get(wl) or {}).get(subj) or {}).get(fig) or {}).get("median")
+
+
+def _target(name: str, value, limit, ok, unit: str, note: str = "") -> dict:
+    return {"target": name, "value": value, "limit": limit, "unit": unit,
+            "status": "n/a" if ok is None else ("met" if ok else "missed"), "note": note}
+
+
+def targets(summary: dict, ladders: list[dict], startup: list[dict]) -> list[dict]:
+    """The issue's targets, each with the measured value and met / missed / n/a (no measurement)."""
+    res = []
+
+    def cmp(a, b, f):
+        return None if a is None or b is None else f(a, b)
+
+    for wl in ("open", "exec", "exit"):
+        ours = _median(summary, wl, "kestrel-raw", "kernel_ns_per_run")
+        peer = _median(summary, wl, "libbpf-tools", "kernel_ns_per_run")
+        res.append(_target(f"kernel time per program run ({wl}) <= libbpf-tools'", ours, peer,
+                           cmp(ours, peer, lambda a, b: a <= b), "ns"))
+    s = _median(summary, "open", "kestrel-raw", "slowdown")
+    res.append(_target("openat+close loop slowdown with open events on", s, 1.3, cmp(s, 1.3, lambda a, b: a <= b), "x"))
+    ours = _median(summary, "open", "kestrel-raw", "cpu_us_per_event")
+    peer = _median(summary, "open", "libbpf-tools", "cpu_us_per_event")
+    res.append(_target("collector CPU per delivered open event < opensnoop's", ours, peer,
+                       cmp(ours, peer, lambda a, b: a < b), "us"))
+    lad = next((l for l in ladders if l["subject"] == "kestrel-raw" and l["workload"] == "open" and l.get("ok")), None)
+    z = lad.get("max_zero_loss_rate") if lad else None
+    res.append(_target("open events/s delivered to JSON lines with 0 loss (2+ generators)", z, 100000,
+                       None if lad is None else (z is not None and z >= 100000), "ev/s",
+                       "highest rung of the ladder below which loss stayed 0"))
+    st = stats.median(_vals([r for r in startup if r["subject"] == "kestrel-raw" and r.get("ok")], "attached_s"))
+    res.append(_target("start to attached", st, 0.3, cmp(st, 0.3, lambda a, b: a < b), "s"))
+    peaks = [((summary.get(wl) or {}).get("kestrel-raw") or {}).get("hwm_mb", {}).get("max") for wl in summary]
+    peaks = [p for p in peaks if p is not None]
+    peak = max(peaks) if peaks else None
+    res.append(_target("peak RSS (largest over all runs)", peak, 40, cmp(peak, 40, lambda a, b: a < b), "MB"))
+    ex = {l["subject"]: l for l in ladders if l["workload"] == "exec" and l.get("ok")}
+
+    def rung_cpu(subj):
+        l = ex.get(subj)
+        if not l:
+            return None
+        top = [r for r in l["rungs"] if r["target_rate"] == 1600]
+        return top[0]["cpu_pct"] if top else None
+
+    ours, peer = rung_cpu("kestrel-raw"), rung_cpu("libbpf-tools")
+    res.append(_target("collector CPU at 1,600 exec/s <= execsnoop's", ours, peer,
+                       cmp(ours, peer, lambda a, b: a <= b), "% of a CPU"))
+    s = _median(summary, "build", "kestrel-raw", "slowdown")
+    res.append(_target("typical workload (gcc builds) slowdown, all four event types", s, 1.02,
+                       cmp(s, 1.02, lambda a, b: a < b), "x"))
+    return res
+
+
+# -- rendering ---------------------------------------------------------------------------------------
+
+def fmt_summary(fig: dict | None, digits: int = 2) -> str:
+    """'median [min–max]' or '-'."""
+    if not fig or fig.get("median") is None:
+        return "-"
+    m, lo, hi = fig["median"], fig["min"], fig["max"]
+    f = f"{{:.{digits}f}}"
+    if fig.get("n", 0) <= 1 or lo == hi:
+        return f.format(m)
+    return f"{f.format(m)} [{f.format(lo)}–{f.format(hi)}]"
+
+
+def _fmt(v, digits=2) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.{digits}f}"
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+FIGURES = [
+    ("slowdown", "Workload slowdown vs no tracer (x)", 3),
+    ("loss_pct", "Loss of the generator's own events (%)", 2),
+    ("kernel_ns_per_run", "Kernel time per program run (ns, bpf_stats run_time_ns / run_cnt)", 0),
+    ("cpu_us_per_event", "Collector CPU per delivered event (us, user+sys / all events delivered)", 2),
+    ("hwm_mb", "Peak RSS (MB, VmHWM, summed over the subject's processes)", 1),
+    ("rate", "Workload rate achieved (ops/s)", 0),
+]
+
+
+def markdown(report: dict) -> str:
+    meta = report["meta"]
+    summary = report["summary"]
+    subjects = [s for s in ("none", "kestrel-raw", "libbpf-tools", "bpftrace")]
+    lines = [f"# kestrel-raw benchmark ({meta['profile']})", "",
+             f"Machine: kernel {meta['machine'].get('kernel')} {meta['machine'].get('machine')}, "
+             f"{meta['machine'].get('cpus')} CPUs, load average at start {meta['machine'].get('loadavg_at_start')}; "
+             f"{meta['machine'].get('bpftrace')}; libbpf-tools {meta['machine'].get('libbpf-tools')}; "
+             f"run {meta['started']} for {meta['duration_s']:.0f} s; {meta['reps']} alternating runs per cell.",
+             "", "Cells: median [min–max] over the runs.  Method and meaning of each figure: bench/README.md.", ""]
+    lines += ["## Targets", "", "| target | measured | limit / peer | status |", "|---|---|---|---|"]
+    for t in report["targets"]:
+        lines.append(f"| {t['target']} | {_fmt(t['value'])} {t['unit']} | {_fmt(t['limit'])} | {t['status']} |")
+    lines.append("")
+    workloads = [w for w in ("open", "exec", "exit", "connect", "build") if w in summary]
+    for key, title, digits in FIGURES:
+        lines += [f"## {title}", "", "| subject | " + " | ".join(workloads) + " |",
+                  "|---|" + "---|" * len(workloads)]
+        for s in subjects:
+            if s == "none" and key not in ("slowdown", "rate"):
+                continue
+            if not any(s in summary[w] for w in workloads):
+                continue
+            cells = [fmt_summary((summary[w].get(s) or {}).get(key), digits) for w in workloads]
+            lines.append(f"| {s} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if report.get("ladders"):
+        lines += ["## Rate ladders (delivered vs offered)", "",
+                  "| workload | subject | target rate | offered /s | delivered /s | loss % | collector CPU % | "
+                  "CPU us/event |", "|---|---|---|---|---|---|---|---|"]
+        for l in report["ladders"]:
+            if not l.get("ok"):
+                lines.append(f"| {l['workload']} | {l['subject']} | failed: {l.get('error', '')[:80]} | | | | | |")
+                continue
+            for r in l["rungs"]:
+                lines.append(f"| {l['workload']} | {l['subject']} | {_fmt(r['target_rate'], 0)} | "
+                             f"{_fmt(r['offered_rate'], 0)} | {_fmt(r.get('delivered_rate'), 0)} | "
+                             f"{_fmt(r.get('loss_pct'))} | {_fmt(r.get('cpu_pct'), 1)} | "
+                             f"{_fmt(r.get('cpu_us_per_event'))} |")
+        lines.append("")
+        lines += ["Highest offered rate with zero loss on every rung up to it: " + "; ".join(
+            f"{l['workload']} {l['subject']}: {_fmt(l.get('max_zero_loss_rate'), 0)}/s"
+            for l in report["ladders"] if l.get("ok")), ""]
+    if report.get("latency"):
+        lines += ["## Latency at a low rate (openat -> line readable by a consumer)", "",
+                  "| subject | rate /s | events matched | p50 us | p99 us | kernel ts -> readable p50 / p99 us |",
+                  "|---|---|---|---|---|---|"]
+        for r in report["latency"]:
+            if not r.get("ok"):
+                lines.append(f"| {r['subject']} | failed: {r.get('error', '')[:80]} | | | | |")
+                continue
+            k = r.get("kernel_to_visible_us")
+            lines.append(f"| {r['subject']} | {_fmt(r['rate'], 0)} | {r['matched']}/{r['ops']} | "
+                         f"{_fmt(r['visible_us']['p50'], 0)} | {_fmt(r['visible_us']['p99'], 0)} | "
+                         f"{_fmt(k['p50'], 0) + ' / ' + _fmt(k['p99'], 0) if k else '-'} |")
+        lines.append("")
+    if report.get("startup"):
+        lines += ["## Start to attached (s)", "", "| subject | attached (first captured marker) | "
+                  "first marker readable in the output |", "|---|---|---|"]
+        for s in ("kestrel-raw", "libbpf-tools", "bpftrace"):
+            runs = [r for r in report["startup"] if r["subject"] == s]
+            if not runs:
+                continue
+            ok = [r for r in runs if r.get("ok")]
+            if not ok:
+                lines.append(f"| {s} | failed: {runs[0].get('error', '')[:80]} | |")
+                continue
+            lines.append(f"| {s} | {fmt_summary(stats.summarize(_vals(ok, 'attached_s')), 3)} | "
+                         f"{fmt_summary(stats.summarize(_vals(ok, 'visible_s')), 3)} |")
+        lines.append("")
+    errs = [(w, s, e) for w in summary for s, f in summary[w].items() for e in f.get("errors", [])]
+    if errs:
+        lines += ["## Failed runs", ""] + [f"- {w} / {s}: {e[:300]}" for w, s, e in errs] + [""]
+    return "\n".join(lines)
+
+
+def plot(report: dict, path: str) -> bool:
+    """delivered vs offered events/s per subject, one panel per ladder workload.  False without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    ladders = [l for l in report.get("ladders", []) if l.get("rungs")]
+    workloads = sorted({l["workload"] for l in ladders}, key=lambda w: ("open", "exec").index(w) if w in ("open", "exec") else 9)
+    if not workloads:
+        return False
+    fig, axes = plt.subplots(1, len(workloads), figsize=(6 * len(workloads), 5), squeeze=False)
+    for ax, wl in zip(axes[0], workloads):
+        top = 0
+        for l in ladders:
+            if l["workload"] != wl:
+                continue
+            xs = [r["offered_rate"] for r in l["rungs"] if r.get("delivered_rate") is not None]
+            ys = [r["delivered_rate"] for r in l["rungs"] if r.get("delivered_rate") is not None]
+            if xs:
+                ax.plot(xs, ys, marker="o", label=l["subject"])
+                top = max(top, max(xs), max(ys))
+        ax.plot([0, top], [0, top], linestyle=":", color="grey", label="no loss")
+        ax.set_title(f"{wl}: events delivered vs offered (generator's own events)")
+        ax.set_xlabel("offered (ops/s achieved by the generators)")
+        ax.set_ylabel("delivered (events/s in the output)")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def write(report: dict, out_dir: str) -> dict:
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {"json": os.path.join(out_dir, "report.json"), "md": os.path.join(out_dir, "report.md"),
+             "png": os.path.join(out_dir, "delivered_vs_offered.png")}
+    with open(paths["json"], "w") as f:
+        json.dump(report, f, indent=1, default=str)
+        f.write("\n")
+    with open(paths["md"], "w") as f:
+        f.write(markdown(report))
+        f.write("\n")
+    if not plot(report, paths["png"]):
+        paths["png"] = None
+    return paths
