@@ -5,10 +5,16 @@ Each line is one JSON object, compact (no spaces), keys in this order:
 - every event: ``type`` (``"exec"``, ``"open"``, ``"connect"`` or ``"exit"``), ``event_type_id``,
   ``ts_mono_ns``, ``ts_wall_ns``, ``entity_key``, ``pid``, ``tid``, ``ppid``, ``uid``, ``gid``, ``comm``,
   ``source``;
-- exec: ``filename``, ``argv`` (a list, argv[0] first), ``truncated`` (a bool);
-- open: ``path``, ``flags``, ``mode``, ``ret``;
-- connect: ``family``, ``daddr``, ``dport``, ``ret``;
+- exec: ``filename``, ``argv`` (a list, argv[0] first), ``truncated``, ``fault``;
+- open: ``path``, ``flags``, ``mode``, ``ret``, ``truncated``, ``fault``;
+- connect: ``family``, ``daddr``, ``dport``, ``ret``, ``fault``;
 - exit: ``exit_code``, ``signal``.
+
+``truncated`` (a bool) says the value was longer than what was kept: exec, the argument area was longer
+than 4096 bytes and ``argv`` holds its first 4096 bytes (the last element may be cut); open, the path was
+longer than 4096 bytes and ``path`` holds its first 4096 (openat then failed with ENAMETOOLONG: the kernel
+takes at most 4095 bytes).  ``fault`` (a bool) says user memory could not be read: the syscall got a bad
+pointer (a NULL path or address), and the string or address it names is empty.
 
 Non-UTF-8 strings.  Paths, arguments and command names are bytes in Linux, not text.  When a string is
 not valid UTF-8, its key carries the text with each invalid byte replaced by U+FFFD, and a sibling key
@@ -56,7 +62,9 @@ _DADDR = int(FieldId.DADDR)
 _DPORT = int(FieldId.DPORT)
 _EXIT_CODE = int(FieldId.EXIT_CODE)
 _SIGNAL = int(FieldId.SIGNAL)
+_FAULT = int(FieldId.FAULT)
 
+_BOOL = {False: "false", True: "true"}
 _TYPE_LABELS = {1: "exec", 2: "open", 3: "connect", 4: "exit"}
 _NAMES = {int(f): f.name.lower() for f in FieldId}
 
@@ -116,13 +124,14 @@ def _line(ev: KestrelEvent, S: Callable[[str, str], str], A: Callable) -> str:
         f'"ppid":{f[_PPID]},"uid":{f[_UID]},"gid":{f[_GID]},{S("comm", f[_COMM])},{S("source", ev.source)},'
     )
     if t == 2:
-        tail = f'{S("path", f[_PATH])},"flags":{f[_FLAGS]},"mode":{f[_MODE]},"ret":{f[_RET]}}}\n'
+        tail = (f'{S("path", f[_PATH])},"flags":{f[_FLAGS]},"mode":{f[_MODE]},"ret":{f[_RET]},'
+                f'"truncated":{_BOOL[f[_TRUNCATED]]},"fault":{_BOOL[f[_FAULT]]}}}\n')
     elif t == 1:
         tail = (f'{S("filename", f[_FILENAME])},{A(f[_ARGV])},'
-                f'"truncated":{"true" if f[_TRUNCATED] else "false"}}}\n')
+                f'"truncated":{_BOOL[f[_TRUNCATED]]},"fault":{_BOOL[f[_FAULT]]}}}\n')
     elif t == 3:
         tail = (f'{S("family", f[_FAMILY])},{S("daddr", f[_DADDR])},"dport":{f[_DPORT]},'
-                f'"ret":{f[_RET]}}}\n')
+                f'"ret":{f[_RET]},"fault":{_BOOL[f[_FAULT]]}}}\n')
     else:
         tail = f'"exit_code":{f[_EXIT_CODE]},"signal":{f[_SIGNAL]}}}\n'
     return head + tail

@@ -36,19 +36,19 @@ def strict(raw: bytes) -> dict:
 def test_exec_line():
     assert line(exec_bytes()) == (
         '{"type":"exec","event_type_id":1,' + HEAD
-        + '"filename":"/bin/ls","argv":["ls","-l","/tmp"],"truncated":false}\n').encode()
+        + '"filename":"/bin/ls","argv":["ls","-l","/tmp"],"truncated":false,"fault":false}\n').encode()
 
 
 def test_open_line():
     assert line(open_bytes(ret=-2)) == (
         '{"type":"open","event_type_id":2,' + HEAD
-        + '"path":"/etc/passwd","flags":524288,"mode":420,"ret":-2}\n').encode()
+        + '"path":"/etc/passwd","flags":524288,"mode":420,"ret":-2,"truncated":false,"fault":false}\n').encode()
 
 
 def test_connect_line():
     assert line(connect_bytes()) == (
         '{"type":"connect","event_type_id":3,' + HEAD
-        + '"family":"AF_INET","daddr":"127.0.0.1","dport":8080,"ret":-111}\n').encode()
+        + '"family":"AF_INET","daddr":"127.0.0.1","dport":8080,"ret":-111,"fault":false}\n').encode()
 
 
 def test_exit_line():
@@ -57,9 +57,9 @@ def test_exit_line():
 
 
 @pytest.mark.parametrize("data, keys", [
-    (exec_bytes(), ["filename", "argv", "truncated"]),
-    (open_bytes(), ["path", "flags", "mode", "ret"]),
-    (connect_bytes(), ["family", "daddr", "dport", "ret"]),
+    (exec_bytes(), ["filename", "argv", "truncated", "fault"]),
+    (open_bytes(), ["path", "flags", "mode", "ret", "truncated", "fault"]),
+    (connect_bytes(), ["family", "daddr", "dport", "ret", "fault"]),
     (exit_bytes(), ["exit_code", "signal"]),
 ])
 def test_exact_keys(data, keys):
