@@ -211,6 +211,33 @@ def test_open_null_path_is_flagged_fault(collector):
     assert "path_b64" not in ev
 
 
+def test_openat2_hostile_path_and_unreadable_open_how(collector, tmp_path):
+    # openat2 is 437 on every architecture (the unified syscall table).
+    created = bytes(tmp_path) + b"/kr\nopenat2\xff"
+    out = py("""
+        import ctypes, os, struct, sys
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+        print(os.getpid())
+        path = bytes.fromhex(sys.argv[1])
+        how = struct.pack("<QQQ", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600, 0)
+        for p, h in ((path, how), (path, None), (None, how)):
+            r = libc.syscall(437, -100, p, h, 24)
+            print(r if r >= 0 else -ctypes.get_errno())
+        """, created.hex()).stdout.split()
+    pid, rets = int(out[0]), [int(r) for r in out[1:]]
+    assert rets[0] >= 0 and rets[1:] == [-errno.EFAULT, -errno.EFAULT]
+    assert os.stat(created).st_mode & 0o777 == 0o600
+    evs = settle(collector, lambda e: e["type"] == "open" and e["pid"] == pid
+                 and exact(e, "path") in (created, b""), "openat2", count=3)
+    got = [(exact(e, "path"), e["flags"], e["mode"], e["ret"], e["truncated"], e["fault"]) for e in evs]
+    assert got == [
+        (created, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600, rets[0], False, False),
+        (created, 0, 0, -errno.EFAULT, False, True),  # NULL open_how: zeros, flagged
+        (b"", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600, -errno.EFAULT, False, True),  # NULL path
+    ]
+
+
 # -- exec -----------------------------------------------------------------------------------------------
 
 

@@ -78,6 +78,13 @@ def build_exit(b: ProgramBuilder, fmt, layout) -> list:
         mov64_imm(R2, 16),
         ldx_mem(BPF_DW, R3, R9, P_FLAGS_OR_HOW),
         call("probe_read_user"),
+        # An unreadable open_how (NULL, say) reads as zeros, and flags 0 is O_RDONLY: flag it, so the
+        # zeros are not taken for what the caller asked.
+        jmp_imm(BPF_JEQ, R0, 0, args_done),
+    )
+    b.set_flag(wire.FLAG_FAULT)
+    b.count(KIND, STAT_READ_FAULT)
+    b.emit(
         label(args_done),
         # The path.
         mov64_reg(R1, R8),
