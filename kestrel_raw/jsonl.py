@@ -10,8 +10,10 @@ Each line is one JSON object, compact (no spaces), keys in this order:
 - connect: ``family``, ``daddr``, ``dport``, ``ret``, ``fault``;
 - exit: ``exit_code``, ``signal``.
 
-``truncated`` (a bool) says the value was longer than what was kept: exec, the argument area was longer
-than 4096 bytes and ``argv`` holds its first 4096 bytes (the last element may be cut); open, the path was
+``truncated`` (a bool) says a value was longer than what was kept: exec, the argument area was longer
+than 4096 bytes and ``argv`` holds its first 4096 bytes (the last element may be cut), or the file name was
+longer than 4095 bytes (execveat with a directory fd names it ``/dev/fd/N/<path>``) and ``filename`` holds
+its first 4095; open, the path was
 longer than 4096 bytes and ``path`` holds its first 4096 (openat then failed with ENAMETOOLONG: the kernel
 takes at most 4095 bytes).  ``fault`` (a bool) says user memory could not be read: the syscall got a bad
 pointer (a NULL path or address), and the string or address it names is empty.

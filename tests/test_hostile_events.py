@@ -374,6 +374,31 @@ def test_exec_filename_of_4095_bytes_is_exact(collector, tmp_path):
     assert (ev["comm"], ev["truncated"], ev["fault"]) == (comm, False, False)
 
 
+def test_execveat_filename_past_path_max_is_cut_and_flagged(collector, tmp_path):
+    # execveat(dirfd, relative path) names the file "/dev/fd/<dirfd>/<path>" (fs/exec.c alloc_bprm): a
+    # 4090-byte relative path, which the kernel takes, gives a file name longer than PATH_MAX.
+    rel = long_path(b"", 4090)
+    os.makedirs(os.path.join(bytes(tmp_path), os.path.dirname(rel)))
+    os.symlink(b"/bin/true", rel, dir_fd=os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY))
+    tag = f"execveat-{uuid.uuid4().hex}"
+    out = py("""
+        import ctypes, os, sys
+        libc = ctypes.CDLL(None, use_errno=True)  # glibc >= 2.34 wraps execveat
+        dfd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
+        print(os.getpid(), dfd, flush=True)
+        argv = (ctypes.c_char_p * 3)(b"kr-true", sys.argv[3].encode(), None)
+        libc.execveat(dfd, bytes.fromhex(sys.argv[2]), argv, (ctypes.c_char_p * 1)(None), 0)
+        raise SystemExit(f"execveat failed: errno {ctypes.get_errno()}")
+        """, str(tmp_path), rel.hex(), tag).stdout.split()
+    pid, dfd = int(out[0]), int(out[1])
+    (ev,) = settle(collector, lambda e: e["type"] == "exec" and e["pid"] == pid and tag in e["argv"], "execveat")
+    full = f"/dev/fd/{dfd}/".encode() + rel
+    assert len(full) > PATH_MAX
+    assert exact(ev, "filename") == full[:PATH_MAX - 1]
+    assert ev["argv"] == ["kr-true", tag]
+    assert (ev["truncated"], ev["fault"]) == (True, False)
+
+
 # -- connect --------------------------------------------------------------------------------------------
 
 SIN_LOOPBACK_9 = b"\x02\x00\x00\x09\x7f\x00\x00\x01" + bytes(8)  # AF_INET 127.0.0.1:9

@@ -1,5 +1,7 @@
 """exec: each successful execve/execveat, with the file name and the argv the new program sees.
 
+FLAG_TRUNCATED: the argument area was longer than MAX_ARGS, or the file name longer than MAX_FILENAME - 1.
+
 At sched:sched_process_exec the new image is in place: comm is the new one, and ``current->mm`` is the new
 mm, whose argument area [arg_start, arg_end) holds argv as NUL-separated strings, already written by the
 kernel (so the pages are present).  The file name is the tracepoint's ``__data_loc char[] filename``:
@@ -8,7 +10,7 @@ a u32 holding (length << 16 | offset from the start of the record).
 from __future__ import annotations
 
 from .. import wire
-from ..asm import BPF_ADD, BPF_AND, BPF_DW, BPF_JEQ, BPF_JGT, BPF_JSGT, BPF_SUB, BPF_W, R0, R1, R2, R3, R6, R8
+from ..asm import BPF_ADD, BPF_AND, BPF_DW, BPF_JEQ, BPF_JGT, BPF_JSGT, BPF_RSH, BPF_SUB, BPF_W, R0, R1, R2, R3, R6, R8
 from ..asm import R9, R10, alu64_imm, alu64_reg, call, ja, jmp_imm, label, ldx_mem, mov64_imm, mov64_reg
 from ..asm import stx_mem
 from .builder import SLOT_A, SLOT_B, SLOT_SIZE, STAT_READ_FAULT, ProgramBuilder
@@ -21,10 +23,23 @@ def build(b: ProgramBuilder, fmt, layout) -> list:
     b.scratch()
     b.header(KIND, layout)
 
-    # File name: copy it out of the tracepoint record (ctx + offset), at most MAX_FILENAME bytes.
+    # File name: copy it out of the tracepoint record (ctx + offset), at most MAX_FILENAME bytes.  It can
+    # be longer than PATH_MAX: execveat(dirfd, "<4095-byte relative path>") names the file
+    # "/dev/fd/<dirfd>/<path>".  The __data_loc length (NUL included) says so: flag the cut.
     name_ok = b.label("name_ok")
+    name_cut = b.label("name_cut")
+    name_read = b.label("name_read")
     b.load_ctx(R3, fmt.field("filename"))
     b.emit(
+        mov64_reg(R2, R3),
+        alu64_imm(BPF_RSH, R2, 16),
+        jmp_imm(BPF_JGT, R2, wire.MAX_FILENAME, name_cut),
+        ja(name_read),
+        label(name_cut),
+    )
+    b.set_flag(wire.FLAG_TRUNCATED)  # clobbers r1 only: r3 still holds the __data_loc
+    b.emit(
+        label(name_read),
         alu64_imm(BPF_AND, R3, 0xFFFF),
         alu64_reg(BPF_ADD, R3, R6),
         mov64_reg(R1, R8),
