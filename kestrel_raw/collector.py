@@ -33,6 +33,7 @@ from .tracefs import find_tracefs, tracepoint_format
 from .uapi import BPF_MAP_TYPE_ARRAY_OF_MAPS
 
 PENDING_ENTRIES = 16384  # syscalls in flight at once across the host (open, connect)
+FILTER_ENTRIES = 4096  # tgids in the filter map: other collectors, or the tgids of an only_tgids run
 _U32 = struct.Struct("<I")
 
 
@@ -137,6 +138,7 @@ class KestrelCollector:
         self._maps[programs.MAP_STATS] = PerCPUArrayMap(8, programs.STATS_ENTRIES, name=programs.MAP_STATS)
         for name in (programs.MAP_PENDING_OPEN, programs.MAP_PENDING_CONNECT):
             self._maps[name] = HashMap(8, programs.PENDING_VALUE_SIZE, PENDING_ENTRIES, name=name)
+        self._maps[programs.MAP_FILTER] = HashMap(4, 8, FILTER_ENTRIES, name=programs.MAP_FILTER)
 
     # -- run -----------------------------------------------------------------------------------------
 

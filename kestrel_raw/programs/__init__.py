@@ -12,6 +12,9 @@ from typing import Callable
 from .. import wire
 from . import connect, exec as exec_, exit as exit_, open as open_
 from .builder import (
+    FILTER_IGNORE,
+    FILTER_ONLY,
+    MAP_FILTER,
     MAP_PENDING_CONNECT,
     MAP_PENDING_OPEN,
     MAP_RINGS,
@@ -68,14 +71,16 @@ def specs(kinds) -> list[ProgramSpec]:
 
 
 def build(spec: ProgramSpec, fmt, layout: KernelLayout, *, self_tgid: int, nrings: int,
-          wakeup_threshold: int) -> list:
+          wakeup_threshold: int, filter_mode: str = FILTER_IGNORE) -> list:
     """The instructions of ``spec`` for the tracepoint format ``fmt`` and the kernel ``layout``."""
-    b = ProgramBuilder(spec.name, self_tgid=self_tgid, nrings=nrings, wakeup_threshold=wakeup_threshold)
+    b = ProgramBuilder(spec.name, self_tgid=self_tgid, nrings=nrings, wakeup_threshold=wakeup_threshold,
+                       filter_mode=filter_mode)
     return spec._build(b, fmt, layout)
 
 
 __all__ = [
-    "KernelLayout", "ProgramSpec", "SPECS", "specs", "build", "MAP_RINGS", "MAP_SCRATCH", "MAP_STATS",
+    "KernelLayout", "ProgramSpec", "SPECS", "specs", "build", "MAP_FILTER", "FILTER_IGNORE", "FILTER_ONLY",
+    "MAP_RINGS", "MAP_SCRATCH", "MAP_STATS",
     "MAP_PENDING_OPEN", "MAP_PENDING_CONNECT", "PENDING_VALUE_SIZE", "SCRATCH_SIZE", "STATS_ENTRIES",
     "STATS_PER_KIND", "STAT_NAMES",
 ]

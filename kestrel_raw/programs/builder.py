@@ -82,6 +82,13 @@ MAP_SCRATCH = "scratch"  # BPF_MAP_TYPE_PERCPU_ARRAY, one value of SCRATCH_SIZE
 MAP_STATS = "stats"  # BPF_MAP_TYPE_PERCPU_ARRAY of u64 counters
 MAP_PENDING_OPEN = "pending_open"  # BPF_MAP_TYPE_HASH pid_tgid -> enter arguments
 MAP_PENDING_CONNECT = "pending_connect"
+# BPF_MAP_TYPE_HASH u32 tgid -> u64 (the process start time in clock ticks, for the loader's pruning).
+# FILTER_IGNORE: the programs skip the tgids listed (other collectors); FILTER_ONLY (debug and tests): they
+# report only the tgids listed.  The kernel name carries the kr_ prefix so that other collectors can
+# recognise the map (kestrel_raw/collector.py).
+MAP_FILTER = "kr_filter"
+FILTER_IGNORE = "ignore"
+FILTER_ONLY = "only"
 
 # The scratch value must hold the largest record plus what a bounded-but-unproven length could reach:
 # the exec arguments go at EXEC_DATA + filename_len, both bounded by 4096 for the verifier.
@@ -108,9 +115,13 @@ _label_ids = itertools.count()
 class ProgramBuilder:
     """Accumulates one program's instructions.  Every piece that jumps gets labels of its own."""
 
-    def __init__(self, name: str, self_tgid: int, nrings: int, wakeup_threshold: int) -> None:
+    def __init__(self, name: str, self_tgid: int, nrings: int, wakeup_threshold: int,
+                 filter_mode: str = FILTER_IGNORE) -> None:
+        if filter_mode not in (FILTER_IGNORE, FILTER_ONLY):
+            raise ValueError(f"filter_mode must be {FILTER_IGNORE!r} or {FILTER_ONLY!r}, got {filter_mode!r}")
         self.name = name
         self.self_tgid = self_tgid
+        self.filter_mode = filter_mode
         self.nrings = nrings
         self.wakeup_threshold = wakeup_threshold
         self.insns: list = []
@@ -124,7 +135,8 @@ class ProgramBuilder:
     # -- prologue / epilogue ------------------------------------------------------------------------
 
     def prologue(self) -> None:
-        """r6 = ctx; r7 = pid_tgid; leave at once for the collector's own process."""
+        """r6 = ctx; r7 = pid_tgid; leave at once for the collector's own process, and for the tgids
+        of the filter map (FILTER_IGNORE) or for every tgid not in it (FILTER_ONLY)."""
         self.emit(
             mov64_reg(R6, R1),
             call("get_current_pid_tgid"),
@@ -132,6 +144,12 @@ class ProgramBuilder:
             mov64_reg(R1, R0),
             alu64_imm(BPF_RSH, R1, 32),
             jmp_imm(BPF_JEQ, R1, self.self_tgid, "out"),
+            stx_mem(BPF_W, R10, R1, SLOT_ARRAY_KEY),
+            ld_map_fd(R1, MAP_FILTER),
+            mov64_reg(R2, R10),
+            alu64_imm(BPF_ADD, R2, SLOT_ARRAY_KEY),
+            call("map_lookup_elem"),
+            jmp_imm(BPF_JNE if self.filter_mode == FILTER_IGNORE else BPF_JEQ, R0, 0, "out"),
         )
 
     def epilogue(self) -> list:
