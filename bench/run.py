@@ -75,6 +75,9 @@ def main(argv=None) -> int:
     if os.geteuid() != 0:
         print("bench/run.py must run as root (BPF tracers, tracefs, sysctl, apt-get)", file=sys.stderr)
         return 2
+    # A shell starts background jobs with SIGINT ignored, and an ignored signal stays ignored across
+    # exec: restore Python's handler so the tracers we start can be stopped with SIGINT like Ctrl-C.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _term)
     signal.signal(signal.SIGHUP, _term)
     profile_name = "quick" if args.quick else "full"
