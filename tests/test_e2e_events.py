@@ -53,11 +53,9 @@ class Collector:
     def events(self):
         if not self.out.exists():
             return []
-        out = []
-        for line in self.out.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                out.append(json.loads(line))
-        return out
+        # The sink writes in large chunks: the last line may be half written; read whole lines only.
+        data = self.out.read_bytes()
+        return [json.loads(line) for line in data[: data.rfind(b"\n") + 1].splitlines() if line.strip()]
 
     def wait_for(self, pred, what, timeout=10.0):
         deadline = time.monotonic() + timeout
