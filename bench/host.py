@@ -127,3 +127,15 @@ def machine_facts() -> dict:
     except OSError:
         pass
     return facts
+
+
+def git_commit(path: str) -> str | None:
+    """HEAD of the git tree at ``path``, with "+dirty" when kestrel_raw/ has uncommitted changes."""
+    try:
+        head = subprocess.run(["git", "-C", path, "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", path, "status", "--porcelain", "--", "kestrel_raw"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except OSError:
+        return None
+    return (head + ("+dirty" if dirty else "")) or None

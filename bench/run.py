@@ -31,7 +31,8 @@ PROFILES = {
         reps=5, drain=1.0,
         loads={"open": Load("open", 300_000), "exec": Load("exec", 1_000), "exit": Load("exec", 1_000),
                "connect": Load("connect", 30_000), "build": Load("build", 10, max_seconds=120)},
-        open_ladder=[25_000, 50_000, 100_000, 150_000, 200_000], open_ladder_s=2.0, open_procs=2,
+        open_ladder=[10_000, 25_000, 50_000, 100_000, 150_000, 200_000], open_ladder_s=2.0, open_procs=2,
+        ladder_reps=2,
         exec_ladder=[100, 400, 1600], exec_ladder_s=3.0, exec_procs=4,
         latency_ops=600, latency_rate=200, startup_reps=3),
     "quick": dict(
@@ -39,6 +40,7 @@ PROFILES = {
         loads={"open": Load("open", 100_000), "exec": Load("exec", 300), "exit": Load("exec", 300),
                "connect": Load("connect", 10_000), "build": Load("build", 3, max_seconds=60)},
         open_ladder=[25_000, 100_000], open_ladder_s=1.0, open_procs=2,
+        ladder_reps=1,
         exec_ladder=[100, 400, 1600], exec_ladder_s=1.0, exec_procs=4,
         latency_ops=200, latency_rate=200, startup_reps=1),
 }
@@ -55,9 +57,21 @@ def parse_args(argv=None):
     p.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated subset of {','.join(PHASES)}")
     p.add_argument("--reps", type=int, help="runs per (workload, subject), alternating")
     p.add_argument("--out", help="report directory (default bench/results, or bench/results/quick)")
-    p.add_argument("--kestrel-cmd", default=f"{shlex.quote(sys.executable)} -m kestrel_raw run",
-                   help="how to start the collector, before --events/--output (default: %(default)s)")
+    p.add_argument("--kestrel-src", metavar="DIR",
+                   help="run the collector from this source tree (a checkout or `git worktree` of another "
+                        "commit) instead of this repository's kestrel_raw/")
+    p.add_argument("--note", default="", help="free text recorded in the report (e.g. what was benchmarked)")
+    p.add_argument("--kestrel-cmd",
+                   help="how to start the collector, before --events/--output "
+                        f"(default: {shlex.quote(sys.executable)} -m kestrel_raw run)")
     a = p.parse_args(argv)
+    if a.kestrel_cmd is None:
+        if a.kestrel_src:
+            # -P: no script directory on sys.path, so PYTHONPATH's tree wins over the working directory
+            a.kestrel_cmd = (f"env PYTHONPATH={shlex.quote(os.path.abspath(a.kestrel_src))} "
+                             f"{shlex.quote(sys.executable)} -P -m kestrel_raw run")
+        else:
+            a.kestrel_cmd = f"{shlex.quote(sys.executable)} -m kestrel_raw run"
     for name, val, allowed in (("subjects", a.subjects, tracers.SUBJECTS), ("workloads", a.workloads, WORKLOADS),
                                ("phases", a.phases, PHASES)):
         bad = [x for x in val.split(",") if x not in allowed]
@@ -138,11 +152,12 @@ def main(argv=None) -> int:
                                                ("exec", prof["exec_ladder"], prof["exec_ladder_s"], prof["exec_procs"])):
                     if wl not in workloads:
                         continue
-                    for name in tracer_names:
+                    for i, name in enumerate(stats.alternate(tracer_names, prof["ladder_reps"])):
                         if name in disabled:
                             continue
                         subj = tracers.subject_for(name, wl, bench.kestrel_argv)
                         rec = bench.ladder(subj, wl, rates, secs, procs)
+                        rec["rep"] = i // len(tracer_names)
                         result["ladders"].append(rec)
                         note(rec)
                         host.log(f"ladder {wl} {name}: max zero-loss rate {rec.get('max_zero_loss_rate')}")
@@ -172,6 +187,7 @@ def main(argv=None) -> int:
         "meta": {"profile": profile_name, "started": started, "duration_s": time.monotonic() - t_start,
                  "reps": prof["reps"], "machine": host.machine_facts(), "subjects": subjects,
                  "workloads": workloads, "phases": phases, "kestrel_cmd": args.kestrel_cmd,
+                 "kestrel_commit": host.git_commit(args.kestrel_src or tracers.REPO), "note": args.note,
                  "disabled_subjects": disabled,
                  "loads": {k: v.__dict__ for k, v in prof["loads"].items()},
                  "profile_settings": {k: v for k, v in prof.items() if k != "loads"}},
