@@ -1,8 +1,13 @@
 """``kestrel-raw run``: watch the whole host and print one JSON object per event.
 
 Exit status: 0 after a clean stop (SIGINT, SIGTERM, --duration, or the output pipe closing); 2 for a bad
-command line or configuration; 1 when the host cannot run the collector (privilege, tracefs, BTF, kernel),
-with one line on stderr that says what is missing.
+command line or configuration; 1 when the host cannot run the collector (privilege, tracefs, BTF, kernel)
+or the output cannot be written (a full disk), with one line on stderr that says what is wrong.
+
+Privileges: set-up needs root, or CAP_BPF + CAP_PERFMON + CAP_SYS_ADMIN (tracefs, other collectors'
+maps).  Once the programs are attached and the rings mapped, the collector becomes ``--user`` (default
+nobody), empties its capability sets and bounding set and sets no_new_privs (``--keep-privileges`` turns
+this off); the JSON lines, the stats and stopping work on the fds it already holds.
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ import sys
 # ~190 ms on this VM (KERNEL-NOTES.md).
 import trio
 
-from .errors import ConfigError, KestrelError, PrivilegeError
+from .errors import ConfigError, KestrelError, PrivilegeError, SetupError
 
 EXIT_OK = 0
 EXIT_SETUP = 1
@@ -36,7 +41,32 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--buffer-size", type=int, default=None, help="bytes per ring buffer (default 262144)")
     run.add_argument("--dump-programs", metavar="DIR",
                      help="write the disassembly of every program loaded into DIR (for audit)")
+    run.add_argument("--queue-size", type=int, default=None,
+                     help="events held between the ring readers and the output (default 8192)")
+    run.add_argument("--queue-policy", choices=("block", "drop"), default=None,
+                     help="when the output is slower than the events: 'block' (default) stops reading the "
+                          "rings, so the kernel drops and counts what does not fit; 'drop' keeps reading "
+                          "and drops, counting them, the events the queue cannot take")
+    run.add_argument("--btf", metavar="PATH", default=os.environ.get("KESTREL_BTF"),
+                     help="kernel BTF to take struct layouts from (default $KESTREL_BTF, else "
+                          "/sys/kernel/btf/vmlinux)")
+    run.add_argument("--user", metavar="USER", default="nobody",
+                     help="user (name or uid) to become once attached, when run as root (default nobody)")
+    run.add_argument("--keep-privileges", action="store_true",
+                     help="do not drop capabilities and root's uid once attached (debugging only)")
     return p
+
+
+def _user_ids(user: str) -> tuple[int, int]:
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(user) if not user.isdigit() else pwd.getpwuid(int(user))
+        return entry.pw_uid, entry.pw_gid
+    except KeyError:
+        if user.isdigit():
+            return int(user), int(user)
+        raise ConfigError(f"--user {user!r}: no such user; give a user name or a numeric uid") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,24 +78,48 @@ def main(argv: list[str] | None = None) -> int:
         kwargs["buffers"] = args.buffers
     if args.buffer_size is not None:
         kwargs["buffer_size"] = args.buffer_size
+    if args.queue_size is not None:
+        kwargs["queue_size"] = args.queue_size
+    if args.queue_policy is not None:
+        kwargs["queue_policy"] = args.queue_policy
+    if args.btf:
+        kwargs["btf_path"] = args.btf
     try:
         if args.duration is not None and not args.duration > 0:
             raise ConfigError(f"--duration must be a positive number of seconds, got {args.duration}")
+        uid, gid = _user_ids(args.user)
         config = CollectorConfig(event_types=parse_event_types(args.events), program_path=args.dump_programs,
+                                 drop_privileges=not args.keep_privileges, drop_uid=uid, drop_gid=gid,
                                  **kwargs)
     except ConfigError as e:
-        print(f"kestrel-raw: {e}", file=sys.stderr)
+        _error(str(e))
         return EXIT_USAGE
     try:
         return trio.run(_run, config, args.output, args.duration)
     except PrivilegeError as e:
-        print(f"kestrel-raw: insufficient privilege: {e}", file=sys.stderr)
+        _error(f"insufficient privilege: {e}")
+        return EXIT_SETUP
+    except SetupError as e:
+        _error(_one_line(str(e)))
         return EXIT_SETUP
     except KestrelError as e:
-        print(f"kestrel-raw: {e}", file=sys.stderr)
+        _error(str(e))
+        return EXIT_SETUP
+    except OSError as e:  # the output file cannot be created, say
+        where = f" {e.filename}" if e.filename else ""
+        _error(f"cannot run:{where}: {e.strerror or e}")
         return EXIT_SETUP
     except KeyboardInterrupt:
         return EXIT_OK
+
+
+def _error(message: str) -> None:
+    print(f"kestrel-raw: {message}", file=sys.stderr)
+
+
+def _one_line(text: str) -> str:
+    # Set-up errors may quote a tool's several lines (mount(8)); the user gets one.
+    return " ".join(text.split())
 
 
 async def _run(config, output: str | None, duration: float | None) -> int:
@@ -75,12 +129,18 @@ async def _run(config, output: str | None, duration: float | None) -> int:
     send, recv = trio.open_memory_channel(config.queue_size)
     collector = KestrelCollector(send, config)
     collector.load()
-    sink = JsonlSink.open(output) if output else JsonlSink(sys.stdout.buffer)
+    try:
+        sink = JsonlSink.open(output) if output else JsonlSink(sys.stdout.buffer)
+    except BaseException:
+        collector.stop()
+        raise
     status = EXIT_OK
     try:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
                 await nursery.start(collector.start)
+                if collector.privileges is not None:
+                    _error(f"attached; privileges dropped: {collector.privileges.describe()}")
 
                 async def on_signal():
                     async for _ in signals:
@@ -100,8 +160,7 @@ async def _run(config, output: str | None, duration: float | None) -> int:
                         # The reader went away (`| head -1`): a normal end, not an error.
                         _silence_stdout()
                     except OSError as e:
-                        print(f"kestrel-raw: cannot write events: {e.strerror}"
-                              f"{' (disk full)' if e.errno == errno.ENOSPC else ''}", file=sys.stderr)
+                        _write_error(e, output)
                         status = EXIT_SETUP
                     nursery.cancel_scope.cancel()
 
@@ -115,10 +174,18 @@ async def _run(config, output: str | None, duration: float | None) -> int:
             sink.close()
         except BrokenPipeError:
             _silence_stdout()
-        except OSError:
-            pass
+        except OSError as e:
+            if status == EXIT_OK:  # else the write already failed and said so
+                _write_error(e, output)
+                status = EXIT_SETUP
         print(collector.stats().summary(), file=sys.stderr)
     return status
+
+
+def _write_error(e: OSError, output: str | None) -> None:
+    where = output or "standard output"
+    full = " (the disk is full)" if e.errno == errno.ENOSPC else ""
+    _error(f"cannot write events to {where}: {e.strerror or e}{full}; stopped, programs detached")
 
 
 def _silence_stdout() -> None:

@@ -10,9 +10,28 @@
 Records are spread over ``config.buffers`` ring buffers by process (tgid % buffers), so the events of one
 process stay in order in one ring.  The programs write without waking the reader until a ring holds
 ``wakeup_bytes``; the poller also drains every ``poll_interval`` seconds, so a lone event waits at most that.
+
+A slow consumer: with ``queue_policy="block"`` a full channel stops the pollers, the rings fill and the
+programs count every record they cannot write (``stats().kernel``, ``ringbuf_full``); with ``"drop"`` the
+pollers keep draining and drop what the channel cannot take (``stats().user_dropped``).  Either way memory
+stays bounded by ``queue_size`` events plus the rings, and nothing is lost without being counted.
+
+Other collectors.  The programs skip the collector's own tgid and every tgid in its ``kr_filter`` map.  At
+load, before anything is attached, a collector looks for the processes that hold a ``kr_filter`` hash map
+and a tracepoint program named ``kr_*`` (both need CAP_BPF to make, so a process cannot pose as a
+collector by name), puts their tgids in its own filter and its own tgid in theirs (pidfd_getfd(2) gives it
+their map).  So neither reports the other from then on; a collector's own start-up, until it registers, is
+ordinary activity.  Each entry carries the process's start time; every ``peer_interval`` seconds a
+collector drops the entries whose process is gone or whose pid now names another process, so a pid reused
+by someone else is hidden for at most that long.
+
+Privileges: with ``drop_privileges`` the collector gives up every capability and root's uid once its
+programs are attached and its rings mapped (kestrel_raw/caps.py), keeping CAP_BPF only on kernels that
+refuse map lookups to a process without it.
 """
 from __future__ import annotations
 
+import errno
 import os
 import struct
 import time
@@ -20,21 +39,24 @@ from dataclasses import dataclass, field
 
 import trio
 
-from . import programs, wire
+from . import bpf, caps, programs, syscall, wire
 from .attach import attach_tracepoint
 from .btf import BTF
 from .config import CollectorConfig
-from .errors import BTFError, RecordError, SetupError
+from .errors import BPFError, BTFError, RecordError, SetupError
 from .events import normalize
 from .maps import HashMap, Map, PerCPUArrayMap, RingBuf, RingBufReader
 from .program import Program
 from .records import parse_record
 from .tracefs import find_tracefs, tracepoint_format
-from .uapi import BPF_MAP_TYPE_ARRAY_OF_MAPS
+from .uapi import BPF_MAP_TYPE_ARRAY_OF_MAPS, BPF_MAP_TYPE_HASH, BPF_PROG_TYPE_TRACEPOINT
 
 PENDING_ENTRIES = 16384  # syscalls in flight at once across the host (open, connect)
 FILTER_ENTRIES = 4096  # tgids in the filter map: other collectors, or the tgids of an only_tgids run
 _U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+FILTER_MAP_NAME = programs.MAP_FILTER  # kernel name of the ignore-mode filter: what other collectors look for
+ONLY_MAP_NAME = "kr_only"  # kernel name of an only-mode filter: not a collector's ignore list
 
 
 @dataclass(frozen=True)
@@ -46,6 +68,7 @@ class CollectorStats:
     parse_errors: int  # records that could not be parsed (counted and skipped)
     user_dropped: int  # events dropped because the consumer was slow (queue_policy="drop")
     kernel: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # type -> counter -> per CPU
+    peers: tuple[int, ...] = ()  # tgids of the other collectors this one ignores
 
     @property
     def kernel_lost(self) -> int:
@@ -67,7 +90,8 @@ class CollectorStats:
         }
         lost_text = " ".join(f"{k}={v}" for k, v in sorted(lost.items())) or "none"
         return (f"kestrel-raw: records={self.records} delivered[{delivered}] kernel_lost={self.kernel_lost} "
-                f"user_dropped={self.user_dropped} parse_errors={self.parse_errors} kernel_counters[{lost_text}]")
+                f"user_dropped={self.user_dropped} parse_errors={self.parse_errors} kernel_counters[{lost_text}] "
+                f"peers={len(self.peers)}")
 
 
 class KestrelCollector:
@@ -88,6 +112,8 @@ class KestrelCollector:
         self._user_dropped = 0
         self._delivered = {wire_kind: 0 for wire_kind in wire.KINDS}
         self._wall_offset = 0
+        self.privileges: caps.Privileges | None = None  # what the process holds after start() dropped
+        self._final: tuple[dict, tuple[int, ...]] | None = None  # stats() of the maps, taken as they close
 
     # -- load ----------------------------------------------------------------------------------------
 
@@ -98,14 +124,23 @@ class KestrelCollector:
         cfg = self.config
         kinds = [int(t) for t in cfg.event_types]
         specs = programs.specs(kinds)
+        filter_mode = programs.FILTER_IGNORE if cfg.only_tgids is None else programs.FILTER_ONLY
         try:
+            # Maps first, and registration with the other collectors, so that they stop reporting this
+            # one as early as possible.
+            self._create_maps()
+            if cfg.only_tgids is None:
+                _register_with_peers(self._maps[programs.MAP_FILTER])
+            else:
+                for tgid in cfg.only_tgids:
+                    self._maps[programs.MAP_FILTER][_U32.pack(tgid)] = _U64.pack(0)
             find_tracefs()
             formats = {s.name: tracepoint_format(s.group, s.tracepoint) for s in specs}
             layout = programs.KernelLayout.from_btf(self._load_btf())
-            self._create_maps()
             for spec in specs:
                 insns = programs.build(spec, formats[spec.name], layout, self_tgid=os.getpid(),
-                                       nrings=cfg.buffers, wakeup_threshold=cfg.wakeup_bytes)
+                                       nrings=cfg.buffers, wakeup_threshold=cfg.wakeup_bytes,
+                                       filter_mode=filter_mode)
                 prog = Program(insns, maps=self._maps, name=spec.name)
                 self._programs.append((spec, prog))
                 self._listing.append((spec, insns))
@@ -123,12 +158,21 @@ class KestrelCollector:
         except FileNotFoundError:
             raise SetupError(f"no kernel BTF at {path}: kestrel-raw takes kernel struct layouts from BTF, "
                              f"so it needs a kernel built with CONFIG_DEBUG_INFO_BTF=y") from None
-        except BTFError as e:
+        except (BTFError, ValueError, EOFError, struct.error) as e:
             raise SetupError(f"the kernel BTF at {path} cannot be used: {e}") from None
+        except OSError as e:
+            raise SetupError(f"cannot read the kernel BTF at {path}: {e.strerror or e}") from None
 
     def _create_maps(self) -> None:
         cfg = self.config
-        self._rings = [RingBuf(cfg.buffer_size, name=f"kr_ring{i}") for i in range(cfg.buffers)]
+        try:
+            self._rings.append(RingBuf(cfg.buffer_size, name="kr_ring0"))
+        except BPFError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            raise SetupError(f"this kernel refused a BPF ring buffer ({e}): kestrel-raw needs "
+                             f"BPF_MAP_TYPE_RINGBUF, Linux 5.8 or later") from None
+        self._rings += [RingBuf(cfg.buffer_size, name=f"kr_ring{i}") for i in range(1, cfg.buffers)]
         outer = Map(BPF_MAP_TYPE_ARRAY_OF_MAPS, 4, 4, cfg.buffers, name=programs.MAP_RINGS,
                     inner_map_fd=self._rings[0].fd)
         self._maps[programs.MAP_RINGS] = outer
@@ -138,7 +182,8 @@ class KestrelCollector:
         self._maps[programs.MAP_STATS] = PerCPUArrayMap(8, programs.STATS_ENTRIES, name=programs.MAP_STATS)
         for name in (programs.MAP_PENDING_OPEN, programs.MAP_PENDING_CONNECT):
             self._maps[name] = HashMap(8, programs.PENDING_VALUE_SIZE, PENDING_ENTRIES, name=name)
-        self._maps[programs.MAP_FILTER] = HashMap(4, 8, FILTER_ENTRIES, name=programs.MAP_FILTER)
+        self._maps[programs.MAP_FILTER] = HashMap(
+            4, 8, FILTER_ENTRIES, name=FILTER_MAP_NAME if cfg.only_tgids is None else ONLY_MAP_NAME)
 
     # -- run -----------------------------------------------------------------------------------------
 
@@ -153,9 +198,13 @@ class KestrelCollector:
                     self._links.append(attach_tracepoint(prog, spec.group, spec.tracepoint))
                 self._readers = [RingBufReader(ring, self.config.buffer_size) for ring in self._rings]
                 self._wall_offset = time.time_ns() - time.monotonic_ns()
+                if self.config.drop_privileges:
+                    self._drop_privileges()
                 async with trio.open_nursery() as nursery:
                     for reader in self._readers:
                         nursery.start_soon(self._poll, reader)
+                    if self.config.only_tgids is None:
+                        nursery.start_soon(self._prune_peers)
                     task_status.started()
         finally:
             self._close_all()
@@ -166,6 +215,31 @@ class KestrelCollector:
             self._cancel.cancel()
         else:
             self._close_all()
+
+    def _drop_privileges(self) -> None:
+        cfg = self.config
+        filter_map = self._maps[programs.MAP_FILTER]
+        stats_map = self._maps[programs.MAP_STATS]
+
+        def map_ops() -> None:
+            stats_map[0]
+            filter_map.get(_U32.pack(0))
+
+        # Kernels before 6.5 refuse every bpf(2) command to a process without CAP_BPF when
+        # kernel.unprivileged_bpf_disabled is set, even on fds it holds: keep CAP_BPF alone there, or
+        # stats() and the peer pruning would fail.
+        keep = 0 if caps.works_without_privilege(map_ops) else caps.cap_mask(caps.CAP_BPF)
+        self.privileges = caps.drop_privileges(keep, cfg.drop_uid, cfg.drop_gid)
+
+    async def _prune_peers(self) -> None:
+        filter_map = self._maps[programs.MAP_FILTER]
+        while True:
+            await trio.sleep(self.config.peer_interval)
+            for key in list(filter_map.keys()):
+                tgid = _U32.unpack(key)[0]
+                value = filter_map.get(key)
+                if value is not None and _start_ticks(tgid) != _U64.unpack(value)[0]:
+                    filter_map.delete(key)
 
     async def _poll(self, reader: RingBufReader) -> None:
         interval = self.config.poll_interval
@@ -199,6 +273,18 @@ class KestrelCollector:
     # -- introspection ---------------------------------------------------------------------------------
 
     def stats(self) -> CollectorStats:
+        """Counts so far; after stop(), the counts as they were when the maps were closed."""
+        kernel, peers = self._final if self._final is not None else (self._kernel_counters(), self._peer_tgids())
+        return CollectorStats(
+            records=self._records,
+            delivered={_KIND_NAMES[k]: v for k, v in self._delivered.items()},
+            parse_errors=self._parse_errors,
+            user_dropped=self._user_dropped,
+            kernel=kernel,
+            peers=peers,
+        )
+
+    def _kernel_counters(self) -> dict[str, dict[str, list[int]]]:
         kernel: dict[str, dict[str, list[int]]] = {}
         stats_map = self._maps.get(programs.MAP_STATS)
         if stats_map is not None and not stats_map.closed:
@@ -208,13 +294,13 @@ class KestrelCollector:
                     values = stats_map[kind * programs.STATS_PER_KIND + c]
                     counters[name] = [_u64(v) for v in values]
                 kernel[_KIND_NAMES[kind]] = counters
-        return CollectorStats(
-            records=self._records,
-            delivered={_KIND_NAMES[k]: v for k, v in self._delivered.items()},
-            parse_errors=self._parse_errors,
-            user_dropped=self._user_dropped,
-            kernel=kernel,
-        )
+        return kernel
+
+    def _peer_tgids(self) -> tuple[int, ...]:
+        filter_map = self._maps.get(programs.MAP_FILTER)
+        if filter_map is None or filter_map.closed or self.config.only_tgids is not None:
+            return ()
+        return tuple(sorted(_U32.unpack(k)[0] for k in filter_map.keys()))
 
     def program_listing(self) -> str:
         """Every loaded program as text, as an auditor would read it."""
@@ -229,9 +315,14 @@ class KestrelCollector:
     # -- teardown --------------------------------------------------------------------------------------
 
     def _close_all(self) -> None:
-        # Links first (detach), then programs, readers (munmap) and maps.
+        # Links first (detach), then the last counts, then programs, readers (munmap) and maps.
         for link in self._links:
             link.close()
+        if self._final is None and self._maps:
+            try:
+                self._final = (self._kernel_counters(), self._peer_tgids())
+            except BPFError:
+                self._final = ({}, ())
         for _spec, prog in self._programs:
             prog.close()
         for reader in self._readers:
@@ -266,3 +357,122 @@ def _write_listings(path: str, listing) -> None:
         with open(os.path.join(path, f"{spec.name}.txt"), "w") as f:
             f.write(f"; {spec.name}: tracepoint {spec.group}:{spec.tracepoint}\n")
             f.write(format_program(insns) + "\n")
+
+
+# -- other collectors ----------------------------------------------------------------------------------------
+
+def _start_ticks(tgid: int) -> int | None:
+    """Field 22 of /proc/PID/stat (start time in clock ticks since boot): with the pid, names one process."""
+    try:
+        with open(f"/proc/{tgid}/stat", "rb") as f:
+            text = f.read()
+    except OSError:
+        return None
+    # comm (field 2) may hold spaces and parentheses: count from the last ')'.
+    fields = text[text.rfind(b")") + 2:].split()
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def _bpf_fds(pid: int) -> tuple[list[int], list[int]]:
+    """The fds of ``pid`` that are BPF maps and BPF programs."""
+    maps, progs = [], []
+    fd_dir = f"/proc/{pid}/fd"
+    try:
+        names = os.listdir(fd_dir)
+    except OSError:
+        return maps, progs
+    for name in names:
+        try:
+            target = os.readlink(f"{fd_dir}/{name}")
+        except OSError:
+            continue
+        if target == "anon_inode:bpf-map":
+            maps.append(int(name))
+        elif target == "anon_inode:bpf-prog":
+            progs.append(int(name))
+    return maps, progs
+
+
+def _peer_filter(pid: int) -> int | None:
+    """A duplicate of the kr_filter map fd of ``pid`` when ``pid`` is a collector, else None.
+
+    A collector holds a hash map named kr_filter (u32 -> u64) and a tracepoint program named kr_*; making
+    either needs CAP_BPF, so an unprivileged process cannot be taken for one.
+    """
+    maps, progs = _bpf_fds(pid)
+    if not maps or not progs:
+        return None
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    found = None
+    try:
+        is_collector = False
+        for fd in progs:
+            dup = _dup_from(pidfd, fd)
+            if dup is None:
+                continue
+            try:
+                info = bpf.prog_info(dup)
+                if info.type == BPF_PROG_TYPE_TRACEPOINT and info.name.startswith("kr_"):
+                    is_collector = True
+                    break
+            except BPFError:
+                pass
+            finally:
+                os.close(dup)
+        if not is_collector:
+            return None
+        for fd in maps:
+            dup = _dup_from(pidfd, fd)
+            if dup is None:
+                continue
+            try:
+                info = bpf.map_info(dup)
+            except BPFError:
+                os.close(dup)
+                continue
+            if (info.name, info.type, info.key_size, info.value_size) == (FILTER_MAP_NAME, BPF_MAP_TYPE_HASH, 4, 8):
+                found = dup
+                break
+            os.close(dup)
+    finally:
+        os.close(pidfd)
+    return found
+
+
+def _dup_from(pidfd: int, fd: int) -> int | None:
+    try:
+        return syscall.pidfd_getfd(pidfd, fd)
+    except OSError:
+        return None
+
+
+def _register_with_peers(own_filter: HashMap) -> list[int]:
+    """Find the running collectors; each ignores this one, this one ignores each.  Returns their tgids."""
+    me = os.getpid()
+    my_key, my_start = _U32.pack(me), _start_ticks(me)
+    peers = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        pid = int(entry)
+        fd = _peer_filter(pid)
+        if fd is None:
+            continue
+        try:
+            start = _start_ticks(pid)
+            if start is None:
+                continue
+            bpf.map_update_elem(fd, my_key, _U64.pack(my_start or 0))
+            own_filter[_U32.pack(pid)] = _U64.pack(start)
+            peers.append(pid)
+        except BPFError:
+            pass  # its filter is full or it is going away: it will report this collector
+        finally:
+            os.close(fd)
+    return peers

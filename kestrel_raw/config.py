@@ -62,13 +62,25 @@ class CollectorConfig:
         BPF_MAP_TYPE_RINGBUF rule).
     event_types: which events to collect: EventType values or their names ("exec"...); stored as a tuple.
     queue_size: events buffered between the ring-buffer pollers and each consumer.
-    queue_policy: "block" (a full queue stops the pollers, the ring buffers fill and the kernel side
-        counts drops) or "drop" (a full queue drops the event in Python and counts it).
+    queue_policy: what happens when the consumer is slow and the queue is full.  "block": the pollers wait
+        for room; the ring buffers fill and the programs count every record they cannot write
+        (stats().kernel ... ringbuf_full): events are lost in the kernel, oldest kept.  "drop": the pollers
+        keep draining the rings and drop the events the queue cannot take, counted in
+        stats().user_dropped: the newest are lost, the rings never fill because of the consumer.  Memory
+        is bounded either way (queue_size events plus the rings).
     btf_path: kernel BTF, for struct offsets.
     wakeup_bytes: the programs wake the reader only once a ring holds this many bytes (0: every record);
         None means buffer_size // 8.  Must be below buffer_size.
     poll_interval: seconds between drains when no wakeup comes: the longest a lone event waits.
     flush_interval: seconds a JSON line may stay buffered while events flow.
+    only_tgids: None (the default: report every process but the collectors), or the only tgids reported
+        (debugging and tests: with the flooders of a storm test as the only tgids, the kernel's loss
+        counters count their events alone, so delivered + lost = generated is exact).
+    peer_interval: seconds between checks that the other collectors this one ignores still run (an entry
+        whose pid now names another process is removed: a reused pid is hidden at most this long).
+    drop_privileges: once attached and mapped, give up every capability and root's uid (kestrel_raw/caps.py).
+        Irreversible for the whole process, so off for the library; the CLI turns it on.
+    drop_uid, drop_gid: the identity a root process takes when it drops (default nobody, 65534).
     """
 
     program_path: str | None = None
@@ -81,6 +93,11 @@ class CollectorConfig:
     wakeup_bytes: int | None = None
     poll_interval: float = 0.1
     flush_interval: float = 0.1
+    only_tgids: tuple[int, ...] | None = None
+    peer_interval: float = 1.0
+    drop_privileges: bool = False
+    drop_uid: int = 65534
+    drop_gid: int = 65534
 
     def __post_init__(self) -> None:
         if self.program_path is not None:
@@ -117,3 +134,17 @@ class CollectorConfig:
         _positive_seconds("poll_interval", self.poll_interval)
         _positive_seconds("flush_interval", self.flush_interval)
         object.__setattr__(self, "btf_path", os.fspath(self.btf_path))
+        if self.only_tgids is not None:
+            tgids = tuple(self.only_tgids)
+            for tgid in tgids:
+                _positive_int("only_tgids entries", tgid)
+            if not tgids:
+                raise ConfigError("only_tgids is empty: nothing would be reported; give tgids or None")
+            object.__setattr__(self, "only_tgids", tgids)
+        _positive_seconds("peer_interval", self.peer_interval)
+        if not isinstance(self.drop_privileges, bool):
+            raise ConfigError(f"drop_privileges must be True or False, got {self.drop_privileges!r}")
+        for name in ("drop_uid", "drop_gid"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**32 - 1:
+                raise ConfigError(f"{name} must be a non-root id (1 to 4294967294), got {value!r}")

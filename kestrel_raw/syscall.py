@@ -1,4 +1,5 @@
-"""The one module that calls into libc: bpf(2), perf_event_open(2) and ioctl(2) through ctypes.
+"""The one module that calls into libc: bpf(2), perf_event_open(2), ioctl(2), and for dropping privilege
+capget(2), capset(2), prctl(2) and pidfd_getfd(2), through ctypes.
 
 Neither bpf(2) nor perf_event_open(2) has a libc wrapper, so both go through ``syscall(2)`` with the
 number for this machine's architecture.  A failing call raises the ``BPFError`` subclass that
@@ -18,6 +19,8 @@ SYSCALL_NUMBERS = {
     "x86_64": {"__NR_bpf": 321, "__NR_perf_event_open": 298},
     "aarch64": {"__NR_bpf": 280, "__NR_perf_event_open": 241},
 }
+# Syscalls added since Linux 5.1 have one number on every architecture (the unified table).
+__NR_pidfd_getfd = 438
 _ARCH_ALIASES = {"amd64": "x86_64", "arm64": "aarch64"}
 
 
@@ -95,6 +98,66 @@ def ioctl(fd: int, request: int, arg: int = 0, op: str = "ioctl") -> int:
     ret = _ioctl(fd, request, arg)
     if ret < 0:
         raise bpf_error(op, ctypes.get_errno())
+    return ret
+
+
+# capget(2)/capset(2): struct __user_cap_header_struct and two struct __user_cap_data_struct (version 3
+# covers capabilities 0-63), include/uapi/linux/capability.h.
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+def _oserror(call: str) -> OSError:
+    err = ctypes.get_errno()
+    return OSError(err, f"{call} failed: {os.strerror(err)}")
+
+
+def capget() -> tuple[int, int, int]:
+    """This thread's (effective, permitted, inheritable) capability sets as 64-bit masks."""
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    if _libc.capget(ctypes.byref(header), ctypes.byref(data)) < 0:
+        raise _oserror("capget")
+    return tuple(data[0].__getattribute__(n) | data[1].__getattribute__(n) << 32
+                 for n in ("effective", "permitted", "inheritable"))
+
+
+def capset(effective: int, permitted: int, inheritable: int = 0) -> None:
+    """Set this thread's capability sets (capabilities are per thread: other threads keep theirs)."""
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    for i in range(2):
+        data[i].effective = effective >> (32 * i) & 0xFFFFFFFF
+        data[i].permitted = permitted >> (32 * i) & 0xFFFFFFFF
+        data[i].inheritable = inheritable >> (32 * i) & 0xFFFFFFFF
+    if _libc.capset(ctypes.byref(header), ctypes.byref(data)) < 0:
+        raise _oserror("capset")
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
+    """prctl(2); returns its non-negative result, raises OSError."""
+    ret = _libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_ulong(arg3), ctypes.c_ulong(arg4),
+                      ctypes.c_ulong(arg5))
+    if ret < 0:
+        raise _oserror(f"prctl({option})")
+    return ret
+
+
+def pidfd_getfd(pidfd: int, targetfd: int) -> int:
+    """A duplicate (close-on-exec) of file descriptor ``targetfd`` of the process behind ``pidfd``
+    (pidfd_getfd(2), Linux 5.6; the caller needs ptrace access to that process)."""
+    ret = _syscall(ctypes.c_long(__NR_pidfd_getfd), ctypes.c_int(pidfd), ctypes.c_int(targetfd),
+                   ctypes.c_uint(0))
+    if ret < 0:
+        raise _oserror("pidfd_getfd")
     return ret
 
 
