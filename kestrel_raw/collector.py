@@ -154,6 +154,8 @@ class KestrelCollector:
     def _load_btf(self) -> BTF:
         path = self.config.btf_path
         try:
+            if not os.path.exists(path):
+                raise FileNotFoundError(path)
             return BTF.load(path)
         except FileNotFoundError:
             raise SetupError(f"no kernel BTF at {path}: kestrel-raw takes kernel struct layouts from BTF, "
