@@ -221,6 +221,10 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+COLORS = {"kestrel-raw": "tab:blue", "libbpf-tools": "tab:orange", "bpftrace": "tab:green"}
+MARKERS = {"kestrel-raw": "o", "libbpf-tools": "s", "bpftrace": "^"}
+
+
 def plot(report: dict, path: str) -> bool:
     """delivered vs offered events/s per subject, one panel per ladder workload.  False without matplotlib."""
     try:
@@ -242,7 +246,9 @@ def plot(report: dict, path: str) -> bool:
             xs = [r["offered_rate"] for r in l["rungs"] if r.get("delivered_rate") is not None]
             ys = [r["delivered_rate"] for r in l["rungs"] if r.get("delivered_rate") is not None]
             if xs:
-                ax.plot(xs, ys, marker="o", label=l["subject"])
+                subj, rep = l["subject"], l.get("rep", 0)
+                ax.plot(xs, ys, marker=MARKERS.get(subj, "o"), color=COLORS.get(subj), alpha=0.85,
+                        linestyle="-" if rep == 0 else "--", label=f"{subj} (pass {rep + 1})")
                 top = max(top, max(xs), max(ys))
         ax.plot([0, top], [0, top], linestyle=":", color="grey", label="no loss")
         ax.set_title(f"{wl}: events delivered vs offered (generator's own events)")

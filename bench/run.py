@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import shlex
 import shutil
@@ -60,6 +61,8 @@ def parse_args(argv=None):
     p.add_argument("--kestrel-src", metavar="DIR",
                    help="run the collector from this source tree (a checkout or `git worktree` of another "
                         "commit) instead of this repository's kestrel_raw/")
+    p.add_argument("--render", metavar="REPORT_JSON",
+                   help="run nothing: rebuild report.md and the PNG from an existing report.json")
     p.add_argument("--note", default="", help="free text recorded in the report (e.g. what was benchmarked)")
     p.add_argument("--kestrel-cmd",
                    help="how to start the collector, before --events/--output "
@@ -84,8 +87,21 @@ def _term(signum, frame):
     raise SystemExit(f"stopped by signal {signum}")
 
 
+def render(path: str) -> int:
+    """Recompute summaries and targets from an existing report.json's raw runs and rewrite its report."""
+    with open(path) as f:
+        rep = json.load(f)
+    rep["summary"] = report.summarize(rep["trials"])
+    rep["targets"] = report.targets(rep["summary"], rep["ladders"], rep["startup"])
+    paths = report.write(rep, os.path.dirname(os.path.abspath(path)))
+    host.log(f"report: {paths['md']}")
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.render:
+        return render(args.render)
     if os.geteuid() != 0:
         print("bench/run.py must run as root (BPF tracers, tracefs, sysctl, apt-get)", file=sys.stderr)
         return 2
