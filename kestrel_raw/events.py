@@ -142,14 +142,19 @@ def _event(type_id: int, ts_mono: int, ts_wall: int, key: int, fields: Mapping[i
     return ev
 
 
-def split_args(area: bytes) -> tuple[str, ...]:
-    """argv from the kernel's argument area ``"a\\0b\\0c\\0"``; the last NUL is missing when cut short."""
+def split_arg_area(area: bytes) -> list[bytes]:
+    """The arguments in the kernel's argument area ``"a\\0b\\0c\\0"`` (the last NUL is missing when cut short)."""
     if not area:
-        return ()
+        return []
     parts = area.split(b"\0")
     if not parts[-1]:
         parts.pop()
-    return tuple(p.decode("utf-8", "surrogateescape") for p in parts)
+    return parts
+
+
+def split_args(area: bytes) -> tuple[str, ...]:
+    """argv from the kernel's argument area, each argument decoded losslessly (surrogateescape)."""
+    return tuple(p.decode("utf-8", "surrogateescape") for p in split_arg_area(area))
 
 
 def _common(r: Record) -> dict:
@@ -197,4 +202,4 @@ def normalize(record: Record, wall_offset_ns: int) -> KestrelEvent:
                   MappingProxyType(f))
 
 
-__all__ = ["KestrelEvent", "SOURCE_EBPF", "entity_key", "normalize", "split_args"]
+__all__ = ["KestrelEvent", "SOURCE_EBPF", "entity_key", "normalize", "split_arg_area", "split_args"]

@@ -332,7 +332,10 @@ def _beyond(kind: int, field: str, end: int, have: int) -> RecordError:
     )
 
 
-def _parse_exec(data, n: int) -> ExecRecord:
+# Each _fields_<kind> unpacks and validates one record into the tuple of its dataclass's fields, in order;
+# parse_record wraps it in the dataclass, and jsonl.encode_record formats it straight into a JSON line.
+
+def _fields_exec(data, n: int) -> tuple:
     if n < _EXEC_SIZE:
         raise _short(KIND_EXEC, _EXEC_SIZE, n)
     (_, hflags, cpu, ts, start, pid, tid, ppid, uid, gid, _, comm,
@@ -345,11 +348,11 @@ def _parse_exec(data, n: int) -> ExecRecord:
     a_end = f_end + args_len
     if a_end > n:
         raise _beyond(KIND_EXEC, "filename and args", a_end, n)
-    return _make_exec((hflags, cpu, ts, start, pid, tid, ppid, uid, gid, _cstr(comm),
-                       _cstr(bytes(data[_EXEC_SIZE:f_end])), bytes(data[f_end:a_end]), args_total))
+    return (hflags, cpu, ts, start, pid, tid, ppid, uid, gid, _cstr(comm),
+            _cstr(bytes(data[_EXEC_SIZE:f_end])), bytes(data[f_end:a_end]), args_total)
 
 
-def _parse_open(data, n: int) -> OpenRecord:
+def _fields_open(data, n: int) -> tuple:
     if n < _OPEN_SIZE:
         raise _short(KIND_OPEN, _OPEN_SIZE, n)
     (_, hflags, cpu, ts, start, pid, tid, ppid, uid, gid, _, comm,
@@ -359,11 +362,11 @@ def _parse_open(data, n: int) -> OpenRecord:
     end = _OPEN_SIZE + path_len
     if end > n:
         raise _beyond(KIND_OPEN, "path", end, n)
-    return _make_open((hflags, cpu, ts, start, pid, tid, ppid, uid, gid, _cstr(comm),
-                       ret, dfd, flags, mode, _cstr(bytes(data[_OPEN_SIZE:end])), syscall))
+    return (hflags, cpu, ts, start, pid, tid, ppid, uid, gid, _cstr(comm),
+            ret, dfd, flags, mode, _cstr(bytes(data[_OPEN_SIZE:end])), syscall)
 
 
-def _parse_connect(data, n: int) -> ConnectRecord:
+def _fields_connect(data, n: int) -> tuple:
     if n < _CONNECT_SIZE:
         raise _short(KIND_CONNECT, _CONNECT_SIZE, n)
     (_, hflags, cpu, ts, start, pid, tid, ppid, uid, gid, _, comm,
@@ -373,30 +376,37 @@ def _parse_connect(data, n: int) -> ConnectRecord:
     end = _CONNECT_SIZE + addr_len
     if end > n:
         raise _beyond(KIND_CONNECT, "addr", end, n)
-    return _make_connect((hflags, cpu, ts, start, pid, tid, ppid, uid, gid, _cstr(comm),
-                          ret, fd, addrlen, bytes(data[_CONNECT_SIZE:end])))
+    return (hflags, cpu, ts, start, pid, tid, ppid, uid, gid, _cstr(comm),
+            ret, fd, addrlen, bytes(data[_CONNECT_SIZE:end]))
 
 
-def _parse_exit(data, n: int) -> ExitRecord:
+def _fields_exit(data, n: int) -> tuple:
     if n < _EXIT_SIZE:
         raise _short(KIND_EXIT, _EXIT_SIZE, n)
     (_, hflags, cpu, ts, start, pid, tid, ppid, uid, gid, _, comm, code, _) = _EXIT.unpack_from(data)
-    return _make_exit((hflags, cpu, ts, start, pid, tid, ppid, uid, gid, _cstr(comm), code))
+    return (hflags, cpu, ts, start, pid, tid, ppid, uid, gid, _cstr(comm), code)
 
 
-_PARSERS = {KIND_EXEC: _parse_exec, KIND_OPEN: _parse_open, KIND_CONNECT: _parse_connect, KIND_EXIT: _parse_exit}
+FIELD_PARSERS = {KIND_EXEC: _fields_exec, KIND_OPEN: _fields_open, KIND_CONNECT: _fields_connect,
+                 KIND_EXIT: _fields_exit}
+_MAKERS = {KIND_EXEC: _make_exec, KIND_OPEN: _make_open, KIND_CONNECT: _make_connect, KIND_EXIT: _make_exit}
 
 
-def parse_record(data: bytes | bytearray | memoryview) -> Record:
-    """Parse one record (the ring buffer sample, without the ring's 8-byte header).  Raises ``RecordError``."""
+def record_kind(data: bytes | bytearray | memoryview) -> int:
+    """The kind of the record in ``data``, checked to be one the parsers know.  Raises ``RecordError``."""
     n = len(data)
     if n < 2:
         raise RecordError(f"record is {n} bytes, too short to hold its kind; the ring buffer gave an empty sample")
     kind = _KIND.unpack_from(data)[0]
-    parser = _PARSERS.get(kind)
-    if parser is None:
+    if kind not in _MAKERS:
         raise RecordError(f"record kind {kind} is unknown (known: 1 exec, 2 open, 3 connect, 4 exit)")
-    return parser(data, n)
+    return kind
+
+
+def parse_record(data: bytes | bytearray | memoryview) -> Record:
+    """Parse one record (the ring buffer sample, without the ring's 8-byte header).  Raises ``RecordError``."""
+    kind = record_kind(data)
+    return _MAKERS[kind](FIELD_PARSERS[kind](data, len(data)))
 
 
 # --- the oracle: construct ---------------------------------------------------------------------------

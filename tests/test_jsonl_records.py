@@ -1,0 +1,81 @@
+"""encode_record (records straight to JSON lines, the collector's hot path) is byte for byte
+encode_event(normalize(parse_record(raw))), and fails exactly where that fails."""
+from __future__ import annotations
+
+import struct
+
+from hypothesis import given, settings, strategies as st
+
+from kestrel_raw.errors import RecordError
+from kestrel_raw.events import normalize
+from kestrel_raw.jsonl import encode_event, encode_record
+from kestrel_raw.records import KIND_CONNECT, KIND_EXEC, KIND_EXIT, KIND_OPEN, build_record, parse_record
+
+from test_records_fastpath import records
+
+WALL = 1_795_546_402_000_000_000
+
+
+def via_event(data):
+    try:
+        return encode_event(normalize(parse_record(data), WALL))
+    except RecordError:
+        return RecordError
+
+
+def fused(data):
+    try:
+        return encode_record(data, WALL)
+    except RecordError:
+        return RecordError
+
+
+# Strings that take every branch: ASCII, UTF-8, invalid UTF-8, JSON escapes, NULs (cut), empty.
+hostile = st.one_of(
+    st.binary(max_size=64),
+    st.sampled_from([b"", b"/etc/passwd", "/tmp/\u00e9\u4e2d".encode(), b"/x\xff\xfe", b'a"b\\c\n\t\x01',
+                     b"\xed\xa0\x80", b"a\0b"]),
+)
+
+
+@settings(max_examples=500)
+@given(records())
+def test_same_line_as_the_event_path(data):
+    assert fused(data) == via_event(data)
+
+
+@settings(max_examples=300)
+@given(hostile, hostile, hostile, st.integers(0, 3))
+def test_hostile_strings_every_kind(comm, s1, s2, flags):
+    recs = [
+        build_record(KIND_OPEN, comm=comm[:16], path=s1, flags=flags, ret=-2, pid=7, start_ns=11),
+        build_record(KIND_EXEC, comm=comm[:16], filename=s1, args=s1 + b"\0" + s2, args_total=5000, flags=flags),
+        build_record(KIND_CONNECT, comm=comm[:16], addr=b"\x01\x00" + s1, addrlen=2 + len(s1), flags=flags),
+        build_record(KIND_CONNECT, comm=comm[:16], addr=b"\x01\x00\x00" + s2, addrlen=3 + len(s2)),
+        build_record(KIND_EXIT, comm=comm[:16], exit_code=0x0700),
+    ]
+    for data in recs:
+        assert fused(data) == via_event(data) != RecordError
+
+
+@settings(max_examples=300)
+@given(records(), st.data())
+def test_fails_where_the_event_path_fails(data, draw):
+    b = bytearray(data)
+    offsets = {KIND_EXEC: (64, 68), KIND_OPEN: (84,), KIND_CONNECT: (76,), KIND_EXIT: ()}[b[0]]
+    for off in offsets:
+        struct.pack_into("<I", b, off, draw.draw(st.integers(0, 2**32 - 1)))
+    cut = draw.draw(st.integers(0, len(b)))
+    for d in (bytes(b), bytes(b[:cut]), bytes(b[:1]), b"\x09\x00" + bytes(b[2:])):
+        assert fused(d) == via_event(d)
+
+
+def test_one_exact_line():
+    data = build_record(KIND_OPEN, comm=b"cat", path=b"/etc/hostname", ret=3, pid=42, tid=43, ppid=1,
+                        uid=1000, gid=1000, ts_ns=5000, start_ns=1000, open_flags=0o2000000)
+    assert encode_record(data, WALL) == (
+        b'{"type":"open","event_type_id":2,"ts_mono_ns":5000,"ts_wall_ns":1795546402000005000,'
+        b'"entity_key":' + str(normalize(parse_record(data), 0).entity_key).encode() +
+        b',"pid":42,"tid":43,"ppid":1,"uid":1000,"gid":1000,"comm":"cat","source":"ebpf",'
+        b'"path":"/etc/hostname","flags":524288,"mode":0,"ret":3,"truncated":false,"fault":false}\n'
+    )
