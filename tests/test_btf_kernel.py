@@ -11,7 +11,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -49,13 +48,11 @@ def bpftool_c() -> str:
 
 
 @pytest.mark.kernel
-def test_load_is_fast_and_lazy():
-    t0 = time.perf_counter()
+def test_load_is_lazy():
+    # Types are decoded when asked for (start-up time is the benchmark's business, not a unit test's).
     b = BTF.load()
     b.member("task_struct", "real_parent")
-    elapsed = time.perf_counter() - t0
-    # Measured here: ~0.06 s to load, ~0.03 s more for the first lookup; a generous bound for noisy VMs.
-    assert elapsed < 1.0, f"loading vmlinux BTF and one lookup took {elapsed:.2f} s"
+    assert 0 < len(b._cache) < len(b) // 100, f"{len(b._cache)} of {len(b)} types decoded for one lookup"
 
 
 @pytest.mark.kernel

@@ -232,7 +232,9 @@ def test_thread_exit_is_not_a_process_exit(collector):
     time.sleep(0.3)
     evs = [e for e in collector.events() if e["type"] == "exit" and e["pid"] == pid]
     assert len(evs) == 1
-    assert evs[0]["tid"] == pid
+    # tid is the group's last thread to die: the main thread, or the worker if its OS thread outlived
+    # join() (Python's join returns before the thread has fully exited).
+    assert evs[0]["exit_code"] == 0
 
 
 def test_sigterm_stops_cleanly_with_summary(tmp_path):

@@ -495,9 +495,12 @@ def test_many_threads_exit_without_the_process_exiting(collector):
     assert out.returncode == 3
     pid = int(out.stdout)
     (ex,) = settle(collector, lambda e: e["type"] == "exit" and e["pid"] == pid, "process exit")
-    assert (ex["tid"], ex["exit_code"], ex["signal"]) == (pid, 3, 0)
+    assert (ex["exit_code"], ex["signal"]) == (3, 0)
     opens = [e for e in of(collector, pid, "open") if e["path"].startswith(marker)]
     threads = [e for e in opens if e["path"] != marker + "-main"]
+    # The exit event is the group's last thread to die: Python's join() returns before the OS thread has
+    # fully exited, so a worker can still be in do_exit() after the main thread's exit_group().
+    assert ex["tid"] == pid or ex["tid"] in {e["tid"] for e in threads}
     assert sorted(e["path"] for e in threads) == sorted(f"{marker}-{i}" for i in range(64))
     assert all(e["tid"] != pid for e in threads)
     assert {e["entity_key"] for e in opens} == {ex["entity_key"]}  # one process, one key

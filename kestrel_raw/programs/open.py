@@ -97,11 +97,12 @@ def build_exit(b: ProgramBuilder, fmt, layout) -> list:
     b.pending_delete(MAP_PENDING_OPEN)
     long_path = b.label("long")
     have_len = b.label("have_len")
-    # r9 <= 0: unreadable (a NULL or bad pointer).
-    b.emit(jmp_imm(BPF_JSGT, R9, 0, have_len))
+    done_len = b.label("done_len")
+    # r9 < 0: unreadable (a NULL or bad pointer).  r9 == 0: an empty string on older kernels, whose
+    # strncpy_from_user_nofault does not count the NUL of an empty string (seen on Debian's 6.1 and 6.12).
+    b.emit(jmp_imm(BPF_JSGT, R9, 0, have_len), mov64_imm(R1, 0), jmp_imm(BPF_JEQ, R9, 0, done_len))
     b.set_flag(wire.FLAG_FAULT)
     b.count(KIND, STAT_READ_FAULT)
-    done_len = b.label("done_len")
     b.emit(mov64_imm(R1, 0), ja(done_len), label(have_len))
     b.emit(jmp_imm(BPF_JGT, R9, wire.MAX_PATH + 1, long_path), mov64_reg(R1, R9), alu64_imm(BPF_ADD, R1, -1))
     b.emit(ja(done_len), label(long_path))
