@@ -91,7 +91,7 @@ class CollectorStats:
         lost_text = " ".join(f"{k}={v}" for k, v in sorted(lost.items())) or "none"
         return (f"kestrel-raw: records={self.records} delivered[{delivered}] kernel_lost={self.kernel_lost} "
                 f"user_dropped={self.user_dropped} parse_errors={self.parse_errors} kernel_counters[{lost_text}] "
-                f"peers={len(self.peers)}")
+                f"peers[{' '.join(map(str, self.peers))}]")
 
 
 class KestrelCollector:
