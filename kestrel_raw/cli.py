@@ -135,6 +135,7 @@ async def _run(config, output: str | None, duration: float | None) -> int:
         collector.stop()
         raise
     status = EXIT_OK
+    writable = True
     try:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
@@ -152,16 +153,18 @@ async def _run(config, output: str | None, duration: float | None) -> int:
                     nursery.cancel_scope.cancel()
 
                 async def write_events():
-                    nonlocal status
+                    nonlocal status, writable
                     try:
                         async for event in recv:
                             sink.write(encode_event(event))
                     except BrokenPipeError:
                         # The reader went away (`| head -1`): a normal end, not an error.
                         _silence_stdout()
+                        writable = False
                     except OSError as e:
                         _write_error(e, output)
                         status = EXIT_SETUP
+                        writable = False
                     nursery.cancel_scope.cancel()
 
                 nursery.start_soon(on_signal)
@@ -171,6 +174,15 @@ async def _run(config, output: str | None, duration: float | None) -> int:
     finally:
         collector.stop()
         try:
+            if writable:
+                # The events already taken from the rings are written too, so that the summary's
+                # delivered count is what the output holds.
+                while True:
+                    try:
+                        event = recv.receive_nowait()
+                    except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                        break
+                    sink.write(encode_event(event))
             sink.close()
         except BrokenPipeError:
             _silence_stdout()
