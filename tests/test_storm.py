@@ -169,6 +169,7 @@ def test_cli_storm_bounded_memory_and_sigterm_within_2s(tmp_path, policy):
     assert delivered == len(c.events())
     assert delivered > 10_000, "the flood did not reach the collector"
     assert kernel_lost + user_dropped > 0  # a 4-page ring cannot hold such a flood: loss is counted
-    # Memory stays bounded: at most the queue (1024 events) and the batches in flight on top of start-up.
-    assert peak - base < 40 * 1024, f"RSS grew by {(peak - base) // 1024} MiB during the storm"
+    # Memory stays bounded: the queue (1024 events) and the batches in flight on top of start-up (measured
+    # here: under 1 MiB of growth; an unbounded queue at this rate would grow by hundreds of MiB).
+    assert peak - base < 16 * 1024, f"RSS grew by {(peak - base) // 1024} MiB during the storm"
     wait_gone(objects)  # every program detached, every map freed
