@@ -200,6 +200,10 @@ class KestrelCollector:
                     self._links.append(attach_tracepoint(prog, spec.group, spec.tracepoint))
                 self._readers = [RingBufReader(ring, self.config.buffer_size) for ring in self._rings]
                 self._wall_offset = time.time_ns() - time.monotonic_ns()
+                if self.config.only_tgids is None:
+                    # Again, now that this collector's programs are loaded: a collector that started
+                    # at the same moment had none when load() looked, so it was not recognised then.
+                    _register_with_peers(self._maps[programs.MAP_FILTER])
                 if self.config.drop_privileges:
                     self._drop_privileges()
                 async with trio.open_nursery() as nursery:
