@@ -54,6 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="user (name or uid) to become once attached, when run as root (default nobody)")
     run.add_argument("--keep-privileges", action="store_true",
                      help="do not drop capabilities and root's uid once attached (debugging only)")
+    run.add_argument("--latency", choices=("batch", "low"), default=None,
+                     help="'batch' (default): the kernel wakes the reader once per --wakeup-bytes, the reader "
+                          "also drains every --poll-interval, lines are flushed every --flush-interval; "
+                          "'low': the reader polls without sleeping (one busy CPU) and flushes every batch")
+    run.add_argument("--wakeup-bytes", type=int, default=None,
+                     help="bytes a ring holds before the kernel wakes the reader (default buffer size / 8; "
+                          "0: every record)")
+    run.add_argument("--poll-interval", type=float, default=None,
+                     help="seconds between drains without a wakeup: the longest a lone event waits (0.1)")
+    run.add_argument("--flush-interval", type=float, default=None,
+                     help="seconds a written line may stay buffered (default 0.1)")
     return p
 
 
@@ -84,13 +95,16 @@ def main(argv: list[str] | None = None) -> int:
         kwargs["queue_policy"] = args.queue_policy
     if args.btf:
         kwargs["btf_path"] = args.btf
+    for name in ("latency", "wakeup_bytes", "poll_interval", "flush_interval"):
+        if getattr(args, name) is not None:
+            kwargs[name] = getattr(args, name)
     try:
         if args.duration is not None and not args.duration > 0:
             raise ConfigError(f"--duration must be a positive number of seconds, got {args.duration}")
         uid, gid = _user_ids(args.user)
         config = CollectorConfig(event_types=parse_event_types(args.events), program_path=args.dump_programs,
                                  drop_privileges=not args.keep_privileges, drop_uid=uid, drop_gid=gid,
-                                 **kwargs)
+                                 deliver="json", **kwargs)
     except ConfigError as e:
         _error(str(e))
         return EXIT_USAGE
@@ -123,19 +137,22 @@ def _one_line(text: str) -> str:
 
 
 async def _run(config, output: str | None, duration: float | None) -> int:
-    from .collector import KestrelCollector
-    from .jsonl import JsonlSink, encode_event
+    from .collector import BATCH_RECORDS, KestrelCollector
+    from .jsonl import JsonlSink
 
-    send, recv = trio.open_memory_channel(config.queue_size)
+    # The collector sends chunks of JSON lines, one per ring-buffer drain (config.deliver == "json").
+    send, recv = trio.open_memory_channel(max(1, config.queue_size // BATCH_RECORDS))
     collector = KestrelCollector(send, config)
     collector.load()
     try:
-        sink = JsonlSink.open(output) if output else JsonlSink(sys.stdout.buffer)
+        flush = {"flush_interval": config.flush_interval}
+        sink = JsonlSink.open(output, **flush) if output else JsonlSink(sys.stdout.buffer, **flush)
     except BaseException:
         collector.stop()
         raise
     status = EXIT_OK
     writable = True
+    low_latency = config.latency == "low"
     try:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
@@ -155,8 +172,10 @@ async def _run(config, output: str | None, duration: float | None) -> int:
                 async def write_events():
                     nonlocal status, writable
                     try:
-                        async for event in recv:
-                            sink.write(encode_event(event))
+                        async for chunk in recv:
+                            sink.write(chunk)
+                            if low_latency:
+                                sink.flush()
                     except BrokenPipeError:
                         # The reader went away (`| head -1`): a normal end, not an error.
                         _silence_stdout()
@@ -167,8 +186,19 @@ async def _run(config, output: str | None, duration: float | None) -> int:
                         writable = False
                     nursery.cancel_scope.cancel()
 
+                async def flush_when_idle():
+                    # The sink flushes on a write once flush_interval has passed; this covers the last
+                    # lines before a quiet spell.
+                    try:
+                        while True:
+                            await trio.sleep(config.flush_interval)
+                            sink.flush_if_due()
+                    except OSError:
+                        return  # reported by the writer's next write, or by the final close
+
                 nursery.start_soon(on_signal)
                 nursery.start_soon(write_events)
+                nursery.start_soon(flush_when_idle)
                 if duration is not None:
                     nursery.start_soon(stop_after)
     finally:
@@ -179,10 +209,10 @@ async def _run(config, output: str | None, duration: float | None) -> int:
                 # delivered count is what the output holds.
                 while True:
                     try:
-                        event = recv.receive_nowait()
+                        chunk = recv.receive_nowait()
                     except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                         break
-                    sink.write(encode_event(event))
+                    sink.write(chunk)
             sink.close()
         except BrokenPipeError:
             _silence_stdout()

@@ -45,12 +45,14 @@ from .btf import BTF
 from .config import CollectorConfig
 from .errors import BPFError, BTFError, RecordError, SetupError
 from .events import normalize
+from .jsonl import encode_record
 from .maps import HashMap, Map, PerCPUArrayMap, RingBuf, RingBufReader
 from .program import Program
 from .records import parse_record
 from .tracefs import find_tracefs, tracepoint_format
 from .uapi import BPF_MAP_TYPE_ARRAY_OF_MAPS, BPF_MAP_TYPE_HASH, BPF_PROG_TYPE_TRACEPOINT
 
+BATCH_RECORDS = 256  # records a poller takes from a ring at a time: one chunk of JSON lines at most
 PENDING_ENTRIES = 16384  # syscalls in flight at once across the host (open, connect)
 FILTER_ENTRIES = 4096  # tgids in the filter map: other collectors, or the tgids of an only_tgids run
 _U32 = struct.Struct("<I")
@@ -139,7 +141,8 @@ class KestrelCollector:
             layout = programs.KernelLayout.from_btf(self._load_btf())
             for spec in specs:
                 insns = programs.build(spec, formats[spec.name], layout, self_tgid=os.getpid(),
-                                       nrings=cfg.buffers, wakeup_threshold=cfg.wakeup_bytes,
+                                       nrings=cfg.buffers,
+                                       wakeup_threshold=-1 if cfg.latency == "low" else cfg.wakeup_bytes,
                                        filter_mode=filter_mode)
                 prog = Program(insns, maps=self._maps, name=spec.name)
                 self._programs.append((spec, prog))
@@ -249,32 +252,66 @@ class KestrelCollector:
 
     async def _poll(self, reader: RingBufReader) -> None:
         interval = self.config.poll_interval
+        busy = self.config.latency == "low"
+        deliver = self._deliver_json if self.config.deliver == "json" else self._deliver_events
+        checkpoint = trio.lowlevel.checkpoint
+        while True:
+            if not reader.available():
+                if busy:
+                    await checkpoint()
+                    continue
+                with trio.move_on_after(interval):
+                    await reader.wait_readable()
+            batch = reader.drain(BATCH_RECORDS)
+            if batch:
+                self._records += len(batch)
+                await deliver(batch)
+            await checkpoint()
+
+    async def _deliver_events(self, batch: list[bytes]) -> None:
         block = self.config.queue_policy == "block"
         send_nowait = self._tx.send_nowait
         delivered = self._delivered
-        while True:
-            if not reader.available():
-                with trio.move_on_after(interval):
-                    await reader.wait_readable()
-            batch = reader.drain()
-            self._records += len(batch)
-            wall = self._wall_offset
-            for raw in batch:
-                try:
-                    event = normalize(parse_record(raw), wall)
-                except RecordError:
-                    self._parse_errors += 1
+        wall = self._wall_offset
+        for raw in batch:
+            try:
+                event = normalize(parse_record(raw), wall)
+            except RecordError:
+                self._parse_errors += 1
+                continue
+            try:
+                send_nowait(event)
+            except trio.WouldBlock:
+                if not block:
+                    self._user_dropped += 1
                     continue
-                try:
-                    send_nowait(event)
-                except trio.WouldBlock:
-                    if block:
-                        await self._tx.send(event)
-                    else:
-                        self._user_dropped += 1
-                        continue
-                delivered[event.event_type_id] += 1
-            await trio.lowlevel.checkpoint()
+                await self._tx.send(event)
+            delivered[event.event_type_id] += 1
+
+    async def _deliver_json(self, batch: list[bytes]) -> None:
+        wall = self._wall_offset
+        lines = []
+        kinds = []
+        for raw in batch:
+            try:
+                lines.append(encode_record(raw, wall))
+            except RecordError:
+                self._parse_errors += 1
+                continue
+            kinds.append(raw[0])  # the kind's low byte; encode_record checked it is 1..4
+        if not lines:
+            return
+        chunk = b"".join(lines)
+        try:
+            self._tx.send_nowait(chunk)
+        except trio.WouldBlock:
+            if self.config.queue_policy != "block":
+                self._user_dropped += len(lines)
+                return
+            await self._tx.send(chunk)
+        delivered = self._delivered
+        for kind in kinds:
+            delivered[kind] += 1
 
     # -- introspection ---------------------------------------------------------------------------------
 

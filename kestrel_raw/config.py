@@ -9,6 +9,8 @@ from .errors import ConfigError
 from .schema import EventType
 
 QUEUE_POLICIES = ("block", "drop")
+DELIVERIES = ("events", "json")
+LATENCIES = ("batch", "low")
 ALL_EVENT_TYPES: tuple[EventType, ...] = (EventType.EXEC, EventType.OPEN, EventType.CONNECT, EventType.EXIT)
 _VALID_NAMES = ", ".join(t.label for t in EventType)
 
@@ -56,7 +58,8 @@ def _positive_seconds(name: str, value: object) -> None:
 class CollectorConfig:
     """What the collector loads and how it moves events.
 
-    program_path: a file to load the programs from instead of the built-in ones (must exist); None: built-in.
+    program_path: a directory (must exist) where the collector writes the disassembly of every program it
+        loads, one ``<name>.txt`` each, for audit; None: none written.
     buffers: number of ring buffers (the CPUs are spread over them).
     buffer_size: bytes of each ring buffer: a power of two and a multiple of the page size (the kernel's
         BPF_MAP_TYPE_RINGBUF rule).
@@ -81,6 +84,14 @@ class CollectorConfig:
     drop_privileges: once attached and mapped, give up every capability and root's uid (kestrel_raw/caps.py).
         Irreversible for the whole process, so off for the library; the CLI turns it on.
     drop_uid, drop_gid: the identity a root process takes when it drops (default nobody, 65534).
+    deliver: what the collector sends on its channel.  "events": one KestrelEvent per item (the library
+        API).  "json": one ``bytes`` chunk per ring-buffer drain holding the JSON lines of its records
+        (kestrel_raw.jsonl; what ``kestrel-raw run`` writes), which skips building event objects: the
+        queue then holds about queue_size events in chunks of at most ``BATCH_RECORDS``.
+    latency: "batch" (default): the programs wake the reader once per ``wakeup_bytes`` and the poller also
+        drains every ``poll_interval``.  "low": the programs never wake the reader, which instead polls
+        the rings without sleeping (it keeps one CPU busy) and the CLI flushes every chunk: microseconds
+        from syscall to user space, for latency-sensitive consumers.
     """
 
     program_path: str | None = None
@@ -98,6 +109,8 @@ class CollectorConfig:
     drop_privileges: bool = False
     drop_uid: int = 65534
     drop_gid: int = 65534
+    deliver: str = "events"
+    latency: str = "batch"
 
     def __post_init__(self) -> None:
         if self.program_path is not None:
@@ -124,6 +137,10 @@ class CollectorConfig:
         _positive_int("queue_size", self.queue_size)
         if self.queue_policy not in QUEUE_POLICIES:
             raise ConfigError(f"queue_policy {self.queue_policy!r} is unknown; valid: block, drop")
+        if self.deliver not in DELIVERIES:
+            raise ConfigError(f"deliver {self.deliver!r} is unknown; valid: events, json")
+        if self.latency not in LATENCIES:
+            raise ConfigError(f"latency {self.latency!r} is unknown; valid: batch, low")
         if self.wakeup_bytes is None:
             object.__setattr__(self, "wakeup_bytes", self.buffer_size // 8)
         elif isinstance(self.wakeup_bytes, bool) or not isinstance(self.wakeup_bytes, int):

@@ -274,10 +274,10 @@ class JsonlSink:
     def write_event(self, event: KestrelEvent) -> None:
         self.write(encode_event(event))
 
-    def write(self, line: bytes) -> None:
-        """Write one encoded line (``encode_event``'s output); flush once ``flush_interval`` has passed."""
-        self._file.write(line)
-        self.lines_written += 1
+    def write(self, lines: bytes) -> None:
+        """Write encoded lines (one, or a chunk of several); flush once ``flush_interval`` has passed."""
+        self._file.write(lines)
+        self.lines_written += lines.count(b"\n")
         self._dirty = True
         if self._clock() - self._last_flush >= self._interval:
             self.flush()

@@ -303,7 +303,8 @@ class ProgramBuilder:
         Wakeups: with a threshold, the record is written with BPF_RB_NO_WAKEUP unless the ring then holds
         at least ``wakeup_threshold`` bytes, so the reader is woken once per batch, not once per record
         (the per-record wakeup is an irq_work charged to the traced syscall).  The reader also drains on a
-        deadline, so a lone record is never stranded.  A threshold of 0 keeps the kernel's own policy.
+        deadline, so a lone record is never stranded.  A threshold of 0 keeps the kernel's own policy; a
+        negative one never wakes the reader (it polls).
         """
         sent = self.label("sent")
         self.emit(
@@ -313,7 +314,10 @@ class ProgramBuilder:
         )
         self.array_lookup(MAP_RINGS)
         self.emit(mov64_reg(R9, R0))  # the ring (r9 is no longer needed by any program at this point)
-        if self.wakeup_threshold > 0:
+        if self.wakeup_threshold < 0:
+            # The reader polls without sleeping (low-latency mode): a wakeup would only cost the syscall.
+            self.emit(mov64_imm(R4, BPF_RB_NO_WAKEUP))
+        elif self.wakeup_threshold > 0:
             wake = self.label("wake")
             self.emit(
                 mov64_reg(R1, R9),
