@@ -288,7 +288,8 @@ class KestrelCollector:
                 await self._tx.send(event)
             delivered[event.event_type_id] += 1
 
-    async def _deliver_json(self, batch: list[bytes]) -> None:
+    def _encode_batch(self, batch: list[bytes]) -> tuple[bytes, list[int]]:
+        """The JSON lines of ``batch`` as one chunk, and the kind of each record in it."""
         wall = self._wall_offset
         lines = []
         kinds = []
@@ -299,19 +300,47 @@ class KestrelCollector:
                 self._parse_errors += 1
                 continue
             kinds.append(raw[0])  # the kind's low byte; encode_record checked it is 1..4
-        if not lines:
+        return b"".join(lines), kinds
+
+    async def _deliver_json(self, batch: list[bytes]) -> None:
+        chunk, kinds = self._encode_batch(batch)
+        if not kinds:
             return
-        chunk = b"".join(lines)
         try:
             self._tx.send_nowait(chunk)
         except trio.WouldBlock:
             if self.config.queue_policy != "block":
-                self._user_dropped += len(lines)
+                self._user_dropped += len(kinds)
                 return
             await self._tx.send(chunk)
         delivered = self._delivered
         for kind in kinds:
             delivered[kind] += 1
+
+    def _drain_at_stop(self, reader: RingBufReader) -> None:
+        while True:
+            batch = reader.drain(BATCH_RECORDS)
+            if not batch:
+                return
+            self._records += len(batch)
+            if self.config.deliver == "json":
+                chunk, kinds = self._encode_batch(batch)
+                items = [(chunk, kinds)] if kinds else []
+            else:
+                items = []
+                for raw in batch:
+                    try:
+                        items.append((normalize(parse_record(raw), self._wall_offset), [raw[0]]))
+                    except RecordError:
+                        self._parse_errors += 1
+            for item, kinds in items:
+                try:
+                    self._tx.send_nowait(item)
+                except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                    self._user_dropped += len(kinds)
+                    continue
+                for kind in kinds:
+                    self._delivered[kind] += 1
 
     # -- introspection ---------------------------------------------------------------------------------
 
@@ -361,6 +390,11 @@ class KestrelCollector:
         # Links first (detach), then the last counts, then programs, readers (munmap) and maps.
         for link in self._links:
             link.close()
+        # Detached: no record can arrive any more.  Hand on what the rings still hold, so that stopping
+        # loses nothing (the channel must take it now: what it cannot take is counted as dropped).
+        for reader in self._readers:
+            if not reader.closed:
+                self._drain_at_stop(reader)
         if self._final is None and self._maps:
             try:
                 self._final = (self._kernel_counters(), self._peer_tgids())

@@ -1,12 +1,11 @@
 """Raw ring-buffer records: the wire format of docs/architecture.md ("Records"), parsed without a kernel.
 
-The ``construct`` Structs below are the schema, one per record kind, little-endian types spelled out.  They
-are also the test oracle: ``parse_record_construct`` parses with them (construct's interpreted parser,
-which checks every length; its compiled parser does not: ``Compiled`` ``Bytes(this.n)`` returns a short
-slice instead of failing, so it cannot be the oracle).  The hot path, ``parse_record``, uses
-``struct.Struct`` formats *generated from* those Structs for each kind's fixed part and plain slicing for
-the variable parts: ~2 us a record instead of construct's 30-50 us here (bench/parse_speed.py).  A test
-proves the two paths agree on every kind and on hypothesis-generated records, including malformed ones.
+The schema is declarative: one ``construct`` Struct per record kind, in kestrel_raw/record_schema.py, which
+is also the test oracle (``parse_record_construct``).  The hot path here, ``parse_record``, unpacks each
+kind's fixed part with the ``struct`` format derived from those Structs and slices the variable parts:
+~2 us a record instead of construct's 30-50 us (bench/parse_speed.py).  Tests prove the two paths agree on
+every kind and on hypothesis-generated records, malformed ones included, and that the formats here are
+exactly what the schema derives.
 
 Callers never see construct containers: both paths return frozen dataclasses (``ExecRecord``,
 ``OpenRecord``, ``ConnectRecord``, ``ExitRecord``) whose strings are raw ``bytes`` (``comm`` and the
@@ -18,9 +17,6 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, fields
 from typing import Union
-
-import construct as cs
-from construct import Bytes, Check, Int16ul, Int32sl, Int32ul, Int64ul, Struct, this
 
 from . import wire
 from .errors import RecordError
@@ -47,83 +43,6 @@ HEADER_SIZE = wire.HEADER_SIZE
 # open(2) record "syscall" values.
 SYSCALL_OPENAT = wire.OPEN_SYSCALL_OPENAT
 SYSCALL_OPENAT2 = wire.OPEN_SYSCALL_OPENAT2
-
-HEADER = Struct(
-    "kind" / Int16ul,
-    "flags" / Int16ul,
-    "cpu" / Int32ul,
-    "ts_ns" / Int64ul,
-    "start_ns" / Int64ul,
-    "pid" / Int32ul,
-    "tid" / Int32ul,
-    "ppid" / Int32ul,
-    "uid" / Int32ul,
-    "gid" / Int32ul,
-    "reserved" / Int32ul,
-    "comm" / Bytes(TASK_COMM_LEN),
-)
-
-EXEC_FIXED = Struct(
-    "filename_len" / Int32ul,
-    "args_len" / Int32ul,
-    "args_total" / Int32ul,
-    "reserved2" / Int32ul,
-)
-OPEN_FIXED = Struct(
-    "ret" / Int32sl,
-    "dfd" / Int32sl,
-    "open_flags" / Int64ul,
-    "mode" / Int32ul,
-    "path_len" / Int32ul,
-    "syscall" / Int32ul,
-    "reserved2" / Int32ul,
-)
-CONNECT_FIXED = Struct(
-    "ret" / Int32sl,
-    "fd" / Int32sl,
-    "addrlen" / Int32ul,
-    "addr_len" / Int32ul,
-)
-EXIT_FIXED = Struct(
-    "exit_code" / Int32sl,
-    "reserved2" / Int32ul,
-)
-
-EXEC_RECORD = Struct(
-    *HEADER.subcons,
-    *EXEC_FIXED.subcons,
-    Check(this.filename_len <= FILENAME_MAX),
-    Check(this.args_len <= ARGS_MAX),
-    "filename" / Bytes(this.filename_len),
-    "args" / Bytes(this.args_len),
-)
-OPEN_RECORD = Struct(
-    *HEADER.subcons,
-    *OPEN_FIXED.subcons,
-    Check(this.path_len <= PATH_MAX),
-    "path" / Bytes(this.path_len),
-)
-CONNECT_RECORD = Struct(
-    *HEADER.subcons,
-    *CONNECT_FIXED.subcons,
-    Check(this.addr_len <= SOCKADDR_MAX),
-    "addr" / Bytes(this.addr_len),
-)
-EXIT_RECORD = Struct(*HEADER.subcons, *EXIT_FIXED.subcons)
-
-RECORD_STRUCTS = {
-    KIND_EXEC: EXEC_RECORD,
-    KIND_OPEN: OPEN_RECORD,
-    KIND_CONNECT: CONNECT_RECORD,
-    KIND_EXIT: EXIT_RECORD,
-}
-_FIXED_STRUCTS = {
-    KIND_EXEC: EXEC_FIXED,
-    KIND_OPEN: OPEN_FIXED,
-    KIND_CONNECT: CONNECT_FIXED,
-    KIND_EXIT: EXIT_FIXED,
-}
-
 
 @dataclass(frozen=True)
 class ExecRecord:
@@ -240,35 +159,19 @@ Record = Union[ExecRecord, OpenRecord, ConnectRecord, ExitRecord]
 KIND_NAMES = {KIND_EXEC: "exec", KIND_OPEN: "open", KIND_CONNECT: "connect", KIND_EXIT: "exit"}
 
 
-# --- the fast path: struct formats generated from the construct Structs -------------------------------
-
-def struct_format(*structs: cs.Struct) -> str:
-    """The ``struct`` format of the fixed-size fields of ``structs`` laid end to end.
-
-    Only little-endian integer ``FormatField``s and fixed-length ``Bytes`` are allowed: anything else is a
-    schema change the fast path must be taught about, so it fails at import rather than parsing wrongly.
-    """
-    parts = ["<"]
-    for st in structs:
-        for sub in st.subcons:
-            inner = getattr(sub, "subcon", sub)
-            if isinstance(inner, cs.FormatField):
-                if inner.fmtstr[0] != "<":
-                    raise TypeError(f"{sub.name}: only little-endian fields are supported, got {inner.fmtstr}")
-                parts.append(inner.fmtstr[1:])
-            elif isinstance(inner, cs.Bytes) and isinstance(inner.length, int):
-                parts.append(f"{inner.length}s")
-            else:
-                raise TypeError(f"{sub!r}: the fast path only knows fixed integers and fixed Bytes")
-    fmt = "".join(parts)
-    expected = sum(st.sizeof() for st in structs)
-    if struct.calcsize(fmt) != expected:
-        raise TypeError(f"generated format {fmt!r} is {struct.calcsize(fmt)} bytes, the Structs {expected}")
-    return fmt
-
-
-HEADER_FORMAT = struct.Struct(struct_format(HEADER))
-FIXED_FORMATS = {kind: struct.Struct(struct_format(HEADER, fixed)) for kind, fixed in _FIXED_STRUCTS.items()}
+# --- the fast path: struct formats of the construct schema ------------------------------------------
+#
+# The schema is construct (kestrel_raw/record_schema.py); these formats are what
+# ``record_schema.struct_format`` derives from it, written out so that the collector need not import
+# construct (7 MB of its peak RSS, 50 ms of its start-up).  tests/test_records_fastpath.py derives them
+# again and fails on any difference.
+HEADER_FORMAT = struct.Struct("<HHLQQLLLLLL16s")
+FIXED_FORMATS = {
+    KIND_EXEC: struct.Struct("<HHLQQLLLLLL16sLLLL"),
+    KIND_OPEN: struct.Struct("<HHLQQLLLLLL16sllQLLLL"),
+    KIND_CONNECT: struct.Struct("<HHLQQLLLLLL16sllLL"),
+    KIND_EXIT: struct.Struct("<HHLQQLLLLLL16slL"),
+}
 assert HEADER_FORMAT.size == HEADER_SIZE
 
 _EXEC = FIXED_FORMATS[KIND_EXEC]
@@ -409,59 +312,16 @@ def parse_record(data: bytes | bytearray | memoryview) -> Record:
     return _MAKERS[kind](FIELD_PARSERS[kind](data, len(data)))
 
 
-# --- the oracle: construct ---------------------------------------------------------------------------
-
-def parse_record_construct(data: bytes | bytearray | memoryview) -> Record:
-    """Parse with the construct Structs (slow, strict): the reference ``parse_record`` is tested against."""
-    data = bytes(data)
-    try:
-        kind = Int16ul.parse(data)
-    except cs.ConstructError as e:
-        raise RecordError(f"record is {len(data)} bytes, too short to hold its kind") from e
-    st = RECORD_STRUCTS.get(kind)
-    if st is None:
-        raise RecordError(f"record kind {kind} is unknown (known: 1 exec, 2 open, 3 connect, 4 exit)")
-    try:
-        c = st.parse(data)
-    except cs.ConstructError as e:
-        raise RecordError(f"{KIND_NAMES[kind]} record is malformed: {e}") from e
-    common = (c.flags, c.cpu, c.ts_ns, c.start_ns, c.pid, c.tid, c.ppid, c.uid, c.gid, _cstr(c.comm))
-    if kind == KIND_EXEC:
-        return ExecRecord(*common, _cstr(c.filename), c.args, c.args_total)
-    if kind == KIND_OPEN:
-        return OpenRecord(*common, c.ret, c.dfd, c.open_flags, c.mode, _cstr(c.path), c.syscall)
-    if kind == KIND_CONNECT:
-        return ConnectRecord(*common, c.ret, c.fd, c.addrlen, c.addr)
-    return ExitRecord(*common, c.exit_code)
+# The construct schema and the oracle parser live in record_schema.py, imported on first use.
+_SCHEMA_NAMES = frozenset({
+    "HEADER", "EXEC_FIXED", "OPEN_FIXED", "CONNECT_FIXED", "EXIT_FIXED", "EXEC_RECORD", "OPEN_RECORD",
+    "CONNECT_RECORD", "EXIT_RECORD", "RECORD_STRUCTS", "struct_format", "parse_record_construct",
+    "build_record",
+})
 
 
-def build_record(kind: int, **fields) -> bytes:
-    """Bytes of one record built with the construct Struct of ``kind`` (tests and benchmarks).
-
-    Fields not given are 0 (or empty); length fields default to the length of their variable part.
-    """
-    st = RECORD_STRUCTS[kind]
-    values: dict = {"kind": kind}
-    for sub in st.subcons:
-        name = getattr(sub, "name", None)
-        if name is None or name == "kind":
-            continue
-        inner = getattr(sub, "subcon", sub)
-        if isinstance(inner, cs.Bytes):
-            default = b"" if not isinstance(inner.length, int) else bytes(inner.length)
-            value = fields.pop(name, default)
-            if isinstance(inner.length, int):
-                value = value.ljust(inner.length, b"\0")
-            values[name] = value
-        else:
-            values[name] = fields.pop(name, None)
-    if fields:
-        raise TypeError(f"unknown fields for record kind {kind}: {sorted(fields)}")
-    lengths = {"filename_len": "filename", "args_len": "args", "path_len": "path", "addr_len": "addr"}
-    for length_field, data_field in lengths.items():
-        if length_field in values and values[length_field] is None:
-            values[length_field] = len(values[data_field])
-    for name, value in values.items():
-        if value is None:
-            values[name] = 0
-    return st.build(values)
+def __getattr__(name: str):
+    if name in _SCHEMA_NAMES:
+        from . import record_schema
+        return getattr(record_schema, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

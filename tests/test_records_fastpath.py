@@ -102,3 +102,21 @@ def test_generated_format_refuses_unknown_constructs():
     with pytest.raises(TypeError, match="fast path only knows"):
         struct_format(cs.Struct("x" / cs.CString("utf8")))
     assert struct_format(HEADER, EXEC_FIXED) == "<HHLQQLLLLLL16sLLLL"
+
+
+def test_pinned_formats_are_what_the_schema_derives():
+    from kestrel_raw import record_schema, records
+
+    assert records.HEADER_FORMAT.format == record_schema.struct_format(record_schema.HEADER)
+    for kind, fixed in record_schema.FIXED_STRUCTS.items():
+        assert records.FIXED_FORMATS[kind].format == record_schema.struct_format(record_schema.HEADER, fixed)
+
+
+def test_the_hot_path_does_not_import_construct():
+    import subprocess
+    import sys
+
+    code = ("import sys, kestrel_raw.records, kestrel_raw.jsonl, kestrel_raw.events; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'construct'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -51,12 +51,21 @@ class BTF:
         self.source = source
         self.header: Header = parse_header(data)
         hdr = self.header
-        words = array("I")
-        words.frombytes(data[hdr.type_start:hdr.type_start + hdr.type_len])
-        if (hdr.byteorder == "little") != (sys.byteorder == "little"):
-            words.byteswap()
+        # The collector's peak RSS counts every copy of a 5 MB vmlinux BTF: in the host's byte order the
+        # type section is read in place, as u32 words through a memoryview of ``data`` (which it keeps
+        # alive); only foreign-endian BTF is copied into an array to be byte-swapped.
+        view = memoryview(data)
+        section = view[hdr.type_start:hdr.type_start + hdr.type_len]
+        native = (hdr.byteorder == "little") == (sys.byteorder == "little")
+        if native and hdr.type_start % 4 == 0:
+            words = section.cast("B").cast("I")
+        else:
+            words = array("I")
+            words.frombytes(section)
+            if not native:
+                words.byteswap()
         self._words = words
-        self._strs = bytes(data[hdr.str_start:hdr.str_start + hdr.str_len])
+        self._strs = bytes(view[hdr.str_start:hdr.str_start + hdr.str_len])
         self._starts = self._walk(words)
         self._cache: dict[int, Type] = {}
         self._str_cache: dict[int, str] = {}
