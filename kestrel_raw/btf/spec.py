@@ -93,30 +93,58 @@ class BTF:
     # --- the type section ---------------------------------------------------------------------------
 
     @staticmethod
-    def _walk(words: array) -> array:
-        """Word index of every type's btf_type, id 1 at position 0; the last entry is the end."""
+    def _walk(words) -> array:
+        """Word index of every type's btf_type, id 1 at position 0; the last entry is the end.
+
+        The fast loop (the collector walks ~150k vmlinux types at every start) only sizes each type; an
+        unknown kind sizes as "past the end".  Anything that does not end exactly at the section's end is
+        walked again by ``_walk_checked``, which says what is wrong.
+        """
+        n = len(words)
+        past = n + 1
+        steps = [past] * 32
+        for kind in range(1, BTF_KIND_MAX + 1):
+            steps[kind] = 3 + EXTRA_WORDS[kind]
+        per_vlen = [0] * 32
+        for kind in range(1, BTF_KIND_MAX + 1):
+            per_vlen[kind] = WORDS_PER_VLEN[kind]
         starts = array("I")
         append = starts.append
+        i = 0
+        try:
+            while i < n:
+                append(i)
+                info = words[i + 1]
+                kind = info >> 24 & 0x1F
+                i += steps[kind] + (info & 0xFFFF) * per_vlen[kind]
+        except IndexError:  # a type header cut by the end of the section
+            i = -1
+        if i != n:
+            BTF._walk_checked(words)  # raises the precise error
+            raise BTFError("BTF type section is corrupt")  # not reached: the checked walk found it
+        append(n)
+        return starts
+
+    @staticmethod
+    def _walk_checked(words) -> None:
         extra, per_vlen = EXTRA_WORDS, WORDS_PER_VLEN
         n = len(words)
-        i = 0
+        i = count = 0
         while i < n:
-            append(i)
+            count += 1
             if i + 3 > n:
-                raise BTFError(f"BTF type section truncated: type id {len(starts)} starts at byte {i * 4} "
+                raise BTFError(f"BTF type section truncated: type id {count} starts at byte {i * 4} "
                                f"but the section is {n * 4} bytes; the BTF blob is corrupt")
             info = words[i + 1]
             kind = (info >> 24) & 0x1F
             if kind == BTF_KIND_UNKN or kind > BTF_KIND_MAX:
-                raise BTFError(f"Invalid BTF kind {kind} at type id {len(starts)} (byte {i * 4} of the type "
+                raise BTFError(f"Invalid BTF kind {kind} at type id {count} (byte {i * 4} of the type "
                                f"section); this reader knows kinds 1..{BTF_KIND_MAX}: the blob is corrupt or "
                                "from a newer kernel")
             i += 3 + extra[kind] + (info & 0xFFFF) * per_vlen[kind]
         if i != n:
-            raise BTFError(f"BTF type section truncated: type id {len(starts)} runs to byte {i * 4} past the "
+            raise BTFError(f"BTF type section truncated: type id {count} runs to byte {i * 4} past the "
                            f"section's end ({n * 4}); the BTF blob is corrupt")
-        append(n)
-        return starts
 
     def __len__(self) -> int:
         return len(self._starts) - 1
