@@ -134,22 +134,34 @@ class ProgramBuilder:
 
     # -- prologue / epilogue ------------------------------------------------------------------------
 
-    def prologue(self) -> None:
+    def prologue(self, filtered: bool = True) -> None:
         """r6 = ctx; r7 = pid_tgid; leave at once for the collector's own process, and for the tgids
-        of the filter map (FILTER_IGNORE) or for every tgid not in it (FILTER_ONLY)."""
+        of the filter map (FILTER_IGNORE) or for every tgid not in it (FILTER_ONLY).
+
+        ``filtered=False`` is for the exit half of a joined syscall: its enter half already filtered, so
+        an exit finds a pending entry only for a process that passed; the filter is then consulted only
+        when no entry is found (``pending_lookup``), which saves a hash lookup per event.
+        """
         self.emit(
             mov64_reg(R6, R1),
             call("get_current_pid_tgid"),
             mov64_reg(R7, R0),
-            mov64_reg(R1, R0),
+        )
+        if filtered:
+            self.skip_filtered("out")
+
+    def skip_filtered(self, target: str) -> None:
+        """Jump to ``target`` for the collector's own tgid and for the tgids the filter map excludes."""
+        self.emit(
+            mov64_reg(R1, R7),
             alu64_imm(BPF_RSH, R1, 32),
-            jmp_imm(BPF_JEQ, R1, self.self_tgid, "out"),
+            jmp_imm(BPF_JEQ, R1, self.self_tgid, target),
             stx_mem(BPF_W, R10, R1, SLOT_ARRAY_KEY),
             ld_map_fd(R1, MAP_FILTER),
             mov64_reg(R2, R10),
             alu64_imm(BPF_ADD, R2, SLOT_ARRAY_KEY),
             call("map_lookup_elem"),
-            jmp_imm(BPF_JNE if self.filter_mode == FILTER_IGNORE else BPF_JEQ, R0, 0, "out"),
+            jmp_imm(BPF_JNE if self.filter_mode == FILTER_IGNORE else BPF_JEQ, R0, 0, target),
         )
 
     def epilogue(self) -> list:
@@ -204,6 +216,9 @@ class ProgramBuilder:
             jmp_imm(BPF_JNE, R0, 0, found),
             label(miss),
         )
+        # No entry: the process was filtered at enter (not a loss), or the syscall began before we
+        # attached (counted).
+        self.skip_filtered("out")
         self.count(kind, STAT_MISSED_ENTER)
         self.emit(ja("out"), label(found), mov64_reg(R9, R0))
 

@@ -33,7 +33,7 @@ def build_enter(b: ProgramBuilder, fmt) -> list:
 
 
 def build_exit(b: ProgramBuilder, fmt, layout) -> list:
-    b.prologue()
+    b.prologue(filtered=False)
     b.pending_lookup(MAP_PENDING_CONNECT, KIND)
     b.scratch()
     b.header(KIND, layout)

@@ -48,7 +48,7 @@ def build_enter(b: ProgramBuilder, fmt, syscall: int) -> list:
 
 def build_exit(b: ProgramBuilder, fmt, layout) -> list:
     """sys_exit_openat / sys_exit_openat2: one record with the path, the arguments and the result."""
-    b.prologue()
+    b.prologue(filtered=False)
     b.pending_lookup(MAP_PENDING_OPEN, KIND)
     b.scratch()
     b.header(KIND, layout)
