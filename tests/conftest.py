@@ -15,10 +15,7 @@ import pytest
 REQUIRE_KERNEL = os.environ.get("KESTREL_REQUIRE_KERNEL") == "1"
 KERNEL_LACKS_PREFIX = "kernel lacks: "
 
-# Capability numbers from include/uapi/linux/capability.h.
-CAP_SYS_ADMIN = 21
-CAP_PERFMON = 38
-CAP_BPF = 39
+from kestrel_raw.caps import CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN
 
 
 def _cap_eff() -> int:

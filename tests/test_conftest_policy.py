@@ -9,7 +9,9 @@ def _run(tmp_path, body: str, require: bool):
     (tmp_path / "test_x.py").write_text(textwrap.dedent(body))
     conftest = os.path.join(os.path.dirname(__file__), "conftest.py")
     (tmp_path / "conftest.py").write_text(open(conftest).read())
-    env = dict(os.environ, KESTREL_REQUIRE_KERNEL="1" if require else "0")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, KESTREL_REQUIRE_KERNEL="1" if require else "0",
+               PYTHONPATH=os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")])))
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-p", "no:trio", str(tmp_path)],
         env=env, capture_output=True, text=True, cwd=tmp_path,
