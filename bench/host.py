@@ -4,10 +4,12 @@ matplotlib (bench-only), kernel.bpf_stats_enabled, and the C load generator buil
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 
 TRACEFS = "/sys/kernel/tracing"
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -139,3 +141,35 @@ def git_commit(path: str) -> str | None:
     except OSError:
         return None
     return (head + ("+dirty" if dirty else "")) or None
+
+
+def export_rev(rev: str) -> tuple[str, str]:
+    """(full commit id, directory) for ``rev`` of this repository: its kestrel_raw/ exported with git archive
+    into a fresh scratch directory (the working tree, which others edit meanwhile, is not used)."""
+    repo = os.path.dirname(BENCH_DIR)
+    r = subprocess.run(["git", "-C", repo, "rev-parse", "--verify", f"{rev}^{{commit}}"], capture_output=True,
+                       text=True, timeout=30)
+    if r.returncode != 0:
+        raise SystemExit(f"--kestrel-rev {rev}: not a commit of {repo}: {r.stderr.strip()}")
+    commit = r.stdout.strip()
+    dest = tempfile.mkdtemp(prefix=f"kr-bench-src-{commit[:12]}-")
+    archive = subprocess.Popen(["git", "-C", repo, "archive", "--format=tar", commit, "kestrel_raw"],
+                               stdout=subprocess.PIPE)
+    untar = subprocess.run(["tar", "-x", "-C", dest], stdin=archive.stdout, timeout=120)
+    archive.stdout.close()
+    if archive.wait(timeout=120) != 0 or untar.returncode != 0:
+        raise SystemExit(f"--kestrel-rev {rev}: git archive of kestrel_raw/ at {commit} failed")
+    return commit, dest
+
+
+def parse_speed(argv: list[str], n: int) -> dict:
+    """bench/parse_speed.py's figures (run as its own process, so it imports the benchmarked kestrel_raw);
+    {"error": ...} when it fails."""
+    try:
+        r = subprocess.run([*argv, "--n", str(n), "--json"], capture_output=True, text=True, timeout=900,
+                           stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return {"error": f"{type(e).__name__}: {e}"}
+    if r.returncode != 0:
+        return {"error": f"parse_speed.py exited with {r.returncode}: {r.stderr.strip()[-400:]}"}
+    return json.loads(r.stdout)

@@ -139,6 +139,46 @@ def latency_seq(ev: Seen, prefix: str) -> int | None:
     return int(tail) if tail.isdigit() else None
 
 
+def parse_receipts(lines: Iterable[str], prefix: str) -> list[tuple[int, str]]:
+    """bench/lib_latency.py's output: ``<receipt_ns> <JSON line>`` per event -> [(receipt_ns, JSON line)]
+    for the lines that mention ``prefix`` (the latency generator's paths)."""
+    out = []
+    for line in lines:
+        stamp, _, rest = line.rstrip("\n").partition(" ")
+        if prefix in rest and stamp.isdigit():
+            out.append((int(stamp), rest))
+    return out
+
+
+@dataclass(frozen=True)
+class Latencies:
+    visible_us: list[float]  # receipt - the generator's stamp before openat
+    kernel_us: list[float]  # receipt - the event's ts_mono_ns (kestrel-raw only)
+
+
+def latencies(arrivals: Iterable[tuple[int, str]], stamps: dict[int, int], pid: int, prefix: str,
+              fmt: str) -> Latencies:
+    """Match each received line of format ``fmt`` to the generator's stamp by its path's sequence number;
+    lines of other pids, other paths or unknown sequence numbers are skipped; a sequence number seen
+    twice counts once (its first receipt)."""
+    parse = PARSERS[fmt]
+    visible, kernel, seen = [], [], set()
+    for now, line in arrivals:
+        ev = parse(line)
+        if ev is None or ev.pid != pid:
+            continue
+        seq = latency_seq(ev, prefix)
+        if seq is None or seq not in stamps or seq in seen:
+            continue
+        seen.add(seq)
+        visible.append((now - stamps[seq]) / 1e3)
+        if fmt == "kestrel":
+            ts = json.loads(line).get("ts_mono_ns")
+            if ts:
+                kernel.append((now - ts) / 1e3)
+    return Latencies(visible, kernel)
+
+
 _SUMMARY = re.compile(r"kestrel-raw: records=(\d+) delivered\[([^\]]*)\] kernel_lost=(\d+) user_dropped=(\d+) "
                       r"parse_errors=(\d+)")
 

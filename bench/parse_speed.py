@@ -1,9 +1,23 @@
-"""Microseconds per record: construct (interpreted, compiled) vs the struct fast path, and end to end.
+"""Microseconds per record for each way of turning a raw ring-buffer record into output.
 
-    python bench/parse_speed.py [--n 200000]
+    python bench/parse_speed.py [--n 100000] [--json]
 
-End to end is parse_record -> normalize -> encode_event for an open record (the 100k events/s target
-allows 10 us per event for everything, ring-buffer draining included).
+Columns (one sample record of each kind, best of 3 loops; the 100k events/s target allows 10 us per event
+for everything, ring-buffer draining included):
+
+- construct: ``parse_record_construct`` (construct's interpreted parser, the test oracle);
+- compiled: the same construct Struct after ``.compile()``;
+- struct: ``parse_record``, the struct fast path whose formats are derived from the schema;
+- +normalize: ``normalize(parse_record(raw))``, a KestrelEvent (the library's deliver="events" path);
+- encode_event: a KestrelEvent to its JSON line; json.dumps: the stdlib on the same dict, for scale;
+- event path: parse_record -> normalize -> encode_event, what the CLI did before the fused path;
+- fused: ``kestrel_raw.jsonl.encode_record(raw, wall)``, raw record straight to its JSON line (no
+  event object; what ``kestrel-raw run`` does now);
+- fused batch: one ring-buffer drain of 256 records encoded and joined into one chunk, per record (the
+  collector's deliver="json" batch: one channel op and one write per drain).
+
+Imports kestrel_raw from PYTHONPATH when it is there (bench/run.py points it at the benchmarked commit),
+else from this repository.
 """
 from __future__ import annotations
 
@@ -13,10 +27,13 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+try:
+    import kestrel_raw  # noqa: F401
+except ImportError:
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from kestrel_raw.events import normalize  # noqa: E402
-from kestrel_raw.jsonl import encode_event  # noqa: E402
+from kestrel_raw.jsonl import encode_event, encode_record  # noqa: E402
 from kestrel_raw.records import (  # noqa: E402
     KIND_CONNECT, KIND_EXEC, KIND_EXIT, KIND_OPEN, RECORD_STRUCTS, build_record, parse_record,
     parse_record_construct,
@@ -34,45 +51,66 @@ SAMPLES = {
     "exit": build_record(KIND_EXIT, **COMMON, exit_code=0x100),
 }
 KINDS = {"open": KIND_OPEN, "exec": KIND_EXEC, "connect": KIND_CONNECT, "exit": KIND_EXIT}
+BATCH = 256  # kestrel_raw.collector.BATCH_RECORDS: records per drain
+WALL = 1_700_000_000_000_000_000
+COLUMNS = ("construct", "compiled", "struct", "+normalize", "encode_event", "json.dumps", "event path",
+           "fused", "fused batch")
 
 
-def per_call_us(fn, n: int) -> float:
+def per_call_us(fn, n: int, per: int = 1) -> float:
+    """Best of 3 timings of ``n`` calls of ``fn``, in us per call / ``per``."""
     best = float("inf")
     for _ in range(3):       # best of 3: the VM is noisy
         t0 = time.perf_counter()
         for _ in range(n):
             fn()
         best = min(best, time.perf_counter() - t0)
-    return best / n * 1e6
+    return best / n / per * 1e6
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=100_000)
-    n = ap.parse_args().n
-    rows = []
+def measure(n: int = 100_000) -> dict:
+    """{"python": version, "n": n, "columns": COLUMNS, "rows": {kind: {column: us per record}}}."""
+    rows = {}
     for name, data in SAMPLES.items():
         compiled = RECORD_STRUCTS[KINDS[name]].compile()
         mv = memoryview(data)
-        event = normalize(parse_record(data), 1_700_000_000_000_000_000)
+        event = normalize(parse_record(data), WALL)
         obj = json.loads(encode_event(event))
-        rows.append((
-            name,
+        batch = [data] * BATCH
+        if encode_record(data, WALL) != encode_event(event):
+            raise AssertionError(f"{name}: the fused path and the event path disagree")
+        vals = (
             per_call_us(lambda: parse_record_construct(data), max(n // 50, 100)),
             per_call_us(lambda: compiled.parse(data), max(n // 10, 100)),
             per_call_us(lambda: parse_record(mv), n),
-            per_call_us(lambda: normalize(parse_record(mv), 0), n),
+            per_call_us(lambda: normalize(parse_record(mv), WALL), n),
             per_call_us(lambda: encode_event(event), n),
             per_call_us(lambda: json.dumps(obj).encode(), n),
-            per_call_us(lambda: encode_event(normalize(parse_record(mv), 0)), n),
-        ))
-    head = ("kind", "construct", "compiled", "fast", "+normalize", "encode", "json.dumps", "end-to-end")
-    print(f"{sys.version.split()[0]}, us per record, best of 3")
-    print("".join(f"{h:>12}" for h in head))
-    for name, *vals in rows:
-        print(f"{name:>12}" + "".join(f"{v:12.2f}" for v in vals))
-    e2e = dict((r[0], r[-1]) for r in rows)["open"]
-    print(f"open end to end: {1e6 / e2e:,.0f} events/s in one process")
+            per_call_us(lambda: encode_event(normalize(parse_record(mv), WALL)), n),
+            per_call_us(lambda: encode_record(mv, WALL), n),
+            per_call_us(lambda: b"".join([encode_record(r, WALL) for r in batch]), max(n // BATCH, 10), BATCH),
+        )
+        rows[name] = dict(zip(COLUMNS, vals))
+    return {"python": sys.version.split()[0], "n": n, "columns": list(COLUMNS), "rows": rows}
+
+
+def render(result: dict) -> str:
+    lines = [f"Python {result['python']}, us per record, best of 3", "".join(f"{h:>13}" for h in ("kind",
+                                                                                                  *result["columns"]))]
+    for name, vals in result["rows"].items():
+        lines.append(f"{name:>13}" + "".join(f"{vals[c]:13.2f}" for c in result["columns"]))
+    fused = result["rows"]["open"]["fused batch"]
+    lines.append(f"open, fused batch: {1e6 / fused:,.0f} records/s in one process")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=100_000)
+    ap.add_argument("--json", action="store_true", help="print the figures as JSON")
+    a = ap.parse_args(argv)
+    result = measure(a.n)
+    print(json.dumps(result) if a.json else render(result))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import json
 import os
 
 from . import stats
+from .tracers import LATENCY_LOW, LIBRARY_LOW, LIBRARY_LOW_ONE_RING
 
 MB = 1024.0  # kB per MB (VmHWM is in kB)
 
@@ -58,13 +59,21 @@ def _median(summary: dict, wl: str, subj: str, fig: str):
     return (((summary.get(wl) or {}).get(subj) or {}).get(fig) or {}).get("median")
 
 
-def _target(name: str, value, limit, ok, unit: str, note: str = "") -> dict:
+def _target(name: str, value, limit, ok, unit: str, note: str = "", status: str | None = None) -> dict:
     return {"target": name, "value": value, "limit": limit, "unit": unit,
-            "status": "n/a" if ok is None else ("met" if ok else "missed"), "note": note}
+            "status": status or ("n/a" if ok is None else ("met" if ok else "missed")), "note": note}
 
 
-def targets(summary: dict, ladders: list[dict], startup: list[dict]) -> list[dict]:
-    """The issue's targets, each with the measured value and met / missed / n/a (no measurement)."""
+def _latency(latency: list[dict], subject: str, fig: str = "visible_us", pct: str = "p50"):
+    for r in latency:
+        if r["subject"] == subject and r.get("ok"):
+            return (r.get(fig) or {}).get(pct)
+    return None
+
+
+def targets(summary: dict, ladders: list[dict], startup: list[dict], latency: list[dict] = ()) -> list[dict]:
+    """The issue's targets, each with the measured value and met / missed / n/a (no measurement);
+    "reported" rows are figures the issue asks to show beside a peer, without a limit."""
     res = []
 
     def cmp(a, b, f):
@@ -108,6 +117,17 @@ def targets(summary: dict, ladders: list[dict], startup: list[dict]) -> list[dic
     s = _median(summary, "build", "kestrel-raw", "slowdown")
     res.append(_target("typical workload (gcc builds) slowdown, all four event types", s, 1.02,
                        cmp(s, 1.02, lambda a, b: a < b), "x"))
+    lib = _latency(latency, LIBRARY_LOW, "kernel_to_visible_us")
+    res.append(_target("low-latency mode, syscall to user space p50 (library, latency=\"low\": ts_mono_ns -> "
+                       "event out of the collector's channel)", lib, 10, cmp(lib, 10, lambda a, b: a < b), "us",
+                       "default library configuration: 4 rings, deliver=\"events\""))
+    one = _latency(latency, LIBRARY_LOW_ONE_RING, "kernel_to_visible_us")
+    res.append(_target("the same with buffers=1, deliver=\"json\"", one, 10, cmp(one, 10, lambda a, b: a < b), "us"))
+    peer = _latency(latency, "libbpf-tools")
+    for subj, what in (("kestrel-raw", "default mode (--latency batch)"), (LATENCY_LOW, "--latency low")):
+        ours = _latency(latency, subj)
+        res.append(_target(f"CLI {what}: openat -> JSON line readable from its stdout, p50, beside opensnoop's",
+                           ours, peer, None, "us", status="reported" if ours is not None else None))
     return res
 
 
@@ -189,17 +209,31 @@ def markdown(report: dict) -> str:
             f"{l['workload']} {l['subject']} pass {l.get('rep', 0) + 1}: {_fmt(l.get('max_zero_loss_rate'), 0)}/s"
             for l in report["ladders"] if l.get("ok")), ""]
     if report.get("latency"):
-        lines += ["## Latency at a low rate (openat -> line readable by a consumer)", "",
-                  "| subject | rate /s | events matched | p50 us | p99 us | kernel ts -> readable p50 / p99 us |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["## Latency at a low rate (syscall -> user space)", "",
+                  "`openat` stamp: the generator's CLOCK_MONOTONIC right before each openat.  `ts_mono_ns`: "
+                  "the event's kernel timestamp (bpf_ktime_get_ns in the program at sys_exit_openat, same "
+                  "clock).  Receipt, for the CLI subjects and the peers: the harness's reader thread, blocked "
+                  "on the subject's stdout pipe, stamps each chunk as it arrives (line-buffered stdio for the "
+                  "peers; kestrel-raw writes its JSON lines itself: the default mode flushes every "
+                  "--flush-interval, --latency low after every chunk).  For the library subject "
+                  "(bench/lib_latency.py): a trio task in the collector's own process stamps each event as "
+                  "it comes out of KestrelCollector's channel (deliver=\"events\", 4 rings, the defaults; or "
+                  "deliver=\"json\" with 1 ring): no write, no pipe.  "
+                  "CPU: the subject's CPU time during the generator's run / its duration.", "",
+                  "| subject | receipt measured where | rate /s | events matched | openat stamp -> receipt "
+                  "p50 / p90 / p99 us | ts_mono_ns -> receipt p50 / p90 / p99 us | CPU % of one core |",
+                  "|---|---|---|---|---|---|---|"]
+
+        def trio_(f):
+            return " / ".join(_fmt(f.get(p), 0) for p in ("p50", "p90", "p99")) if f else "-"
+
         for r in report["latency"]:
             if not r.get("ok"):
-                lines.append(f"| {r['subject']} | failed: {r.get('error', '')[:80]} | | | | |")
+                lines.append(f"| {r['subject']} | failed: {r.get('error', '')[:80]} | | | | | |")
                 continue
-            k = r.get("kernel_to_visible_us")
-            lines.append(f"| {r['subject']} | {_fmt(r['rate'], 0)} | {r['matched']}/{r['ops']} | "
-                         f"{_fmt(r['visible_us']['p50'], 0)} | {_fmt(r['visible_us']['p99'], 0)} | "
-                         f"{_fmt(k['p50'], 0) + ' / ' + _fmt(k['p99'], 0) if k else '-'} |")
+            lines.append(f"| {r['subject']} | {r.get('measures', 'stdout pipe')} | {_fmt(r['rate'], 0)} | "
+                         f"{r['matched']}/{r['ops']} | {trio_(r['visible_us'])} | "
+                         f"{trio_(r.get('kernel_to_visible_us'))} | {_fmt(r.get('cpu_pct'), 1)} |")
         lines.append("")
     if report.get("startup"):
         lines += ["## Start to attached (s)", "", "| subject | attached (first captured marker) | "
@@ -215,6 +249,25 @@ def markdown(report: dict) -> str:
             lines.append(f"| {s} | {fmt_summary(stats.summarize(_vals(ok, 'attached_s')), 3)} | "
                          f"{fmt_summary(stats.summarize(_vals(ok, 'visible_s')), 3)} |")
         lines.append("")
+    ps = report.get("parse_speed")
+    if ps:
+        lines += ["## Parse paths: us per record (bench/parse_speed.py)", ""]
+        if ps.get("error"):
+            lines += [f"failed: {ps['error']}", ""]
+        else:
+            lines += [f"One sample record per kind, best of 3 loops, Python {ps['python']}, n={ps['n']:,} "
+                      "(the 100k events/s target leaves 10 us per event for everything).  construct: the "
+                      "interpreted construct parser (the test oracle); compiled: the same Struct after "
+                      ".compile(); struct: parse_record, struct formats derived from the schema; +normalize: "
+                      "to a KestrelEvent (the library path); encode_event: KestrelEvent -> JSON line "
+                      "(json.dumps of the same dict for scale); event path: parse -> normalize -> "
+                      "encode_event; fused: jsonl.encode_record(raw, wall), raw record straight to its JSON "
+                      "line (the CLI's path); fused batch: one drain of 256 records encoded and joined into one "
+                      "chunk, per record.", "",
+                      "| kind | " + " | ".join(ps["columns"]) + " |", "|---|" + "---|" * len(ps["columns"])]
+            for kind, vals in ps["rows"].items():
+                lines.append(f"| {kind} | " + " | ".join(f"{vals[c]:.2f}" for c in ps["columns"]) + " |")
+            lines.append("")
     errs = [(w, s, e) for w in summary for s, f in summary[w].items() for e in f.get("errors", [])]
     if errs:
         lines += ["## Failed runs", ""] + [f"- {w} / {s}: {e[:300]}" for w, s, e in errs] + [""]

@@ -35,7 +35,7 @@ PROFILES = {
         open_ladder=[10_000, 25_000, 50_000, 100_000, 150_000, 200_000], open_ladder_s=2.0, open_procs=2,
         ladder_reps=2,
         exec_ladder=[100, 400, 1600], exec_ladder_s=3.0, exec_procs=4,
-        latency_ops=600, latency_rate=200, startup_reps=3),
+        latency_ops=1000, latency_rate=200, startup_reps=3, parse_n=50_000),
     "quick": dict(
         reps=2, drain=0.5,
         loads={"open": Load("open", 100_000), "exec": Load("exec", 300), "exit": Load("exec", 300),
@@ -43,10 +43,10 @@ PROFILES = {
         open_ladder=[25_000, 100_000], open_ladder_s=1.0, open_procs=2,
         ladder_reps=1,
         exec_ladder=[100, 400, 1600], exec_ladder_s=1.0, exec_procs=4,
-        latency_ops=200, latency_rate=200, startup_reps=1),
+        latency_ops=200, latency_rate=200, startup_reps=1, parse_n=10_000),
 }
 WORKLOADS = ("open", "exec", "exit", "connect", "build")
-PHASES = ("matrix", "ladders", "latency", "startup")
+PHASES = ("matrix", "ladders", "latency", "startup", "parse")
 
 
 def parse_args(argv=None):
@@ -61,6 +61,10 @@ def parse_args(argv=None):
     p.add_argument("--kestrel-src", metavar="DIR",
                    help="run the collector from this source tree (a checkout or `git worktree` of another "
                         "commit) instead of this repository's kestrel_raw/")
+    p.add_argument("--kestrel-rev", metavar="REV",
+                   help="run the collector from this commit of this repository (e.g. HEAD): its kestrel_raw/ "
+                        "is exported with git archive into a scratch directory, and the report records the "
+                        "commit; other engineers' uncommitted edits are not benchmarked")
     p.add_argument("--render", metavar="REPORT_JSON",
                    help="run nothing: rebuild report.md and the PNG from an existing report.json")
     p.add_argument("--note", default="", help="free text recorded in the report (e.g. what was benchmarked)")
@@ -68,6 +72,18 @@ def parse_args(argv=None):
                    help="how to start the collector, before --events/--output "
                         f"(default: {shlex.quote(sys.executable)} -m kestrel_raw run)")
     a = p.parse_args(argv)
+    if a.kestrel_rev and a.kestrel_src:
+        p.error("--kestrel-rev and --kestrel-src are exclusive")
+    a.kestrel_commit = None
+    if a.kestrel_rev:
+        a.kestrel_commit, a.kestrel_src = host.export_rev(a.kestrel_rev)
+    a.library_cmd = f"{shlex.quote(sys.executable)} {shlex.quote(os.path.join(host.BENCH_DIR, 'lib_latency.py'))}"
+    a.parse_cmd = f"{shlex.quote(sys.executable)} {shlex.quote(os.path.join(host.BENCH_DIR, 'parse_speed.py'))}"
+    if a.kestrel_src:
+        # the bench scripts import kestrel_raw from PYTHONPATH first (their own directory is bench/)
+        env = f"env PYTHONPATH={shlex.quote(os.path.abspath(a.kestrel_src))} "
+        a.library_cmd = env + a.library_cmd
+        a.parse_cmd = env + a.parse_cmd
     if a.kestrel_cmd is None:
         if a.kestrel_src:
             # -P: no script directory on sys.path, so PYTHONPATH's tree wins over the working directory
@@ -92,7 +108,7 @@ def render(path: str) -> int:
     with open(path) as f:
         rep = json.load(f)
     rep["summary"] = report.summarize(rep["trials"])
-    rep["targets"] = report.targets(rep["summary"], rep["ladders"], rep["startup"])
+    rep["targets"] = report.targets(rep["summary"], rep["ladders"], rep["startup"], rep.get("latency", []))
     paths = report.write(rep, os.path.dirname(os.path.abspath(path)))
     host.log(f"report: {paths['md']}")
     return 0
@@ -131,7 +147,7 @@ def main(argv=None) -> int:
     bench = Bench(krgen, scratch, drain=prof["drain"], kestrel_argv=tuple(shlex.split(args.kestrel_cmd)))
     failures: dict[str, int] = {}
     disabled: dict[str, str] = {}
-    result = {"trials": [], "ladders": [], "latency": [], "startup": []}
+    result = {"trials": [], "ladders": [], "latency": [], "startup": [], "parse_speed": None}
 
     def note(rec: dict) -> None:
         """Give up on a subject after two runs in a row that could not even start it."""
@@ -178,14 +194,15 @@ def main(argv=None) -> int:
                         note(rec)
                         host.log(f"ladder {wl} {name}: max zero-loss rate {rec.get('max_zero_loss_rate')}")
             if "latency" in phases and "open" in workloads:
-                for name in tracer_names:
-                    if name in disabled:
+                for subj in tracers.latency_subjects(bench.kestrel_argv, tuple(shlex.split(args.library_cmd))):
+                    base = "kestrel-raw" if subj.name.startswith("kestrel-raw") else subj.name
+                    if base not in tracer_names or subj.name in disabled:
                         continue
-                    rec = bench.latency(tracers.subject_for(name, "open", bench.kestrel_argv),
-                                        prof["latency_ops"], prof["latency_rate"])
+                    rec = bench.latency(subj, prof["latency_ops"], prof["latency_rate"])
                     result["latency"].append(rec)
                     note(rec)
-                    host.log(f"latency {name}: {rec.get('visible_us')}")
+                    host.log(f"latency {subj.name}: visible {rec.get('visible_us')} "
+                             f"kernel {rec.get('kernel_to_visible_us')} cpu {rec.get('cpu_pct')}%")
             if "startup" in phases and "open" in workloads:
                 for name in stats.alternate(tracer_names, prof["startup_reps"]):
                     if name in disabled:
@@ -194,21 +211,27 @@ def main(argv=None) -> int:
                     result["startup"].append(rec)
                     note(rec)
                     host.log(f"startup {name}: attached {rec.get('attached_s')}")
+        if "parse" in phases:
+            result["parse_speed"] = host.parse_speed(shlex.split(args.parse_cmd), prof["parse_n"])
+            host.log(f"parse speed: {result['parse_speed'].get('rows', result['parse_speed'])}")
     finally:
         tracers.kill_all()
         shutil.rmtree(scratch, ignore_errors=True)
+        if args.kestrel_rev:
+            shutil.rmtree(args.kestrel_src, ignore_errors=True)
 
     summary = report.summarize(result["trials"])
     rep = {
         "meta": {"profile": profile_name, "started": started, "duration_s": time.monotonic() - t_start,
                  "reps": prof["reps"], "machine": host.machine_facts(), "subjects": subjects,
                  "workloads": workloads, "phases": phases, "kestrel_cmd": args.kestrel_cmd,
-                 "kestrel_commit": host.git_commit(args.kestrel_src or tracers.REPO), "note": args.note,
+                 "kestrel_commit": args.kestrel_commit or host.git_commit(args.kestrel_src or tracers.REPO),
+                 "kestrel_rev": args.kestrel_rev, "note": args.note,
                  "disabled_subjects": disabled,
                  "loads": {k: v.__dict__ for k, v in prof["loads"].items()},
                  "profile_settings": {k: v for k, v in prof.items() if k != "loads"}},
         "summary": summary,
-        "targets": report.targets(summary, result["ladders"], result["startup"]),
+        "targets": report.targets(summary, result["ladders"], result["startup"], result["latency"]),
         **result,
     }
     paths = report.write(rep, out_dir)

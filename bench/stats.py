@@ -40,6 +40,12 @@ def percentile(xs: Sequence[float], p: float) -> float | None:
     return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
+def latency_summary(us: Sequence[float]) -> dict:
+    """{"p50", "p90", "p99", "max", "n"} of latencies in us (None figures when there are none)."""
+    return {"p50": percentile(us, 50), "p90": percentile(us, 90), "p99": percentile(us, 99),
+            "max": max(us) if us else None, "n": len(us)}
+
+
 def loss_pct(offered: int, delivered: int) -> float | None:
     """Percent of offered events missing from the output.  Negative when the output holds MORE events
     than were offered (a counting bug or duplicates): kept visible rather than clamped."""

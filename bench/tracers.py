@@ -102,6 +102,33 @@ def subject_for(name: str, workload: str, kestrel_argv: tuple[str, ...] | None =
     raise ValueError(f"unknown subject {name!r}: expected one of {', '.join(SUBJECTS)}")
 
 
+LATENCY_LOW = "kestrel-raw --latency low"
+LIBRARY_LOW = "kestrel-raw library, low latency"
+LIBRARY_LOW_ONE_RING = "kestrel-raw library, low latency, 1 ring, json"
+
+
+def latency_subjects(kestrel_argv: tuple[str, ...] | None = None,
+                     library_argv: tuple[str, ...] | None = None) -> list[Subject]:
+    """The latency phase's subjects: kestrel-raw's CLI in its default mode (--latency batch) and with
+    --latency low, the library read in-process with latency="low" (bench/lib_latency.py, which writes its
+    receipt stamps to --output at the end) with its defaults (4 rings, KestrelEvent objects) and with one
+    ring and JSON chunks (fewer poller tasks, no event objects), and the peers' open tracers."""
+    base = kestrel_argv or (sys.executable, "-m", "kestrel_raw", "run")
+    lib = library_argv or (sys.executable, os.path.join(REPO, "bench", "lib_latency.py"))
+    return [
+        subject_for("kestrel-raw", "open", kestrel_argv),
+        Subject(LATENCY_LOW, (ProcSpec("kestrel-raw", "kestrel", (*base, "--events", "open", "--latency", "low"),
+                                       own_output=True),)),
+        Subject(LIBRARY_LOW, (ProcSpec("kestrel-raw", "kestrel-lib", (*lib, "--latency", "low"),
+                                       own_output=True),)),
+        Subject(LIBRARY_LOW_ONE_RING, (ProcSpec("kestrel-raw", "kestrel-lib",
+                                                (*lib, "--latency", "low", "--buffers", "1", "--deliver", "json"),
+                                                own_output=True),)),
+        subject_for("libbpf-tools", "open"),
+        subject_for("bpftrace", "open"),
+    ]
+
+
 # -- process registry --------------------------------------------------------------------------------
 
 _LIVE: dict[int, subprocess.Popen] = {}

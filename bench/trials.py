@@ -276,68 +276,78 @@ class Bench:
     # -- latency --------------------------------------------------------------------------------------
 
     def latency(self, subject: tracers.Subject, ops: int, rate: float) -> dict:
-        """syscall -> output latency at a low rate.  The subject writes to a pipe (stdio tools line-buffered
-        with stdbuf -oL; kestrel-raw to stdout as it does); a reader thread stamps CLOCK_MONOTONIC when each
-        chunk arrives.  For each openlat event: visible_us = arrival - the generator's stamp before openat.
-        For kestrel-raw also kernel_us = arrival - ts_mono_ns (the program's bpf_ktime_get_ns)."""
+        """syscall -> user space at a low rate.  The generator stamps CLOCK_MONOTONIC right before each
+        openat("<lat_prefix><seq>") and writes the stamps at its end.
+
+        CLI subjects write to a pipe (stdio tools line-buffered with stdbuf -oL; kestrel-raw to stdout as it
+        does in the mode under test); a reader thread here blocks on the pipe and stamps CLOCK_MONOTONIC when
+        each chunk arrives: receipt = "a consumer of the output can read the line".  The library subject
+        (fmt "kestrel-lib", bench/lib_latency.py) stamps receipt itself, in the collector's process, when the
+        event comes out of the collector's channel, and writes the stamps to its output file at the end.
+
+        For each of the generator's events: ``visible_us`` = receipt - the generator's stamp before openat;
+        for kestrel-raw also ``kernel_to_visible_us`` = receipt - ts_mono_ns (the program's bpf_ktime_get_ns
+        at sys_exit_openat).  ``cpu_pct``: the subject's CPU during the generator's run / its duration."""
         rec: dict = {"subject": subject.name, "ok": False}
-        workdir = tempfile.mkdtemp(prefix=f"lat-{subject.name}-", dir=self.scratch)
+        workdir = tempfile.mkdtemp(prefix="lat-", dir=self.scratch)
         running = None
         arrivals: list[tuple[int, str]] = []
+        fmt = subject.procs[0].fmt
+        in_process = fmt == "kestrel-lib"
         try:
-            running = tracers.start(subject, workdir, to_pipe=True)
-            pipe = running.popens[0].stdout
+            running = tracers.start(subject, workdir, to_pipe=not in_process)
             prefix = self.lat_prefix
+            th = None
+            if not in_process:
+                pipe = running.popens[0].stdout
 
-            def reader():
-                fd = pipe.fileno()
-                buf = b""
-                while True:
-                    chunk = os.read(fd, 1 << 16)
-                    now = time.monotonic_ns()
-                    if not chunk:
-                        return
-                    buf += chunk
-                    *lines, buf = buf.split(b"\n")
-                    for line in lines:
-                        if prefix.encode() in line:
-                            arrivals.append((now, line.decode("utf-8", "replace")))
+                def reader():
+                    fd = pipe.fileno()
+                    buf = b""
+                    while True:
+                        chunk = os.read(fd, 1 << 16)
+                        now = time.monotonic_ns()
+                        if not chunk:
+                            return
+                        buf += chunk
+                        *lines, buf = buf.split(b"\n")
+                        for line in lines:
+                            if prefix.encode() in line:
+                                arrivals.append((now, line.decode("utf-8", "replace")))
 
-            th = threading.Thread(target=reader, daemon=True)
-            th.start()
+                th = threading.Thread(target=reader, daemon=True)
+                th.start()
             self.wait_attached(running, "open")
             time.sleep(0.2)
+            cpu0 = running.cpu_s()
             gen = self.run_load(Load("openlat", ops, 1, rate, max_seconds=ops / rate * 3 + 5))
+            cpu = running.cpu_s() - cpu0
             time.sleep(max(self.drain, 0.5))
-            running.stop()
+            exits = running.stop()
             running = None
-            th.join(timeout=10)
+            summary = next((outputs.parse_kestrel_summary(e.stderr) for e in exits if e.label == "kestrel-raw"),
+                           None)
+            if summary:
+                rec["kestrel_summary"] = summary
+            if th is not None:
+                th.join(timeout=10)
+            else:
+                with open(os.path.join(workdir, f"{subject.procs[0].label}-0.out"), errors="replace") as f:
+                    arrivals = outputs.parse_receipts(f, prefix)
             stamps = {}
             with open(gen["stamps"][0]) as f:
                 for line in f:
                     seq, ns = line.split()
                     stamps[int(seq)] = int(ns)
-            parse = outputs.PARSERS[subject.procs[0].fmt]
-            pid = gen["pids"][0]
-            visible, kernel = [], []
-            for now, line in arrivals:
-                ev = parse(line)
-                if ev is None or ev.pid != pid:
-                    continue
-                seq = outputs.latency_seq(ev, prefix)
-                if seq is None or seq not in stamps:
-                    continue
-                visible.append((now - stamps[seq]) / 1e3)
-                if subject.procs[0].fmt == "kestrel":
-                    ts = __import__("json").loads(line).get("ts_mono_ns")
-                    if ts:
-                        kernel.append((now - ts) / 1e3)
-            rec.update(ops=gen["ops"], rate=rate, matched=len(visible),
-                       visible_us={"p50": stats.percentile(visible, 50), "p99": stats.percentile(visible, 99),
-                                   "max": max(visible) if visible else None})
-            if kernel:
-                rec["kernel_to_visible_us"] = {"p50": stats.percentile(kernel, 50),
-                                               "p99": stats.percentile(kernel, 99)}
+            lat = outputs.latencies(arrivals, stamps, gen["pids"][0], prefix,
+                                    "kestrel" if in_process else fmt)
+            rec.update(ops=gen["ops"], rate=rate, matched=len(lat.visible_us), cpu_s=cpu,
+                       cpu_pct=stats.cpu_pct(cpu, gen["elapsed_s"]), measures=(
+                           "in the collector's process: event out of the collector's channel" if in_process
+                           else "line read from the subject's stdout pipe by the harness"),
+                       visible_us=stats.latency_summary(lat.visible_us))
+            if lat.kernel_us:
+                rec["kernel_to_visible_us"] = stats.latency_summary(lat.kernel_us)
             rec["ok"] = True
         except Exception as e:
             rec["error"] = f"{type(e).__name__}: {e}"
