@@ -29,6 +29,8 @@ class Collector:
 
     def __init__(self, tmp_path, events="exec,open,connect,exit"):
         self.out = tmp_path / "events.jsonl"
+        self._offset = 0
+        self._events: list[dict] = []
         self.err = tmp_path / "stderr.txt"
         env = dict(os.environ, PYTHONPATH=REPO)
         self.proc = subprocess.Popen(
@@ -51,11 +53,17 @@ class Collector:
         raise AssertionError(f"collector never attached: {self.err.read_text()}")
 
     def events(self):
-        if not self.out.exists():
-            return []
-        # The sink writes in large chunks: the last line may be half written; read whole lines only.
-        data = self.out.read_bytes()
-        return [json.loads(line) for line in data[: data.rfind(b"\n") + 1].splitlines() if line.strip()]
+        """Every event so far.  Reads only what was appended since the last call (the collector watches
+        the whole host: re-reading the file on every poll is quadratic), and only whole lines (the sink
+        writes in large chunks, so the file may end mid-line)."""
+        if self.out.exists():
+            with open(self.out, "rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+            end = data.rfind(b"\n") + 1
+            self._offset += end
+            self._events.extend(json.loads(line) for line in data[:end].splitlines() if line.strip())
+        return self._events
 
     def wait_for(self, pred, what, timeout=10.0):
         deadline = time.monotonic() + timeout

@@ -75,6 +75,8 @@ class Cli:
     def __init__(self, tmp_path, *args, output=True, stdout=subprocess.DEVNULL, name="c"):
         self.out = tmp_path / f"{name}.jsonl"
         self.err = tmp_path / f"{name}.stderr"
+        self._offset = 0
+        self._events: list[dict] = []
         cmd = [sys.executable, "-m", "kestrel_raw", "run", *args]
         if output:
             cmd += ["--output", str(self.out)]
@@ -101,10 +103,15 @@ class Cli:
         raise AssertionError(f"no events from the collector: {self.stderr()}")
 
     def events(self):
-        if not self.out.exists():
-            return []
-        lines = self.out.read_text(encoding="utf-8").splitlines()
-        return [json.loads(ln) for ln in lines if ln.strip()]
+        """Every event so far: only what was appended since the last call, and only whole lines."""
+        if self.out.exists():
+            with open(self.out, "rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+            end = data.rfind(b"\n") + 1
+            self._offset += end
+            self._events.extend(json.loads(line) for line in data[:end].splitlines() if line.strip())
+        return self._events
 
     def stop(self, sig=signal.SIGTERM, timeout=10):
         if self.proc.poll() is None:
