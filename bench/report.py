@@ -10,6 +10,7 @@ from . import stats
 from .tracers import LATENCY_LOW, LIBRARY_LOW, LIBRARY_LOW_ONE_RING
 
 MB = 1024.0  # kB per MB (VmHWM is in kB)
+NEAR_ZERO_LOSS_PCT = 0.01  # a second, tolerant reading of the ladders: a few counted drops per 100,000
 
 
 def _vals(runs: list[dict], key, scale: float = 1.0) -> list[float]:
@@ -96,6 +97,12 @@ def targets(summary: dict, ladders: list[dict], startup: list[dict], latency: li
     res.append(_target("open events/s delivered to JSON lines with 0 loss (2+ generators)", z, 100000,
                        None if not lads else z >= 100000, "ev/s",
                        "median over ladder passes of the highest offered rate below which loss stayed 0"))
+    near = stats.median([stats.max_zero_loss_rate(((r["offered_rate"], r.get("loss_pct")) for r in l["rungs"]),
+                                                  NEAR_ZERO_LOSS_PCT) or 0.0 for l in lads])
+    res.append(_target(f"open events/s delivered with loss <= {NEAR_ZERO_LOSS_PCT}% on every rung up to it",
+                       near if lads else None, None, None, "ev/s",
+                       "median over ladder passes; what the strict row above misses by a few counted drops",
+                       status="reported" if lads else None))
     st = stats.median(_vals([r for r in startup if r["subject"] == "kestrel-raw" and r.get("ok")], "attached_s"))
     res.append(_target("start to attached", st, 0.3, cmp(st, 0.3, lambda a, b: a < b), "s"))
     peaks = [((summary.get(wl) or {}).get("kestrel-raw") or {}).get("hwm_mb", {}).get("max") for wl in summary]

@@ -66,16 +66,16 @@ def per_event(total: float | None, events: int) -> float | None:
     return total / events
 
 
-def max_zero_loss_rate(rungs: Iterable[tuple[float, float | None]]) -> float | None:
-    """Highest offered rate of a ladder below which loss STAYS zero.
+def max_zero_loss_rate(rungs: Iterable[tuple[float, float | None]], max_loss_pct: float = 0.0) -> float | None:
+    """Highest offered rate of a ladder below which loss STAYS zero (or at most ``max_loss_pct``).
 
     ``rungs`` are (offered_rate, loss_pct) pairs in any order.  Walking up from the lowest rate, the answer
-    is the last rate reached before the first rung with loss > 0 (or with no loss figure); None when the
-    lowest rung already loses events.  A lucky loss-free rung above a lossy one does not count.
+    is the last rate reached before the first rung with loss > max_loss_pct (or with no loss figure); None
+    when the lowest rung already loses more.  A lucky loss-free rung above a lossy one does not count.
     """
     best = None
     for rate, loss in sorted(rungs, key=lambda r: r[0]):
-        if loss is None or loss > 0:
+        if loss is None or loss > max_loss_pct:
             break
         best = rate
     return best

@@ -51,6 +51,13 @@ def test_max_zero_loss_rate_stops_at_first_loss():
     assert stats.max_zero_loss_rate([(10, 0.0), (20, 0.0)]) == 20
 
 
+def test_max_zero_loss_rate_with_a_tolerance():
+    rungs = [(10_000.0, 0.0), (25_000.0, 0.004), (50_000.0, 0.01), (100_000.0, 0.02), (150_000.0, 0.0)]
+    assert stats.max_zero_loss_rate(rungs) == 10_000.0
+    assert stats.max_zero_loss_rate(rungs, 0.01) == 50_000.0
+    assert stats.max_zero_loss_rate([(10_000.0, 0.5)], 0.01) is None
+
+
 def test_cpu_pct():
     assert stats.cpu_pct(0.5, 2.0) == 25.0
     assert stats.cpu_pct(1.0, 0) is None
@@ -95,7 +102,9 @@ def test_targets_status():
                  "libbpf-tools": {"kernel_ns_per_run": {"median": 1000.0}, "cpu_us_per_event": {"median": 4.0}}},
     }
     ladders = [{"subject": "kestrel-raw", "workload": "open", "ok": True, "max_zero_loss_rate": 120_000.0,
-                "rungs": []},
+                "rungs": [{"offered_rate": 60_000.0, "loss_pct": 0.0}, {"offered_rate": 120_000.0, "loss_pct": 0.0},
+                          {"offered_rate": 150_000.0, "loss_pct": 0.005}, {"offered_rate": 180_000.0,
+                                                                           "loss_pct": 0.5}]},
                {"subject": "kestrel-raw", "workload": "exec", "ok": True,
                 "rungs": [{"target_rate": 1600, "cpu_pct": 5.0}]},
                {"subject": "libbpf-tools", "workload": "exec", "ok": True,
@@ -107,6 +116,7 @@ def test_targets_status():
     assert got["openat+close loop slowdown with open events on"] == (1.4, "missed")
     assert got["collector CPU per delivered open event < opensnoop's"] == (2.0, "met")
     assert got["open events/s delivered to JSON lines with 0 loss (2+ generators)"] == (120_000.0, "met")
+    assert got["open events/s delivered with loss <= 0.01% on every rung up to it"] == (150_000.0, "reported")
     assert got["start to attached"] == (0.25, "met")
     assert got["peak RSS (largest over all runs)"] == (35.0, "met")
     assert got["collector CPU at 1,600 exec/s <= execsnoop's"] == (5.0, "missed")
