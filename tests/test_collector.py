@@ -111,3 +111,24 @@ async def test_shutdown_clean():
             await trio.sleep(0.05)
     c.stop()  # idempotent
 
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("deliver", ["events", "json"])
+async def test_low_latency_mode_delivers_without_wakeups(deliver):
+    # latency="low": the programs never wake the reader (BPF_RB_NO_WAKEUP), one task spins over the
+    # rings.  The event must still arrive, and the other tasks (this consumer) must still run.
+    send, recv = trio.open_memory_channel(10_000)
+    c = KestrelCollector(send, CollectorConfig(event_types=["open"], buffers=2, latency="low", deliver=deliver))
+    path = f"/tmp/kestrel-low-{uuid.uuid4().hex}"
+    async with trio.open_nursery() as nursery:
+        await nursery.start(c.start)
+        assert "call bpf_ringbuf_query" not in c.program_listing()  # no wakeup decision in the kernel
+        await trio.to_thread.run_sync(lambda: subprocess.run(["/bin/cat", path], stderr=subprocess.DEVNULL))
+        with trio.fail_after(10):
+            async for item in recv:
+                if deliver == "events" and item["path"] == path:
+                    break
+                if deliver == "json" and f'"path":"{path}"'.encode() in item:
+                    break
+        c.stop()
