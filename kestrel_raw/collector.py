@@ -54,7 +54,6 @@ from .uapi import BPF_MAP_TYPE_ARRAY_OF_MAPS, BPF_MAP_TYPE_HASH, BPF_PROG_TYPE_T
 
 BATCH_RECORDS = 256  # records a poller takes from a ring at a time: one chunk of JSON lines at most
 BUSY_SPIN_NS = 1_000_000  # latency="low": longest the spinning poller goes without yielding to trio
-PENDING_ENTRIES = 16384  # syscalls in flight at once across the host (open, connect)
 FILTER_ENTRIES = 4096  # tgids in the filter map: other collectors, or the tgids of an only_tgids run
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
@@ -75,12 +74,12 @@ class CollectorStats:
 
     @property
     def kernel_lost(self) -> int:
-        """Events the kernel side could not report (ring buffer full, pending map full)."""
+        """Events the kernel side could not report (ring buffer full)."""
         return sum(
             sum(per_cpu)
             for counters in self.kernel.values()
             for name, per_cpu in counters.items()
-            if name in ("ringbuf_full", "pending_full")
+            if name == "ringbuf_full"
         )
 
     def summary(self) -> str:
@@ -185,8 +184,6 @@ class KestrelCollector:
         _fill_outer(outer, [ring.fd for ring in self._rings])
         self._maps[programs.MAP_SCRATCH] = PerCPUArrayMap(programs.SCRATCH_SIZE, 1, name=programs.MAP_SCRATCH)
         self._maps[programs.MAP_STATS] = PerCPUArrayMap(8, programs.STATS_ENTRIES, name=programs.MAP_STATS)
-        for name in (programs.MAP_PENDING_OPEN, programs.MAP_PENDING_CONNECT):
-            self._maps[name] = HashMap(8, programs.PENDING_VALUE_SIZE, PENDING_ENTRIES, name=name)
         self._maps[programs.MAP_FILTER] = HashMap(
             4, 8, FILTER_ENTRIES, name=FILTER_MAP_NAME if cfg.only_tgids is None else ONLY_MAP_NAME)
 

@@ -28,7 +28,7 @@ def test_collector_create():
     c.load()
     try:
         names = sorted(prog.info().name for _spec, prog in c._programs)
-        assert names == ["kr_exit", "kr_openat2_in", "kr_openat2_out", "kr_openat_in", "kr_openat_out"]
+        assert names == ["kr_exit", "kr_openat", "kr_openat2"]
         assert _our_prog_ids(c) <= set(bpf.prog_ids())
         listing = c.program_listing()
         assert "; kr_exit: tracepoint sched:sched_process_exit" in listing
@@ -132,3 +132,56 @@ async def test_low_latency_mode_delivers_without_wakeups(deliver):
                 if deliver == "json" and f'"path":"{path}"'.encode() in item:
                     break
         c.stop()
+
+
+_OPENER = """
+import sys
+for line in sys.stdin:
+    tag, n = line.split()
+    for i in range(int(n)):
+        try:
+            open(f"/nonexistent-kestrel-{tag}-{i}")
+        except OSError:
+            pass
+    print("done", flush=True)
+"""
+
+
+@pytest.mark.kernel
+async def test_reader_is_woken_past_the_threshold_not_per_record():
+    # wakeup_bytes=4096 and a deadline far away: one open (~130 bytes of ring) must not wake the reader,
+    # a hundred (~13 KiB, past several multiples of 4096) must, and promptly.
+    child = subprocess.Popen([os.environ.get("PYTHON", "python3"), "-c", _OPENER], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        send, recv = trio.open_memory_channel(10_000)
+        c = KestrelCollector(send, CollectorConfig(event_types=["open"], buffers=1, wakeup_bytes=4096,
+                                                   poll_interval=60.0, only_tgids=[child.pid]))
+        tag = uuid.uuid4().hex
+
+        def ask(n: int) -> None:
+            child.stdin.write(f"{tag}{n} {n}\n")
+            child.stdin.flush()
+            assert child.stdout.readline() == "done\n"
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(c.start)
+            await trio.to_thread.run_sync(ask, 1)
+            with trio.move_on_after(2):
+                lone = await recv.receive()
+                pytest.fail(f"a lone record woke the reader: {lone}")
+            await trio.to_thread.run_sync(ask, 100)
+            with trio.fail_after(5):  # far below the 60 s deadline: only a wakeup can bring it
+                paths = [(await recv.receive())["path"]]
+            # Records after the last multiple of 4096 wait for the deadline, or for stop(), which drains.
+            c.stop()
+            while True:
+                try:
+                    paths.append(recv.receive_nowait()["path"])
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            assert paths[0] == f"/nonexistent-kestrel-{tag}1-0"
+            assert paths[1:] == [f"/nonexistent-kestrel-{tag}100-{i}" for i in range(100)]
+    finally:
+        child.kill()
+        child.wait()

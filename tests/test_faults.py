@@ -150,10 +150,10 @@ def test_kill_9_leaves_nothing_in_the_kernel(tmp_path, clis):
     clis.append(c)
     c.wait_attached()
     objects = kernel_objects(c.proc.pid)
-    # 8 programs (exec, 2 x openat, 2 x openat2, 2 x connect, exit), each with its link; rings, their
-    # array, scratch, stats, 2 pending maps, the filter.
-    assert len(objects["prog"]) == 8 and len(objects["link"]) == 8, objects
-    assert len(objects["map"]) == 4 + 1 + 5, objects
+    # 5 programs (exec, openat, openat2, connect, exit), each with its link; rings, their array, scratch,
+    # stats, the filter.
+    assert len(objects["prog"]) == 5 and len(objects["link"]) == 5, objects
+    assert len(objects["map"]) == 4 + 1 + 3, objects
     live = live_objects()
     assert all(objects[k] <= live[k] for k in objects)
     c.proc.kill()

@@ -15,12 +15,9 @@ from .builder import (
     FILTER_IGNORE,
     FILTER_ONLY,
     MAP_FILTER,
-    MAP_PENDING_CONNECT,
-    MAP_PENDING_OPEN,
     MAP_RINGS,
     MAP_SCRATCH,
     MAP_STATS,
-    PENDING_VALUE_SIZE,
     SCRATCH_SIZE,
     STAT_NAMES,
     STATS_ENTRIES,
@@ -48,17 +45,13 @@ SPECS = {
         _spec("kr_exec", wire.KIND_EXEC, "sched", "sched_process_exec", exec_.build),
     ),
     wire.KIND_OPEN: (
-        _spec("kr_openat_in", wire.KIND_OPEN, "syscalls", "sys_enter_openat",
-              lambda b, f, l: open_.build_enter(b, f, wire.OPEN_SYSCALL_OPENAT)),
-        _spec("kr_openat_out", wire.KIND_OPEN, "syscalls", "sys_exit_openat", open_.build_exit),
-        _spec("kr_openat2_in", wire.KIND_OPEN, "syscalls", "sys_enter_openat2",
-              lambda b, f, l: open_.build_enter(b, f, wire.OPEN_SYSCALL_OPENAT2)),
-        _spec("kr_openat2_out", wire.KIND_OPEN, "syscalls", "sys_exit_openat2", open_.build_exit),
+        _spec("kr_openat", wire.KIND_OPEN, "syscalls", "sys_exit_openat",
+              lambda b, f, l: open_.build(b, f, l, wire.OPEN_SYSCALL_OPENAT)),
+        _spec("kr_openat2", wire.KIND_OPEN, "syscalls", "sys_exit_openat2",
+              lambda b, f, l: open_.build(b, f, l, wire.OPEN_SYSCALL_OPENAT2)),
     ),
     wire.KIND_CONNECT: (
-        _spec("kr_connect_in", wire.KIND_CONNECT, "syscalls", "sys_enter_connect",
-              lambda b, f, l: connect.build_enter(b, f)),
-        _spec("kr_connect_out", wire.KIND_CONNECT, "syscalls", "sys_exit_connect", connect.build_exit),
+        _spec("kr_connect", wire.KIND_CONNECT, "syscalls", "sys_exit_connect", connect.build),
     ),
     wire.KIND_EXIT: (
         _spec("kr_exit", wire.KIND_EXIT, "sched", "sched_process_exit", exit_.build),
@@ -81,6 +74,6 @@ def build(spec: ProgramSpec, fmt, layout: KernelLayout, *, self_tgid: int, nring
 __all__ = [
     "KernelLayout", "ProgramSpec", "SPECS", "specs", "build", "MAP_FILTER", "FILTER_IGNORE", "FILTER_ONLY",
     "MAP_RINGS", "MAP_SCRATCH", "MAP_STATS",
-    "MAP_PENDING_OPEN", "MAP_PENDING_CONNECT", "PENDING_VALUE_SIZE", "SCRATCH_SIZE", "STATS_ENTRIES",
+    "SCRATCH_SIZE", "STATS_ENTRIES",
     "STATS_PER_KIND", "STAT_NAMES",
 ]

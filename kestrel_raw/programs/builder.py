@@ -5,18 +5,25 @@ Register convention for all programs (r6-r9 survive helper calls, r0-r5 do not):
     r6  ctx (the tracepoint record)
     r7  bpf_get_current_pid_tgid() (tgid << 32 | tid)
     r8  the per-CPU scratch record being built (a map value pointer)
-    r9  free for the program (a pending-syscall entry, a length)
+    r9  free for the program (the task's saved registers, a length)
 
 Stack slots (r10 - N), fixed so that no two pieces overlap:
 
-    -8   u64  key of the pending-syscall maps (pid_tgid)
-    -16  u32  key of the array lookups (scratch, rings, stats)
-    -24  u64  current task_struct pointer
-    -32  u64  pointer read during a BTF hop chain
+    -16  u32  key of the array lookups (scratch, rings, stats, filter)
+    -24  u64  current task_struct pointer (BTF-typed: bpf_get_current_task_btf)
     -40  u64  record size, spilled across helper calls (a full 8-byte spill keeps the verifier's bounds)
     -48  u64  scratch value (exec: arg_start / connect: length)
     -56  u64  scratch value (exec: arg_end)
-    -96..-57  the value an enter program stores in a pending-syscall map (40 bytes)
+
+Kernel structs are read with plain loads from BTF-typed pointers (the current task, and what it points
+to): the verifier checks each offset against the kernel's BTF and makes the load fault-safe
+(BPF_PROBE_MEM: a NULL or stale pointer reads as 0), and each costs one instruction where
+bpf_probe_read_kernel costs a helper call.
+
+Syscalls are traced at their exit only, which carries the result; the arguments are read from the
+task's saved user registers (``bpf_task_pt_regs``), which the syscall leaves as they were.  One program
+per syscall, no map to join enter and exit: the enter tracepoint alone cost about a third of a traced
+openat here, and a syscall that began before the attach is still reported.
 
 Records are built in a per-CPU scratch map value and copied into the ring buffer with
 ``bpf_ringbuf_output``, so a record takes only the bytes it uses (an open of "/etc/passwd" takes 107
@@ -31,6 +38,7 @@ from .. import wire
 from ..asm import (
     BPF_ADD,
     BPF_B,
+    BPF_DIV,
     BPF_DW,
     BPF_H,
     BPF_JEQ,
@@ -54,8 +62,8 @@ from ..asm import (
     alu64_reg,
     call,
     exit_insn,
-    ja,
     jmp_imm,
+    jmp_reg,
     label,
     ld_map_fd,
     ldx_mem,
@@ -66,22 +74,16 @@ from ..asm import (
 )
 
 # Stack slots (see the module docstring).
-SLOT_PENDING_KEY = -8
 SLOT_ARRAY_KEY = -16
 SLOT_TASK = -24
-SLOT_HOP = -32
 SLOT_SIZE = -40
 SLOT_A = -48
 SLOT_B = -56
-SLOT_PENDING_VALUE = -96
-PENDING_VALUE_SIZE = 40
 
 # Map names, shared by the programs and the loader.
 MAP_RINGS = "rings"  # BPF_MAP_TYPE_ARRAY_OF_MAPS of BPF_MAP_TYPE_RINGBUF
 MAP_SCRATCH = "scratch"  # BPF_MAP_TYPE_PERCPU_ARRAY, one value of SCRATCH_SIZE
 MAP_STATS = "stats"  # BPF_MAP_TYPE_PERCPU_ARRAY of u64 counters
-MAP_PENDING_OPEN = "pending_open"  # BPF_MAP_TYPE_HASH pid_tgid -> enter arguments
-MAP_PENDING_CONNECT = "pending_connect"
 # BPF_MAP_TYPE_HASH u32 tgid -> u64 (the process start time in clock ticks, for the loader's pruning).
 # FILTER_IGNORE: the programs skip the tgids listed (other collectors); FILTER_ONLY (debug and tests): they
 # report only the tgids listed.  The kernel name carries the kr_ prefix so that other collectors can
@@ -96,18 +98,17 @@ SCRATCH_SIZE = wire.EXEC_DATA + wire.MAX_FILENAME + wire.MAX_ARGS + 64
 
 # Kernel-side loss counters: stats[kind * STATS_PER_KIND + counter], per CPU.
 STAT_RINGBUF_FULL = 0  # bpf_ringbuf_output failed: the reader is behind, the record is lost
-STAT_PENDING_FULL = 1  # the pending-syscall map was full at syscall entry: the exit is not reported
-STAT_MISSED_ENTER = 2  # a syscall exit with no recorded entry (it began before we attached)
-STAT_READ_FAULT = 3  # user memory could not be read; the event is reported with FLAG_FAULT
-STATS_PER_KIND = 4
+STAT_READ_FAULT = 1  # user memory could not be read; the event is reported with FLAG_FAULT
+STATS_PER_KIND = 2
 STATS_ENTRIES = (max(wire.KINDS) + 1) * STATS_PER_KIND
-STAT_NAMES = ("ringbuf_full", "pending_full", "missed_enter", "read_fault")
+STAT_NAMES = ("ringbuf_full", "read_fault")
 
 # bpf_ringbuf_output flags and bpf_ringbuf_query flags (enum in include/uapi/linux/bpf.h).
 BPF_RB_NO_WAKEUP = 1
 BPF_RB_FORCE_WAKEUP = 2
 BPF_RB_AVAIL_DATA = 0
-BPF_ANY = 0
+
+_LOAD_SIZES = {1: BPF_B, 2: BPF_H, 4: BPF_W, 8: BPF_DW}
 
 _label_ids = itertools.count()
 
@@ -134,21 +135,15 @@ class ProgramBuilder:
 
     # -- prologue / epilogue ------------------------------------------------------------------------
 
-    def prologue(self, filtered: bool = True) -> None:
+    def prologue(self) -> None:
         """r6 = ctx; r7 = pid_tgid; leave at once for the collector's own process, and for the tgids
-        of the filter map (FILTER_IGNORE) or for every tgid not in it (FILTER_ONLY).
-
-        ``filtered=False`` is for the exit half of a joined syscall: its enter half already filtered, so
-        an exit finds a pending entry only for a process that passed; the filter is then consulted only
-        when no entry is found (``pending_lookup``), which saves a hash lookup per event.
-        """
+        of the filter map (FILTER_IGNORE) or for every tgid not in it (FILTER_ONLY)."""
         self.emit(
             mov64_reg(R6, R1),
             call("get_current_pid_tgid"),
             mov64_reg(R7, R0),
         )
-        if filtered:
-            self.skip_filtered("out")
+        self.skip_filtered("out")
 
     def skip_filtered(self, target: str) -> None:
         """Jump to ``target`` for the collector's own tgid and for the tgids the filter map excludes."""
@@ -200,80 +195,32 @@ class ProgramBuilder:
             label(done),
         )
 
-    def pending_key(self) -> None:
-        self.emit(stx_mem(BPF_DW, R10, R7, SLOT_PENDING_KEY))
-
-    def pending_lookup(self, map_name: str, kind: int) -> None:
-        """r9 = pending[pid_tgid]; a miss is counted and ends the program."""
-        miss = self.label("miss")
-        found = self.label("found")
-        self.pending_key()
-        self.emit(
-            ld_map_fd(R1, map_name),
-            mov64_reg(R2, R10),
-            alu64_imm(BPF_ADD, R2, SLOT_PENDING_KEY),
-            call("map_lookup_elem"),
-            jmp_imm(BPF_JNE, R0, 0, found),
-            label(miss),
-        )
-        # No entry: the process was filtered at enter (not a loss), or the syscall began before we
-        # attached (counted).
-        self.skip_filtered("out")
-        self.count(kind, STAT_MISSED_ENTER)
-        self.emit(ja("out"), label(found), mov64_reg(R9, R0))
-
-    def pending_store(self, map_name: str, kind: int) -> None:
-        """pending[pid_tgid] = the 40 bytes at SLOT_PENDING_VALUE; a full map is counted."""
-        stored = self.label("stored")
-        self.pending_key()
-        self.emit(
-            ld_map_fd(R1, map_name),
-            mov64_reg(R2, R10),
-            alu64_imm(BPF_ADD, R2, SLOT_PENDING_KEY),
-            mov64_reg(R3, R10),
-            alu64_imm(BPF_ADD, R3, SLOT_PENDING_VALUE),
-            mov64_imm(R4, BPF_ANY),
-            call("map_update_elem"),
-            jmp_imm(BPF_JEQ, R0, 0, stored),
-        )
-        self.count(kind, STAT_PENDING_FULL)
-        self.emit(label(stored))
-
-    def pending_delete(self, map_name: str) -> None:
-        self.emit(
-            ld_map_fd(R1, map_name),
-            mov64_reg(R2, R10),
-            alu64_imm(BPF_ADD, R2, SLOT_PENDING_KEY),
-            call("map_delete_elem"),
-        )
-
     # -- reading -------------------------------------------------------------------------------------
 
     def load_ctx(self, dst: int, field) -> None:
         """dst = the tracepoint field (a tracefs format field), read at its own size."""
-        size = {1: BPF_B, 2: BPF_H, 4: BPF_W, 8: BPF_DW}[field.size]
-        self.emit(ldx_mem(size, dst, R6, field.offset))
+        self.emit(ldx_mem(_LOAD_SIZES[field.size], dst, R6, field.offset))
 
-    def read_kernel_chain(self, hops, dst_reg: int, dst_off: int, base_slot: int = SLOT_TASK) -> None:
-        """*(dst_reg + dst_off) = value at the end of ``hops``, starting from the pointer in base_slot.
+    def load_kernel_chain(self, hops, dst_reg: int, dst_off: int, base_slot: int = SLOT_TASK) -> None:
+        """*(dst_reg + dst_off) = the value at the end of ``hops``, from the BTF-typed pointer in base_slot.
 
-        Every hop but the last reads a pointer into SLOT_HOP; bpf_probe_read_kernel zeroes its
-        destination on a fault, so a broken chain yields 0, not garbage.
+        One load per hop (r1 is clobbered).  A NULL pointer on the way (a kernel thread's mm, say) makes
+        the fault-safe loads after it read 0, so a broken chain yields 0, not garbage.
         """
-        src_slot = base_slot
+        self.emit(ldx_mem(BPF_DW, R1, R10, base_slot))
         for i, (offset, size) in enumerate(hops):
-            last = i == len(hops) - 1
-            if last:
-                self.emit(mov64_reg(R1, dst_reg), alu64_imm(BPF_ADD, R1, dst_off))
-            else:
-                self.emit(mov64_reg(R1, R10), alu64_imm(BPF_ADD, R1, SLOT_HOP))
-            self.emit(
-                mov64_imm(R2, size if last else 8),
-                ldx_mem(BPF_DW, R3, R10, src_slot),
-                alu64_imm(BPF_ADD, R3, offset),
-                call("probe_read_kernel"),
-            )
-            src_slot = SLOT_HOP
+            if i < len(hops) - 1:
+                self.emit(ldx_mem(BPF_DW, R1, R1, offset))
+                continue
+            width = _LOAD_SIZES.get(size)
+            if width is None:
+                raise ValueError(f"cannot load a {size}-byte kernel value with one instruction "
+                                 "(1, 2, 4 or 8 bytes)")
+            self.emit(ldx_mem(width, R1, R1, offset), stx_mem(width, dst_reg, R1, dst_off))
+
+    def pt_regs(self, dst: int = R9) -> None:
+        """dst = the current task's saved user registers (BTF-typed struct pt_regs); needs ``header``."""
+        self.emit(ldx_mem(BPF_DW, R1, R10, SLOT_TASK), call("task_pt_regs"), mov64_reg(dst, R0))
 
     def header(self, kind: int, layout) -> None:
         """Fill the common 64-byte header of the record at r8 (see kestrel_raw/wire.py)."""
@@ -296,11 +243,11 @@ class ProgramBuilder:
             alu64_imm(BPF_ADD, R1, wire.HDR_COMM),
             mov64_imm(R2, wire.COMM_LEN),
             call("get_current_comm"),
-            call("get_current_task"),
+            call("get_current_task_btf"),
             stx_mem(BPF_DW, R10, R0, SLOT_TASK),
         )
-        self.read_kernel_chain(layout.ppid, R8, wire.HDR_PPID)
-        self.read_kernel_chain(layout.start_time, R8, wire.HDR_START)
+        self.load_kernel_chain(layout.ppid, R8, wire.HDR_PPID)
+        self.load_kernel_chain(layout.start_time, R8, wire.HDR_START)
 
     def set_flag(self, flag: int) -> None:
         """flags |= flag on the record at r8 (clobbers r1)."""
@@ -315,11 +262,15 @@ class ProgramBuilder:
     def submit(self, kind: int) -> None:
         """Copy SLOT_SIZE bytes of the record at r8 into ring[tgid % nrings].
 
-        Wakeups: with a threshold, the record is written with BPF_RB_NO_WAKEUP unless the ring then holds
-        at least ``wakeup_threshold`` bytes, so the reader is woken once per batch, not once per record
-        (the per-record wakeup is an irq_work charged to the traced syscall).  The reader also drains on a
-        deadline, so a lone record is never stranded.  A threshold of 0 keeps the kernel's own policy; a
-        negative one never wakes the reader (it polls).
+        Wakeups: with a threshold T, the record is written with BPF_RB_NO_WAKEUP unless it takes the
+        ring's unread bytes past a multiple of T (before // T != after // T), so the reader is woken once
+        per T bytes, not once per record: the wakeup is an irq_work (a self-IPI, a VM exit here) charged
+        to the traced syscall.  Waking on every record once the ring holds T bytes would wake on every
+        record exactly when the reader is behind and awake anyway; that made a traced openat twice as
+        dear.  Waking at every multiple, not just the first, means two CPUs racing across T (neither
+        seeing the other's bytes) only delay the wakeup to the next multiple.  The reader also drains
+        on a deadline, so a lone record is never stranded.  A threshold of 0 keeps the kernel's own
+        policy; a negative one never wakes the reader (it polls).
         """
         sent = self.label("sent")
         self.emit(
@@ -339,9 +290,11 @@ class ProgramBuilder:
                 mov64_imm(R2, BPF_RB_AVAIL_DATA),
                 call("ringbuf_query"),
                 ldx_mem(BPF_DW, R3, R10, SLOT_SIZE),
-                alu64_reg(BPF_ADD, R0, R3),
+                alu64_reg(BPF_ADD, R3, R0),  # r3 = unread bytes after this record
+                alu64_imm(BPF_DIV, R0, self.wakeup_threshold),
+                alu64_imm(BPF_DIV, R3, self.wakeup_threshold),
                 mov64_imm(R4, BPF_RB_FORCE_WAKEUP),
-                jmp_imm(BPF_JGT, R0, self.wakeup_threshold - 1, wake),
+                jmp_reg(BPF_JNE, R0, R3, wake),
                 mov64_imm(R4, BPF_RB_NO_WAKEUP),
                 label(wake),
             )

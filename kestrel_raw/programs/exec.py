@@ -57,8 +57,8 @@ def build(b: ProgramBuilder, fmt, layout) -> list:
     )
 
     # Argument area of the new mm.
-    b.read_kernel_chain(layout.arg_start, R10, SLOT_A)
-    b.read_kernel_chain(layout.arg_end, R10, SLOT_B)
+    b.load_kernel_chain(layout.arg_start, R10, SLOT_A)
+    b.load_kernel_chain(layout.arg_end, R10, SLOT_B)
     clamp = b.label("clamp")
     have_total = b.label("have_total")
     read = b.label("read")

@@ -22,9 +22,9 @@ def build(b: ProgramBuilder, fmt, layout) -> list:
     else:
         b.scratch()
         b.header(KIND, layout)
-        b.read_kernel_chain(layout.signal_live, R10, SLOT_A, base_slot=SLOT_TASK)
+        b.load_kernel_chain(layout.signal_live, R10, SLOT_A, base_slot=SLOT_TASK)
         b.emit(ldx_mem(BPF_W, R1, R10, SLOT_A), jmp_imm(BPF_JNE, R1, 0, "out"))
-    b.read_kernel_chain(layout.exit_code, R8, wire.EXIT_CODE)
+    b.load_kernel_chain(layout.exit_code, R8, wire.EXIT_CODE)
     b.emit(st_mem(BPF_W, R8, wire.EXIT_RESERVED, 0))
     b.size_const(wire.EXIT_SIZE)
     b.submit(KIND)

@@ -1,12 +1,21 @@
 """Kernel struct layouts the programs need, taken from BTF at load time (this project's CO-RE).
 
 Each entry is a dotted BTF path; ``BTF.path`` turns it into hops, one per pointer dereference, and the
-programs read each hop with ``bpf_probe_read_kernel``.  Nothing here is an offset: offsets differ on every
+programs load each hop straight from the BTF-typed task pointer (``bpf_get_current_task_btf``), so the
+verifier checks every offset against the same BTF.  Nothing here is an offset: offsets differ on every
 kernel and architecture (task_struct.real_parent is 1280 on 6.18, 2432 on Debian's 6.1).
+
+``syscall_args`` are where a syscall's arguments sit in the task's saved user registers (``struct
+pt_regs``, reached with ``bpf_task_pt_regs``) when the syscall returns: which register carries which
+argument is the architecture's syscall convention (libbpf's bpf_tracing.h encodes the same table as
+PT_REGS_PARMn_SYSCALL); the offsets of those registers come from BTF.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+
+from ..errors import BTFError
 
 Hops = tuple[tuple[int, int], ...]  # ((offset, size), ...): read `size` bytes at base + offset, per hop
 
@@ -20,6 +29,37 @@ PATHS = {
     "signal_live": "task_struct.signal.live.counter",
 }
 
+# struct pt_regs members holding syscall arguments 0..5 at syscall exit, by os.uname().machine.  arm64
+# overwrites x0 with the return value; the kernel keeps the first argument in orig_x0 for exactly this
+# (syscall restart and tracers).  "regs[n]" is element n of the array member.
+SYSCALL_ARG_REGS = {
+    "x86_64": ("di", "si", "dx", "r10", "r8", "r9"),
+    "aarch64": ("orig_x0", "regs[1]", "regs[2]", "regs[3]", "regs[4]", "regs[5]"),
+}
+
+
+def syscall_arg_offsets(btf, machine: str | None = None) -> tuple[int, ...]:
+    """Offsets in struct pt_regs of syscall arguments 0..5 on ``machine`` (default: this one)."""
+    machine = machine or os.uname().machine
+    regs = SYSCALL_ARG_REGS.get(machine)
+    if regs is None:
+        raise BTFError(f"no syscall register table for {machine!r} (known: {', '.join(sorted(SYSCALL_ARG_REGS))}); "
+                       "add its calling convention to kestrel_raw/programs/layout.py")
+    offsets = []
+    for reg in regs:
+        name, _, index = reg.partition("[")
+        m = btf.member("pt_regs", name)
+        if index:
+            elem = int(index.rstrip("]"))
+            if (elem + 1) * 8 > m.size:
+                raise BTFError(f"pt_regs.{name} has {m.size} bytes: no element {elem} of 8 bytes")
+            offsets.append(m.offset + 8 * elem)
+        else:
+            if m.size != 8:
+                raise BTFError(f"pt_regs.{name} has {m.size} bytes, not the 8 of a register")
+            offsets.append(m.offset)
+    return tuple(offsets)
+
 
 @dataclass(frozen=True)
 class KernelLayout:
@@ -29,7 +69,9 @@ class KernelLayout:
     arg_end: Hops
     exit_code: Hops
     signal_live: Hops
+    syscall_args: tuple[int, ...] = ()
 
     @classmethod
-    def from_btf(cls, btf) -> "KernelLayout":
-        return cls(**{name: tuple(tuple(h) for h in btf.path(path)) for name, path in PATHS.items()})
+    def from_btf(cls, btf, machine: str | None = None) -> "KernelLayout":
+        paths = {name: tuple(tuple(h) for h in btf.path(path)) for name, path in PATHS.items()}
+        return cls(**paths, syscall_args=syscall_arg_offsets(btf, machine))
