@@ -13,8 +13,10 @@ for everything, ring-buffer draining included):
 - event path: parse_record -> normalize -> encode_event, what the CLI did before the fused path;
 - fused: ``kestrel_raw.jsonl.encode_record(raw, wall)``, raw record straight to its JSON line (no
   event object; what ``kestrel-raw run`` does now);
-- fused batch: one ring-buffer drain of 256 records encoded and joined into one chunk, per record (the
-  collector's deliver="json" batch: one channel op and one write per drain).
+- fused batch: ``encode_records`` on one ring-buffer drain of 256 records, one chunk, per record (the
+  collector's deliver="json" batch: one channel op and one write per drain).  The records of a batch come
+  from one thread, so its header text is formatted once (jsonl's per-thread memo): the case of one busy
+  process; records of 256 different threads cost about the "fused" figure each.
 
 Imports kestrel_raw from PYTHONPATH when it is there (bench/run.py points it at the benchmarked commit),
 else from this repository.
@@ -33,7 +35,7 @@ except ImportError:
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from kestrel_raw.events import normalize  # noqa: E402
-from kestrel_raw.jsonl import encode_event, encode_record  # noqa: E402
+from kestrel_raw.jsonl import encode_event, encode_record, encode_records  # noqa: E402
 from kestrel_raw.records import (  # noqa: E402
     KIND_CONNECT, KIND_EXEC, KIND_EXIT, KIND_OPEN, RECORD_STRUCTS, build_record, parse_record,
     parse_record_construct,
@@ -88,7 +90,7 @@ def measure(n: int = 100_000) -> dict:
             per_call_us(lambda: json.dumps(obj).encode(), n),
             per_call_us(lambda: encode_event(normalize(parse_record(mv), WALL)), n),
             per_call_us(lambda: encode_record(mv, WALL), n),
-            per_call_us(lambda: b"".join([encode_record(r, WALL) for r in batch]), max(n // BATCH, 10), BATCH),
+            per_call_us(lambda: encode_records(batch, WALL), max(n // BATCH, 10), BATCH),
         )
         rows[name] = dict(zip(COLUMNS, vals))
     return {"python": sys.version.split()[0], "n": n, "columns": list(COLUMNS), "rows": rows}

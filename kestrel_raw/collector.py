@@ -45,7 +45,7 @@ from .btf import BTF
 from .config import CollectorConfig
 from .errors import BPFError, BTFError, RecordError, SetupError
 from .events import normalize
-from .jsonl import encode_record
+from .jsonl import encode_records
 from .maps import HashMap, Map, PerCPUArrayMap, RingBuf, RingBufReader
 from .program import Program
 from .records import parse_record
@@ -317,17 +317,9 @@ class KestrelCollector:
 
     def _encode_batch(self, batch: list[bytes]) -> tuple[bytes, list[int]]:
         """The JSON lines of ``batch`` as one chunk, and the kind of each record in it."""
-        wall = self._wall_offset
-        lines = []
-        kinds = []
-        for raw in batch:
-            try:
-                lines.append(encode_record(raw, wall))
-            except RecordError:
-                self._parse_errors += 1
-                continue
-            kinds.append(raw[0])  # the kind's low byte; encode_record checked it is 1..4
-        return b"".join(lines), kinds
+        chunk, kinds, bad = encode_records(batch, self._wall_offset)
+        self._parse_errors += bad
+        return chunk, kinds
 
     async def _deliver_json(self, batch: list[bytes]) -> None:
         chunk, kinds = self._encode_batch(batch)

@@ -39,12 +39,26 @@ from __future__ import annotations
 import base64
 import io
 import os
+import struct
 import time
 from json.encoder import encode_basestring as _jstr  # the C encoder (c_encode_basestring) when available
 from typing import BinaryIO, Callable
 
+from .errors import RecordError
 from .events import KestrelEvent, _entity_key_memo, split_arg_area
-from .records import FIELD_PARSERS, KIND_CONNECT, KIND_EXEC, KIND_EXIT, KIND_OPEN, record_kind
+from .records import (
+    FIELD_PARSERS,
+    FIXED_FORMATS,
+    KIND_CONNECT,
+    KIND_EXEC,
+    KIND_EXIT,
+    KIND_OPEN,
+    PATH_MAX,
+    _beyond,
+    _short,
+    _too_long,
+    record_kind,
+)
 from .schema import FieldId
 from .sockaddr import decode_sockaddr
 
@@ -231,10 +245,92 @@ def _exit_line(v: tuple, wall: int) -> str:
 _LINES = {KIND_OPEN: _open_line, KIND_EXEC: _exec_line, KIND_CONNECT: _connect_line, KIND_EXIT: _exit_line}
 
 
+# Who did it: header bytes 16..63 (start time, pid, tid, ppid, uid, gid, reserved, comm) are the same for
+# every event of one thread, and their text is a third of a line: it is formatted once per thread and
+# kept, keyed by those 48 bytes (a different byte anywhere is a different key, so nothing stale is ever
+# reused).  Bounded like the entity-key memo: cleared when full.
+_WHO_AT, _WHO_END = 16, 64
+_WHO = struct.Struct("<QLLLLL4x16s")
+_WHO_MEMO: dict[bytes, str] = {}
+_WHO_MEMO_MAX = 4096
+assert _WHO.size == _WHO_END - _WHO_AT
+
+
+def _who(key: bytes) -> str:
+    start, pid, tid, ppid, uid, gid, comm = _WHO.unpack(key)
+    end = comm.find(b"\0")
+    text = (f'"entity_key":{_entity_key_memo(pid, start)},"pid":{pid},"tid":{tid},"ppid":{ppid},"uid":{uid},'
+            f'"gid":{gid},{_bstr("comm", comm if end < 0 else comm[:end])},"source":"ebpf",')
+    if len(_WHO_MEMO) >= _WHO_MEMO_MAX:
+        _WHO_MEMO.clear()
+    _WHO_MEMO[key] = text
+    return text
+
+
+# The open record's fields the line needs, beyond the header's: flags (header), ts, ret, flags, mode,
+# path_len (dfd and syscall are not in the line).  Offsets from the pinned FIXED_FORMATS[KIND_OPEN].
+_OPEN_LINE = struct.Struct("<2xH4xQ48xl4xQLL")
+_OPEN_SIZE = FIXED_FORMATS[KIND_OPEN].size
+assert _OPEN_LINE.size <= _OPEN_SIZE and FIXED_FORMATS[KIND_OPEN].format == "<HHLQQLLLLLL16sllQLLLL"
+
+
+def _open_record_line(raw: bytes, n: int, wall: int) -> str:
+    # records._fields_open's checks, in its order, with its errors; then one f-string.
+    if n < _OPEN_SIZE:
+        raise _short(KIND_OPEN, _OPEN_SIZE, n)
+    hflags, ts, ret, flags, mode, path_len = _OPEN_LINE.unpack_from(raw)
+    if path_len > PATH_MAX:
+        raise _too_long(KIND_OPEN, "path_len", path_len, PATH_MAX)
+    end = _OPEN_SIZE + path_len
+    if end > n:
+        raise _beyond(KIND_OPEN, "path", end, n)
+    key = raw[_WHO_AT:_WHO_END]
+    who = _WHO_MEMO.get(key) or _who(key)
+    path = raw[_OPEN_SIZE:end]
+    nul = path.find(b"\0")
+    if nul >= 0:
+        path = path[:nul]
+    try:
+        path_text = '"path":' + _jstr(path.decode("utf-8"))
+    except UnicodeDecodeError:
+        path_text = _bstr("path", path)
+    return (f'{{"type":"open","event_type_id":2,"ts_mono_ns":{ts},"ts_wall_ns":{ts + wall},{who}{path_text},'
+            f'"flags":{flags},"mode":{mode},"ret":{ret},"truncated":{_BOOL[bool(hflags & 1)]},'
+            f'"fault":{_BOOL[bool(hflags & 2)]}}}\n')
+
+
 def encode_record(raw: bytes | memoryview, wall_offset_ns: int) -> bytes:
     """The JSON line of the raw ring-buffer record ``raw``; raises ``RecordError`` when it is malformed."""
     kind = record_kind(raw)
+    if kind == KIND_OPEN:
+        if type(raw) is not bytes:
+            raw = bytes(raw)
+        return _open_record_line(raw, len(raw), wall_offset_ns).encode("utf-8")
     return _LINES[kind](FIELD_PARSERS[kind](raw, len(raw)), wall_offset_ns).encode("utf-8")
+
+
+def encode_records(batch, wall_offset_ns: int) -> tuple[bytes, list[int], int]:
+    """``encode_record`` over a batch: (the lines joined, the kind of each record encoded, how many were
+    malformed and skipped).  One UTF-8 encode for the whole chunk instead of one per line."""
+    lines: list[str] = []
+    kinds: list[int] = []
+    bad = 0
+    append, note = lines.append, kinds.append
+    open_line, lines_of, parsers = _open_record_line, _LINES, FIELD_PARSERS
+    for raw in batch:
+        try:
+            kind = record_kind(raw)
+            if kind == KIND_OPEN:
+                if type(raw) is not bytes:
+                    raw = bytes(raw)
+                append(open_line(raw, len(raw), wall_offset_ns))
+            else:
+                append(lines_of[kind](parsers[kind](raw, len(raw)), wall_offset_ns))
+        except RecordError:
+            bad += 1
+            continue
+        note(kind)
+    return "".join(lines).encode("utf-8"), kinds, bad
 
 
 class JsonlSink:

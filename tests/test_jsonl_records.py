@@ -8,7 +8,8 @@ from hypothesis import given, settings, strategies as st
 
 from kestrel_raw.errors import RecordError
 from kestrel_raw.events import normalize
-from kestrel_raw.jsonl import encode_event, encode_record
+from kestrel_raw import jsonl
+from kestrel_raw.jsonl import encode_event, encode_record, encode_records
 from kestrel_raw.records import KIND_CONNECT, KIND_EXEC, KIND_EXIT, KIND_OPEN, build_record, parse_record
 
 from test_records_fastpath import records
@@ -79,3 +80,27 @@ def test_one_exact_line():
         b',"pid":42,"tid":43,"ppid":1,"uid":1000,"gid":1000,"comm":"cat","source":"ebpf",'
         b'"path":"/etc/hostname","flags":524288,"mode":0,"ret":3,"truncated":false,"fault":false}\n'
     )
+
+
+@settings(max_examples=200)
+@given(st.lists(st.one_of(records(), st.binary(max_size=80)), max_size=12))
+def test_a_batch_is_its_lines_joined_and_bad_records_counted(batch):
+    each = [fused(d) for d in batch]
+    chunk, kinds, bad = encode_records(batch, WALL)
+    assert chunk == b"".join(line for line in each if line is not RecordError)
+    assert kinds == [d[0] for d, line in zip(batch, each) if line is not RecordError]
+    assert bad == sum(line is RecordError for line in each)
+
+
+def test_the_per_thread_text_is_keyed_by_every_byte_of_it(monkeypatch):
+    # Same pid, tid and start time, another comm (a thread renamed itself): another line.  And a full
+    # memo is emptied, not grown.
+    monkeypatch.setattr(jsonl, "_WHO_MEMO_MAX", 2)
+    lines = set()
+    for comm in (b"one", b"two", b"three", b"one"):
+        data = build_record(KIND_OPEN, comm=comm, path=b"/p", pid=7, tid=7, start_ns=11)
+        line = encode_record(data, WALL)
+        assert line == via_event(data) and f'"comm":"{comm.decode()}"'.encode() in line
+        lines.add(line)
+        assert len(jsonl._WHO_MEMO) <= 2
+    assert len(lines) == 3
