@@ -169,6 +169,18 @@ def export_rev(rev: str) -> tuple[str, str]:
     return commit, dest
 
 
+def trio_hop(argv: list[str]) -> dict:
+    """bench/lib_latency.py --hop: trio's own cost of handing an item from one task to another (no
+    kernel, no collector), the floor under the library subjects' "out of the channel" figures."""
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        if r.returncode != 0:
+            return {"error": f"exit {r.returncode}: {r.stderr.strip()[-300:]}"}
+        return json.loads(r.stdout)
+    except (OSError, subprocess.TimeoutExpired, ValueError) as e:
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
 def parse_speed(argv: list[str], n: int) -> dict:
     """bench/parse_speed.py's figures (run as its own process, so it imports the benchmarked kestrel_raw);
     {"error": ...} when it fails."""

@@ -7,7 +7,7 @@ import json
 import os
 
 from . import stats
-from .tracers import LATENCY_LOW, LIBRARY_LOW, LIBRARY_LOW_ONE_RING
+from .tracers import LATENCY_LOW, LIBRARY_LOW, LIBRARY_LOW_HANDOFF, LIBRARY_LOW_ONE_RING
 
 MB = 1024.0  # kB per MB (VmHWM is in kB)
 NEAR_ZERO_LOSS_PCT = 0.01  # a second, tolerant reading of the ladders: a few counted drops per 100,000
@@ -130,6 +130,10 @@ def targets(summary: dict, ladders: list[dict], startup: list[dict], latency: li
                        "default library configuration: 4 rings, deliver=\"events\""))
     one = _latency(latency, LIBRARY_LOW_ONE_RING, "kernel_to_visible_us")
     res.append(_target("the same with buffers=1, deliver=\"json\"", one, 10, cmp(one, 10, lambda a, b: a < b), "us"))
+    hand = _latency(latency, LIBRARY_LOW_HANDOFF, "kernel_to_visible_us")
+    res.append(_target("the same, stamped when the collector hands the parsed event to its channel (in user "
+                       "space, before trio's switch to the consumer task)", hand, 10,
+                       cmp(hand, 10, lambda a, b: a < b), "us", "default library configuration"))
     peer = _latency(latency, "libbpf-tools")
     for subj, what in (("kestrel-raw", "default mode (--latency batch)"), (LATENCY_LOW, "--latency low")):
         ours = _latency(latency, subj)
@@ -242,6 +246,15 @@ def markdown(report: dict) -> str:
                          f"{r['matched']}/{r['ops']} | {trio_(r['visible_us'])} | "
                          f"{trio_(r.get('kernel_to_visible_us'))} | {_fmt(r.get('cpu_pct'), 1)} |")
         lines.append("")
+        hop = report.get("trio_hop") or {}
+        if hop.get("p50_us") is not None:
+            lines += [f"trio alone (bench/lib_latency.py --hop, no kernel, no collector): one task's send_nowait "
+                      f"+ two checkpoints -> another task holds the item: p50 {hop['p50_us']:.1f} / p90 "
+                      f"{hop['p90_us']:.1f} / p99 {hop['p99_us']:.1f} us; one checkpoint "
+                      f"{hop['checkpoint_us']:.1f} us.  That hop is in every \"out of the collector's channel\" "
+                      "figure above and in none of the \"handed to the collector's channel\" ones.", ""]
+        elif hop.get("error"):
+            lines += [f"trio hop measurement failed: {hop['error']}", ""]
     if report.get("startup"):
         lines += ["## Start to attached (s)", "", "| subject | attached (first captured marker) | "
                   "first marker readable in the output |", "|---|---|---|"]

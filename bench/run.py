@@ -203,6 +203,9 @@ def main(argv=None) -> int:
                     note(rec)
                     host.log(f"latency {subj.name}: visible {rec.get('visible_us')} "
                              f"kernel {rec.get('kernel_to_visible_us')} cpu {rec.get('cpu_pct')}%")
+                if "kestrel-raw" in tracer_names:
+                    result["trio_hop"] = host.trio_hop([*shlex.split(args.library_cmd), "--hop"])
+                    host.log(f"trio channel hop alone: {result['trio_hop']}")
             if "startup" in phases and "open" in workloads:
                 for name in stats.alternate(tracer_names, prof["startup_reps"]):
                     if name in disabled:

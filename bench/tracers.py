@@ -105,6 +105,7 @@ def subject_for(name: str, workload: str, kestrel_argv: tuple[str, ...] | None =
 LATENCY_LOW = "kestrel-raw --latency low"
 LIBRARY_LOW = "kestrel-raw library, low latency"
 LIBRARY_LOW_ONE_RING = "kestrel-raw library, low latency, 1 ring, json"
+LIBRARY_LOW_HANDOFF = "kestrel-raw library, low latency, at handoff"
 
 
 def latency_subjects(kestrel_argv: tuple[str, ...] | None = None,
@@ -124,6 +125,9 @@ def latency_subjects(kestrel_argv: tuple[str, ...] | None = None,
         Subject(LIBRARY_LOW_ONE_RING, (ProcSpec("kestrel-raw", "kestrel-lib",
                                                 (*lib, "--latency", "low", "--buffers", "1", "--deliver", "json"),
                                                 own_output=True),)),
+        Subject(LIBRARY_LOW_HANDOFF, (ProcSpec("kestrel-raw", "kestrel-lib",
+                                               (*lib, "--latency", "low", "--stamp", "handoff"),
+                                               own_output=True),)),
         subject_for("libbpf-tools", "open"),
         subject_for("bpftrace", "open"),
     ]

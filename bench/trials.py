@@ -343,7 +343,9 @@ class Bench:
                                     "kestrel" if in_process else fmt)
             rec.update(ops=gen["ops"], rate=rate, matched=len(lat.visible_us), cpu_s=cpu,
                        cpu_pct=stats.cpu_pct(cpu, gen["elapsed_s"]), measures=(
-                           "in the collector's process: event out of the collector's channel" if in_process
+                           ("in the collector's process: event handed to the collector's channel"
+                            if "--stamp" in subject.procs[0].argv else
+                            "in the collector's process: event out of the collector's channel") if in_process
                            else "line read from the subject's stdout pipe by the harness"),
                        visible_us=stats.latency_summary(lat.visible_us))
             if lat.kernel_us:

@@ -274,7 +274,7 @@ class KestrelCollector:
         yields twice: trio runs the tasks made runnable in one step together in the next, in any order, and
         a spin that started before the consumer's turn would hold the event back for a whole BUSY_SPIN_NS.
         """
-        readers = self._readers
+        probes = [(reader, reader.probe()) for reader in self._readers]
         deliver = self._deliver_json if self.config.deliver == "json" else self._deliver_events
         checkpoint = trio.lowlevel.checkpoint
         clock = time.monotonic_ns
@@ -282,8 +282,8 @@ class KestrelCollector:
             give_up = clock() + BUSY_SPIN_NS
             found = False
             while not found:
-                for reader in readers:
-                    if reader.available():
+                for reader, waiting in probes:
+                    if waiting():
                         batch = reader.drain(BATCH_RECORDS)
                         if batch:
                             found = True

@@ -72,7 +72,7 @@ def test_latency_targets():
 def test_latency_subject_commands():
     subs = {s.name: s for s in tracers.latency_subjects(("kr", "run"), ("py", "lib_latency.py"))}
     assert list(subs) == ["kestrel-raw", tracers.LATENCY_LOW, tracers.LIBRARY_LOW, tracers.LIBRARY_LOW_ONE_RING,
-                          "libbpf-tools", "bpftrace"]
+                          tracers.LIBRARY_LOW_HANDOFF, "libbpf-tools", "bpftrace"]
     assert subs["kestrel-raw"].procs[0].command(None, True) == ["kr", "run", "--events", "open"]
     assert subs[tracers.LATENCY_LOW].procs[0].command(None, True) == ["kr", "run", "--events", "open",
                                                                        "--latency", "low"]
@@ -80,6 +80,8 @@ def test_latency_subject_commands():
                                                                         "--output", "/o"]
     assert subs[tracers.LIBRARY_LOW_ONE_RING].procs[0].command("/o", False) == [
         "py", "lib_latency.py", "--latency", "low", "--buffers", "1", "--deliver", "json", "--output", "/o"]
+    assert subs[tracers.LIBRARY_LOW_HANDOFF].procs[0].command("/o", False) == [
+        "py", "lib_latency.py", "--latency", "low", "--stamp", "handoff", "--output", "/o"]
     assert subs[tracers.LIBRARY_LOW].procs[0].fmt == "kestrel-lib"
     assert subs["libbpf-tools"].procs[0].command(None, True) == ["stdbuf", "-oL", "/usr/sbin/opensnoop"]
 

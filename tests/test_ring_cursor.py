@@ -299,3 +299,16 @@ def test_any_sequence_is_read_back_in_order(ops, start):
     assert got == expected
     assert ring.cons_pos == ring.prod_pos
     assert cur.statistics().resets == 0
+
+
+def test_probe_is_true_exactly_while_something_is_past_consumer_pos():
+    ring = FakeRing(64)
+    cur = ring.cursor()
+    waiting = cur.probe()
+    assert not waiting()
+    pos = ring.reserve(3)
+    assert waiting()  # a BUSY record: drain returns nothing yet, and the poller comes back
+    assert cur.drain() == [] and waiting()
+    ring.commit(pos, b"abc")
+    assert cur.drain() == [b"abc"]
+    assert not waiting()

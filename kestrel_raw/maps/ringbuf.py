@@ -148,6 +148,12 @@ class RingBufReader:
         self._check_open()
         return self._cursor.available()
 
+    def probe(self) -> Callable[[], bool]:
+        """A cheap zero-argument callable, true when the ring may hold records: for busy polling, where
+        ``available()``'s checks would cost more than the load it makes.  Valid while the reader is open."""
+        self._check_open()
+        return self._cursor.probe()
+
     def statistics(self) -> RingStatistics:
         """Records read, discarded, payload bytes, resets (see ``RingStatistics``)."""
         return self._cursor.statistics()
