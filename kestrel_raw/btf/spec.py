@@ -7,7 +7,6 @@ That keeps loading vmlinux BTF (about 150k types) near a tenth of a second inste
 from __future__ import annotations
 
 import difflib
-import operator
 import sys
 from array import array
 from typing import Iterator
@@ -273,7 +272,8 @@ class BTF:
         Rather than decode 100k names, find the name in the string section and its offset among the
         types' name_off words, both by C-speed byte search.  That finds every type when each name_off
         points at the start of a string, which is checked once; BTF whose names share string tails
-        falls back to the full index.
+        falls back to the full index.  Each lookup is kept (the programs' layout asks for task_struct
+        six times).
         """
         if self._by_name is not None:
             return self._by_name.get(name, [])
@@ -287,9 +287,7 @@ class BTF:
             w = self._words
             offs = array("I", map(w.__getitem__, self._starts[:-1]))
             strs = self._strs
-            # The byte before each name must be a NUL: gather them all with one C-level itemgetter.
-            before = [o - 1 for o in offs if o]
-            if before and any(operator.itemgetter(*before)(strs) if len(before) > 1 else (strs[before[0]],)):
+            if not all(strs[o - 1] == 0 for o in offs if o):
                 return self._names().get(name, [])
             self._name_offs = offs.tobytes()
         blob, strs = self._name_offs, self._strs
