@@ -234,20 +234,35 @@ class ProgramBuilder:
             mov64_reg(R1, R7),
             alu64_imm(BPF_RSH, R1, 32),
             stx_mem(BPF_W, R8, R1, wire.HDR_PID),
-            call("get_current_uid_gid"),  # gid << 32 | uid
-            stx_mem(BPF_W, R8, R0, wire.HDR_UID),
-            alu64_imm(BPF_RSH, R0, 32),
-            stx_mem(BPF_W, R8, R0, wire.HDR_GID),
             st_mem(BPF_W, R8, wire.HDR_RESERVED, 0),
-            mov64_reg(R1, R8),
-            alu64_imm(BPF_ADD, R1, wire.HDR_COMM),
-            mov64_imm(R2, wire.COMM_LEN),
-            call("get_current_comm"),
             call("get_current_task_btf"),
             stx_mem(BPF_DW, R10, R0, SLOT_TASK),
         )
         self.load_kernel_chain(layout.ppid, R8, wire.HDR_PPID)
         self.load_kernel_chain(layout.start_time, R8, wire.HDR_START)
+        # uid and gid: the subjective credentials, as bpf_get_current_uid_gid reads them (one pointer,
+        # two loads, where the helper costs a call and two namespace lookups that are identity here).
+        (cred_off, _), (uid_off, uid_size) = layout.uid
+        (cred_off2, _), (gid_off, gid_size) = layout.gid
+        if cred_off != cred_off2 or uid_size != 4 or gid_size != 4:
+            raise ValueError(f"uid and gid must be 4-byte members of one cred: {layout.uid}, {layout.gid}")
+        # comm: task->comm is kept NUL-padded by the kernel (__set_task_comm uses strscpy_pad), so two
+        # 8-byte loads copy what bpf_get_current_comm would (a rename racing with it can tear either way).
+        ((comm_off, comm_size),) = layout.comm
+        if comm_size != wire.COMM_LEN:
+            raise ValueError(f"task_struct.comm is {comm_size} bytes, the record has {wire.COMM_LEN}")
+        self.emit(
+            ldx_mem(BPF_DW, R1, R10, SLOT_TASK),
+            ldx_mem(BPF_DW, R2, R1, comm_off),
+            stx_mem(BPF_DW, R8, R2, wire.HDR_COMM),
+            ldx_mem(BPF_DW, R2, R1, comm_off + 8),
+            stx_mem(BPF_DW, R8, R2, wire.HDR_COMM + 8),
+            ldx_mem(BPF_DW, R1, R1, cred_off),
+            ldx_mem(BPF_W, R2, R1, uid_off),
+            stx_mem(BPF_W, R8, R2, wire.HDR_UID),
+            ldx_mem(BPF_W, R2, R1, gid_off),
+            stx_mem(BPF_W, R8, R2, wire.HDR_GID),
+        )
 
     def set_flag(self, flag: int) -> None:
         """flags |= flag on the record at r8 (clobbers r1)."""

@@ -27,6 +27,11 @@ PATHS = {
     "arg_end": "task_struct.mm.arg_end",
     "exit_code": "task_struct.exit_code",
     "signal_live": "task_struct.signal.live.counter",
+    # What bpf_get_current_uid_gid returns (from_kuid in the initial namespace is the kuid itself), read
+    # with two loads instead of a helper call.
+    "uid": "task_struct.cred.uid.val",
+    "gid": "task_struct.cred.gid.val",
+    "comm": "task_struct.comm",
 }
 
 # struct pt_regs members holding syscall arguments 0..5 at syscall exit, by os.uname().machine.  arm64
@@ -69,6 +74,9 @@ class KernelLayout:
     arg_end: Hops
     exit_code: Hops
     signal_live: Hops
+    uid: Hops
+    gid: Hops
+    comm: Hops
     syscall_args: tuple[int, ...] = ()
 
     @classmethod
