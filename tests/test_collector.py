@@ -185,3 +185,52 @@ async def test_reader_is_woken_past_the_threshold_not_per_record():
     finally:
         child.kill()
         child.wait()
+
+
+_BURST_OPENER = """
+import sys
+for line in sys.stdin:
+    for i in range(int(line)):
+        try:
+            open("/nonexistent-kestrel-burst")
+        except OSError:
+            pass
+"""
+
+
+@pytest.mark.kernel
+async def test_no_record_is_lost_while_the_ring_has_room():
+    # Two processes on one 1 MiB ring open in bursts of 1,000 (~120 KiB of records), the next burst only
+    # once the last is delivered: the ring is never close to full, so no output may fail.  A consumer_pos
+    # published in two steps (zeroed, then written: struct.pack_into) made producers that read it in
+    # between see a full ring and drop a few records a second at any rate.
+    send, recv = trio.open_memory_channel(1 << 20)
+    children = [subprocess.Popen([os.environ.get("PYTHON", "python3"), "-c", _BURST_OPENER],
+                                 stdin=subprocess.PIPE, text=True) for _ in range(2)]
+    bursts, size = 60, 1000
+    try:
+        c = KestrelCollector(send, CollectorConfig(event_types=["open"], buffers=1, buffer_size=1 << 20,
+                                                   deliver="json", poll_interval=0.005,
+                                                   only_tgids=[p.pid for p in children]))
+        seen = 0
+        async with trio.open_nursery() as nursery:
+            await nursery.start(c.start)
+            for k in range(bursts):
+                for p in children:
+                    p.stdin.write(f"{size}\n")
+                    p.stdin.flush()
+                with trio.fail_after(30):
+                    while seen < 2 * size * (k + 1):
+                        seen += (await recv.receive()).count(b"/nonexistent-kestrel-burst")
+                        if c.stats().kernel_lost:
+                            break
+                if c.stats().kernel_lost:
+                    break
+            c.stop()
+        stats = c.stats()
+        assert stats.kernel["open"]["ringbuf_full"] == [0] * len(stats.kernel["open"]["ringbuf_full"])
+        assert seen == 2 * size * bursts
+    finally:
+        for p in children:
+            p.kill()
+            p.wait()
