@@ -74,12 +74,12 @@ class CollectorStats:
 
     @property
     def kernel_lost(self) -> int:
-        """Events the kernel side could not report (ring buffer full)."""
+        """Events the kernel side could not report (ring buffer full, program run skipped)."""
         return sum(
             sum(per_cpu)
             for counters in self.kernel.values()
             for name, per_cpu in counters.items()
-            if name == "ringbuf_full"
+            if name in ("ringbuf_full", "prog_missed")
         )
 
     def summary(self) -> str:
@@ -385,6 +385,18 @@ class KestrelCollector:
                     values = stats_map[kind * programs.STATS_PER_KIND + c]
                     counters[name] = [_u64(v) for v in values]
                 kernel[_KIND_NAMES[kind]] = counters
+        # Runs the kernel skipped (BPF_OBJ_GET_INFO_BY_FD recursion_misses): a program that would have
+        # started while another BPF program was running on that CPU.  The event is lost before any of our
+        # code runs, so only the kernel can count it.
+        for spec, prog in self._programs:
+            if prog.closed:
+                continue
+            try:
+                missed = prog.info().recursion_misses
+            except BPFError:
+                continue
+            counters = kernel.setdefault(_KIND_NAMES[spec.kind], {})
+            counters["prog_missed"] = [counters.get("prog_missed", [0])[0] + missed]
         return kernel
 
     def _peer_tgids(self) -> tuple[int, ...]:

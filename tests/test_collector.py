@@ -229,6 +229,8 @@ async def test_no_record_is_lost_while_the_ring_has_room():
             c.stop()
         stats = c.stats()
         assert stats.kernel["open"]["ringbuf_full"] == [0] * len(stats.kernel["open"]["ringbuf_full"])
+        assert stats.kernel["open"]["prog_missed"] == [0]  # the kernel's own count of skipped runs
+        assert stats.kernel_lost == 0
         assert seen == 2 * size * bursts
     finally:
         for p in children:
