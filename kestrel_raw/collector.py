@@ -35,7 +35,9 @@ import errno
 import os
 import struct
 import time
+from collections import Counter
 from dataclasses import dataclass, field
+from typing import Callable
 
 import trio
 
@@ -48,7 +50,7 @@ from .events import normalize
 from .jsonl import encode_records
 from .maps import HashMap, Map, PerCPUArrayMap, RingBuf, RingBufReader
 from .program import Program
-from .records import parse_record
+from .records import FIXED_FORMATS, parse_record
 from .tracefs import find_tracefs, tracepoint_format
 from .uapi import BPF_MAP_TYPE_ARRAY_OF_MAPS, BPF_MAP_TYPE_HASH, BPF_PROG_TYPE_TRACEPOINT
 
@@ -278,6 +280,7 @@ class KestrelCollector:
         deliver = self._deliver_json if self.config.deliver == "json" else self._deliver_events
         checkpoint = trio.lowlevel.checkpoint
         clock = time.monotonic_ns
+        warm = self._warm_up()
         while True:
             give_up = clock() + BUSY_SPIN_NS
             found = False
@@ -291,9 +294,24 @@ class KestrelCollector:
                             await deliver(batch)
                 if clock() > give_up:
                     break
+                warm()
             await checkpoint()
             if found:
                 await checkpoint()
+
+    def _warm_up(self) -> Callable[[], object]:
+        """What the busy poller runs between passes: the delivery path's parsing of a canned record.
+
+        A record that arrives after milliseconds of spinning finds that code cold: measured here, parse and
+        normalize took ~19 us in place of ~4 us when warm, most of the low-latency mode's delay.  The
+        canned record is an open of "/" by pid 0; its result is thrown away (nothing is counted or sent).
+        """
+        raw = FIXED_FORMATS[wire.KIND_OPEN].pack(
+            wire.KIND_OPEN, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, b"kestrel-warm", -2, -100, 0, 0, 1, 0, 0) + b"/\0"
+        wall = self._wall_offset
+        if self.config.deliver == "json":
+            return lambda: encode_records((raw,), wall)
+        return lambda: normalize(parse_record(raw), wall)
 
     async def _deliver_events(self, batch: list[bytes]) -> None:
         block = self.config.queue_policy == "block"
@@ -333,8 +351,8 @@ class KestrelCollector:
                 return
             await self._tx.send(chunk)
         delivered = self._delivered
-        for kind in kinds:
-            delivered[kind] += 1
+        for kind, n in Counter(kinds).items():
+            delivered[kind] += n
 
     def _drain_at_stop(self, reader: RingBufReader) -> None:
         while True:

@@ -319,14 +319,18 @@ def encode_records(batch, wall_offset_ns: int) -> tuple[bytes, list[int], int]:
     open_line, lines_of, parsers = _open_record_line, _LINES, FIELD_PARSERS
     for raw in batch:
         try:
+            # Opens are most records: their kind (u16 2) is checked inline, not by record_kind().
+            if raw[0] == KIND_OPEN and raw[1] == 0 and type(raw) is bytes:
+                append(open_line(raw, len(raw), wall_offset_ns))
+                note(KIND_OPEN)
+                continue
             kind = record_kind(raw)
             if kind == KIND_OPEN:
-                if type(raw) is not bytes:
-                    raw = bytes(raw)
+                raw = bytes(raw)
                 append(open_line(raw, len(raw), wall_offset_ns))
             else:
                 append(lines_of[kind](parsers[kind](raw, len(raw)), wall_offset_ns))
-        except RecordError:
+        except (RecordError, IndexError):  # IndexError: a record of fewer than 2 bytes
             bad += 1
             continue
         note(kind)
