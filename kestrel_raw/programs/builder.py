@@ -22,8 +22,9 @@ bpf_probe_read_kernel costs a helper call.
 
 Syscalls are traced at their exit only, which carries the result; the arguments are read from the
 task's saved user registers (``bpf_task_pt_regs``), which the syscall leaves as they were.  One program
-per syscall, no map to join enter and exit: the enter tracepoint alone cost about a third of a traced
-openat here, and a syscall that began before the attach is still reported.
+per syscall, no map to join enter and exit: on this VM the enter tracepoint with an empty program added
+~0.25 us to every open+close (12% of it), and our enter program as much again; and a syscall that began
+before the attach is still reported.
 
 Records are built in a per-CPU scratch map value and copied into the ring buffer with
 ``bpf_ringbuf_output``, so a record takes only the bytes it uses (an open of "/etc/passwd" takes 107
