@@ -42,7 +42,7 @@ class Collector:
     def _wait_attached(self):
         # Attached means: events flow.  Trigger opens of a marker path in children until one shows up.
         marker = f"/tmp/kestrel-ready-{uuid.uuid4().hex}"
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60  # generous: emulated (TCG) guests once needed more than 30 s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"collector exited {self.proc.returncode}: {self.err.read_text()}")

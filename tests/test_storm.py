@@ -161,7 +161,10 @@ def test_cli_storm_bounded_memory_and_sigterm_within_2s(tmp_path, policy):
             f.wait()
         c.kill()
     assert rc == 0, err
-    assert took < 2.0, f"stopping took {took:.2f}s"
+    # 2 s on real hardware.  tools/kmx-tests.sh guests are emulated (TCG: arm64 runs ~10x slower), where
+    # the same stop once took 2.2 s: there the bound is doubled.
+    bound = 4.0 if os.environ.get("KESTREL_KMX_GUEST") else 2.0
+    assert took < bound, f"stopping took {took:.2f}s"
     assert "Traceback" not in err
     m = re.search(r"records=(\d+) delivered\[[^\]]*open=(\d+)\] kernel_lost=(\d+) user_dropped=(\d+)", err)
     records, delivered, kernel_lost, user_dropped = map(int, m.groups())
