@@ -205,24 +205,6 @@ def _head(t: int, label: str, wall: int, hflags, cpu, ts, start, pid, tid, ppid,
     )
 
 
-def _open_line(v: tuple, wall: int) -> str:
-    # The hottest line of all: one f-string, no helper calls, when comm and path are UTF-8 (nearly always).
-    (hflags, _cpu, ts, start, pid, tid, ppid, uid, gid, comm, ret, _dfd, flags, mode, path, _sc) = v
-    try:
-        comm_s = comm.decode("utf-8")
-        path_s = path.decode("utf-8")
-    except UnicodeDecodeError:
-        return (_head(2, "open", wall, *v[:10]) + _bstr("path", path) +
-                f',"flags":{flags},"mode":{mode},"ret":{ret},'
-                f'"truncated":{_BOOL[bool(hflags & 1)]},"fault":{_BOOL[bool(hflags & 2)]}}}\n')
-    return (
-        f'{{"type":"open","event_type_id":2,"ts_mono_ns":{ts},"ts_wall_ns":{ts + wall},'
-        f'"entity_key":{_entity_key_memo(pid, start)},"pid":{pid},"tid":{tid},"ppid":{ppid},"uid":{uid},'
-        f'"gid":{gid},"comm":{_jstr(comm_s)},"source":"ebpf","path":{_jstr(path_s)},"flags":{flags},'
-        f'"mode":{mode},"ret":{ret},"truncated":{_BOOL[bool(hflags & 1)]},"fault":{_BOOL[bool(hflags & 2)]}}}\n'
-    )
-
-
 def _exec_line(v: tuple, wall: int) -> str:
     hflags, args, args_total = v[0], v[11], v[12]
     truncated = bool(hflags & 1) or args_total > len(args)
@@ -242,7 +224,8 @@ def _exit_line(v: tuple, wall: int) -> str:
     return _head(4, "exit", wall, *v[:10]) + f'"exit_code":{(code >> 8) & 0xFF},"signal":{code & 0x7F}}}\n'
 
 
-_LINES = {KIND_OPEN: _open_line, KIND_EXEC: _exec_line, KIND_CONNECT: _connect_line, KIND_EXIT: _exit_line}
+# Opens, most records by far, have a line of their own below (_open_record_line), without the field tuple.
+_LINES = {KIND_EXEC: _exec_line, KIND_CONNECT: _connect_line, KIND_EXIT: _exit_line}
 
 
 # Who did it: header bytes 16..63 (start time, pid, tid, ppid, uid, gid, reserved, comm) are the same for
@@ -299,14 +282,18 @@ def _open_record_line(raw: bytes, n: int, wall: int) -> str:
             f'"fault":{_BOOL[bool(hflags & 2)]}}}\n')
 
 
-def encode_record(raw: bytes | memoryview, wall_offset_ns: int) -> bytes:
-    """The JSON line of the raw ring-buffer record ``raw``; raises ``RecordError`` when it is malformed."""
+def _record_line(raw: bytes | memoryview, wall_offset_ns: int) -> str:
     kind = record_kind(raw)
     if kind == KIND_OPEN:
         if type(raw) is not bytes:
-            raw = bytes(raw)
-        return _open_record_line(raw, len(raw), wall_offset_ns).encode("utf-8")
-    return _LINES[kind](FIELD_PARSERS[kind](raw, len(raw)), wall_offset_ns).encode("utf-8")
+            raw = bytes(raw)  # the per-thread memo keys on a slice of it
+        return _open_record_line(raw, len(raw), wall_offset_ns)
+    return _LINES[kind](FIELD_PARSERS[kind](raw, len(raw)), wall_offset_ns)
+
+
+def encode_record(raw: bytes | memoryview, wall_offset_ns: int) -> bytes:
+    """The JSON line of the raw ring-buffer record ``raw``; raises ``RecordError`` when it is malformed."""
+    return _record_line(raw, wall_offset_ns).encode("utf-8")
 
 
 def encode_records(batch, wall_offset_ns: int) -> tuple[bytes, list[int], int]:
@@ -315,25 +302,13 @@ def encode_records(batch, wall_offset_ns: int) -> tuple[bytes, list[int], int]:
     lines: list[str] = []
     kinds: list[int] = []
     bad = 0
-    append, note = lines.append, kinds.append
-    open_line, lines_of, parsers = _open_record_line, _LINES, FIELD_PARSERS
     for raw in batch:
         try:
-            # Opens are most records: their kind (u16 2) is checked inline, not by record_kind().
-            if raw[0] == KIND_OPEN and raw[1] == 0 and type(raw) is bytes:
-                append(open_line(raw, len(raw), wall_offset_ns))
-                note(KIND_OPEN)
-                continue
-            kind = record_kind(raw)
-            if kind == KIND_OPEN:
-                raw = bytes(raw)
-                append(open_line(raw, len(raw), wall_offset_ns))
-            else:
-                append(lines_of[kind](parsers[kind](raw, len(raw)), wall_offset_ns))
-        except (RecordError, IndexError):  # IndexError: a record of fewer than 2 bytes
+            lines.append(_record_line(raw, wall_offset_ns))
+        except RecordError:
             bad += 1
             continue
-        note(kind)
+        kinds.append(raw[0])  # the kind's low byte; record_kind checked it is 1..4
     return "".join(lines).encode("utf-8"), kinds, bad
 
 

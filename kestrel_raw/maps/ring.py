@@ -203,61 +203,14 @@ class RingCursor:
         self._cons_pos = pos
 
     def drain(self, max_records: int | None = None) -> list[bytes]:
-        """Copy out the committed records (at most ``max_records``) and publish ``consumer_pos`` once.
-
-        ``_scan``'s walk with the copy folded in (the collector's hot loop: no per-record tuple); the
-        same stops, checks and resets.
-        """
-        fence = self._fence
-        prod_pos = _POS.unpack_from(self._producer, 0)[0]
-        cons_pos = self._cons_pos
-        if fence is not None:
-            fence()
-        if not 0 <= prod_pos - cons_pos <= self._size:
-            self._publish(self._reset(prod_pos, f"positions out of range: consumer_pos {cons_pos}, "
-                                                f"producer_pos {prod_pos}, ring size {self._size}"))
-            return []
-        out: list[bytes] = []
-        append = out.append
-        discarded = nbytes = 0
-        budget = -1 if max_records is None else max_records
-        data, mask, limit = self._data, self._mask, self._size - BPF_RINGBUF_HDR_SZ
-        unpack_len = _LEN.unpack_from
-        # With a fence (arm64), headers first and payloads after one fence, so the walk notes where the
-        # payloads are; without one (x86's loads are ordered), each payload is copied as it is found.
-        spans: list[int] | None = [] if fence is not None else None
-        while cons_pos < prod_pos and budget != 0:
-            off = cons_pos & mask
-            hdr_len = unpack_len(data, off)[0]
-            if hdr_len & BPF_RINGBUF_BUSY_BIT:
-                break
-            length = hdr_len & RINGBUF_LEN_MASK
-            end = cons_pos + ((length + BPF_RINGBUF_HDR_SZ + 7) & ~7)
-            if length > limit or end > prod_pos:
-                cons_pos = self._reset(prod_pos, f"corrupt record header at position {cons_pos}: length "
-                                                 f"{length} (header 0x{hdr_len:08x}) does not fit before "
-                                                 f"producer_pos {prod_pos} in a {self._size}-byte ring")
-                break
-            if hdr_len & BPF_RINGBUF_DISCARD_BIT:
-                discarded += 1
-            else:
-                if spans is None:
-                    append(data[off + BPF_RINGBUF_HDR_SZ:off + BPF_RINGBUF_HDR_SZ + length].tobytes())
-                else:
-                    spans.append(off + BPF_RINGBUF_HDR_SZ)
-                    spans.append(length)
-                nbytes += length
-                budget -= 1
-            cons_pos = end
-        if spans:
-            fence()  # acquire the committed headers: the payload loads must not see older memory
-            for i in range(0, len(spans), 2):
-                start = spans[i]
-                append(data[start:start + spans[i + 1]].tobytes())
+        """Copy out the committed records (at most ``max_records``) and publish ``consumer_pos`` once."""
+        found, end, discarded = self._scan(max_records)
+        data = self._data
+        out = [data[off:off + n].tobytes() for _, off, n, _ in found]
         self._records += len(out)
-        self._bytes += nbytes
+        self._bytes += sum(n for _, _, n, _ in found)
         self._discarded += discarded
-        self._publish(cons_pos)
+        self._publish(end)
         return out
 
     def process(self, callback: Callable[[memoryview], object], max_records: int | None = None) -> int:

@@ -77,7 +77,7 @@ class KernelLayout:
     uid: Hops
     gid: Hops
     comm: Hops
-    syscall_args: tuple[int, ...] = ()
+    syscall_args: tuple[int, ...]
 
     @classmethod
     def from_btf(cls, btf, machine: str | None = None) -> "KernelLayout":
