@@ -117,7 +117,8 @@ async def test_shutdown_clean():
 @pytest.mark.parametrize("deliver", ["events", "json"])
 async def test_low_latency_mode_delivers_without_wakeups(deliver):
     # latency="low": the programs never wake the reader (BPF_RB_NO_WAKEUP), one task spins over the
-    # rings.  The event must still arrive, and the other tasks (this consumer) must still run.
+    # rings.  The event must still arrive, and the other tasks (this consumer) must still run.  The
+    # poller's warm-up record (comm "kestrel-warm") is parsed between passes but never delivered.
     send, recv = trio.open_memory_channel(10_000)
     c = KestrelCollector(send, CollectorConfig(event_types=["open"], buffers=2, latency="low", deliver=deliver))
     path = f"/tmp/kestrel-low-{uuid.uuid4().hex}"
@@ -125,13 +126,29 @@ async def test_low_latency_mode_delivers_without_wakeups(deliver):
         await nursery.start(c.start)
         assert "call bpf_ringbuf_query" not in c.program_listing()  # no wakeup decision in the kernel
         await trio.to_thread.run_sync(lambda: subprocess.run(["/bin/cat", path], stderr=subprocess.DEVNULL))
+        seen = []
         with trio.fail_after(10):
             async for item in recv:
+                seen.append(item)
                 if deliver == "events" and item["path"] == path:
                     break
                 if deliver == "json" and f'"path":"{path}"'.encode() in item:
                     break
+        await trio.sleep(0.2)  # spin a while longer: warm-ups only
         c.stop()
+    while True:
+        try:
+            seen.append(recv.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel):
+            break
+    stats = c.stats()
+    if deliver == "events":
+        assert not [e for e in seen if e["comm"] == "kestrel-warm"]
+        assert stats.delivered["open"] == len(seen)
+    else:
+        assert not [chunk for chunk in seen if b'"comm":"kestrel-warm"' in chunk]
+        assert stats.delivered["open"] == sum(chunk.count(b"\n") for chunk in seen)
+    assert stats.records == stats.delivered["open"] and stats.parse_errors == 0
 
 
 _OPENER = """

@@ -7,7 +7,6 @@ never in the test process itself (which is not the collector, but the children's
 from __future__ import annotations
 
 import errno
-import json
 import os
 import signal
 import socket
@@ -17,6 +16,7 @@ import time
 import uuid
 
 import pytest
+from jsonl_tail import JsonlTail
 
 pytestmark = pytest.mark.kernel
 
@@ -29,8 +29,7 @@ class Collector:
 
     def __init__(self, tmp_path, events="exec,open,connect,exit"):
         self.out = tmp_path / "events.jsonl"
-        self._offset = 0
-        self._events: list[dict] = []
+        self._tail = JsonlTail(self.out)
         self.err = tmp_path / "stderr.txt"
         env = dict(os.environ, PYTHONPATH=REPO)
         self.proc = subprocess.Popen(
@@ -53,17 +52,8 @@ class Collector:
         raise AssertionError(f"collector never attached: {self.err.read_text()}")
 
     def events(self):
-        """Every event so far.  Reads only what was appended since the last call (the collector watches
-        the whole host: re-reading the file on every poll is quadratic), and only whole lines (the sink
-        writes in large chunks, so the file may end mid-line)."""
-        if self.out.exists():
-            with open(self.out, "rb") as f:
-                f.seek(self._offset)
-                data = f.read()
-            end = data.rfind(b"\n") + 1
-            self._offset += end
-            self._events.extend(json.loads(line) for line in data[:end].splitlines() if line.strip())
-        return self._events
+        """Every event so far (only whole lines; see jsonl_tail.JsonlTail)."""
+        return self._tail.events()
 
     def wait_for(self, pred, what, timeout=10.0):
         deadline = time.monotonic() + timeout

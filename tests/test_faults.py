@@ -22,6 +22,7 @@ from kestrel_raw import bpf, syscall
 from kestrel_raw.collector import KestrelCollector
 from kestrel_raw.config import CollectorConfig
 from kestrel_raw.maps import HashMap
+from jsonl_tail import JsonlTail
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONPATH=REPO)
@@ -75,8 +76,7 @@ class Cli:
     def __init__(self, tmp_path, *args, output=True, stdout=subprocess.DEVNULL, name="c"):
         self.out = tmp_path / f"{name}.jsonl"
         self.err = tmp_path / f"{name}.stderr"
-        self._offset = 0
-        self._events: list[dict] = []
+        self._tail = JsonlTail(self.out)
         cmd = [sys.executable, "-m", "kestrel_raw", "run", *args]
         if output:
             cmd += ["--output", str(self.out)]
@@ -103,15 +103,8 @@ class Cli:
         raise AssertionError(f"no events from the collector: {self.stderr()}")
 
     def events(self):
-        """Every event so far: only what was appended since the last call, and only whole lines."""
-        if self.out.exists():
-            with open(self.out, "rb") as f:
-                f.seek(self._offset)
-                data = f.read()
-            end = data.rfind(b"\n") + 1
-            self._offset += end
-            self._events.extend(json.loads(line) for line in data[:end].splitlines() if line.strip())
-        return self._events
+        """Every event so far (only whole lines; see jsonl_tail.JsonlTail)."""
+        return self._tail.events()
 
     def stop(self, sig=signal.SIGTERM, timeout=10):
         if self.proc.poll() is None:
