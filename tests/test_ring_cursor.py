@@ -18,6 +18,7 @@ from kestrel_raw.maps.ring import (
     BPF_RINGBUF_BUSY_BIT,
     BPF_RINGBUF_DISCARD_BIT,
     BPF_RINGBUF_HDR_SZ,
+    ReplayRing,
     RingCursor,
     RingStatistics,
     roundup_len,
@@ -312,3 +313,17 @@ def test_probe_is_true_exactly_while_something_is_past_consumer_pos():
     ring.commit(pos, b"abc")
     assert cur.drain() == [b"abc"]
     assert not waiting()
+
+
+def test_replay_ring_gives_its_record_once_per_replay():
+    # The busy poller's warm-up ring: drained through RingCursor.drain like a kernel ring, one record per
+    # replay however often it is replayed, the payload first and zero padding after it.
+    ring = ReplayRing(b"warm-record")
+    assert ring.cursor.drain() == []
+    for lap in range(1, 40):
+        ring.replay()
+        (record,) = ring.replay().drain(256)
+        assert record.startswith(b"warm-record") and not record[len(b"warm-record"):].strip(b"\0")
+        assert ring.cursor.drain() == []
+        assert ring.cursor.statistics().records == lap
+    assert ring.cursor.statistics().resets == 0

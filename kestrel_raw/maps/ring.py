@@ -240,3 +240,32 @@ class RingCursor:
             self._discarded += discarded
             self._publish(end)
         return done
+
+
+class ReplayRing:
+    """A ring in private memory holding one committed record, which ``replay`` makes unread again.
+
+    For busy polling: draining it runs the very code that drains a kernel ring (``RingCursor.drain``), so
+    a poller can keep that path warm between records.  Measured here, the first drain of a real record
+    after milliseconds of spinning took ~9 us instead of ~1.5 us; the parse and normalize after it, run on
+    this ring's record, stay warm too.  No kernel, no fd: the producer side is this object.
+
+    The record comes out as ``payload`` followed by zeros up to a power-of-two span (so that it lies at
+    offset 0 at every position); record parsers ignore a record's tail, as the ring's own padding needs.
+    """
+
+    def __init__(self, payload: bytes) -> None:
+        span = 1 << (roundup_len(len(payload)) - 1).bit_length()
+        data = bytearray(2 * span)
+        for base in (0, span):
+            _LEN.pack_into(data, base, span - BPF_RINGBUF_HDR_SZ)
+            data[base + BPF_RINGBUF_HDR_SZ:base + BPF_RINGBUF_HDR_SZ + len(payload)] = payload
+        self._producer = bytearray(_POS.size)
+        self._producer_word = memoryview(self._producer).cast("Q")
+        self._span = span
+        self.cursor = RingCursor(bytearray(_POS.size), self._producer, data, span)
+
+    def replay(self) -> RingCursor:
+        """Commit the record once more (one unread record, never more) and return the cursor to drain."""
+        self._producer_word[0] = self.cursor.consumer_pos + self._span
+        return self.cursor
