@@ -140,21 +140,24 @@ async def _run(config, output: str | None, duration: float | None) -> int:
     from .collector import BATCH_RECORDS, KestrelCollector
     from .jsonl import JsonlSink
 
-    # The collector sends chunks of JSON lines, one per ring-buffer drain (config.deliver == "json").
-    send, recv = trio.open_memory_channel(max(1, config.queue_size // BATCH_RECORDS))
-    collector = KestrelCollector(send, config)
-    collector.load()
-    try:
-        flush = {"flush_interval": config.flush_interval}
-        sink = JsonlSink.open(output, **flush) if output else JsonlSink(sys.stdout.buffer, **flush)
-    except BaseException:
-        collector.stop()
-        raise
-    status = EXIT_OK
-    writable = True
-    low_latency = config.latency == "low"
-    try:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    # The signal receiver comes first: a SIGINT or SIGTERM that arrives while the programs load is kept
+    # for on_signal, not lost (a shell's background job inherits SIGINT ignored, and Python installs no
+    # KeyboardInterrupt handler over that) and not a KeyboardInterrupt in the middle of the load.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        # The collector sends chunks of JSON lines, one per ring-buffer drain (config.deliver == "json").
+        send, recv = trio.open_memory_channel(max(1, config.queue_size // BATCH_RECORDS))
+        collector = KestrelCollector(send, config)
+        collector.load()
+        try:
+            flush = {"flush_interval": config.flush_interval}
+            sink = JsonlSink.open(output, **flush) if output else JsonlSink(sys.stdout.buffer, **flush)
+        except BaseException:
+            collector.stop()
+            raise
+        status = EXIT_OK
+        writable = True
+        low_latency = config.latency == "low"
+        try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(collector.start)
                 if collector.privileges is not None:
@@ -201,27 +204,27 @@ async def _run(config, output: str | None, duration: float | None) -> int:
                 nursery.start_soon(flush_when_idle)
                 if duration is not None:
                     nursery.start_soon(stop_after)
-    finally:
-        collector.stop()
-        try:
-            if writable:
-                # The events already taken from the rings are written too, so that the summary's
-                # delivered count is what the output holds.
-                while True:
-                    try:
-                        chunk = recv.receive_nowait()
-                    except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                        break
-                    sink.write(chunk)
-            sink.close()
-        except BrokenPipeError:
-            _silence_stdout()
-        except OSError as e:
-            if status == EXIT_OK:  # else the write already failed and said so
-                _write_error(e, output)
-                status = EXIT_SETUP
-        print(collector.stats().summary(), file=sys.stderr)
-    return status
+        finally:
+            collector.stop()
+            try:
+                if writable:
+                    # The events already taken from the rings are written too, so that the summary's
+                    # delivered count is what the output holds.
+                    while True:
+                        try:
+                            chunk = recv.receive_nowait()
+                        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                            break
+                        sink.write(chunk)
+                sink.close()
+            except BrokenPipeError:
+                _silence_stdout()
+            except OSError as e:
+                if status == EXIT_OK:  # else the write already failed and said so
+                    _write_error(e, output)
+                    status = EXIT_SETUP
+            print(collector.stats().summary(), file=sys.stderr)
+        return status
 
 
 def _write_error(e: OSError, output: str | None) -> None:

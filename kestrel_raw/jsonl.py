@@ -54,10 +54,10 @@ from .records import (
     KIND_EXIT,
     KIND_OPEN,
     PATH_MAX,
-    _beyond,
-    _short,
-    _too_long,
+    field_above_limit,
+    field_beyond_record,
     record_kind,
+    record_too_short,
 )
 from .schema import FieldId
 from .sockaddr import decode_sockaddr
@@ -260,13 +260,13 @@ assert _OPEN_LINE.size <= _OPEN_SIZE and FIXED_FORMATS[KIND_OPEN].format == "<HH
 def _open_record_line(raw: bytes, n: int, wall: int) -> str:
     # records._fields_open's checks, in its order, with its errors; then one f-string.
     if n < _OPEN_SIZE:
-        raise _short(KIND_OPEN, _OPEN_SIZE, n)
+        raise record_too_short(KIND_OPEN, _OPEN_SIZE, n)
     hflags, ts, ret, flags, mode, path_len = _OPEN_LINE.unpack_from(raw)
     if path_len > PATH_MAX:
-        raise _too_long(KIND_OPEN, "path_len", path_len, PATH_MAX)
+        raise field_above_limit(KIND_OPEN, "path_len", path_len, PATH_MAX)
     end = _OPEN_SIZE + path_len
     if end > n:
-        raise _beyond(KIND_OPEN, "path", end, n)
+        raise field_beyond_record(KIND_OPEN, "path", end, n)
     key = raw[_WHO_AT:_WHO_END]
     who = _WHO_MEMO.get(key) or _who(key)
     path = raw[_OPEN_SIZE:end]

@@ -218,18 +218,20 @@ def _cstr(raw: bytes) -> bytes:
     return raw if end < 0 else raw[:end]
 
 
-def _short(kind: int, need: int, have: int) -> RecordError:
+# The errors of a malformed record, public so that jsonl's fast open line raises exactly these.
+
+def record_too_short(kind: int, need: int, have: int) -> RecordError:
     return RecordError(
         f"{KIND_NAMES[kind]} record is {have} bytes, shorter than its {need}-byte fixed part; "
         "the ring buffer gave a truncated record (producer and parser disagree on the layout?)"
     )
 
 
-def _too_long(kind: int, field: str, value: int, limit: int) -> RecordError:
+def field_above_limit(kind: int, field: str, value: int, limit: int) -> RecordError:
     return RecordError(f"{KIND_NAMES[kind]} record {field} is {value}, above the limit {limit}: corrupt record")
 
 
-def _beyond(kind: int, field: str, end: int, have: int) -> RecordError:
+def field_beyond_record(kind: int, field: str, end: int, have: int) -> RecordError:
     return RecordError(
         f"{KIND_NAMES[kind]} record {field} ends at byte {end}, beyond the {have}-byte record: corrupt record"
     )
@@ -240,52 +242,52 @@ def _beyond(kind: int, field: str, end: int, have: int) -> RecordError:
 
 def _fields_exec(data, n: int) -> tuple:
     if n < _EXEC_SIZE:
-        raise _short(KIND_EXEC, _EXEC_SIZE, n)
+        raise record_too_short(KIND_EXEC, _EXEC_SIZE, n)
     (_, hflags, cpu, ts, start, pid, tid, ppid, uid, gid, _, comm,
      filename_len, args_len, args_total, _) = _EXEC.unpack_from(data)
     if filename_len > FILENAME_MAX:
-        raise _too_long(KIND_EXEC, "filename_len", filename_len, FILENAME_MAX)
+        raise field_above_limit(KIND_EXEC, "filename_len", filename_len, FILENAME_MAX)
     if args_len > ARGS_MAX:
-        raise _too_long(KIND_EXEC, "args_len", args_len, ARGS_MAX)
+        raise field_above_limit(KIND_EXEC, "args_len", args_len, ARGS_MAX)
     f_end = _EXEC_SIZE + filename_len
     a_end = f_end + args_len
     if a_end > n:
-        raise _beyond(KIND_EXEC, "filename and args", a_end, n)
+        raise field_beyond_record(KIND_EXEC, "filename and args", a_end, n)
     return (hflags, cpu, ts, start, pid, tid, ppid, uid, gid, _cstr(comm),
             _cstr(bytes(data[_EXEC_SIZE:f_end])), bytes(data[f_end:a_end]), args_total)
 
 
 def _fields_open(data, n: int) -> tuple:
     if n < _OPEN_SIZE:
-        raise _short(KIND_OPEN, _OPEN_SIZE, n)
+        raise record_too_short(KIND_OPEN, _OPEN_SIZE, n)
     (_, hflags, cpu, ts, start, pid, tid, ppid, uid, gid, _, comm,
      ret, dfd, flags, mode, path_len, syscall, _) = _OPEN.unpack_from(data)
     if path_len > PATH_MAX:
-        raise _too_long(KIND_OPEN, "path_len", path_len, PATH_MAX)
+        raise field_above_limit(KIND_OPEN, "path_len", path_len, PATH_MAX)
     end = _OPEN_SIZE + path_len
     if end > n:
-        raise _beyond(KIND_OPEN, "path", end, n)
+        raise field_beyond_record(KIND_OPEN, "path", end, n)
     return (hflags, cpu, ts, start, pid, tid, ppid, uid, gid, _cstr(comm),
             ret, dfd, flags, mode, _cstr(bytes(data[_OPEN_SIZE:end])), syscall)
 
 
 def _fields_connect(data, n: int) -> tuple:
     if n < _CONNECT_SIZE:
-        raise _short(KIND_CONNECT, _CONNECT_SIZE, n)
+        raise record_too_short(KIND_CONNECT, _CONNECT_SIZE, n)
     (_, hflags, cpu, ts, start, pid, tid, ppid, uid, gid, _, comm,
      ret, fd, addrlen, addr_len) = _CONNECT.unpack_from(data)
     if addr_len > SOCKADDR_MAX:
-        raise _too_long(KIND_CONNECT, "addr_len", addr_len, SOCKADDR_MAX)
+        raise field_above_limit(KIND_CONNECT, "addr_len", addr_len, SOCKADDR_MAX)
     end = _CONNECT_SIZE + addr_len
     if end > n:
-        raise _beyond(KIND_CONNECT, "addr", end, n)
+        raise field_beyond_record(KIND_CONNECT, "addr", end, n)
     return (hflags, cpu, ts, start, pid, tid, ppid, uid, gid, _cstr(comm),
             ret, fd, addrlen, bytes(data[_CONNECT_SIZE:end]))
 
 
 def _fields_exit(data, n: int) -> tuple:
     if n < _EXIT_SIZE:
-        raise _short(KIND_EXIT, _EXIT_SIZE, n)
+        raise record_too_short(KIND_EXIT, _EXIT_SIZE, n)
     (_, hflags, cpu, ts, start, pid, tid, ppid, uid, gid, _, comm, code, _) = _EXIT.unpack_from(data)
     return (hflags, cpu, ts, start, pid, tid, ppid, uid, gid, _cstr(comm), code)
 

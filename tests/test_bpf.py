@@ -12,7 +12,7 @@ import pytest
 from kestrel_raw import bpf, syscall, uapi
 from kestrel_raw.asm import (assemble, atomic_op, BPF_ADD, BPF_DW, BPF_JEQ, BPF_W, R0, R1, R2, R10, alu64_imm, call, exit_insn, jmp_imm,
                              label, ld_map_fd, ldx_mem, mov64_imm, mov64_reg, st_mem)
-from kestrel_raw.errors import BPFError, ConfigError, PrivilegeError, VerifierError
+from kestrel_raw.errors import BPFError, ConfigError, VerifierError
 from kestrel_raw.maps import ArrayMap
 from kestrel_raw.program import Program
 

@@ -5,7 +5,10 @@ records), so each expectation can be checked against the bytes by reading them.
 """
 from __future__ import annotations
 
+import os
 import struct
+import subprocess
+import sys
 
 import pytest
 
@@ -330,9 +333,6 @@ def test_c_format(btf):
 
 
 def _tool(*args: str, cwd) -> "subprocess.CompletedProcess[str]":
-    import os
-    import subprocess
-    import sys
     tool = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "btfdump.py")
     return subprocess.run([sys.executable, tool, *args], cwd=cwd, capture_output=True, text=True)
 

@@ -6,6 +6,7 @@ name: other tools (a benchmark, bpftrace) may load programs on this machine whil
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -154,6 +155,42 @@ def test_kill_9_leaves_nothing_in_the_kernel(tmp_path, clis):
     wait_gone(objects)
 
 
+@pytest.mark.kernel
+def test_sigint_while_loading_stops_the_collector_once_attached(tmp_path):
+    # A background job of a non-interactive shell starts with SIGINT ignored, and Python then installs no
+    # handler of its own: a SIGINT before the CLI's signal receiver opened was lost, and the collector ran
+    # on.  The receiver now opens before the load.  The load is held open here by giving it its BTF
+    # through a FIFO: the collector blocks reading it until the test writes the kernel's BTF.
+    fifo = tmp_path / "btf.fifo"
+    os.mkfifo(fifo)
+    out, err = tmp_path / "out.jsonl", tmp_path / "stderr"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kestrel_raw", "run", "--events", "open", "--btf", str(fifo), "--output", str(out)],
+        stdout=subprocess.DEVNULL, stderr=open(err, "wb"), env=ENV, cwd=REPO, stdin=subprocess.DEVNULL,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # a non-blocking open for writing succeeds once the collector waits to read the FIFO
+            try:
+                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+                break
+            except OSError as e:
+                if e.errno != errno.ENXIO or proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"the collector never opened its BTF (rc {proc.poll()}): "
+                                         f"{err.read_text()}") from e
+                time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        os.set_blocking(fd, True)
+        with open("/sys/kernel/btf/vmlinux", "rb") as btf, os.fdopen(fd, "wb") as writer:
+            shutil.copyfileobj(btf, writer)
+        assert proc.wait(timeout=30) == 0, err.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "records=" in err.read_text()  # the summary: it attached, stopped and detached normally
+
+
 @pytest.mark.crosscheck
 def test_kill_9_bpftool_sees_nothing_left(tmp_path, clis):
     bpftool = shutil.which("bpftool")
@@ -250,7 +287,7 @@ def test_two_collectors_see_events_but_not_each_other(tmp_path, clis):
     b_ready = b.wait_attached()  # B registered with A before it attached
     # Both report a third process.
     path = f"/tmp/kestrel-both-{uuid.uuid4().hex}"
-    child = subprocess.run(["/bin/cat", path], stderr=subprocess.DEVNULL)
+    subprocess.run(["/bin/cat", path], stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
     while not all(any(e.get("path") == path for e in c.events()) for c in (a, b)):
         assert time.monotonic() < deadline, "an open was not reported by both collectors"

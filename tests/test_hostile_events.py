@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import base64
 import errno
-import json
 import os
 import socket
 import subprocess
@@ -199,7 +198,7 @@ def test_open_null_path_is_flagged_fault(collector):
     assert "path_b64" not in ev
 
 
-def test_openat2_hostile_path_and_unreadable_open_how(collector, tmp_path):
+def test_openat2_hostile_path_unreadable_and_short_open_how(collector, tmp_path):
     # openat2 is 437 on every architecture (the unified syscall table).
     created = bytes(tmp_path) + b"/kr\nopenat2\xff"
     out = py("""
@@ -209,20 +208,22 @@ def test_openat2_hostile_path_and_unreadable_open_how(collector, tmp_path):
         print(os.getpid())
         path = bytes.fromhex(sys.argv[1])
         how = struct.pack("<QQQ", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600, 0)
-        for p, h in ((path, how), (path, None), (None, how)):
-            r = libc.syscall(437, -100, p, h, 24)
+        for p, h, size in ((path, how, 24), (path, None, 24), (None, how, 24), (path, how, 8)):
+            r = libc.syscall(437, -100, p, h, size)
             print(r if r >= 0 else -ctypes.get_errno())
         """, created.hex()).stdout.split()
     pid, rets = int(out[0]), [int(r) for r in out[1:]]
-    assert rets[0] >= 0 and rets[1:] == [-errno.EFAULT, -errno.EFAULT]
+    assert rets[0] >= 0 and rets[1:] == [-errno.EFAULT, -errno.EFAULT, -errno.EINVAL]
     assert os.stat(created).st_mode & 0o777 == 0o600
     evs = settle(collector, lambda e: e["type"] == "open" and e["pid"] == pid
-                 and exact(e, "path") in (created, b""), "openat2", count=3)
+                 and exact(e, "path") in (created, b""), "openat2", count=4)
     got = [(exact(e, "path"), e["flags"], e["mode"], e["ret"], e["truncated"], e["fault"]) for e in evs]
     assert got == [
         (created, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600, rets[0], False, False),
         (created, 0, 0, -errno.EFAULT, False, True),  # NULL open_how: zeros, flagged
         (b"", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600, -errno.EFAULT, False, True),  # NULL path
+        # usize 8: the caller's 8 bytes (flags) are read, not the mode after them
+        (created, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0, -errno.EINVAL, False, False),
     ]
 
 

@@ -28,7 +28,6 @@ from kestrel_raw.asm import (
     R2,
     R3,
     R4,
-    R6,
     R7,
     R8,
     R10,

@@ -4,7 +4,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from .. import bpf
-from ..fd import FD
 from ..uapi import BPF_ANY
 
 

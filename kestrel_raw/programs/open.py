@@ -9,7 +9,7 @@ two differ, as with any tracer that reads user memory.)
 from __future__ import annotations
 
 from .. import wire
-from ..asm import BPF_ADD, BPF_DW, BPF_JEQ, BPF_JGT, BPF_JSGT, BPF_W, R0, R1, R2, R3, R8, R9
+from ..asm import BPF_ADD, BPF_DW, BPF_JEQ, BPF_JGT, BPF_JLE, BPF_JSGT, BPF_W, R0, R1, R2, R3, R8, R9
 from ..asm import alu64_imm, call, ja, jmp_imm, label, ldx_mem, mov64_imm, mov64_reg, st_mem, stx_mem
 from .builder import STAT_READ_FAULT, ProgramBuilder
 
@@ -47,12 +47,20 @@ def build(b: ProgramBuilder, fmt, layout, syscall: int) -> list:
         )
     else:
         args_done = b.label("args_done")
+        within = b.label("within_usize")
         b.emit(
             # struct open_how { u64 flags; u64 mode; ... }: its two first members land on OPEN_FLAGS and
-            # OPEN_MODE (mode's high half spills into OPEN_PATH_LEN, written below).
+            # OPEN_MODE (mode's high half spills into OPEN_PATH_LEN, written below).  Only the caller's
+            # usize bytes of it are read (a smaller struct is refused with EINVAL, but its bytes are what
+            # the caller passed); what is not read stays 0.
+            st_mem(BPF_DW, R8, wire.OPEN_FLAGS, 0),
+            st_mem(BPF_W, R8, wire.OPEN_MODE, 0),
+            ldx_mem(BPF_DW, R2, R9, arg[3]),
+            jmp_imm(BPF_JLE, R2, 16, within),
+            mov64_imm(R2, 16),
+            label(within),
             mov64_reg(R1, R8),
             alu64_imm(BPF_ADD, R1, wire.OPEN_FLAGS),
-            mov64_imm(R2, 16),
             ldx_mem(BPF_DW, R3, R9, arg[2]),
             call("probe_read_user"),
             # An unreadable open_how (NULL, say) reads as zeros, and flags 0 is O_RDONLY: flag it, so the
