@@ -49,7 +49,11 @@ class Collector:
             if any(e.get("path") == marker for e in self.events()):
                 return
             time.sleep(0.2)
-        raise AssertionError(f"collector never attached: {self.err.read_text()}")
+        # Stop it first, so that the message carries its summary line: whether records were lost in the
+        # kernel, read and dropped, or never written at all.
+        rc, err = self.stop()
+        raise AssertionError(f"the collector's output never showed the marker {marker} in 60 s; it stopped "
+                             f"with {rc}, {len(self.events())} events written; stderr: {err}")
 
     def events(self):
         """Every event so far (only whole lines; see jsonl_tail.JsonlTail)."""

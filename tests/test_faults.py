@@ -101,7 +101,9 @@ class Cli:
             if found:
                 return found[0]
             time.sleep(0.1)
-        raise AssertionError(f"no events from the collector: {self.stderr()}")
+        rc, err = self.stop()  # for the summary line in the message
+        raise AssertionError(f"the collector's output never showed the marker {marker}; it stopped with {rc}, "
+                             f"{len(self.events())} events written; stderr: {err}")
 
     def events(self):
         """Every event so far (only whole lines; see jsonl_tail.JsonlTail)."""
