@@ -46,12 +46,12 @@ from .attach import attach_tracepoint
 from .btf import BTF
 from .config import CollectorConfig
 from .errors import BPFError, BTFError, RecordError, SetupError
-from .events import normalize
+from .events import KestrelEvent, event_from_raw
 from .jsonl import encode_records
 from .maps import HashMap, Map, PerCPUArrayMap, RingBuf, RingBufReader
 from .maps.ring import ReplayRing
 from .program import Program
-from .records import FIXED_FORMATS, parse_record
+from .records import FIXED_FORMATS
 from .tracefs import find_tracefs, tracepoint_format
 from .uapi import BPF_MAP_TYPE_ARRAY_OF_MAPS, BPF_MAP_TYPE_HASH, BPF_PROG_TYPE_TRACEPOINT
 
@@ -280,7 +280,8 @@ class KestrelCollector:
         Every WARM_EVERY_NS of spinning it runs the delivery path once on a canned record (``_warm_up``).
         """
         probes = [(reader, reader.probe()) for reader in self._readers]
-        deliver = self._deliver_json if self.config.deliver == "json" else self._deliver_events
+        json = self.config.deliver == "json"
+        send_events = self._send_events
         checkpoint = trio.lowlevel.checkpoint
         clock = time.monotonic_ns
         warm = self._warm_up()
@@ -295,7 +296,12 @@ class KestrelCollector:
                         if batch:
                             found = True
                             self._records += len(batch)
-                            await deliver(batch)
+                            if json:
+                                await self._deliver_json(batch)
+                            else:
+                                blocked = send_events(batch)
+                                if blocked is not None:
+                                    await self._send_blocked(blocked)
                 now = clock()
                 if now > give_up:
                     # Let the process's other threads (trio.to_thread workers, say) have the GIL: without
@@ -332,28 +338,44 @@ class KestrelCollector:
         else:
             def warm() -> None:
                 for record in ring.replay().drain(BATCH_RECORDS):
-                    normalize(parse_record(record), wall)
+                    event_from_raw(record, wall)
         return warm
 
     async def _deliver_events(self, batch: list[bytes]) -> None:
+        await self._send_blocked(self._send_events(batch))
+
+    async def _send_blocked(self, blocked: tuple[KestrelEvent, list[bytes]] | None) -> None:
+        """The channel is full and queue_policy is "block": wait for room, then go on, in order."""
+        while blocked is not None:
+            event, rest = blocked
+            await self._tx.send(event)
+            self._delivered[event.event_type_id] += 1
+            blocked = self._send_events(rest)
+
+    def _send_events(self, batch: list[bytes]) -> tuple[KestrelEvent, list[bytes]] | None:
+        """Hand each record of ``batch`` to the channel as an event without waiting (the low-latency poller
+        calls this directly: no coroutine on its path).  None when all are delivered, dropped (queue_policy
+        "drop") or malformed (counted); else, under "block", the event the full channel refused and the
+        records after it."""
         block = self.config.queue_policy == "block"
         send_nowait = self._tx.send_nowait
         delivered = self._delivered
         wall = self._wall_offset
-        for raw in batch:
+        for i, raw in enumerate(batch):
             try:
-                event = normalize(parse_record(raw), wall)
+                event = event_from_raw(raw, wall)
             except RecordError:
                 self._parse_errors += 1
                 continue
             try:
                 send_nowait(event)
             except trio.WouldBlock:
-                if not block:
-                    self._user_dropped += 1
-                    continue
-                await self._tx.send(event)
+                if block:
+                    return event, batch[i + 1:]
+                self._user_dropped += 1
+                continue
             delivered[event.event_type_id] += 1
+        return None
 
     def _encode_batch(self, batch: list[bytes]) -> tuple[bytes, list[int]]:
         """The JSON lines of ``batch`` as one chunk, and the kind of each record in it."""
@@ -389,7 +411,7 @@ class KestrelCollector:
                 items = []
                 for raw in batch:
                     try:
-                        items.append((normalize(parse_record(raw), self._wall_offset), [raw[0]]))
+                        items.append((event_from_raw(raw, self._wall_offset), [raw[0]]))
                     except RecordError:
                         self._parse_errors += 1
             for item, kinds in items:

@@ -10,12 +10,15 @@ valid UTF-8 survive losslessly: they are ``str`` decoded with ``errors="surrogat
 from __future__ import annotations
 
 from dataclasses import dataclass
+from dataclasses import fields as dataclass_fields
+from operator import attrgetter
 from types import MappingProxyType
 from typing import Any, Mapping
 
 from .errors import RecordError
 from .records import (
-    KIND_CONNECT, KIND_EXEC, KIND_EXIT, KIND_OPEN, SYSCALL_OPENAT, SYSCALL_OPENAT2, Record,
+    FIELD_PARSERS, KIND_CONNECT, KIND_EXEC, KIND_EXIT, KIND_OPEN, SYSCALL_OPENAT, SYSCALL_OPENAT2, ConnectRecord,
+    ExecRecord, ExitRecord, OpenRecord, Record, record_kind,
 )
 from .schema import FIELDS_BY_ID, FIELDS_BY_NAME, EventType, FieldId
 from .sockaddr import decode_sockaddr
@@ -157,49 +160,94 @@ def split_args(area: bytes) -> tuple[str, ...]:
     return tuple(p.decode("utf-8", "surrogateescape") for p in split_arg_area(area))
 
 
-def _common(r: Record) -> dict:
+# The events are built from the records' field tuples (records.FIELD_PARSERS' output, in the dataclasses'
+# field order): the same builders serve normalize(record) and event_from_raw(raw), so the collector's hot
+# path skips the record object (~1 us of the ~4 us that parse + normalize cost an open) and both agree.
+# Tuple positions common to every kind: header_flags, cpu, ts_ns, start_ns, pid, tid, ppid, uid, gid, comm.
+
+def _common(v: tuple) -> dict:
     return {
-        _PID: r.pid, _TID: r.tid, _PPID: r.ppid, _UID: r.uid, _GID: r.gid,
-        _COMM: r.comm.decode("utf-8", "surrogateescape"), _START: r.start_ns, _CPU: r.cpu,
+        _PID: v[4], _TID: v[5], _PPID: v[6], _UID: v[7], _GID: v[8],
+        _COMM: v[9].decode("utf-8", "surrogateescape"), _START: v[3], _CPU: v[1],
     }
+
+
+def _done(kind: int, v: tuple, f: dict, wall_offset_ns: int) -> KestrelEvent:
+    ts = v[2]
+    return _event(kind, ts, ts + wall_offset_ns, _entity_key_memo(v[4], v[3]), MappingProxyType(f))
+
+
+def _open_event(v: tuple, wall_offset_ns: int) -> KestrelEvent:
+    # ..., ret, dfd, flags, mode, path, syscall
+    f = _common(v)
+    f[_PATH] = v[14].decode("utf-8", "surrogateescape")
+    f[_FLAGS] = v[12]
+    f[_MODE] = v[13]
+    f[_RET] = v[10]
+    f[_DFD] = v[11]
+    syscall = v[15]
+    f[_SYSCALL] = _SYSCALL_NAMES.get(syscall) or f"syscall_{syscall}"
+    hflags = v[0]
+    f[_TRUNCATED] = bool(hflags & 1)
+    f[_FAULT] = bool(hflags & 2)
+    return _done(KIND_OPEN, v, f, wall_offset_ns)
+
+
+def _exec_event(v: tuple, wall_offset_ns: int) -> KestrelEvent:
+    # ..., filename, args, args_total
+    f = _common(v)
+    hflags, args = v[0], v[11]
+    f[_FILENAME] = v[10].decode("utf-8", "surrogateescape")
+    f[_ARGV] = split_args(args)
+    f[_TRUNCATED] = bool(hflags & 1) or v[12] > len(args)
+    f[_FAULT] = bool(hflags & 2)
+    return _done(KIND_EXEC, v, f, wall_offset_ns)
+
+
+def _connect_event(v: tuple, wall_offset_ns: int) -> KestrelEvent:
+    # ..., ret, fd, addrlen, addr
+    f = _common(v)
+    sa = decode_sockaddr(v[13], v[12])
+    f[_FAMILY] = sa.family
+    f[_DADDR] = sa.address
+    f[_DPORT] = sa.port
+    f[_RET] = v[10]
+    f[_FD] = v[11]
+    f[_FAULT] = bool(v[0] & 2)
+    return _done(KIND_CONNECT, v, f, wall_offset_ns)
+
+
+def _exit_event(v: tuple, wall_offset_ns: int) -> KestrelEvent:
+    # ..., exit_code
+    f = _common(v)
+    code = v[10]
+    f[_EXIT_CODE] = (code >> 8) & 0xFF
+    f[_SIGNAL] = code & 0x7F
+    return _done(KIND_EXIT, v, f, wall_offset_ns)
+
+
+_FROM_FIELDS = {KIND_OPEN: _open_event, KIND_EXEC: _exec_event, KIND_CONNECT: _connect_event,
+                KIND_EXIT: _exit_event}
+# A record's field values as the tuple FIELD_PARSERS makes, by kind.
+_VALUES = {cls.kind: attrgetter(*(f.name for f in dataclass_fields(cls)))
+           for cls in (ExecRecord, OpenRecord, ConnectRecord, ExitRecord)}
 
 
 def normalize(record: Record, wall_offset_ns: int) -> KestrelEvent:
     """The KestrelEvent of ``record``; ``ts_wall = ts_ns + wall_offset_ns``.  Pure."""
-    kind = record.kind
-    f = _common(record)
-    if kind == KIND_OPEN:
-        f[_PATH] = record.path.decode("utf-8", "surrogateescape")
-        f[_FLAGS] = record.flags
-        f[_MODE] = record.mode
-        f[_RET] = record.ret
-        f[_DFD] = record.dfd
-        f[_SYSCALL] = _SYSCALL_NAMES.get(record.syscall) or f"syscall_{record.syscall}"
-        hflags = record.header_flags
-        f[_TRUNCATED] = bool(hflags & 1)
-        f[_FAULT] = bool(hflags & 2)
-    elif kind == KIND_EXEC:
-        f[_FILENAME] = record.filename.decode("utf-8", "surrogateescape")
-        f[_ARGV] = split_args(record.args)
-        f[_TRUNCATED] = record.truncated
-        f[_FAULT] = record.fault
-    elif kind == KIND_CONNECT:
-        sa = decode_sockaddr(record.addr, record.addrlen)
-        f[_FAMILY] = sa.family
-        f[_DADDR] = sa.address
-        f[_DPORT] = sa.port
-        f[_RET] = record.ret
-        f[_FD] = record.fd
-        f[_FAULT] = record.fault
-    elif kind == KIND_EXIT:
-        code = record.exit_code
-        f[_EXIT_CODE] = (code >> 8) & 0xFF
-        f[_SIGNAL] = code & 0x7F
-    else:
+    kind = getattr(record, "kind", None)
+    build = _FROM_FIELDS.get(kind)
+    if build is None:
         raise RecordError(f"cannot normalize {type(record).__name__}: not a kestrel record")
-    ts = record.ts_ns
-    return _event(kind, ts, ts + wall_offset_ns, _entity_key_memo(record.pid, record.start_ns),
-                  MappingProxyType(f))
+    return build(_VALUES[kind](record), wall_offset_ns)
 
 
-__all__ = ["KestrelEvent", "SOURCE_EBPF", "entity_key", "normalize", "split_arg_area", "split_args"]
+def event_from_raw(raw: bytes | bytearray | memoryview, wall_offset_ns: int) -> KestrelEvent:
+    """``normalize(parse_record(raw), wall_offset_ns)`` without the record object in between: the same
+    checks (``RecordError`` for a malformed record) and the same event.  Pure."""
+    kind = record_kind(raw)
+    return _FROM_FIELDS[kind](FIELD_PARSERS[kind](raw, len(raw)), wall_offset_ns)
+
+
+__all__ = ["KestrelEvent", "SOURCE_EBPF", "entity_key", "event_from_raw", "normalize", "split_arg_area",
+           "split_args"]

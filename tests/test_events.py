@@ -4,13 +4,15 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
-from kestrel_raw.events import KestrelEvent, entity_key, normalize, split_args
+from kestrel_raw.errors import RecordError
+from kestrel_raw.events import KestrelEvent, entity_key, event_from_raw, normalize, split_args
 from kestrel_raw.records import parse_record
 from kestrel_raw.schema import EventType, FieldId as F
 
 from test_records import connect_bytes, exec_bytes, exit_bytes, open_bytes
+from test_records_fastpath import records
 
 WALL = 1_700_000_000_000_000_000
 KEY = 17461281073734017390            # entity_key(4242, 999000), pinned below
@@ -154,3 +156,37 @@ def test_fast_built_event_equals_constructed():
     e = ev(exit_bytes())
     assert e == KestrelEvent(4, e.ts_mono, e.ts_wall, e.entity_key, e.fields)
     assert e.source == "ebpf"
+
+
+# -- event_from_raw: normalize(parse_record(raw)) in one step ---------------------------------------------
+
+def _two_steps(data):
+    try:
+        return normalize(parse_record(data), 1000)
+    except RecordError as e:
+        return str(e)
+
+
+def _one_step(data):
+    try:
+        return event_from_raw(data, 1000)
+    except RecordError as e:
+        return str(e)
+
+
+@settings(max_examples=400)
+@given(records(), st.data())
+def test_event_from_raw_is_normalize_of_parse_record(data, draw):
+    # Valid records of every kind, and the same cut short, with a wrong kind, or with lengths corrupted:
+    # the same event, or the same error.
+    assert _one_step(data) == _two_steps(data) and isinstance(_two_steps(data), KestrelEvent)
+    cut = draw.draw(st.integers(0, len(data)))
+    garbled = bytearray(data)
+    garbled[draw.draw(st.integers(2, len(data) - 1))] ^= 0xFF
+    for d in (data[:cut], b"\x09\x00" + data[2:], bytes(garbled)):
+        assert _one_step(d) == _two_steps(d)
+
+
+def test_normalize_refuses_what_is_not_a_record():
+    with pytest.raises(RecordError, match="cannot normalize dict: not a kestrel record"):
+        normalize({"kind": 2}, 0)

@@ -58,14 +58,15 @@ def fork_flooders(path: str, count: int, opens: int) -> tuple[list[int], int]:
     return pids, go_w
 
 
-@pytest.mark.parametrize("policy", ["block", "drop"])
-async def test_storm_exact_accounting_with_a_slow_consumer(policy):
+@pytest.mark.parametrize("policy,latency", [("block", "batch"), ("drop", "batch"), ("block", "low")])
+async def test_storm_exact_accounting_with_a_slow_consumer(policy, latency):
+    # latency="low" takes the busy poller's own delivery path, which must wait for room as the other does.
     path = f"/tmp/kestrel-storm-{uuid.uuid4().hex}"
     pids, go = fork_flooders(path, FLOODERS, OPENS_EACH)
     try:
         send, recv = trio.open_memory_channel(256)
         config = CollectorConfig(event_types=["open"], buffers=1, buffer_size=4 * PAGE, queue_size=256,
-                                 queue_policy=policy, only_tgids=tuple(pids))
+                                 queue_policy=policy, only_tgids=tuple(pids), latency=latency)
         c = KestrelCollector(send, config)
         received = []
         lateness = []
