@@ -34,6 +34,7 @@ from __future__ import annotations
 import errno
 import os
 import struct
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -284,6 +285,7 @@ class KestrelCollector:
         send_events = self._send_events
         checkpoint = trio.lowlevel.checkpoint
         clock = time.monotonic_ns
+        threads = threading.active_count
         warm = self._warm_up()
         next_warm = 0
         while True:
@@ -304,10 +306,13 @@ class KestrelCollector:
                                     await self._send_blocked(blocked)
                 now = clock()
                 if now > give_up:
-                    # Let the process's other threads (trio.to_thread workers, say) have the GIL: without
-                    # this the spin holds it until the interpreter's 5 ms switch interval, and a worker
-                    # that needs it a thousand times took seconds to finish.
-                    time.sleep(0)
+                    if threads() > 1:
+                        # Let the process's other threads (trio.to_thread workers, say) have the GIL: the
+                        # spin holds it until the interpreter's 5 ms switch interval, and a worker that
+                        # needs it a thousand times took minutes.  Only a real sleep hands it over (a
+                        # sched_yield gets it back first), and that sleep lasts the timer slack (~80 us
+                        # here): not paid when the process has no other thread.
+                        time.sleep(0)
                     break
                 if now > next_warm:
                     warm()
