@@ -8,7 +8,8 @@ for everything, ring-buffer draining included):
 - construct: ``parse_record_construct`` (construct's interpreted parser, the test oracle);
 - compiled: the same construct Struct after ``.compile()``;
 - struct: ``parse_record``, the struct fast path whose formats are derived from the schema;
-- +normalize: ``normalize(parse_record(raw))``, a KestrelEvent (the library's deliver="events" path);
+- +normalize: ``normalize(parse_record(raw))``, a KestrelEvent through the record object;
+- event_from_raw: the same KestrelEvent in one step (the library's deliver="events" path);
 - encode_event: a KestrelEvent to its JSON line; json.dumps: the stdlib on the same dict, for scale;
 - event path: parse_record -> normalize -> encode_event, what the CLI did before the fused path;
 - fused: ``kestrel_raw.jsonl.encode_record(raw, wall)``, raw record straight to its JSON line (no
@@ -34,7 +35,7 @@ try:
 except ImportError:
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from kestrel_raw.events import normalize  # noqa: E402
+from kestrel_raw.events import event_from_raw, normalize  # noqa: E402
 from kestrel_raw.jsonl import encode_event, encode_record, encode_records  # noqa: E402
 from kestrel_raw.records import (  # noqa: E402
     KIND_CONNECT, KIND_EXEC, KIND_EXIT, KIND_OPEN, RECORD_STRUCTS, build_record, parse_record,
@@ -55,7 +56,7 @@ SAMPLES = {
 KINDS = {"open": KIND_OPEN, "exec": KIND_EXEC, "connect": KIND_CONNECT, "exit": KIND_EXIT}
 BATCH = 256  # kestrel_raw.collector.BATCH_RECORDS: records per drain
 WALL = 1_700_000_000_000_000_000
-COLUMNS = ("construct", "compiled", "struct", "+normalize", "encode_event", "json.dumps", "event path",
+COLUMNS = ("construct", "compiled", "struct", "+normalize", "event_from_raw", "encode_event", "json.dumps", "event path",
            "fused", "fused batch")
 
 
@@ -81,11 +82,14 @@ def measure(n: int = 100_000) -> dict:
         batch = [data] * BATCH
         if encode_record(data, WALL) != encode_event(event):
             raise AssertionError(f"{name}: the fused path and the event path disagree")
+        if event_from_raw(data, WALL) != event:
+            raise AssertionError(f"{name}: event_from_raw and normalize(parse_record()) disagree")
         vals = (
             per_call_us(lambda: parse_record_construct(data), max(n // 50, 100)),
             per_call_us(lambda: compiled.parse(data), max(n // 10, 100)),
             per_call_us(lambda: parse_record(mv), n),
             per_call_us(lambda: normalize(parse_record(mv), WALL), n),
+            per_call_us(lambda: event_from_raw(mv, WALL), n),
             per_call_us(lambda: encode_event(event), n),
             per_call_us(lambda: json.dumps(obj).encode(), n),
             per_call_us(lambda: encode_event(normalize(parse_record(mv), WALL)), n),
@@ -97,10 +101,10 @@ def measure(n: int = 100_000) -> dict:
 
 
 def render(result: dict) -> str:
-    lines = [f"Python {result['python']}, us per record, best of 3", "".join(f"{h:>13}" for h in ("kind",
+    lines = [f"Python {result['python']}, us per record, best of 3", "".join(f"{h:>15}" for h in ("kind",
                                                                                                   *result["columns"]))]
     for name, vals in result["rows"].items():
-        lines.append(f"{name:>13}" + "".join(f"{vals[c]:13.2f}" for c in result["columns"]))
+        lines.append(f"{name:>15}" + "".join(f"{vals[c]:15.2f}" for c in result["columns"]))
     fused = result["rows"]["open"]["fused batch"]
     lines.append(f"open, fused batch: {1e6 / fused:,.0f} records/s in one process")
     return "\n".join(lines)

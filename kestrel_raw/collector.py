@@ -281,7 +281,7 @@ class KestrelCollector:
         Every WARM_EVERY_NS of spinning it runs the delivery path once on a canned record (``_warm_up``).
         """
         probes = [(reader, reader.probe()) for reader in self._readers]
-        json = self.config.deliver == "json"
+        as_json = self.config.deliver == "json"
         send_events = self._send_events
         checkpoint = trio.lowlevel.checkpoint
         clock = time.monotonic_ns
@@ -298,7 +298,7 @@ class KestrelCollector:
                         if batch:
                             found = True
                             self._records += len(batch)
-                            if json:
+                            if as_json:
                                 await self._deliver_json(batch)
                             else:
                                 blocked = send_events(batch)
