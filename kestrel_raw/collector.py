@@ -201,6 +201,9 @@ class KestrelCollector:
         self.load()
         try:
             with trio.CancelScope() as self._cancel:
+                # What to keep once attached is learnt before attaching: the probe forks a child, whose
+                # exit the programs would otherwise report as an event of someone else.
+                keep = self._capabilities_to_keep() if self.config.drop_privileges else 0
                 for spec, prog in self._programs:
                     self._links.append(attach_tracepoint(prog, spec.group, spec.tracepoint))
                 self._readers = [RingBufReader(ring, self.config.buffer_size) for ring in self._rings]
@@ -210,7 +213,7 @@ class KestrelCollector:
                     # at the same moment had none when load() looked, so it was not recognised then.
                     _register_with_peers(self._maps[programs.MAP_FILTER])
                 if self.config.drop_privileges:
-                    self._drop_privileges()
+                    self.privileges = caps.drop_privileges(keep, self.config.drop_uid, self.config.drop_gid)
                 async with trio.open_nursery() as nursery:
                     if self.config.latency == "low":
                         nursery.start_soon(self._poll_busy)
@@ -230,8 +233,8 @@ class KestrelCollector:
         else:
             self._close_all()
 
-    def _drop_privileges(self) -> None:
-        cfg = self.config
+    def _capabilities_to_keep(self) -> int:
+        """The capability mask to keep once attached: none, or CAP_BPF alone where this kernel needs it."""
         filter_map = self._maps[programs.MAP_FILTER]
         stats_map = self._maps[programs.MAP_STATS]
 
@@ -242,8 +245,7 @@ class KestrelCollector:
         # Kernels before 6.5 refuse every bpf(2) command to a process without CAP_BPF when
         # kernel.unprivileged_bpf_disabled is set, even on fds it holds: keep CAP_BPF alone there, or
         # stats() and the peer pruning would fail.
-        keep = 0 if caps.works_without_privilege(map_ops) else caps.cap_mask(caps.CAP_BPF)
-        self.privileges = caps.drop_privileges(keep, cfg.drop_uid, cfg.drop_gid)
+        return 0 if caps.works_without_privilege(map_ops) else caps.cap_mask(caps.CAP_BPF)
 
     async def _prune_peers(self) -> None:
         filter_map = self._maps[programs.MAP_FILTER]

@@ -158,6 +158,20 @@ def test_kill_9_leaves_nothing_in_the_kernel(tmp_path, clis):
 
 
 @pytest.mark.kernel
+def test_the_collector_reports_nothing_of_its_own(tmp_path, clis):
+    # Its own tgid is skipped by the programs; a child it made after attaching (the capability probe did
+    # fork one) would not be, and showed as the first event a user saw: an exit of "kestrel-raw".
+    c = Cli(tmp_path, "--events", "exec,open,connect,exit")
+    clis.append(c)
+    c.wait_attached()
+    time.sleep(0.5)
+    rc, err = c.stop(signal.SIGINT)
+    assert rc == 0, err
+    own = [e for e in c.events() if c.proc.pid in (e["pid"], e["ppid"])]
+    assert not own, own[:3]
+
+
+@pytest.mark.kernel
 def test_sigint_while_loading_stops_the_collector_once_attached(tmp_path):
     # A background job of a non-interactive shell starts with SIGINT ignored, and Python then installs no
     # handler of its own: a SIGINT before the CLI's signal receiver opened was lost, and the collector ran
