@@ -220,15 +220,16 @@ async def test_reader_is_woken_past_the_threshold_not_per_record():
             await trio.to_thread.run_sync(ask, 100)
             with trio.fail_after(5):  # far below the 60 s deadline: only a wakeup can bring it
                 paths = [(await recv.receive())["path"]]
-            # Records after the last multiple of 4096 wait for the deadline, or for stop(), which drains.
+            # Records after the last multiple of 4096 wait for the deadline, or for stop(), whose drain runs
+            # as start() ends: read the rest once the nursery is done, not straight after stop().
             c.stop()
-            while True:
-                try:
-                    paths.append(recv.receive_nowait()["path"])
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-            assert paths[0] == f"/nonexistent-kestrel-{tag}1-0"
-            assert paths[1:] == [f"/nonexistent-kestrel-{tag}100-{i}" for i in range(100)]
+        while True:
+            try:
+                paths.append(recv.receive_nowait()["path"])
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+        assert paths[0] == f"/nonexistent-kestrel-{tag}1-0"
+        assert paths[1:] == [f"/nonexistent-kestrel-{tag}100-{i}" for i in range(100)]
     finally:
         child.kill()
         child.wait()
