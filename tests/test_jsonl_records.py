@@ -104,3 +104,36 @@ def test_the_per_thread_text_is_keyed_by_every_byte_of_it(monkeypatch):
         lines.add(line)
         assert len(jsonl._WHO_MEMO) <= 2
     assert len(lines) == 3
+
+
+@settings(max_examples=300)
+@given(records(), st.integers(0, 2**64 - 1), st.integers(0, 3), st.data())
+def test_an_open_line_from_the_memo_is_the_line_made_afresh(data, ts, flags, draw):
+    # The open memo keeps the text of bytes 16..path end; the time and the header flags are not in its
+    # key.  Encode a record, then the same record with another time and flags (a hit), then with one
+    # byte changed anywhere in the key (a miss): each must be the line the event path makes.
+    if data[0] != KIND_OPEN:
+        return
+    jsonl._WHAT_MEMO.clear()
+    again = bytearray(data)
+    struct.pack_into("<H", again, 2, flags)
+    struct.pack_into("<Q", again, 8, ts)
+    changed = bytearray(data)
+    at = draw.draw(st.integers(16, len(data) - 1))
+    changed[at] ^= draw.draw(st.integers(1, 255))
+    for d in (data, bytes(again), data, bytes(changed), bytes(again)):
+        assert fused(d) == via_event(d)
+
+
+def test_the_open_memo_is_bounded(monkeypatch):
+    monkeypatch.setattr(jsonl, "_WHAT_MEMO_MAX", 3)
+    jsonl._WHAT_MEMO.clear()
+    for i in range(10):
+        data = build_record(KIND_OPEN, comm=b"c", path=b"/p%d" % i, pid=7, tid=7, start_ns=11)
+        assert encode_record(data, WALL) == via_event(data)
+        assert 1 <= len(jsonl._WHAT_MEMO) <= 3
+    # A path longer than _WHAT_PATH_MAX is encoded, not kept.
+    jsonl._WHAT_MEMO.clear()
+    data = build_record(KIND_OPEN, comm=b"c", path=b"/" * (jsonl._WHAT_PATH_MAX + 1), pid=7, tid=7)
+    assert encode_record(data, WALL) == via_event(data)
+    assert not jsonl._WHAT_MEMO
