@@ -49,6 +49,7 @@ from kestrel_raw.maps.array import ArrayMap
 from kestrel_raw.maps.ring import roundup_len
 from kestrel_raw.maps.ringbuf import PAGE_SIZE, RingBuf, RingBufReader
 from kestrel_raw.program import Program
+from kestrel_raw.uapi import BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP
 
 pytestmark = pytest.mark.kernel
 
@@ -75,12 +76,13 @@ def producer(pid: int) -> list:
         ldx_mem(BPF_W, R8, R7, 4),
         jmp_imm(BPF_JEQ, R8, OP_DISCARD, "discard"),
         jmp_imm(BPF_JEQ, R8, OP_RESERVE, "reserve"),
-        ldx_mem(BPF_W, R3, R7, 0),                        # OP_OUTPUT: ringbuf_output(rb, payload, len, 0)
-        jmp_imm(BPF_JGT, R3, MAX_PAYLOAD, "out"),
+        ldx_mem(BPF_W, R3, R7, 0),                        # OP_OUTPUT | flags << 8:
+        jmp_imm(BPF_JGT, R3, MAX_PAYLOAD, "out"),         #   ringbuf_output(rb, payload, len, flags)
         ld_map_fd(R1, "rb"),
         mov64_reg(R2, R7),
         alu64_imm(BPF_ADD, R2, 8),
-        mov64_imm(R4, 0),
+        mov64_reg(R4, R8),
+        alu64_imm(BPF_RSH, R4, 8),
         call("ringbuf_output"),
         ja("out"),
         label("discard"),                                 # reserve 24 bytes, then drop them
@@ -127,8 +129,8 @@ class Producer:
         pos, self.pos = self.pos, self.pos + roundup_len(length)
         return pos
 
-    def output(self, payload: bytes) -> int:
-        return self._fire(OP_OUTPUT, payload, len(payload))
+    def output(self, payload: bytes, flags: int = 0) -> int:
+        return self._fire(OP_OUTPUT | flags << 8, payload, len(payload))
 
     def discard(self) -> int:
         return self._fire(OP_DISCARD, b"", DISCARD_LEN)
@@ -239,6 +241,34 @@ async def test_trio_wait_records_wakes_on_commit(prod):
             assert got == []
             prod.output(b"wake up")
         assert got == [b"wake up"]
+
+
+async def test_wait_wakeup_waits_for_a_wakeup_not_for_data(prod):
+    # wait_readable returns while any record is unread; wait_wakeup only once a producer wakes the ring.
+    woke = trio.Event()
+    with RingBufReader(prod.rb) as reader:
+
+        async def waiter():
+            await reader.wait_wakeup()
+            woke.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waiter)
+            await trio.sleep(0.05)  # parked, the ring empty
+            prod.output(b"quiet", BPF_RB_NO_WAKEUP)
+            await trio.sleep(0.3)
+            assert reader.available() and not woke.is_set()
+            prod.output(b"loud", BPF_RB_FORCE_WAKEUP)
+            with trio.fail_after(5):
+                await woke.wait()
+        # A wakeup while nobody waits is kept for the next wait, and taken by it.
+        prod.output(b"later", BPF_RB_FORCE_WAKEUP)
+        with trio.fail_after(5):
+            await reader.wait_wakeup()
+        with trio.move_on_after(0.3) as waited:
+            await reader.wait_wakeup()
+        assert waited.cancelled_caught
+        assert reader.drain() == [b"quiet", b"loud", b"later"]
 
 
 async def test_trio_async_for_reads_in_order_and_ends_on_close(prod):
