@@ -98,6 +98,20 @@ def bpf_stats_enabled():
             f.write(before)
 
 
+@contextlib.contextmanager
+def bpf_stats_off():
+    """kernel.bpf_stats_enabled=0 for the block, then 1 again: the timed part of a slowdown run goes as
+    on a host that does not account program time (the default), at no subject's expense."""
+    path = "/proc/sys/kernel/bpf_stats_enabled"
+    with open(path, "w") as f:
+        f.write("0")
+    try:
+        yield
+    finally:
+        with open(path, "w") as f:
+            f.write("1")
+
+
 def build_generator() -> str:
     """Compile bench/gen/krgen.c into bench/build/ (not committed) and return the binary's path."""
     os.makedirs(BUILD_DIR, exist_ok=True)

@@ -18,6 +18,11 @@ for everything, ring-buffer draining included):
   collector's deliver="json" batch: one channel op and one write per drain).  The records of a batch come
   from one thread, so its header text is formatted once (jsonl's per-thread memo): the case of one busy
   process; records of 256 different threads cost about the "fused" figure each.
+- fused batch, distinct: the same, but every record misses the memo its line would come from: opens
+  each of another path (jsonl keeps an open's text per thread, path, flags and result), the other kinds
+  each of another thread (jsonl keeps the text of who did it per thread); taken in turn from a pool four
+  times larger than the memos.  The worst case for the memos, where the columns before it (one record
+  repeated) show their best.
 
 Imports kestrel_raw from PYTHONPATH when it is there (bench/run.py points it at the benchmarked commit),
 else from this repository.
@@ -27,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import struct
 import sys
 import time
 
@@ -36,6 +42,7 @@ except ImportError:
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from kestrel_raw.events import event_from_raw, normalize  # noqa: E402
+from kestrel_raw import jsonl  # noqa: E402
 from kestrel_raw.jsonl import encode_event, encode_record, encode_records  # noqa: E402
 from kestrel_raw.records import (  # noqa: E402
     KIND_CONNECT, KIND_EXEC, KIND_EXIT, KIND_OPEN, RECORD_STRUCTS, build_record, parse_record,
@@ -57,7 +64,23 @@ KINDS = {"open": KIND_OPEN, "exec": KIND_EXEC, "connect": KIND_CONNECT, "exit": 
 BATCH = 256  # kestrel_raw.collector.BATCH_RECORDS: records per drain
 WALL = 1_700_000_000_000_000_000
 COLUMNS = ("construct", "compiled", "struct", "+normalize", "event_from_raw", "encode_event", "json.dumps", "event path",
-           "fused", "fused batch")
+           "fused", "fused batch", "fused batch, distinct")
+
+
+def distinct_pool(name: str) -> list[bytes]:
+    """Records of kind ``name`` that miss jsonl's memos when taken in turn: opens of one thread, each of
+    another path; records of other kinds, each of another thread."""
+    size = 4 * max(jsonl._WHO_MEMO_MAX, jsonl._WHAT_MEMO_MAX)
+    base = SAMPLES[name]
+    out = []
+    for i in range(size):
+        if name == "open":
+            out.append(base.replace(b"os.cpython", b"%010d" % i))  # same length: path_len holds
+        else:
+            rec = bytearray(base)
+            struct.pack_into("<LL", rec, 24, 100_000 + i, 100_000 + i)  # pid, tid (after cpu, ts, start)
+            out.append(bytes(rec))
+    return out
 
 
 def per_call_us(fn, n: int, per: int = 1) -> float:
@@ -96,15 +119,20 @@ def measure(n: int = 100_000) -> dict:
             per_call_us(lambda: encode_record(mv, WALL), n),
             per_call_us(lambda: encode_records(batch, WALL), max(n // BATCH, 10), BATCH),
         )
+        pool = distinct_pool(name)
+        batches = [pool[i:i + BATCH] for i in range(0, len(pool), BATCH)]
+        nxt = iter(batches * (max(n // BATCH, 10) // len(batches) + 2) * 3).__next__
+        vals += (per_call_us(lambda: encode_records(nxt(), WALL), max(n // BATCH, 10), BATCH),)
         rows[name] = dict(zip(COLUMNS, vals))
     return {"python": sys.version.split()[0], "n": n, "columns": list(COLUMNS), "rows": rows}
 
 
 def render(result: dict) -> str:
-    lines = [f"Python {result['python']}, us per record, best of 3", "".join(f"{h:>15}" for h in ("kind",
-                                                                                                  *result["columns"]))]
+    widths = [max(15, len(c) + 2) for c in result["columns"]]
+    lines = [f"Python {result['python']}, us per record, best of 3",
+             f"{'kind':>15}" + "".join(f"{c:>{w}}" for c, w in zip(result["columns"], widths))]
     for name, vals in result["rows"].items():
-        lines.append(f"{name:>15}" + "".join(f"{vals[c]:15.2f}" for c in result["columns"]))
+        lines.append(f"{name:>15}" + "".join(f"{vals[c]:{w}.2f}" for c, w in zip(result["columns"], widths)))
     fused = result["rows"]["open"]["fused batch"]
     lines.append(f"open, fused batch: {1e6 / fused:,.0f} records/s in one process")
     return "\n".join(lines)

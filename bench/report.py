@@ -22,10 +22,12 @@ def _vals(runs: list[dict], key, scale: float = 1.0) -> list[float]:
     return out
 
 
-def summarize(trials: list[dict]) -> dict:
+def summarize(trials: list[dict], kernel_trials: list[dict] | None = None) -> dict:
     """{workload: {subject: figures}} where each figure is stats.summarize of the successful runs.
 
     slowdown: each run's elapsed / the median elapsed of the no-tracer runs of the same workload.
+    kernel_ns_per_run comes from ``kernel_trials`` (runs with bpf_stats on) when given, else from
+    ``trials`` (reports made before the two were separated).
     """
     out: dict = {}
     by: dict = {}
@@ -53,6 +55,14 @@ def summarize(trials: list[dict]) -> dict:
                     attach_wait_s=stats.summarize(_vals(ok, "attached_s")),
                 )
             out[wl][subj] = fig
+    if kernel_trials:
+        for wl, subjects in out.items():
+            for subj, fig in subjects.items():
+                if subj == "none":
+                    continue
+                ok = [r for r in kernel_trials if r["workload"] == wl and r["subject"] == subj and r.get("ok")]
+                fig["kernel_ns_per_run"] = stats.summarize(
+                    _vals(ok, lambda r: (r.get("kernel") or {}).get("ns_per_run")))
     return out
 
 
@@ -166,7 +176,7 @@ def _fmt(v, digits=2) -> str:
 FIGURES = [
     ("slowdown", "Workload slowdown vs no tracer (x)", 3),
     ("loss_pct", "Loss of the generator's own events (%)", 2),
-    ("kernel_ns_per_run", "Kernel time per program run (ns, bpf_stats run_time_ns / run_cnt)", 0),
+    ("kernel_ns_per_run", "Kernel time per program run (ns, bpf_stats run_time_ns / run_cnt; runs of their own, see the method)", 0),
     ("cpu_us_per_event", "Collector CPU per delivered event (us, user+sys / all events delivered)", 2),
     ("hwm_mb", "Peak RSS (MB, VmHWM, summed over the subject's processes)", 1),
     ("rate", "Workload rate achieved (ops/s)", 0),
@@ -284,7 +294,10 @@ def markdown(report: dict) -> str:
                       "(json.dumps of the same dict for scale); event path: parse -> normalize -> "
                       "encode_event; fused: jsonl.encode_record(raw, wall), raw record straight to its JSON "
                       "line (the CLI's path); fused batch: one drain of 256 records encoded and joined into one "
-                      "chunk, per record.", "",
+                      "chunk, per record.  Every column up to here repeats one record, so jsonl's memos (the "
+                      "text of who did it, per thread; of an open besides its time, per thread, path, flags and "
+                      "result) always hit: their best case.  fused batch, distinct: every record misses them "
+                      "(opens each of another path, the other kinds each of another thread): their worst.", "",
                       "| kind | " + " | ".join(ps["columns"]) + " |", "|---|" + "---|" * len(ps["columns"])]
             for kind, vals in ps["rows"].items():
                 lines.append(f"| {kind} | " + " | ".join(f"{vals[c]:.2f}" for c in ps["columns"]) + " |")

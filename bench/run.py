@@ -35,7 +35,7 @@ PROFILES = {
         open_ladder=[10_000, 25_000, 50_000, 100_000, 150_000, 200_000], open_ladder_s=2.0, open_procs=2,
         ladder_reps=2,
         exec_ladder=[100, 400, 1600], exec_ladder_s=3.0, exec_procs=4,
-        latency_ops=1000, latency_rate=200, startup_reps=3, parse_n=50_000),
+        latency_ops=1000, latency_rate=200, startup_reps=3, parse_n=50_000, kernel_reps=3),
     "quick": dict(
         reps=2, drain=0.5,
         loads={"open": Load("open", 100_000), "exec": Load("exec", 300), "exit": Load("exec", 300),
@@ -43,10 +43,10 @@ PROFILES = {
         open_ladder=[25_000, 100_000], open_ladder_s=1.0, open_procs=2,
         ladder_reps=1,
         exec_ladder=[100, 400, 1600], exec_ladder_s=1.0, exec_procs=4,
-        latency_ops=200, latency_rate=200, startup_reps=1, parse_n=10_000),
+        latency_ops=200, latency_rate=200, startup_reps=1, parse_n=10_000, kernel_reps=1),
 }
 WORKLOADS = ("open", "exec", "exit", "connect", "build")
-PHASES = ("matrix", "ladders", "latency", "startup", "parse")
+PHASES = ("matrix", "kernel", "ladders", "latency", "startup", "parse")
 
 
 def parse_args(argv=None):
@@ -147,7 +147,7 @@ def main(argv=None) -> int:
     bench = Bench(krgen, scratch, drain=prof["drain"], kestrel_argv=tuple(shlex.split(args.kestrel_cmd)))
     failures: dict[str, int] = {}
     disabled: dict[str, str] = {}
-    result = {"trials": [], "ladders": [], "latency": [], "startup": [], "parse_speed": None}
+    result = {"trials": [], "kernel_trials": [], "ladders": [], "latency": [], "startup": [], "parse_speed": None}
 
     def note(rec: dict) -> None:
         """Give up on a subject after two runs in a row that could not even start it."""
@@ -171,7 +171,7 @@ def main(argv=None) -> int:
                         if name in disabled:
                             continue
                         subj = tracers.subject_for(name, wl, bench.kestrel_argv)
-                        rec = bench.trial(subj, wl, prof["loads"][wl])
+                        rec = bench.trial(subj, wl, prof["loads"][wl], bpf_stats=False)
                         rec["rep"] = i // len(names)
                         result["trials"].append(rec)
                         note(rec)
@@ -179,6 +179,21 @@ def main(argv=None) -> int:
                                  f"{'ok' if rec.get('ok') else 'FAILED'} elapsed={rec.get('elapsed_s', 0):.3f}s "
                                  f"loss={rec.get('loss_pct')} cpu_us/ev={rec.get('cpu_us_per_event')}")
             tracer_names = [s for s in subjects if s != "none"]
+            if "kernel" in phases:
+                # Kernel time per program run, in runs of its own with the accounting on (the matrix runs
+                # have it off: it adds two clock reads to every program run of every subject).
+                for wl in workloads:
+                    names = [s for s in tracer_names if tracers.subject_for(s, wl, bench.kestrel_argv) is not None]
+                    for i, name in enumerate(stats.alternate(names, prof["kernel_reps"])):
+                        if name in disabled:
+                            continue
+                        rec = bench.trial(tracers.subject_for(name, wl, bench.kestrel_argv), wl, prof["loads"][wl],
+                                          bpf_stats=True)
+                        rec["rep"] = i // len(names)
+                        result["kernel_trials"].append(rec)
+                        note(rec)
+                        host.log(f"kernel {wl:8s} {name:13s} rep {rec['rep']}: "
+                                 f"ns/run={(rec.get('kernel') or {}).get('ns_per_run')}")
             if "ladders" in phases:
                 for wl, rates, secs, procs in (("open", prof["open_ladder"], prof["open_ladder_s"], prof["open_procs"]),
                                                ("exec", prof["exec_ladder"], prof["exec_ladder_s"], prof["exec_procs"])):
@@ -223,7 +238,7 @@ def main(argv=None) -> int:
         if args.kestrel_rev:
             shutil.rmtree(args.kestrel_src, ignore_errors=True)
 
-    summary = report.summarize(result["trials"])
+    summary = report.summarize(result["trials"], result["kernel_trials"])
     rep = {
         "meta": {"profile": profile_name, "started": started, "duration_s": time.monotonic() - t_start,
                  "reps": prof["reps"], "machine": host.machine_facts(), "subjects": subjects,

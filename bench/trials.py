@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 
 from . import outputs, procfs, stats, tracers
-from .host import BUILD_DIR, GEN_SOURCE, log
+from .host import BUILD_DIR, GEN_SOURCE, bpf_stats_off, log
 
 
 @dataclass(frozen=True)
@@ -151,9 +151,13 @@ class Bench:
 
     # -- one trial ------------------------------------------------------------------------------------
 
-    def trial(self, subject: tracers.Subject, workload: str, load: Load) -> dict:
-        """Every figure of one run of ``load`` under ``subject`` (see bench/README.md for each)."""
-        rec: dict = {"subject": subject.name, "workload": workload, "ok": False}
+    def trial(self, subject: tracers.Subject, workload: str, load: Load, *, bpf_stats: bool = True) -> dict:
+        """Every figure of one run of ``load`` under ``subject`` (see bench/README.md for each).
+
+        ``bpf_stats=False``: kernel.bpf_stats_enabled is 0 while the load runs (it is on for the attach
+        check), so the run's slowdown, loss and CPU are those of a host without the accounting, and it
+        has no kernel time per run; the "kernel" phase measures that in runs of its own."""
+        rec: dict = {"subject": subject.name, "workload": workload, "ok": False, "bpf_stats": bpf_stats}
         workdir = tempfile.mkdtemp(prefix=f"{subject.name}-{workload}-", dir=self.scratch)
         running = None
         try:
@@ -164,7 +168,11 @@ class Bench:
                 ids = running.prog_ids()
                 progs_before = procfs.bpftool_progs()
                 cpu_before, stat_before = running.cpu_s(), running.cpu_stat_s()
-            gen = self.run_load(load)
+            if bpf_stats:
+                gen = self.run_load(load)
+            else:
+                with bpf_stats_off():
+                    gen = self.run_load(load)
             rec.update(ops=gen["ops"], gen_errors=gen["errors"], elapsed_s=gen["elapsed_s"],
                        rate=gen["ops"] / gen["elapsed_s"] if gen["elapsed_s"] > 0 else None)
             if running is not None:

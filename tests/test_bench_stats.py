@@ -95,6 +95,21 @@ def test_summarize_trials_slowdown_against_median_baseline():
     assert "loss_pct" not in s["none"]
 
 
+def test_kernel_time_comes_from_the_kernel_runs_when_there_are_some():
+    # The matrix runs have bpf_stats off (no kernel figure); the "kernel" phase's runs carry it.
+    trials = [_trial("none", "open", 1.0),
+              _trial("kestrel-raw", "open", 1.3, kernel={"ns_per_run": None}),
+              _trial("libbpf-tools", "open", 5.0, kernel={"ns_per_run": None})]
+    kernel = [_trial("kestrel-raw", "open", 1.4, kernel={"ns_per_run": 400.0}),
+              _trial("kestrel-raw", "open", 1.4, kernel={"ns_per_run": 500.0}),
+              _trial("kestrel-raw", "exec", 1.4, kernel={"ns_per_run": 9999.0})]
+    s = report.summarize(trials, kernel)["open"]
+    assert s["kestrel-raw"]["kernel_ns_per_run"] == {"median": 450.0, "min": 400.0, "max": 500.0, "n": 2}
+    assert s["kestrel-raw"]["slowdown"]["median"] == 1.3  # from the matrix runs only
+    assert s["libbpf-tools"]["kernel_ns_per_run"]["n"] == 0
+    assert "kernel_ns_per_run" not in s["none"]
+
+
 def test_targets_status():
     summary = {
         "open": {"kestrel-raw": {"kernel_ns_per_run": {"median": 900.0}, "slowdown": {"median": 1.4},
