@@ -82,34 +82,24 @@ def ensure_matplotlib() -> bool:
         return False
 
 
+BPF_STATS = "/proc/sys/kernel/bpf_stats_enabled"
+
+
 @contextlib.contextmanager
-def bpf_stats_enabled():
-    """kernel.bpf_stats_enabled=1 for the block, then the previous value back (the accounting costs a
-    little on every program run of every tool, so it is on for all subjects alike)."""
-    path = "/proc/sys/kernel/bpf_stats_enabled"
-    with open(path) as f:
+def bpf_stats(value: str = "1"):
+    """kernel.bpf_stats_enabled=``value`` for the block, then the value before.  On ("1") for the whole run:
+    the attach check reads program run counts, and the "kernel" phase the accounting.  Off ("0") for the
+    timed part of each slowdown run, as a host has it by default: it costs every program run of every
+    subject two clock reads."""
+    with open(BPF_STATS) as f:
         before = f.read().strip()
-    with open(path, "w") as f:
-        f.write("1")
+    with open(BPF_STATS, "w") as f:
+        f.write(value)
     try:
         yield
     finally:
-        with open(path, "w") as f:
+        with open(BPF_STATS, "w") as f:
             f.write(before)
-
-
-@contextlib.contextmanager
-def bpf_stats_off():
-    """kernel.bpf_stats_enabled=0 for the block, then 1 again: the timed part of a slowdown run goes as
-    on a host that does not account program time (the default), at no subject's expense."""
-    path = "/proc/sys/kernel/bpf_stats_enabled"
-    with open(path, "w") as f:
-        f.write("0")
-    try:
-        yield
-    finally:
-        with open(path, "w") as f:
-            f.write("1")
 
 
 def build_generator() -> str:

@@ -162,38 +162,32 @@ def main(argv=None) -> int:
                 disabled[s] = err
                 host.log(f"giving up on {s} for this run: {err[:200]}")
 
+    def run_cells(names_all: list[str], reps: int, bpf_stats: bool, into: list, label: str) -> None:
+        """Every workload under every subject of ``names_all``, ``reps`` alternating runs each."""
+        for wl in workloads:
+            names = [s for s in names_all if tracers.subject_for(s, wl, bench.kestrel_argv) is not None]
+            for i, name in enumerate(stats.alternate(names, reps)):
+                if name in disabled:
+                    continue
+                rec = bench.trial(tracers.subject_for(name, wl, bench.kestrel_argv), wl, prof["loads"][wl],
+                                  bpf_stats=bpf_stats)
+                rec["rep"] = i // len(names)
+                into.append(rec)
+                note(rec)
+                host.log(f"{label}{wl:8s} {name:13s} rep {rec['rep']}: "
+                         f"{'ok' if rec.get('ok') else 'FAILED'} elapsed={rec.get('elapsed_s', 0):.3f}s "
+                         f"loss={rec.get('loss_pct')} cpu_us/ev={rec.get('cpu_us_per_event')} "
+                         f"ns/run={(rec.get('kernel') or {}).get('ns_per_run')}")
+
     try:
-        with host.bpf_stats_enabled():
+        with host.bpf_stats():
             if "matrix" in phases:
-                for wl in workloads:
-                    names = [s for s in subjects if tracers.subject_for(s, wl, bench.kestrel_argv) is not None]
-                    for i, name in enumerate(stats.alternate(names, prof["reps"])):
-                        if name in disabled:
-                            continue
-                        subj = tracers.subject_for(name, wl, bench.kestrel_argv)
-                        rec = bench.trial(subj, wl, prof["loads"][wl], bpf_stats=False)
-                        rec["rep"] = i // len(names)
-                        result["trials"].append(rec)
-                        note(rec)
-                        host.log(f"{wl:8s} {name:13s} rep {rec['rep']}: "
-                                 f"{'ok' if rec.get('ok') else 'FAILED'} elapsed={rec.get('elapsed_s', 0):.3f}s "
-                                 f"loss={rec.get('loss_pct')} cpu_us/ev={rec.get('cpu_us_per_event')}")
+                run_cells(subjects, prof["reps"], False, result["trials"], "")
             tracer_names = [s for s in subjects if s != "none"]
             if "kernel" in phases:
                 # Kernel time per program run, in runs of its own with the accounting on (the matrix runs
                 # have it off: it adds two clock reads to every program run of every subject).
-                for wl in workloads:
-                    names = [s for s in tracer_names if tracers.subject_for(s, wl, bench.kestrel_argv) is not None]
-                    for i, name in enumerate(stats.alternate(names, prof["kernel_reps"])):
-                        if name in disabled:
-                            continue
-                        rec = bench.trial(tracers.subject_for(name, wl, bench.kestrel_argv), wl, prof["loads"][wl],
-                                          bpf_stats=True)
-                        rec["rep"] = i // len(names)
-                        result["kernel_trials"].append(rec)
-                        note(rec)
-                        host.log(f"kernel {wl:8s} {name:13s} rep {rec['rep']}: "
-                                 f"ns/run={(rec.get('kernel') or {}).get('ns_per_run')}")
+                run_cells(tracer_names, prof["kernel_reps"], True, result["kernel_trials"], "kernel ")
             if "ladders" in phases:
                 for wl, rates, secs, procs in (("open", prof["open_ladder"], prof["open_ladder_s"], prof["open_procs"]),
                                                ("exec", prof["exec_ladder"], prof["exec_ladder_s"], prof["exec_procs"])):

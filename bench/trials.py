@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 
 from . import outputs, procfs, stats, tracers
-from .host import BUILD_DIR, GEN_SOURCE, bpf_stats_off, log
+from .host import BUILD_DIR, GEN_SOURCE, bpf_stats as sysctl_bpf_stats, log
 
 
 @dataclass(frozen=True)
@@ -171,7 +171,7 @@ class Bench:
             if bpf_stats:
                 gen = self.run_load(load)
             else:
-                with bpf_stats_off():
+                with sysctl_bpf_stats("0"):
                     gen = self.run_load(load)
             rec.update(ops=gen["ops"], gen_errors=gen["errors"], elapsed_s=gen["elapsed_s"],
                        rate=gen["ops"] / gen["elapsed_s"] if gen["elapsed_s"] > 0 else None)
@@ -184,7 +184,8 @@ class Bench:
                 hwm = running.hwm_kb()
                 ids |= running.prog_ids()
                 progs_after = procfs.bpftool_progs()
-                rec["kernel"] = procfs.run_delta(progs_before, progs_after, ids)
+                if bpf_stats:  # else only the stray runs around the load would be counted
+                    rec["kernel"] = procfs.run_delta(progs_before, progs_after, ids)
                 rec["cpu_s"] = cpu_after - cpu_before
                 rec["cpu_stat_s"] = stat_after - stat_before
                 rec["hwm_kb"] = sum(v for v in hwm.values() if v)
