@@ -12,6 +12,7 @@ Phases (bench/run.py strings them together):
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -33,6 +34,11 @@ class Load:
     procs: int = 1
     rate: float = 0.0  # per generator process, ops/s; 0 = as fast as it can
     max_seconds: float = 30.0
+
+
+def _children_cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def closed_port() -> int:
@@ -76,10 +82,16 @@ class Bench:
         return argv
 
     def run_load(self, load: Load) -> dict:
-        """Run ``load``; {"pids", "ops", "errors", "elapsed_s", "gens": [...]}.  Bounded by the generator's
-        own op count and --max-seconds, and killed if it overstays that by 30 s."""
-        if load.mode == "build":
-            return self._run_build(load)
+        """Run ``load``; {"pids", "ops", "errors", "elapsed_s", "cpu_s", "gens": [...]}.  Bounded by the
+        generator's own op count and --max-seconds, and killed if it overstays that by 30 s.  ``cpu_s``: the
+        workload's own CPU time (user + system of the processes it ran, reaped: RUSAGE_CHILDREN), where
+        the tracer's programs, which run in the traced syscalls, are charged."""
+        before = _children_cpu_s()
+        result = self._run_build(load) if load.mode == "build" else self._run_generators(load)
+        result["cpu_s"] = _children_cpu_s() - before
+        return result
+
+    def _run_generators(self, load: Load) -> dict:
         stamps = [os.path.join(self.scratch, f"stamps-{i}") for i in range(load.procs)]
         popens = [subprocess.Popen(self.gen_argv(load.mode, load.ops, load.rate, load.max_seconds,
                                                  stamps[i] if load.mode == "openlat" else None),
@@ -174,6 +186,7 @@ class Bench:
                 with sysctl_bpf_stats("0"):
                     gen = self.run_load(load)
             rec.update(ops=gen["ops"], gen_errors=gen["errors"], elapsed_s=gen["elapsed_s"],
+                       workload_cpu_s=gen["cpu_s"],
                        rate=gen["ops"] / gen["elapsed_s"] if gen["elapsed_s"] > 0 else None)
             if running is not None:
                 time.sleep(self.drain)

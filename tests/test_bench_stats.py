@@ -95,6 +95,16 @@ def test_summarize_trials_slowdown_against_median_baseline():
     assert "loss_pct" not in s["none"]
 
 
+def test_cpu_slowdown_is_the_workloads_cpu_time_against_the_baseline_median():
+    trials = [_trial("none", "build", 1.0, workload_cpu_s=2.0), _trial("none", "build", 1.0, workload_cpu_s=4.0),
+              _trial("none", "build", 1.0, workload_cpu_s=3.0),
+              _trial("kestrel-raw", "build", 1.0, workload_cpu_s=4.5),
+              _trial("kestrel-raw", "build", 1.0)]  # a record made before the figure existed: left out
+    s = report.summarize(trials)["build"]
+    assert s["none"]["cpu_slowdown"]["median"] == 1.0
+    assert s["kestrel-raw"]["cpu_slowdown"] == {"median": 1.5, "min": 1.5, "max": 1.5, "n": 1}
+
+
 def test_kernel_time_comes_from_the_kernel_runs_when_there_are_some():
     # The matrix runs have bpf_stats off (no kernel figure); the "kernel" phase's runs carry it.
     trials = [_trial("none", "open", 1.0),
