@@ -262,25 +262,21 @@ class KestrelCollector:
         interval = self.config.poll_interval
         deliver = self._deliver_json if self.config.deliver == "json" else self._deliver_events
         checkpoint = trio.lowlevel.checkpoint
-        if self.config.wakeup_bytes == 0:
-            # The kernel's own policy: it wakes the reader only for a record written once the reader has
-            # caught up, so the reader must drain until it finds the ring empty, as libbpf does.
-            while True:
+        until_empty = self.config.wakeup_bytes == 0
+        while True:
+            if until_empty:
+                # The kernel's own policy: it wakes the reader only for a record written once the reader
+                # has caught up, so the reader drains until it finds the ring empty, as libbpf does.
                 if not reader.available():
                     with trio.move_on_after(interval):
                         await reader.wait_readable()
-                batch = reader.drain(BATCH_RECORDS)
-                if batch:
-                    self._records += len(batch)
-                    await deliver(batch)
-                await checkpoint()
-        # A threshold: sleep until the programs' next wakeup (every wakeup_bytes of unread records) or the
-        # deadline, then take what is there.  Going back to the ring while anything is unread instead
-        # drained a busy ring ~11 records at a time, and the per-drain cost (trio, the channel, the
-        # writer) came to more than the records' own.
-        while True:
-            with trio.move_on_after(interval):
-                await reader.wait_wakeup()
+            else:
+                # A threshold: sleep until the programs' next wakeup (every wakeup_bytes of unread records)
+                # or the deadline, then take what is there.  Going back to the ring while anything was
+                # unread drained a busy ring ~11 records at a time, and the per-drain cost (trio, the
+                # channel, the writer) came to more than the records' own.
+                with trio.move_on_after(interval):
+                    await reader.wait_wakeup()
             while True:
                 batch = reader.drain(BATCH_RECORDS)
                 if batch:

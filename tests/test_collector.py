@@ -235,6 +235,40 @@ async def test_reader_is_woken_past_the_threshold_not_per_record():
         child.wait()
 
 
+@pytest.mark.kernel
+async def test_wakeup_bytes_zero_keeps_the_kernels_own_policy():
+    # wakeup_bytes=0: the programs pass no wakeup flag, the kernel wakes the reader for a record written
+    # once the reader has caught up, so a lone record arrives at once, long before the 60 s deadline; and
+    # a burst after it arrives whole (the poller drains until the ring is empty).
+    child = subprocess.Popen([os.environ.get("PYTHON", "python3"), "-c", _OPENER], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        tag = uuid.uuid4().hex
+
+        def ask(n: int) -> None:
+            child.stdin.write(f"{tag}{n} {n}\n")
+            child.stdin.flush()
+            assert child.stdout.readline() == "done\n"
+
+        ask(0)
+        send, recv = trio.open_memory_channel(10_000)
+        c = KestrelCollector(send, CollectorConfig(event_types=["open"], buffers=1, wakeup_bytes=0,
+                                                   poll_interval=60.0, only_tgids=[child.pid]))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(c.start)
+            await trio.to_thread.run_sync(ask, 1)
+            with trio.fail_after(5):
+                assert (await recv.receive())["path"] == f"/nonexistent-kestrel-{tag}1-0"
+            await trio.to_thread.run_sync(ask, 300)
+            with trio.fail_after(5):
+                paths = [(await recv.receive())["path"] for _ in range(300)]
+            assert paths == [f"/nonexistent-kestrel-{tag}300-{i}" for i in range(300)]
+            c.stop()
+    finally:
+        child.kill()
+        child.wait()
+
+
 _BURST_OPENER = """
 import sys
 for line in sys.stdin:
