@@ -143,7 +143,7 @@ def targets(summary: dict, ladders: list[dict], startup: list[dict], latency: li
     lib = _latency(latency, LIBRARY_LOW, "kernel_to_visible_us")
     res.append(_target("low-latency mode, syscall to user space p50 (library, latency=\"low\": ts_mono_ns -> "
                        "event out of the collector's channel)", lib, 10, cmp(lib, 10, lambda a, b: a < b), "us",
-                       "default library configuration: 4 rings, deliver=\"events\""))
+                       "default library configuration: one ring per CPU (at most 4), deliver=\"events\""))
     one = _latency(latency, LIBRARY_LOW_ONE_RING, "kernel_to_visible_us")
     res.append(_target("the same with buffers=1, deliver=\"json\"", one, 10, cmp(one, 10, lambda a, b: a < b), "us"))
     hand = _latency(latency, LIBRARY_LOW_HANDOFF, "kernel_to_visible_us")
@@ -246,7 +246,7 @@ def markdown(report: dict) -> str:
                   "peers; kestrel-raw writes its JSON lines itself: the default mode flushes every "
                   "--flush-interval, --latency low after every chunk).  For the library subject "
                   "(bench/lib_latency.py): a trio task in the collector's own process stamps each event as "
-                  "it comes out of KestrelCollector's channel (deliver=\"events\", 4 rings, the defaults; or "
+                  "it comes out of KestrelCollector's channel (deliver=\"events\", one ring per CPU up to 4, the defaults; or "
                   "deliver=\"json\" with 1 ring): no write, no pipe.  "
                   "CPU: the subject's CPU time during the generator's run / its duration.", "",
                   "| subject | receipt measured where | rate /s | events matched | openat stamp -> receipt "

@@ -112,7 +112,7 @@ def latency_subjects(kestrel_argv: tuple[str, ...] | None = None,
                      library_argv: tuple[str, ...] | None = None) -> list[Subject]:
     """The latency phase's subjects: kestrel-raw's CLI in its default mode (--latency batch) and with
     --latency low, the library read in-process with latency="low" (bench/lib_latency.py, which writes its
-    receipt stamps to --output at the end) with its defaults (4 rings, KestrelEvent objects) and with one
+    receipt stamps to --output at the end) with its defaults (one ring per CPU up to 4, KestrelEvent objects) and with one
     ring and JSON chunks (fewer poller tasks, no event objects), and the peers' open tracers."""
     base = kestrel_argv or (sys.executable, "-m", "kestrel_raw", "run")
     lib = library_argv or (sys.executable, os.path.join(REPO, "bench", "lib_latency.py"))

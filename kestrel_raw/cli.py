@@ -37,8 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", "-o", metavar="FILE",
                      help="write JSON lines to FILE (created with mode 0600) instead of stdout")
     run.add_argument("--duration", type=float, metavar="SECONDS", help="stop after SECONDS")
-    run.add_argument("--buffers", type=int, default=None, help="number of ring buffers (default 4)")
-    run.add_argument("--buffer-size", type=int, default=None, help="bytes per ring buffer (default 262144)")
+    run.add_argument("--buffers", type=int, default=None, help="number of ring buffers (default: one per CPU, at most 4)")
+    run.add_argument("--buffer-size", type=int, default=None, help="bytes per ring buffer (default 1048576)")
     run.add_argument("--dump-programs", metavar="DIR",
                      help="write the disassembly of every program loaded into DIR (for audit)")
     run.add_argument("--queue-size", type=int, default=None,

@@ -15,10 +15,10 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 def test_defaults():
     c = CollectorConfig()
     assert (c.program_path, c.buffers, c.buffer_size, c.queue_size, c.queue_policy, c.btf_path) == (
-        None, 4, 256 * 1024, 8192, "block", "/sys/kernel/btf/vmlinux")
+        None, min(4, os.cpu_count()), 1 << 20, 8192, "block", "/sys/kernel/btf/vmlinux")
     assert c.event_types == (EventType.EXEC, EventType.OPEN, EventType.CONNECT, EventType.EXIT)
-    assert (c.wakeup_bytes, c.poll_interval, c.flush_interval) == (32 * 1024, 0.1, 0.1)
-    assert CollectorConfig(buffer_size=1 << 20).wakeup_bytes == 128 * 1024
+    assert (c.wakeup_bytes, c.poll_interval, c.flush_interval) == (128 * 1024, 0.1, 0.1)
+    assert CollectorConfig(buffer_size=256 * 1024).wakeup_bytes == 32 * 1024
     assert CollectorConfig(wakeup_bytes=0).wakeup_bytes == 0
     with pytest.raises(dataclasses.FrozenInstanceError):
         c.buffers = 2
@@ -45,7 +45,7 @@ def test_event_types_by_name_or_value():
     (dict(queue_size=0), "queue_size must be at least 1"),
     (dict(flush_interval=0), "flush_interval must be a positive number of seconds, got 0"),
     (dict(poll_interval=-1.0), "poll_interval must be a positive number of seconds, got -1.0"),
-    (dict(wakeup_bytes=256 * 1024), "wakeup_bytes 262144 must be at least 0 and below buffer_size \\(262144\\)"),
+    (dict(wakeup_bytes=1 << 20), "wakeup_bytes 1048576 must be at least 0 and below buffer_size \\(1048576\\)"),
     (dict(wakeup_bytes=-1), "wakeup_bytes -1 must be at least 0"),
     (dict(wakeup_bytes="1k"), "wakeup_bytes must be an integer, got '1k'"),
 ])
@@ -73,3 +73,10 @@ def test_parse_event_types():
         parse_event_types("exec,fork")
     with pytest.raises(ConfigError, match="none given"):
         parse_event_types(" , ")
+
+
+@pytest.mark.parametrize("cpus, rings", [(1, 1), (2, 2), (3, 3), (4, 4), (64, 4), (None, 1)])
+def test_default_buffers_one_per_cpu_at_most_four(monkeypatch, cpus, rings):
+    monkeypatch.setattr(os, "cpu_count", lambda: cpus)
+    assert CollectorConfig().buffers == rings
+    assert CollectorConfig(buffers=8).buffers == 8

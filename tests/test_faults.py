@@ -21,7 +21,7 @@ import pytest
 
 from kestrel_raw import bpf, syscall
 from kestrel_raw.collector import KestrelCollector
-from kestrel_raw.config import CollectorConfig
+from kestrel_raw.config import CollectorConfig, default_buffers
 from kestrel_raw.maps import HashMap
 from jsonl_tail import JsonlTail
 
@@ -146,10 +146,10 @@ def test_kill_9_leaves_nothing_in_the_kernel(tmp_path, clis):
     clis.append(c)
     c.wait_attached()
     objects = kernel_objects(c.proc.pid)
-    # 5 programs (exec, openat, openat2, connect, exit), each with its link; rings, their array, scratch,
-    # stats, the filter.
+    # 5 programs (exec, openat, openat2, connect, exit), each with its link; rings (one per CPU, at most
+    # 4), their array, scratch, stats, the filter.
     assert len(objects["prog"]) == 5 and len(objects["link"]) == 5, objects
-    assert len(objects["map"]) == 4 + 1 + 3, objects
+    assert len(objects["map"]) == default_buffers() + 1 + 3, objects
     live = live_objects()
     assert all(objects[k] <= live[k] for k in objects)
     c.proc.kill()
