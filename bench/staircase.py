@@ -14,7 +14,8 @@ ProgramBuilder from the same tracepoint format and BTF layout, with no reader dr
     header      scratch value, cpu, ktime, task fields (ppid, start time, uid, gid, comm)
     path        the saved registers and the path (bpf_probe_read_user_str)
     submit      the record written to the ring, never waking a reader (BPF_RB_NO_WAKEUP)
-    full        the collector's program as it loads (wakeup threshold as its default: buffer_size / 8)
+    full        the collector's program as it loads, with the default wakeup threshold (--wakeup-bytes:
+                the default collector's, buffer_size / 8), not this run's big ring's
 
 For each: the loop's time per open+close (median over rounds, alternating stages within a round, with
 kernel.bpf_stats_enabled=0), its ratio to "none", and the program's kernel time per run
@@ -92,7 +93,7 @@ def loop_ns(krgen: str, ops: int) -> float:
     return json.loads(out)["elapsed_ns"] / ops
 
 
-def run(ops: int, rounds: int) -> dict:
+def run(ops: int, rounds: int, wakeup_bytes: int | None = None) -> dict:
     host.ensure_tracefs()
     find_tracefs()
     krgen = host.build_generator()
@@ -100,6 +101,8 @@ def run(ops: int, rounds: int) -> dict:
         f.write("x\n")
     send, _recv = trio.open_memory_channel(1)
     config = CollectorConfig(event_types=("open",), buffers=1, buffer_size=RING_BYTES)
+    if wakeup_bytes is None:
+        wakeup_bytes = CollectorConfig().wakeup_bytes
     collector = KestrelCollector(send, config)
     collector.load()  # the maps (and the real programs, loaded but never attached)
     maps = collector._maps
@@ -121,7 +124,7 @@ def run(ops: int, rounds: int) -> dict:
                     with host.bpf_stats("0"):
                         loop_times[stage].append(loop_ns(krgen, ops))
                     continue
-                insns = stage_program(stage, fmt, layout, config.wakeup_bytes)
+                insns = stage_program(stage, fmt, layout, wakeup_bytes)
                 with Program(insns, maps=maps, name="kr_stair") as prog, \
                         attach_tracepoint(prog, "syscalls", "sys_exit_openat"):
                     with host.bpf_stats("0"):
@@ -146,12 +149,14 @@ def run(ops: int, rounds: int) -> dict:
         rows.append({"stage": stage, "loop_ns": round(med, 1), "ratio": round(med / base, 3),
                      "loop_ns_runs": [round(x, 1) for x in loop_times[stage]],
                      "run_ns": round(statistics.median(run_ns[stage]), 1) if stage in run_ns else None})
-    return {"ops": ops, "rounds": rounds, "cpus": len(possible_cpus()), "wakeup_bytes": config.wakeup_bytes,
+    return {"ops": ops, "rounds": rounds, "cpus": len(possible_cpus()), "wakeup_bytes": wakeup_bytes,
             "machine": host.machine_facts(), "stages": rows}
 
 
 def table(result: dict) -> str:
-    lines = ["| stage | ns per open+close | x none | kernel ns/run (bpf_stats) |", "|---|---|---|---|"]
+    lines = [f"{result['ops']:,} open+close per loop, median [min-max] of {result['rounds']} alternating rounds; "
+             f"\"full\" wakes the reader every {result['wakeup_bytes']:,} bytes (nothing drains during a loop).",
+             "", "| stage | ns per open+close | x none | kernel ns/run (bpf_stats) |", "|---|---|---|---|"]
     for r in result["stages"]:
         run_ns = "-" if r["run_ns"] is None else f"{r['run_ns']:.0f}"
         lines.append(f"| {r['stage']} | {r['loop_ns']:.0f} [{min(r['loop_ns_runs']):.0f}-{max(r['loop_ns_runs']):.0f}] "
@@ -163,11 +168,13 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--ops", type=int, default=300_000, help="opens per loop (default 300000)")
     p.add_argument("--rounds", type=int, default=5, help="alternating rounds over the stages (default 5)")
+    p.add_argument("--wakeup-bytes", type=int, help="the full program's wakeup threshold (default: the "
+                   "collector's default)")
     p.add_argument("--json", help="also write the result as JSON to this file")
     a = p.parse_args(argv)
     if os.geteuid() != 0:
         p.error("needs root (BPF, tracefs, sysctl)")
-    result = run(a.ops, a.rounds)
+    result = run(a.ops, a.rounds, a.wakeup_bytes)
     print(table(result))
     if a.json:
         with open(a.json, "w") as f:
