@@ -297,7 +297,7 @@ class KestrelCollector:
         a spin that started before the consumer's turn would hold the event back for a whole BUSY_SPIN_NS.
         Every WARM_EVERY_NS of spinning it runs the delivery path once on a canned record (``_warm_up``).
         """
-        probes = [(reader, reader.probe()) for reader in self._readers]
+        probes = [(reader.drainer(), reader.probe()) for reader in self._readers]
         as_json = self.config.deliver == "json"
         send_events = self._send_events
         checkpoint = trio.lowlevel.checkpoint
@@ -309,9 +309,9 @@ class KestrelCollector:
             give_up = clock() + BUSY_SPIN_NS
             found = False
             while not found:
-                for reader, waiting in probes:
+                for drain, waiting in probes:
                     if waiting():
-                        batch = reader.drain(BATCH_RECORDS)
+                        batch = drain(BATCH_RECORDS)
                         if batch:
                             found = True
                             self._records += len(batch)

@@ -310,3 +310,18 @@ async def test_cancelled_wait_loses_no_record(prod):
             await reader.wait_records()  # cancelled at its first checkpoint, before the drain
         assert scope.cancelled_caught
         assert reader.drain() == [b"kept"]
+
+
+def test_drainer_is_drain_for_busy_polling(prod):
+    # The busy poller's pair: probe() says a record may be there, drainer() takes it (no open check).
+    reader = RingBufReader(prod.rb)
+    waiting, drain = reader.probe(), reader.drainer()
+    assert not waiting() and drain(10) == []
+    prod.output(b"one")
+    prod.output(b"two")
+    assert waiting()
+    assert drain(1) == [b"one"] and drain(None) == [b"two"]
+    assert not waiting()
+    reader.close()
+    with pytest.raises(ValueError, match="ring buffer reader is closed"):
+        reader.drainer()

@@ -155,6 +155,12 @@ class RingBufReader:
         self._check_open()
         return self._cursor.probe()
 
+    def drainer(self) -> Callable[[int | None], list[bytes]]:
+        """``drain`` without the open check, for busy polling (the check is ~10% of draining one record).
+        Valid while the reader is open, like ``probe``."""
+        self._check_open()
+        return self._cursor.drain
+
     def statistics(self) -> RingStatistics:
         """Records read, discarded, payload bytes, resets (see ``RingStatistics``)."""
         return self._cursor.statistics()
