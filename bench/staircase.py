@@ -33,11 +33,8 @@ import subprocess
 import sys
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
-try:
-    import kestrel_raw  # noqa: F401
-except ImportError:
-    sys.path.insert(0, os.path.dirname(BENCH_DIR))
-sys.path.insert(0, os.path.dirname(BENCH_DIR))
+# For `bench` (and kestrel_raw when it is not installed); an installed or PYTHONPATH kestrel_raw comes first.
+sys.path.append(os.path.dirname(BENCH_DIR))
 
 import trio  # noqa: E402
 
@@ -53,7 +50,7 @@ from kestrel_raw.maps.ringbuf import RingBufReader  # noqa: E402
 from kestrel_raw.program import Program  # noqa: E402
 from kestrel_raw.programs import open as open_  # noqa: E402
 from kestrel_raw.programs.builder import ProgramBuilder  # noqa: E402
-from kestrel_raw.tracefs import find_tracefs, tracepoint_format  # noqa: E402
+from kestrel_raw.tracefs import tracepoint_format  # noqa: E402
 from kestrel_raw.uapi import BPF_STATS_RUN_TIME  # noqa: E402
 
 STAGES = ("none", "empty", "prologue", "header", "path", "submit", "full")
@@ -95,7 +92,6 @@ def loop_ns(krgen: str, ops: int) -> float:
 
 def run(ops: int, rounds: int, wakeup_bytes: int | None = None) -> dict:
     host.ensure_tracefs()
-    find_tracefs()
     krgen = host.build_generator()
     with open(OPEN_TARGET, "w") as f:
         f.write("x\n")

@@ -191,82 +191,83 @@ for line in sys.stdin:
 """
 
 
+class Opener:
+    """A child process that opens ``/nonexistent-kestrel-<tag><n>-<i>`` for i < n when asked, and says
+    when it is done: opens on demand, from one known tgid."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([os.environ.get("PYTHON", "python3"), "-c", _OPENER], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        self.pid = self.proc.pid
+        self.tag = uuid.uuid4().hex
+
+    def ask(self, n: int) -> None:
+        self.proc.stdin.write(f"{self.tag}{n} {n}\n")
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline() == "done\n"
+
+    def paths(self, n: int) -> list[str]:
+        return [f"/nonexistent-kestrel-{self.tag}{n}-{i}" for i in range(n)]
+
+
+@pytest.fixture
+def opener():
+    child = Opener()
+    try:
+        # The child's start-up opens (its libraries) must be over before a collector attaches, or they are
+        # the records a test sees first.
+        child.ask(0)
+        yield child
+    finally:
+        child.proc.kill()
+        child.proc.wait()
+
+
 @pytest.mark.kernel
-async def test_reader_is_woken_past_the_threshold_not_per_record():
+async def test_reader_is_woken_past_the_threshold_not_per_record(opener):
     # wakeup_bytes=4096 and a deadline far away: one open (~130 bytes of ring) must not wake the reader,
     # a hundred (~13 KiB, past several multiples of 4096) must, and promptly.
-    child = subprocess.Popen([os.environ.get("PYTHON", "python3"), "-c", _OPENER], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True)
-    try:
-        tag = uuid.uuid4().hex
-
-        def ask(n: int) -> None:
-            child.stdin.write(f"{tag}{n} {n}\n")
-            child.stdin.flush()
-            assert child.stdout.readline() == "done\n"
-
-        # The child's start-up opens (its libraries) must be over before the collector attaches, or they
-        # are the records that cross the threshold.
-        ask(0)
-        send, recv = trio.open_memory_channel(10_000)
-        c = KestrelCollector(send, CollectorConfig(event_types=["open"], buffers=1, wakeup_bytes=4096,
-                                                   poll_interval=60.0, only_tgids=[child.pid]))
-        async with trio.open_nursery() as nursery:
-            await nursery.start(c.start)
-            await trio.to_thread.run_sync(ask, 1)
-            with trio.move_on_after(2):
-                lone = await recv.receive()
-                pytest.fail(f"a lone record woke the reader: {lone}")
-            await trio.to_thread.run_sync(ask, 100)
-            with trio.fail_after(5):  # far below the 60 s deadline: only a wakeup can bring it
-                paths = [(await recv.receive())["path"]]
-            # Records after the last multiple of 4096 wait for the deadline, or for stop(), whose drain runs
-            # as start() ends: read the rest once the nursery is done, not straight after stop().
-            c.stop()
-        while True:
-            try:
-                paths.append(recv.receive_nowait()["path"])
-            except (trio.WouldBlock, trio.EndOfChannel):
-                break
-        assert paths[0] == f"/nonexistent-kestrel-{tag}1-0"
-        assert paths[1:] == [f"/nonexistent-kestrel-{tag}100-{i}" for i in range(100)]
-    finally:
-        child.kill()
-        child.wait()
+    send, recv = trio.open_memory_channel(10_000)
+    c = KestrelCollector(send, CollectorConfig(event_types=["open"], buffers=1, wakeup_bytes=4096,
+                                               poll_interval=60.0, only_tgids=[opener.pid]))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(c.start)
+        await trio.to_thread.run_sync(opener.ask, 1)
+        with trio.move_on_after(2):
+            lone = await recv.receive()
+            pytest.fail(f"a lone record woke the reader: {lone}")
+        await trio.to_thread.run_sync(opener.ask, 100)
+        with trio.fail_after(5):  # far below the 60 s deadline: only a wakeup can bring it
+            paths = [(await recv.receive())["path"]]
+        # Records after the last multiple of 4096 wait for the deadline, or for stop(), whose drain runs as
+        # start() ends: read the rest once the nursery is done, not straight after stop().
+        c.stop()
+    while True:
+        try:
+            paths.append(recv.receive_nowait()["path"])
+        except (trio.WouldBlock, trio.EndOfChannel):
+            break
+    assert paths == opener.paths(1) + opener.paths(100)
 
 
 @pytest.mark.kernel
-async def test_wakeup_bytes_zero_keeps_the_kernels_own_policy():
+async def test_wakeup_bytes_zero_keeps_the_kernels_own_policy(opener):
     # wakeup_bytes=0: the programs pass no wakeup flag, the kernel wakes the reader for a record written
     # once the reader has caught up, so a lone record arrives at once, long before the 60 s deadline; and
     # a burst after it arrives whole (the poller drains until the ring is empty).
-    child = subprocess.Popen([os.environ.get("PYTHON", "python3"), "-c", _OPENER], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True)
-    try:
-        tag = uuid.uuid4().hex
-
-        def ask(n: int) -> None:
-            child.stdin.write(f"{tag}{n} {n}\n")
-            child.stdin.flush()
-            assert child.stdout.readline() == "done\n"
-
-        ask(0)
-        send, recv = trio.open_memory_channel(10_000)
-        c = KestrelCollector(send, CollectorConfig(event_types=["open"], buffers=1, wakeup_bytes=0,
-                                                   poll_interval=60.0, only_tgids=[child.pid]))
-        async with trio.open_nursery() as nursery:
-            await nursery.start(c.start)
-            await trio.to_thread.run_sync(ask, 1)
-            with trio.fail_after(5):
-                assert (await recv.receive())["path"] == f"/nonexistent-kestrel-{tag}1-0"
-            await trio.to_thread.run_sync(ask, 300)
-            with trio.fail_after(5):
-                paths = [(await recv.receive())["path"] for _ in range(300)]
-            assert paths == [f"/nonexistent-kestrel-{tag}300-{i}" for i in range(300)]
-            c.stop()
-    finally:
-        child.kill()
-        child.wait()
+    send, recv = trio.open_memory_channel(10_000)
+    c = KestrelCollector(send, CollectorConfig(event_types=["open"], buffers=1, wakeup_bytes=0,
+                                               poll_interval=60.0, only_tgids=[opener.pid]))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(c.start)
+        await trio.to_thread.run_sync(opener.ask, 1)
+        with trio.fail_after(5):
+            assert [(await recv.receive())["path"]] == opener.paths(1)
+        await trio.to_thread.run_sync(opener.ask, 300)
+        with trio.fail_after(5):
+            paths = [(await recv.receive())["path"] for _ in range(300)]
+        assert paths == opener.paths(300)
+        c.stop()
 
 
 _BURST_OPENER = """
