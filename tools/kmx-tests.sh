@@ -8,7 +8,8 @@
 #   tools/kmx-tests.sh 6.1 -q                    # the whole suite (slow: software emulation)
 #
 # KERNEL is anything tools/kmx-matrix.sh accepts (6.1, 6.12, a linux-image package, a .deb).  Exits with
-# pytest's status inside the guest (5 = no tests collected, a failure; 124 = timeout; 125 = VM failure).
+# pytest's status inside the guest (5 = no tests collected, a failure; 124 = timeout; 125 = VM failure,
+# after one retry).
 #
 # The guest has no network, so dependencies come two ways:
 #   - Debian packages baked into the cached rootfs (KMX_DEBS below; bookworm ships
@@ -88,9 +89,16 @@ fi
 
 # ----------------------------------------------------------------- run ---
 log "kernel $kernel (${KMX_ARCH:-amd64}): pytest $*"
-set +e
-KMX_PROJECT="$stage/project" "$matrix" "$kernel" -- bash tools/kmx-guest.sh "$vendor" "$@"
-rc=$?
-set -e
+# 125 is the matrix's "the VM ended without a result" (qemu died, the guest never booted, a download
+# failed): no test ran, so it says nothing of the tests.  That gets one more try, after the matrix has
+# printed the console tail; a test failure (any other status) never does.
+for try in 1 2; do
+  set +e
+  KMX_PROJECT="$stage/project" "$matrix" "$kernel" -- bash tools/kmx-guest.sh "$vendor" "$@"
+  rc=$?
+  set -e
+  [ "$rc" -eq 125 ] && [ "$try" -eq 1 ] || break
+  log "kernel $kernel (${KMX_ARCH:-amd64}): the VM ended without a test result (rc=125); trying once more"
+done
 log "kernel $kernel (${KMX_ARCH:-amd64}): rc=$rc in $(( $(date +%s) - t0 ))s"
 exit "$rc"
