@@ -160,6 +160,9 @@ async def _run(config, output: str | None, duration: float | None) -> int:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(collector.start)
+                if collector.reattached:
+                    _error(f"re-attached {', '.join(collector.reattached)}: the first attachment did not fire "
+                           f"when the collector provoked it")
                 if collector.privileges is not None:
                     _error(f"attached; privileges dropped: {collector.privileges.describe()}")
 

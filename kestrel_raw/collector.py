@@ -25,6 +25,9 @@ ordinary activity.  Each entry carries the process's start time; every ``peer_in
 collector drops the entries whose process is gone or whose pid now names another process, so a pid reused
 by someone else is hidden for at most that long.
 
+Attached means proven: start() makes each tracepoint fire in the collector's own process and sees its
+program run (kestrel_raw/selfcheck.py), attaching again one the kernel accepted but does not run.
+
 Privileges: with ``drop_privileges`` the collector gives up every capability and root's uid once its
 programs are attached and its rings mapped (kestrel_raw/caps.py), keeping CAP_BPF only on kernels that
 refuse map lookups to a process without it.
@@ -42,7 +45,7 @@ from typing import Callable
 
 import trio
 
-from . import bpf, caps, programs, syscall, wire
+from . import bpf, caps, programs, selfcheck, syscall, wire
 from .attach import attach_tracepoint
 from .btf import BTF
 from .config import CollectorConfig
@@ -57,6 +60,8 @@ from .tracefs import find_tracefs, tracepoint_format
 from .uapi import BPF_MAP_TYPE_ARRAY_OF_MAPS, BPF_MAP_TYPE_HASH, BPF_PROG_TYPE_TRACEPOINT
 
 BATCH_RECORDS = 256  # records a poller takes from a ring at a time: one chunk of JSON lines at most
+SELF_CHECK_TRIES = 3  # attachments made of a tracepoint before one that fires is given up (selfcheck.py)
+SELF_CHECK_WAIT = 5.0  # seconds a provoked program has to show its run
 BUSY_SPIN_NS = 1_000_000  # latency="low": longest the spinning poller goes without yielding to trio
 WARM_EVERY_NS = 30_000  # latency="low": how often the spinning poller runs its warm-up (_warm_up)
 FILTER_ENTRIES = 4096  # tgids in the filter map: other collectors, or the tgids of an only_tgids run
@@ -120,6 +125,8 @@ class KestrelCollector:
         self._delivered = {wire_kind: 0 for wire_kind in wire.KINDS}
         self._wall_offset = 0
         self.privileges: caps.Privileges | None = None  # what the process holds after start() dropped
+        # Tracepoints whose attachment did not fire when provoked and was made again (selfcheck.py).
+        self.reattached: list[str] = []
         self._final: tuple[dict, tuple[int, ...]] | None = None  # stats() of the maps, taken as they close
 
     # -- load ----------------------------------------------------------------------------------------
@@ -135,7 +142,7 @@ class KestrelCollector:
         try:
             # Maps first, and registration with the other collectors, so that they stop reporting this
             # one as early as possible.
-            self._create_maps()
+            self._create_maps(len(specs))
             if cfg.only_tgids is None:
                 _register_with_peers(self._maps[programs.MAP_FILTER])
             else:
@@ -148,7 +155,7 @@ class KestrelCollector:
                 insns = programs.build(spec, formats[spec.name], layout, self_tgid=os.getpid(),
                                        nrings=cfg.buffers,
                                        wakeup_threshold=-1 if cfg.latency == "low" else cfg.wakeup_bytes,
-                                       filter_mode=filter_mode)
+                                       filter_mode=filter_mode, self_index=len(self._programs))
                 prog = Program(insns, maps=self._maps, name=spec.name)
                 self._programs.append((spec, prog))
                 self._listing.append((spec, insns))
@@ -173,7 +180,7 @@ class KestrelCollector:
         except OSError as e:
             raise SetupError(f"cannot read the kernel BTF at {path}: {e.strerror or e}") from None
 
-    def _create_maps(self) -> None:
+    def _create_maps(self, nprograms: int) -> None:
         cfg = self.config
         try:
             self._rings.append(RingBuf(cfg.buffer_size, name="kr_ring0"))
@@ -189,6 +196,7 @@ class KestrelCollector:
         _fill_outer(outer, [ring.fd for ring in self._rings])
         self._maps[programs.MAP_SCRATCH] = PerCPUArrayMap(programs.SCRATCH_SIZE, 1, name=programs.MAP_SCRATCH)
         self._maps[programs.MAP_STATS] = PerCPUArrayMap(8, programs.STATS_ENTRIES, name=programs.MAP_STATS)
+        self._maps[programs.MAP_SELF_RUNS] = PerCPUArrayMap(8, max(1, nprograms), name=programs.MAP_SELF_RUNS)
         self._maps[programs.MAP_FILTER] = HashMap(
             4, 8, FILTER_ENTRIES, name=FILTER_MAP_NAME if cfg.only_tgids is None else ONLY_MAP_NAME)
 
@@ -206,6 +214,7 @@ class KestrelCollector:
                 keep = self._capabilities_to_keep() if self.config.drop_privileges else 0
                 for spec, prog in self._programs:
                     self._links.append(attach_tracepoint(prog, spec.group, spec.tracepoint))
+                await self._check_attached()
                 self._readers = [RingBufReader(ring, self.config.buffer_size) for ring in self._rings]
                 self._wall_offset = time.time_ns() - time.monotonic_ns()
                 if self.config.only_tgids is None:
@@ -225,6 +234,47 @@ class KestrelCollector:
                     task_status.started()
         finally:
             self._close_all()
+
+    async def _check_attached(self) -> None:
+        """Make each tracepoint fire in this process and see its program run; re-attach the silent ones.
+
+        See kestrel_raw/selfcheck.py: an attachment the kernel accepted can stay dead.  The silent ones
+        are all detached before any is attached again, so that a tracepoint this collector alone uses is
+        turned off and on.  Raises SetupError when they are still silent after SELF_CHECK_TRIES tries.
+        """
+        runs = self._maps[programs.MAP_SELF_RUNS]
+        checked = [i for i, (spec, _prog) in enumerate(self._programs)
+                   if (spec.group, spec.tracepoint) in selfcheck.PROVOKE]
+        for attempt in range(1, SELF_CHECK_TRIES + 1):
+            before = {i: runs.sum_u64(i) for i in checked}
+            for i in checked:
+                spec = self._programs[i][0]
+                selfcheck.provoke(spec.group, spec.tracepoint)
+            # A syscall's program has run when the syscall returns; a thread's exit comes a little
+            # after join().  The wait is only ever long for a program that does not run.
+            deadline = trio.current_time() + SELF_CHECK_WAIT
+            while True:
+                silent = [i for i in checked if runs.sum_u64(i) == before[i]]
+                if not silent or trio.current_time() >= deadline:
+                    break
+                await trio.sleep(0.005)
+            if not silent:
+                return
+            targets = ", ".join(f"{spec.name} at {spec.group}:{spec.tracepoint}"
+                                for spec in (self._programs[i][0] for i in silent))
+            if attempt == SELF_CHECK_TRIES:
+                raise SetupError(
+                    f"the kernel accepted {targets} but does not run it: this process's own calls did not "
+                    f"reach it in {SELF_CHECK_TRIES} tries, detached and attached again between tries.  "
+                    f"Events there would be missed without a trace, so the collector stops.  Another "
+                    f"tracer on the same tracepoint can keep it in that state (`bpftool perf` lists them)")
+            self.reattached.extend(f"{self._programs[i][0].group}:{self._programs[i][0].tracepoint}"
+                                   for i in silent)
+            for i in silent:
+                self._links[i].close()
+            for i in silent:
+                spec, prog = self._programs[i]
+                self._links[i] = attach_tracepoint(prog, spec.group, spec.tracepoint)
 
     def stop(self) -> None:
         """Detach every program and close every fd; idempotent, callable from any task."""

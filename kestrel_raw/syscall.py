@@ -1,5 +1,6 @@
-"""The one module that calls into libc: bpf(2), perf_event_open(2), ioctl(2), and for dropping privilege
-capget(2), capset(2), prctl(2) and pidfd_getfd(2), through ctypes.
+"""The one module that calls into libc: bpf(2), perf_event_open(2), ioctl(2); for dropping privilege
+capget(2), capset(2), prctl(2) and pidfd_getfd(2); openat2(2) for the self-check after attaching.  Through
+ctypes.
 
 Neither bpf(2) nor perf_event_open(2) has a libc wrapper, so both go through ``syscall(2)`` with the
 number for this machine's architecture.  A failing call raises the ``BPFError`` subclass that
@@ -20,6 +21,7 @@ SYSCALL_NUMBERS = {
     "aarch64": {"__NR_bpf": 280, "__NR_perf_event_open": 241},
 }
 # Syscalls added since Linux 5.1 have one number on every architecture (the unified table).
+__NR_openat2 = 437
 __NR_pidfd_getfd = 438
 _ARCH_ALIASES = {"amd64": "x86_64", "arm64": "aarch64"}
 
@@ -158,6 +160,17 @@ def pidfd_getfd(pidfd: int, targetfd: int) -> int:
                    ctypes.c_uint(0))
     if ret < 0:
         raise _oserror("pidfd_getfd")
+    return ret
+
+
+def openat2(dirfd: int, path: bytes, how: bytes) -> int:
+    """openat2(2) (Linux 5.6): ``how`` is the caller's struct open_how, as bytes; its length is the usize
+    argument.  Returns the new fd."""
+    how_buf = ctypes.create_string_buffer(how, len(how)) if how else None
+    ret = _syscall(ctypes.c_long(__NR_openat2), ctypes.c_int(dirfd), ctypes.c_char_p(path), how_buf,
+                   ctypes.c_size_t(len(how)))
+    if ret < 0:
+        raise _oserror("openat2")
     return ret
 
 

@@ -147,9 +147,9 @@ def test_kill_9_leaves_nothing_in_the_kernel(tmp_path, clis):
     c.wait_attached()
     objects = kernel_objects(c.proc.pid)
     # 5 programs (exec, openat, openat2, connect, exit), each with its link; rings (one per CPU, at most
-    # 4), their array, scratch, stats, the filter.
+    # 4), their array, scratch, stats, self_runs, the filter.
     assert len(objects["prog"]) == 5 and len(objects["link"]) == 5, objects
-    assert len(objects["map"]) == default_buffers() + 1 + 3, objects
+    assert len(objects["map"]) == default_buffers() + 1 + 4, objects
     live = live_objects()
     assert all(objects[k] <= live[k] for k in objects)
     c.proc.kill()

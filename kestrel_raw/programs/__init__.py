@@ -17,6 +17,7 @@ from .builder import (
     MAP_FILTER,
     MAP_RINGS,
     MAP_SCRATCH,
+    MAP_SELF_RUNS,
     MAP_STATS,
     SCRATCH_SIZE,
     STAT_NAMES,
@@ -64,16 +65,19 @@ def specs(kinds) -> list[ProgramSpec]:
 
 
 def build(spec: ProgramSpec, fmt, layout: KernelLayout, *, self_tgid: int, nrings: int,
-          wakeup_threshold: int, filter_mode: str = FILTER_IGNORE) -> list:
-    """The instructions of ``spec`` for the tracepoint format ``fmt`` and the kernel ``layout``."""
+          wakeup_threshold: int, filter_mode: str = FILTER_IGNORE, self_index: int | None = None) -> list:
+    """The instructions of ``spec`` for the tracepoint format ``fmt`` and the kernel ``layout``.
+
+    ``self_index``: the program's slot in MAP_SELF_RUNS, where it counts its runs for ``self_tgid``.
+    """
     b = ProgramBuilder(spec.name, self_tgid=self_tgid, nrings=nrings, wakeup_threshold=wakeup_threshold,
-                       filter_mode=filter_mode)
+                       filter_mode=filter_mode, self_index=self_index)
     return spec._build(b, fmt, layout)
 
 
 __all__ = [
     "KernelLayout", "ProgramSpec", "SPECS", "specs", "build", "MAP_FILTER", "FILTER_IGNORE", "FILTER_ONLY",
-    "MAP_RINGS", "MAP_SCRATCH", "MAP_STATS",
+    "MAP_RINGS", "MAP_SCRATCH", "MAP_SELF_RUNS", "MAP_STATS",
     "SCRATCH_SIZE", "STATS_ENTRIES",
     "STATS_PER_KIND", "STAT_NAMES",
 ]

@@ -85,6 +85,9 @@ SLOT_B = -56
 MAP_RINGS = "rings"  # BPF_MAP_TYPE_ARRAY_OF_MAPS of BPF_MAP_TYPE_RINGBUF
 MAP_SCRATCH = "scratch"  # BPF_MAP_TYPE_PERCPU_ARRAY, one value of SCRATCH_SIZE
 MAP_STATS = "stats"  # BPF_MAP_TYPE_PERCPU_ARRAY of u64 counters
+# BPF_MAP_TYPE_PERCPU_ARRAY of u64, one per program: its runs for the collector's own process, which it
+# otherwise ignores.  The collector's check after attaching reads it (kestrel_raw/selfcheck.py).
+MAP_SELF_RUNS = "self_runs"
 # BPF_MAP_TYPE_HASH u32 tgid -> u64 (the process start time in clock ticks, for the loader's pruning).
 # FILTER_IGNORE: the programs skip the tgids listed (other collectors); FILTER_ONLY (debug and tests): they
 # report only the tgids listed.  The kernel name carries the kr_ prefix so that other collectors can
@@ -118,11 +121,12 @@ class ProgramBuilder:
     """Accumulates one program's instructions.  Every piece that jumps gets labels of its own."""
 
     def __init__(self, name: str, self_tgid: int, nrings: int, wakeup_threshold: int,
-                 filter_mode: str = FILTER_IGNORE) -> None:
+                 filter_mode: str = FILTER_IGNORE, self_index: int | None = None) -> None:
         if filter_mode not in (FILTER_IGNORE, FILTER_ONLY):
             raise ValueError(f"filter_mode must be {FILTER_IGNORE!r} or {FILTER_ONLY!r}, got {filter_mode!r}")
         self.name = name
         self.self_tgid = self_tgid
+        self.self_index = self_index  # this program's slot in MAP_SELF_RUNS; None: runs not counted
         self.filter_mode = filter_mode
         self.nrings = nrings
         self.wakeup_threshold = wakeup_threshold
@@ -147,11 +151,12 @@ class ProgramBuilder:
         self.skip_filtered("out")
 
     def skip_filtered(self, target: str) -> None:
-        """Jump to ``target`` for the collector's own tgid and for the tgids the filter map excludes."""
+        """Jump to ``target`` for the tgids the filter map excludes, and for the collector's own tgid (by
+        way of counting the run in MAP_SELF_RUNS, when the program has a slot there)."""
         self.emit(
             mov64_reg(R1, R7),
             alu64_imm(BPF_RSH, R1, 32),
-            jmp_imm(BPF_JEQ, R1, self.self_tgid, target),
+            jmp_imm(BPF_JEQ, R1, self.self_tgid, "self" if self.self_index is not None else target),
             stx_mem(BPF_W, R10, R1, SLOT_ARRAY_KEY),
             ld_map_fd(R1, MAP_FILTER),
             mov64_reg(R2, R10),
@@ -162,6 +167,12 @@ class ProgramBuilder:
 
     def epilogue(self) -> list:
         self.emit(label("out"), mov64_imm(R0, 0), exit_insn())
+        if self.self_index is not None:
+            # The collector's own runs, counted after the exit: off every other process's path.
+            self.emit(label("self"))
+            self.array_lookup(MAP_SELF_RUNS, self.self_index)
+            self.emit(ldx_mem(BPF_DW, R1, R0, 0), alu64_imm(BPF_ADD, R1, 1), stx_mem(BPF_DW, R0, R1, 0),
+                      mov64_imm(R0, 0), exit_insn())
         return self.insns
 
     # -- maps ----------------------------------------------------------------------------------------

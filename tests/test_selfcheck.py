@@ -1,0 +1,143 @@
+"""The check after attaching (kestrel_raw/selfcheck.py): each tracepoint is made to fire in the collector's
+own process and its program seen to run; an attachment that does not run is made again, or the start
+fails with an error that names it."""
+from __future__ import annotations
+
+import subprocess
+import uuid
+
+import pytest
+import trio
+
+from kestrel_raw import bpf, collector as collector_module, programs, selfcheck
+from kestrel_raw.asm import format_program
+from kestrel_raw.collector import KestrelCollector
+from kestrel_raw.config import CollectorConfig
+from kestrel_raw.errors import SetupError
+from kestrel_raw.programs.builder import ProgramBuilder
+
+# A syscall neither the collector nor the test calls: a program attached there instead of where it
+# belongs stands for an attachment the kernel accepted but never runs.
+NEVER_CALLED = "sys_exit_sethostname"
+
+
+def _prologue_and_epilogue(**kw) -> str:
+    b = ProgramBuilder("kr_t", self_tgid=1234, nrings=2, wakeup_threshold=0, **kw)
+    b.prologue()
+    return format_program(b.epilogue())
+
+
+def test_own_runs_are_counted_after_the_exit_off_every_other_path():
+    # The own-tgid test jumps past the exit, to the count; every other process takes the same
+    # instructions as without it.
+    assert _prologue_and_epilogue(self_index=3) == """\
+   0: (bf) r6 = r1
+   1: (85) call bpf_get_current_pid_tgid#14
+   2: (bf) r7 = r0
+   3: (bf) r1 = r7
+   4: (77) r1 >>= 32
+   5: (15) if r1 == 0x4d2 goto pc+9
+   6: (63) *(u32 *)(r10 -16) = r1
+   7: (18) r1 = map[kr_filter]
+   9: (bf) r2 = r10
+  10: (07) r2 += -16
+  11: (85) call bpf_map_lookup_elem#1
+  12: (55) if r0 != 0x0 goto pc+0
+  13: (b7) r0 = 0
+  14: (95) exit
+  15: (62) *(u32 *)(r10 -16) = 3
+  16: (18) r1 = map[self_runs]
+  18: (bf) r2 = r10
+  19: (07) r2 += -16
+  20: (85) call bpf_map_lookup_elem#1
+  21: (15) if r0 == 0x0 goto pc-9
+  22: (79) r1 = *(u64 *)(r0 +0)
+  23: (07) r1 += 1
+  24: (7b) *(u64 *)(r0 +0) = r1
+  25: (b7) r0 = 0
+  26: (95) exit"""
+    # Without a slot (bench/staircase.py's cut programs): the own tgid returns at once.
+    plain = _prologue_and_epilogue()
+    assert "5: (15) if r1 == 0x4d2 goto pc+7" in plain and "self_runs" not in plain
+    assert plain.splitlines()[6:] == _prologue_and_epilogue(self_index=3).splitlines()[6:14]
+
+
+def test_every_tracepoint_but_execs_can_be_provoked():
+    # A program added without a way to provoke it would go unchecked: say so here.
+    tracepoints = {(s.group, s.tracepoint) for specs in programs.SPECS.values() for s in specs}
+    assert tracepoints - selfcheck.PROVOKE.keys() == {("sched", "sched_process_exec")}
+    assert selfcheck.PROVOKE.keys() <= tracepoints
+    assert selfcheck.provoke("sched", "sched_process_exec") is False
+
+
+def _misdirect(monkeypatch, times: int) -> list[str]:
+    """Attach kr_openat to NEVER_CALLED the first ``times`` times; returns the tracepoints attached."""
+    real = collector_module.attach_tracepoint
+    made: list[str] = []
+
+    def attach(prog, group, name, *args, **kwargs):
+        if name == "sys_exit_openat" and made.count(f"{group}:{name}") < times:
+            made.append(f"{group}:{name}")
+            return real(prog, "syscalls", NEVER_CALLED, *args, **kwargs)
+        made.append(f"{group}:{name}")
+        return real(prog, group, name, *args, **kwargs)
+
+    monkeypatch.setattr(collector_module, "attach_tracepoint", attach)
+    # Syscall programs run before the syscall returns: a short wait is plenty for them.
+    monkeypatch.setattr(collector_module, "SELF_CHECK_WAIT", 0.3)
+    return made
+
+
+@pytest.mark.kernel
+async def test_each_provoked_program_has_run_once_attached():
+    send, _recv = trio.open_memory_channel(10_000)
+    c = KestrelCollector(send, CollectorConfig(buffers=1))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(c.start)
+        runs = c._maps[programs.MAP_SELF_RUNS]
+        ran = {spec.name: runs.sum_u64(i) for i, (spec, _prog) in enumerate(c._programs)}
+        c.stop()
+    assert c.reattached == []
+    assert set(ran) == {"kr_exec", "kr_openat", "kr_openat2", "kr_connect", "kr_exit"}
+    assert all(ran[name] >= 1 for name in ran if name != "kr_exec"), ran
+
+
+@pytest.mark.kernel
+async def test_an_attachment_that_does_not_run_is_made_again(monkeypatch):
+    made = _misdirect(monkeypatch, times=1)
+    send, recv = trio.open_memory_channel(10_000)
+    c = KestrelCollector(send, CollectorConfig(event_types=["open"], buffers=1))
+    path = f"/tmp/kestrel-selfcheck-{uuid.uuid4().hex}"
+    async with trio.open_nursery() as nursery:
+        await nursery.start(c.start)
+        assert c.reattached == ["syscalls:sys_exit_openat"]
+        assert made == ["syscalls:sys_exit_openat", "syscalls:sys_exit_openat2", "syscalls:sys_exit_openat"]
+        assert [link.target for link in c._links] == ["syscalls:sys_exit_openat", "syscalls:sys_exit_openat2"]
+        # The attachment made again delivers.
+        await trio.to_thread.run_sync(lambda: subprocess.run(["/bin/cat", path], stderr=subprocess.DEVNULL))
+        with trio.fail_after(10):
+            async for ev in recv:
+                if ev["path"] == path:
+                    break
+        c.stop()
+
+
+@pytest.mark.kernel
+async def test_an_attachment_that_never_runs_fails_the_start_and_detaches_everything(monkeypatch):
+    made = _misdirect(monkeypatch, times=99)
+    send, _recv = trio.open_memory_channel(10_000)
+    c = KestrelCollector(send, CollectorConfig(event_types=["open"], buffers=1))
+    c.load()
+    progs = {prog.info().id for _spec, prog in c._programs}
+    with pytest.raises(SetupError) as err:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(c.start)
+    message = str(err.value)
+    assert "kr_openat at syscalls:sys_exit_openat" in message and "kr_openat2" not in message
+    assert "3 tries" in message and "Events there would be missed" in message
+    assert made.count("syscalls:sys_exit_openat") == collector_module.SELF_CHECK_TRIES
+    assert c.reattached == ["syscalls:sys_exit_openat"] * (collector_module.SELF_CHECK_TRIES - 1)
+    # Nothing is left attached or loaded (the kernel frees programs after a grace period).
+    with trio.fail_after(5):
+        while progs & set(bpf.prog_ids()):
+            await trio.sleep(0.05)
