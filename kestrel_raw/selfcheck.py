@@ -6,7 +6,10 @@ Why: an accepted attachment can stay dead.  On Debian's 6.1 arm64 kernel under Q
 collector start in 60, right after another collector had detached, the sys_exit tracepoint stayed
 silent for good although it was registered: the programs at sys_exit_openat never ran, and neither did
 ftrace's own syscalls:sys_exit_openat event, while raw_syscalls:sys_enter fired for the same process.
-Detaching and attaching again, which turns the tracepoint off and on, mended it.
+Detaching and attaching again, which turns the tracepoint off and on, mended it (5 times in 5, over 200
+starts).  What keeps it silent is not known: that kernel already has the arm64 fix that makes a patched
+jump label visible to every CPU (arch_jump_label_transform_apply), so the emulator is the suspect.  The
+check does not depend on the cause.
 
 How it costs nothing to anyone else: every program counts its runs for the collector's own tgid in
 MAP_SELF_RUNS (a per-CPU array, one slot per program), on the branch where it would otherwise return at
