@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         _error(str(e))
         return EXIT_USAGE
     try:
-        return trio.run(_run, config, args.output, args.duration)
+        return _trio_run(_run, config, args.output, args.duration)
     except PrivilegeError as e:
         _error(f"insufficient privilege: {e}")
         return EXIT_SETUP
@@ -125,6 +125,24 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_SETUP
     except KeyboardInterrupt:
         return EXIT_OK
+
+
+def _trio_run(fn, *args):
+    """trio.run, with a lone exception out of a nursery unwrapped for main's handlers.
+
+    trio 0.25 and later wrap every exception that leaves a nursery in an ExceptionGroup (a SetupError from
+    collector.start, say, raised inside _run's nursery); a group of one is that one error.  A group of
+    several is left as it is: more than one thing went wrong, and the traceback shows each.
+    """
+    try:
+        return trio.run(fn, *args)
+    except BaseExceptionGroup as group:
+        leaf: BaseException = group
+        while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
+            leaf = leaf.exceptions[0]
+        if isinstance(leaf, BaseExceptionGroup):
+            raise
+        raise leaf from None
 
 
 def _error(message: str) -> None:
