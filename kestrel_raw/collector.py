@@ -243,18 +243,18 @@ class KestrelCollector:
         turned off and on.  Raises SetupError when they are still silent after SELF_CHECK_TRIES tries.
         """
         runs = self._maps[programs.MAP_SELF_RUNS]
-        checked = [i for i, (spec, _prog) in enumerate(self._programs)
-                   if (spec.group, spec.tracepoint) in selfcheck.PROVOKE]
+        # Program index -> what makes its tracepoint fire here (the exec program has nothing).
+        provoke = {i: selfcheck.PROVOKE[key] for i, (spec, _prog) in enumerate(self._programs)
+                   if (key := (spec.group, spec.tracepoint)) in selfcheck.PROVOKE}
         for attempt in range(1, SELF_CHECK_TRIES + 1):
-            before = {i: runs.sum_u64(i) for i in checked}
-            for i in checked:
-                spec = self._programs[i][0]
-                selfcheck.provoke(spec.group, spec.tracepoint)
+            before = {i: runs.sum_u64(i) for i in provoke}
+            for fn in provoke.values():
+                fn()
             # A syscall's program has run when the syscall returns; a thread's exit comes a little
             # after join().  The wait is only ever long for a program that does not run.
             deadline = trio.current_time() + SELF_CHECK_WAIT
             while True:
-                silent = [i for i in checked if runs.sum_u64(i) == before[i]]
+                silent = [i for i in provoke if runs.sum_u64(i) == before[i]]
                 if not silent or trio.current_time() >= deadline:
                     break
                 await trio.sleep(0.005)

@@ -68,11 +68,3 @@ PROVOKE: dict[tuple[str, str], Callable[[], None]] = {
     ("sched", "sched_process_exit"): _thread_exit,
 }
 
-
-def provoke(group: str, tracepoint: str) -> bool:
-    """Make ``group:tracepoint`` fire once in this process; False if this module cannot (exec)."""
-    fn = PROVOKE.get((group, tracepoint))
-    if fn is None:
-        return False
-    fn()
-    return True

@@ -40,8 +40,6 @@
 #   KMX_FLAVOUR   kernel flavour for shorthands (default: cloud-amd64 / arm64)
 #   KMX_ACCEL     auto (default) | kvm | tcg
 #   KMX_MEM       guest MiB (default 2048)      KMX_CPUS  vCPUs (default 2)
-#   KMX_TCG_THREAD  multi (default: one host thread per vCPU) | single (the vCPUs take turns on one
-#                 host thread); software emulation only
 #   KMX_TIMEOUT   seconds for the whole VM run (default 900)
 #   KMX_OUT       host dir to receive the guest's /kmx/out
 #   KMX_SUITE     Debian suite for the rootfs (default bookworm)
@@ -60,7 +58,6 @@ KMX_ARCH=${KMX_ARCH:-amd64}
 KMX_ACCEL=${KMX_ACCEL:-auto}
 KMX_MEM=${KMX_MEM:-2048}
 KMX_CPUS=${KMX_CPUS:-2}
-KMX_TCG_THREAD=${KMX_TCG_THREAD:-multi}
 KMX_TIMEOUT=${KMX_TIMEOUT:-900}
 KMX_SUITE=${KMX_SUITE:-bookworm}
 KMX_MIRROR=${KMX_MIRROR:-$(sed -n 's/^URIs: *\([^ ]*\).*/\1/p' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n1)}
@@ -296,10 +293,10 @@ qemu_cmd() {
   case $KMX_ARCH in
     amd64)
       QEMU=(qemu-system-x86_64 -machine q35)
-      if [ "$accel" = kvm ]; then QEMU+=(-accel kvm -cpu host); else QEMU+=(-accel "tcg,thread=$KMX_TCG_THREAD" -cpu max); fi
+      if [ "$accel" = kvm ]; then QEMU+=(-accel kvm -cpu host); else QEMU+=(-accel tcg -cpu max); fi
       app="console=ttyS0 $app" ;;
     arm64)
-      QEMU=(qemu-system-aarch64 -machine virt -accel "tcg,thread=$KMX_TCG_THREAD" -cpu "${KMX_ARM_CPU:-cortex-a72}")
+      QEMU=(qemu-system-aarch64 -machine virt -accel tcg,thread=multi -cpu "${KMX_ARM_CPU:-cortex-a72}")
       app="console=ttyAMA0 $app" ;;
   esac
   QEMU+=(-m "$KMX_MEM" -smp "$KMX_CPUS" -nodefaults -no-user-config -display none

@@ -39,14 +39,13 @@ root=$(git -C "$here" rev-parse --show-toplevel 2>/dev/null || (cd "$here/.." &&
 matrix=${KMX_MATRIX:-$here/kmx-matrix.sh}
 export KMX_CACHE=${KMX_CACHE:-${TMPDIR:-/tmp}/kernel-matrix-cache}
 export KMX_TIMEOUT=${KMX_TIMEOUT:-2700}
-# Software emulation runs a host thread per vCPU (KMX_TCG_THREAD=multi).  That is where the kernel's live
+# Software emulation runs a host thread per vCPU (QEMU's multi-threaded TCG).  There the kernel's live
 # patching of its own code (static keys, flipped as collectors attach and detach tracepoints) was
 # sometimes not seen by the other vCPU: on 6.12 amd64 the guest panicked on a stale int3 of a finished
 # patch ("Oops: int3" in syscall_exit_to_user_mode_prepare; the VM ends without a result, which gets one
 # more try below), and on 6.1 arm64 the sys_exit tracepoint stayed off (kestrel_raw/selfcheck.py mends
-# that).  KMX_TCG_THREAD=single should avoid both (one vCPU runs at a time) but starves the storm tests:
-# the collector's loop stalled 1.6 s (6.12) and 3.6 s (arm64) and a stop overran 10 s (arm64).
-export KMX_TCG_THREAD=${KMX_TCG_THREAD:-multi}
+# that).  One host thread for all vCPUs (-accel tcg,thread=single) should avoid both but starved the
+# storm tests: the collector's loop stalled 1.6 s (6.12) and 3.6 s (arm64), a stop overran 10 s (arm64).
 KMX_WHEELS=${KMX_WHEELS-pytest-trio==0.8.0}
 KMX_DEBS=${KMX_DEBS-python3-construct python3-trio python3-pyroute2 python3-hypothesis}
 export KMX_EXTRA_PKGS="${KMX_EXTRA_PKGS:+$KMX_EXTRA_PKGS }$KMX_DEBS"
