@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # kernel-matrix.sh — run a command inside a throw-away QEMU VM booted with a
 # given Debian kernel, with a project checkout copied in.
-# (Vendored copy of the team's /work/shared/tools/kernel-matrix.sh, so that CI on a
-# clean clone has it; tools/kmx-tests.sh drives it.  Keep the two in sync.)
+# (Vendored copy of the team's shared kernel-matrix.sh, ../shared/tools/kernel-matrix.sh beside
+# this checkout, so that CI on a clean clone has it; tools/kmx-tests.sh drives it.  Keep the two in sync:
+# tests/test_kmx_tools.py checks that they differ only in this note, where the shared copy is present.)
 #
 # Usage:
 #   kernel-matrix.sh [--prepare] KERNEL [-- COMMAND [ARGS...]]
@@ -97,7 +98,13 @@ rootfs_img() {
   if [ "$KMX_ARCH" != "$(dpkg --print-architecture)" ]; then
     # second stage runs under qemu-user via binfmt_misc
     [ -e /proc/sys/fs/binfmt_misc/register ] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc || true
+    # qemu-user-static's postinst registers its formats only when binfmt-support was configured first;
+    # installed together on a fresh machine, qemu-aarch64 can be missing from the database: import it.
+    local qarch=$KMX_ARCH; [ "$qarch" = arm64 ] && qarch=aarch64
+    [ -e "/proc/sys/fs/binfmt_misc/qemu-$qarch" ] || update-binfmts --import "qemu-$qarch" >/dev/null 2>&1 || true
     update-binfmts --enable >/dev/null 2>&1 || true
+    [ -e "/proc/sys/fs/binfmt_misc/qemu-$qarch" ] \
+      || die "binfmt_misc has no qemu-$qarch entry: install qemu-user-static and binfmt-support, then run update-binfmts --import qemu-$qarch"
   fi
   debootstrap "${args[@]}" "$KMX_SUITE" "$dir.tmp" "$KMX_MIRROR" >"$dir.log" 2>&1 \
     || { tail -20 "$dir.log" >&2; die "debootstrap failed (log: $dir.log)"; }
