@@ -35,7 +35,7 @@ import trio  # noqa: E402
 
 from kestrel_raw.collector import KestrelCollector  # noqa: E402
 from kestrel_raw.config import CollectorConfig  # noqa: E402
-from kestrel_raw.jsonl import encode_event  # noqa: E402
+from kestrel_raw.codec.jsonl import encode_event  # noqa: E402
 
 
 class StampingSend:

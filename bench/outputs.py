@@ -2,7 +2,7 @@
 (or None for headers and noise), and the rules that decide which events belong to a generator.
 
 Formats:
-- ``kestrel``: kestrel-raw JSON lines (kestrel_raw/jsonl.py);
+- ``kestrel``: kestrel-raw JSON lines (kestrel_raw/codec/jsonl.py);
 - ``opensnoop``, ``execsnoop``, ``exitsnoop``: libbpf-tools' default columns;
 - ``bpftrace``: the one-line formats of bench/tracers.py's scripts: ``open PID RET PATH``,
   ``exec PID PPID FILENAME``, ``exit PID PPID CODE``, ``connect PID RET``.

@@ -12,7 +12,7 @@ for everything, ring-buffer draining included):
 - event_from_raw: the same KestrelEvent in one step (the library's deliver="events" path);
 - encode_event: a KestrelEvent to its JSON line; json.dumps: the stdlib on the same dict, for scale;
 - event path: parse_record -> normalize -> encode_event, what the CLI did before the fused path;
-- fused: ``kestrel_raw.jsonl.encode_record(raw, wall)``, raw record straight to its JSON line (no
+- fused: ``kestrel_raw.codec.jsonl.encode_record(raw, wall)``, raw record straight to its JSON line (no
   event object; what ``kestrel-raw run`` does now);
 - fused batch: ``encode_records`` on one ring-buffer drain of 256 records, one chunk, per record (the
   collector's deliver="json" batch: one channel op and one write per drain).  The records of a batch come
@@ -41,10 +41,10 @@ try:
 except ImportError:
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from kestrel_raw.events import event_from_raw, normalize  # noqa: E402
-from kestrel_raw import jsonl  # noqa: E402
-from kestrel_raw.jsonl import encode_event, encode_record, encode_records  # noqa: E402
-from kestrel_raw.records import (  # noqa: E402
+from kestrel_raw.codec.events import event_from_raw, normalize  # noqa: E402
+from kestrel_raw.codec import jsonl  # noqa: E402
+from kestrel_raw.codec.jsonl import encode_event, encode_record, encode_records  # noqa: E402
+from kestrel_raw.codec.records import (
     KIND_CONNECT, KIND_EXEC, KIND_EXIT, KIND_OPEN, RECORD_STRUCTS, build_record, parse_record,
     parse_record_construct,
 )

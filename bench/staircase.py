@@ -39,19 +39,21 @@ sys.path.append(os.path.dirname(BENCH_DIR))
 import trio  # noqa: E402
 
 from bench import host  # noqa: E402
-from kestrel_raw import bpf, programs, wire  # noqa: E402
+from kestrel_raw.kernel import bpf
+from kestrel_raw import programs
+from kestrel_raw.codec import wire  # noqa: E402
 from kestrel_raw.asm import BPF_ADD, BPF_DW, R0, R1, R2, R3, R8, R9, alu64_imm, call, exit_insn, ldx_mem  # noqa: E402
 from kestrel_raw.asm import mov64_imm, mov64_reg  # noqa: E402
-from kestrel_raw.attach import attach_tracepoint  # noqa: E402
+from kestrel_raw.kernel.attach import attach_tracepoint  # noqa: E402
 from kestrel_raw.collector import KestrelCollector  # noqa: E402
 from kestrel_raw.config import CollectorConfig  # noqa: E402
 from kestrel_raw.maps import possible_cpus  # noqa: E402
 from kestrel_raw.maps.ringbuf import RingBufReader  # noqa: E402
-from kestrel_raw.program import Program  # noqa: E402
+from kestrel_raw.kernel.prog import Program  # noqa: E402
 from kestrel_raw.programs import open as open_  # noqa: E402
 from kestrel_raw.programs.builder import ProgramBuilder  # noqa: E402
-from kestrel_raw.tracefs import tracepoint_format  # noqa: E402
-from kestrel_raw.uapi import BPF_STATS_RUN_TIME  # noqa: E402
+from kestrel_raw.kernel.tracefs import tracepoint_format  # noqa: E402
+from kestrel_raw.kernel.uapi import BPF_STATS_RUN_TIME  # noqa: E402
 
 STAGES = ("none", "empty", "prologue", "header", "path", "submit", "full")
 RING_BYTES = 1 << 26

@@ -21,7 +21,7 @@ import sys
 # ~190 ms on this VM (KERNEL-NOTES.md).
 import trio
 
-from .errors import ConfigError, KestrelError, PrivilegeError, SetupError
+from kestrel_raw.errors import ConfigError, KestrelError, PrivilegeError, SetupError
 
 EXIT_OK = 0
 EXIT_SETUP = 1
@@ -82,7 +82,7 @@ def _user_ids(user: str) -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .config import CollectorConfig, parse_event_types
+    from kestrel_raw.config import CollectorConfig, parse_event_types
 
     kwargs = {}
     if args.buffers is not None:
@@ -155,8 +155,8 @@ def _one_line(text: str) -> str:
 
 
 async def _run(config, output: str | None, duration: float | None) -> int:
-    from .collector import BATCH_RECORDS, KestrelCollector
-    from .jsonl import JsonlSink
+    from kestrel_raw.collector import BATCH_RECORDS, KestrelCollector
+    from kestrel_raw.sinks.jsonl import JsonlSink
 
     # The signal receiver comes first: a SIGINT or SIGTERM that arrives while the programs load is kept
     # for on_signal, not lost (a shell's background job inherits SIGINT ignored, and Python installs no

@@ -5,8 +5,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from .errors import ConfigError
-from .schema import EventType
+from kestrel_raw.errors import ConfigError
+from kestrel_raw.spec import EventType
 
 QUEUE_POLICIES = ("block", "drop")
 DELIVERIES = ("events", "json")
@@ -93,12 +93,12 @@ class CollectorConfig:
         counters count their events alone, so delivered + lost = generated is exact).
     peer_interval: seconds between checks that the other collectors this one ignores still run (an entry
         whose pid now names another process is removed: a reused pid is hidden at most this long).
-    drop_privileges: once attached and mapped, give up every capability and root's uid (kestrel_raw/caps.py).
+    drop_privileges: once attached and mapped, give up every capability and root's uid (kestrel_raw/kernel/caps.py).
         Irreversible for the whole process, so off for the library; the CLI turns it on.
     drop_uid, drop_gid: the identity a root process takes when it drops (default nobody, 65534).
     deliver: what the collector sends on its channel.  "events": one KestrelEvent per item (the library
         API).  "json": one ``bytes`` chunk per ring-buffer drain holding the JSON lines of its records
-        (kestrel_raw.jsonl; what ``kestrel-raw run`` writes), which skips building event objects: the
+        (kestrel_raw.codec.jsonl; what ``kestrel-raw run`` writes), which skips building event objects: the
         queue then holds about queue_size events in chunks of at most ``BATCH_RECORDS``.
     latency: "batch" (default): the programs wake the reader once per ``wakeup_bytes`` and the poller also
         drains every ``poll_interval``.  "low": the programs never wake the reader, which instead polls

@@ -15,7 +15,7 @@ import pytest
 REQUIRE_KERNEL = os.environ.get("KESTREL_REQUIRE_KERNEL") == "1"
 KERNEL_LACKS_PREFIX = "kernel lacks: "
 
-from kestrel_raw.caps import CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN
+from kestrel_raw.kernel.caps import CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN
 
 
 def _cap_eff() -> int:

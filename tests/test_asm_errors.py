@@ -8,19 +8,9 @@ import pytest
 
 from kestrel_raw.asm import *  # noqa: F403
 from kestrel_raw.asm import (
-    DanglingLabelError,
-    DuplicateLabelError,
-    Instruction,
-    InvalidInstructionError,
-    JumpRangeError,
-    LabelError,
-    TruncatedProgramError,
-    UndefinedLabelError,
-    UnknownHelperError,
-    UnknownMapError,
-    assemble,
-    disassemble,
-    format_program,
+    DanglingLabelError, DuplicateLabelError, Instruction, InvalidInstructionError, JumpRangeError,
+    LabelError, TruncatedProgramError, UndefinedLabelError, UnknownHelperError, UnknownMapError, assemble,
+    disassemble, format_program,
 )
 from kestrel_raw.errors import AsmError
 

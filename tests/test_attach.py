@@ -6,13 +6,15 @@ import struct
 
 import pytest
 
-from kestrel_raw import bpf, uapi
-from kestrel_raw.asm import (BPF_ADD, BPF_DW, BPF_JEQ, BPF_JNE, BPF_RSH, BPF_W, R0, R1, R2, R10, alu64_imm, atomic_op, call,
-                             exit_insn, jmp_imm, label, ld_map_fd, mov64_imm, mov64_reg, st_mem)
-from kestrel_raw.attach import Link, attach_raw_tracepoint, attach_tracepoint
+from kestrel_raw.kernel import bpf, uapi
+from kestrel_raw.asm import (
+    BPF_ADD, BPF_DW, BPF_JEQ, BPF_JNE, BPF_RSH, BPF_W, R0, R1, R2, R10, alu64_imm, atomic_op, call,
+    exit_insn, jmp_imm, label, ld_map_fd, mov64_imm, mov64_reg, st_mem,
+)
+from kestrel_raw.kernel.attach import Link, attach_raw_tracepoint, attach_tracepoint
 from kestrel_raw.errors import BPFError, SetupError
 from kestrel_raw.maps import ArrayMap
-from kestrel_raw.program import Program
+from kestrel_raw.kernel.prog import Program
 
 
 def count_my_calls(pid: int) -> list:

@@ -9,8 +9,8 @@ from kestrel_raw import programs
 from kestrel_raw.asm import call
 from kestrel_raw.collector import KestrelCollector
 from kestrel_raw.config import CollectorConfig
-from kestrel_raw.program import Program
-from kestrel_raw.tracefs import tracepoint_format
+from kestrel_raw.kernel.prog import Program
+from kestrel_raw.kernel.tracefs import tracepoint_format
 
 
 @pytest.mark.kernel

@@ -9,12 +9,14 @@ import sys
 
 import pytest
 
-from kestrel_raw import bpf, syscall, uapi
-from kestrel_raw.asm import (assemble, atomic_op, BPF_ADD, BPF_DW, BPF_JEQ, BPF_W, R0, R1, R2, R10, alu64_imm, call, exit_insn, jmp_imm,
-                             label, ld_map_fd, ldx_mem, mov64_imm, mov64_reg, st_mem)
+from kestrel_raw.kernel import bpf, syscall, uapi
+from kestrel_raw.asm import (
+    assemble, atomic_op, BPF_ADD, BPF_DW, BPF_JEQ, BPF_W, R0, R1, R2, R10, alu64_imm, call, exit_insn,
+    jmp_imm, label, ld_map_fd, ldx_mem, mov64_imm, mov64_reg, st_mem,
+)
 from kestrel_raw.errors import BPFError, ConfigError, VerifierError
 from kestrel_raw.maps import ArrayMap
-from kestrel_raw.program import Program
+from kestrel_raw.kernel.prog import Program
 
 # (structure, field, offset, size): the uapi offsets of union bpf_attr's members for each command we use,
 # and of bpf_prog_info / bpf_map_info, from include/uapi/linux/bpf.h.
@@ -175,7 +177,7 @@ def test_verifier_log_grows_past_enospc():
 
 @pytest.mark.kernel
 def test_closed_program_map_and_link_ids_are_gone():
-    from kestrel_raw.attach import attach_raw_tracepoint
+    from kestrel_raw.kernel.attach import attach_raw_tracepoint
     m = ArrayMap(8, 1, name="kr_gone")
     p = Program([ld_map_fd(R1, "m"), mov64_imm(R0, 0), exit_insn()], maps={"m": m}, name="kr_gone",
                 prog_type=uapi.BPF_PROG_TYPE_RAW_TRACEPOINT)
@@ -263,7 +265,7 @@ def test_eperm_says_which_capability_is_missing():
 @pytest.mark.kernel
 def test_enable_stats_counts_runs():
     import struct
-    from kestrel_raw.attach import attach_raw_tracepoint
+    from kestrel_raw.kernel.attach import attach_raw_tracepoint
     with ArrayMap(8, 1, name="kr_stats") as m:
         # Count this process's own getpid() calls; sys_enter's args[1] is the syscall number.
         prog = [

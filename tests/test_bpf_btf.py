@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from kestrel_raw import bpf, uapi
+from kestrel_raw.kernel import bpf, uapi
 
 VMLINUX = "/sys/kernel/btf/vmlinux"
 

@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from kestrel_raw import bpf
+from kestrel_raw.kernel import bpf
 from kestrel_raw.asm import R0, R1, exit_insn, ld_map_fd, mov64_imm
 from kestrel_raw.maps import HashMap
-from kestrel_raw.program import Program
+from kestrel_raw.kernel.prog import Program
 
 pytestmark = pytest.mark.crosscheck
 

@@ -83,7 +83,7 @@ def test_paths_are_made_of_the_members_they_name(btf):
 
 @pytest.mark.kernel
 def test_enums_agree_with_our_tables(btf):
-    from kestrel_raw import uapi
+    from kestrel_raw.kernel import uapi
     from kestrel_raw.asm.helpers import HELPERS
 
     func_ids = btf.enum_values("bpf_func_id")

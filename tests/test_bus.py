@@ -7,7 +7,7 @@ import pytest
 import trio
 import trio.testing
 
-from kestrel_raw.bus import BusStatistics, EventBus, SubscriberStatistics
+from kestrel_raw.sinks.bus import BusStatistics, EventBus, SubscriberStatistics
 
 
 async def drain(channel) -> list:

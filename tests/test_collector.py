@@ -8,13 +8,14 @@ import uuid
 import pytest
 import trio
 
-from kestrel_raw import bpf, wire
+from kestrel_raw.kernel import bpf
+from kestrel_raw.codec import wire
 from kestrel_raw.collector import KestrelCollector
 from kestrel_raw.config import CollectorConfig
 from kestrel_raw.errors import ConfigError
-from kestrel_raw.events import normalize
-from kestrel_raw.records import parse_record
-from kestrel_raw.schema import EventType
+from kestrel_raw.codec.events import normalize
+from kestrel_raw.codec.records import parse_record
+from kestrel_raw.spec import EventType
 
 
 def _our_prog_ids(collector) -> set[int]:

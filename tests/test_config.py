@@ -7,7 +7,7 @@ import pytest
 
 from kestrel_raw.config import CollectorConfig, parse_event_types
 from kestrel_raw.errors import ConfigError
-from kestrel_raw.schema import EventType
+from kestrel_raw.spec import EventType
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 

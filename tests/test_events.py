@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from kestrel_raw.errors import RecordError
-from kestrel_raw.events import KestrelEvent, entity_key, event_from_raw, normalize, split_args
-from kestrel_raw.records import parse_record
-from kestrel_raw.schema import EventType, FieldId as F
+from kestrel_raw.codec.events import KestrelEvent, entity_key, event_from_raw, normalize, split_args
+from kestrel_raw.codec.records import parse_record
+from kestrel_raw.spec import EventType, FieldId as F
 
 from test_records import connect_bytes, exec_bytes, exit_bytes, open_bytes
 from test_records_fastpath import records
@@ -144,7 +144,7 @@ def test_normalize_is_pure():
 
 
 def test_memoized_key_follows_pid_reuse():
-    from kestrel_raw.events import _KEY_MEMO
+    from kestrel_raw.codec.events import _KEY_MEMO
     rec = parse_record(open_bytes())
     for start in (1, 2, 1, 999_000):
         e = normalize(dataclasses.replace(rec, start_ns=start), WALL)

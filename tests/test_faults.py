@@ -19,7 +19,7 @@ import uuid
 
 import pytest
 
-from kestrel_raw import bpf, syscall
+from kestrel_raw.kernel import bpf, syscall
 from kestrel_raw.collector import KestrelCollector
 from kestrel_raw.config import CollectorConfig, default_buffers
 from kestrel_raw.maps import HashMap

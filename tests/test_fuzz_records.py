@@ -7,9 +7,9 @@ import struct
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from kestrel_raw.errors import RecordError
-from kestrel_raw.events import normalize
-from kestrel_raw.jsonl import encode_event
-from kestrel_raw.records import KIND_CONNECT, KIND_EXEC, KIND_EXIT, KIND_OPEN, parse_record
+from kestrel_raw.codec.events import normalize
+from kestrel_raw.codec.jsonl import encode_event
+from kestrel_raw.codec.records import KIND_CONNECT, KIND_EXEC, KIND_EXIT, KIND_OPEN, parse_record
 
 # deadline: a hang or a pathological slow path fails the example instead of stalling the run.
 FUZZ = settings(max_examples=1000, deadline=500, suppress_health_check=[HealthCheck.too_slow])

@@ -20,9 +20,9 @@ import trio
 
 from kestrel_raw.collector import KestrelCollector
 from kestrel_raw.config import CollectorConfig
-from kestrel_raw.jsonl import encode_event
+from kestrel_raw.codec.jsonl import encode_event
 from kestrel_raw.maps.ringbuf import RingBufReader
-from kestrel_raw.records import KIND_CONNECT, KIND_EXEC, KIND_EXIT, KIND_OPEN
+from kestrel_raw.codec.records import KIND_CONNECT, KIND_EXEC, KIND_EXIT, KIND_OPEN
 
 from test_records import connect_bytes, exec_bytes, exit_bytes, header, open_bytes
 from test_ringbuf_kernel import MAX_PAYLOAD, Producer

@@ -10,9 +10,10 @@ import stat
 import pytest
 from hypothesis import given, strategies as st
 
-from kestrel_raw.events import KestrelEvent, normalize
-from kestrel_raw.jsonl import JsonlSink, encode_event
-from kestrel_raw.records import parse_record
+from kestrel_raw.codec.events import KestrelEvent, normalize
+from kestrel_raw.codec.jsonl import encode_event
+from kestrel_raw.sinks.jsonl import JsonlSink
+from kestrel_raw.codec.records import parse_record
 
 from test_records import connect_bytes, exec_bytes, exit_bytes, open_bytes
 

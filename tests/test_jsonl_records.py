@@ -7,10 +7,12 @@ import struct
 from hypothesis import given, settings, strategies as st
 
 from kestrel_raw.errors import RecordError
-from kestrel_raw.events import normalize
-from kestrel_raw import jsonl
-from kestrel_raw.jsonl import encode_event, encode_record, encode_records
-from kestrel_raw.records import KIND_CONNECT, KIND_EXEC, KIND_EXIT, KIND_OPEN, build_record, parse_record
+from kestrel_raw.codec.events import normalize
+from kestrel_raw.codec import jsonl
+from kestrel_raw.codec.jsonl import encode_event, encode_record, encode_records
+from kestrel_raw.codec.records import (
+    KIND_CONNECT, KIND_EXEC, KIND_EXIT, KIND_OPEN, build_record, parse_record,
+)
 
 from test_records_fastpath import records
 

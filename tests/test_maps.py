@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from kestrel_raw import bpf, uapi
+from kestrel_raw.kernel import bpf, uapi
 from kestrel_raw.errors import BPFError
 from kestrel_raw.maps import ArrayMap, HashMap, Map, PerCPUArrayMap
 from kestrel_raw.maps.array import parse_cpu_list, possible_cpus
@@ -135,7 +135,7 @@ def test_batch_update_fills_a_map_of_ring_buffers():
     import struct as _struct
     from kestrel_raw.collector import _fill_outer
     from kestrel_raw.maps import Map, RingBuf
-    from kestrel_raw.uapi import BPF_MAP_TYPE_ARRAY_OF_MAPS
+    from kestrel_raw.kernel.uapi import BPF_MAP_TYPE_ARRAY_OF_MAPS
     rings = [RingBuf(4096, name=f"kr_t{i}") for i in range(3)]
     try:
         with Map(BPF_MAP_TYPE_ARRAY_OF_MAPS, 4, 4, 3, name="kr_outer", inner_map_fd=rings[0].fd) as outer:

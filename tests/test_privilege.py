@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from kestrel_raw import caps
+from kestrel_raw.kernel import caps
 from kestrel_raw.errors import SetupError
 from kestrel_raw.maps import PerCPUArrayMap
 

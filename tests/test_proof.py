@@ -14,13 +14,14 @@ import uuid
 
 import pytest
 
-from kestrel_raw import tracefs
-from kestrel_raw.asm import (BPF_ADD, BPF_DW, BPF_JEQ, BPF_RSH, BPF_W, R0, R1, R2, R3, R4, R6, R7, R8, R10,
-                             alu64_imm, call, exit_insn, jmp_imm, label, ld_map_fd, ldx_mem, mov64_imm, mov64_reg,
-                             st_mem, stx_mem)
-from kestrel_raw.attach import attach_tracepoint
+from kestrel_raw.kernel import tracefs
+from kestrel_raw.asm import (
+    BPF_ADD, BPF_DW, BPF_JEQ, BPF_RSH, BPF_W, R0, R1, R2, R3, R4, R6, R7, R8, R10, alu64_imm, call,
+    exit_insn, jmp_imm, label, ld_map_fd, ldx_mem, mov64_imm, mov64_reg, st_mem, stx_mem,
+)
+from kestrel_raw.kernel.attach import attach_tracepoint
 from kestrel_raw.maps import HashMap
-from kestrel_raw.program import Program
+from kestrel_raw.kernel.prog import Program
 
 PATH_MAX_READ = 256
 # The record the program writes: pid u32 @0, tid u32 @4, comm[16] @8, path[256] @24, path_ret i32 @280.

@@ -6,7 +6,7 @@ import struct
 import pytest
 
 from kestrel_raw.errors import RecordError
-from kestrel_raw.records import (
+from kestrel_raw.codec.records import (
     FIXED_FORMATS, HEADER_FORMAT, KIND_CONNECT, KIND_EXEC, KIND_EXIT, KIND_OPEN, RECORD_STRUCTS,
     ConnectRecord, ExecRecord, ExitRecord, OpenRecord, build_record, parse_record, parse_record_construct,
 )

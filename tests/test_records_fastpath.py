@@ -6,7 +6,7 @@ import struct
 from hypothesis import given, settings, strategies as st
 
 from kestrel_raw.errors import RecordError
-from kestrel_raw.records import (
+from kestrel_raw.codec.records import (
     ARGS_MAX, KIND_CONNECT, KIND_EXEC, KIND_EXIT, KIND_OPEN, PATH_MAX, SOCKADDR_MAX, build_record,
     parse_record, parse_record_construct, struct_format, HEADER, EXEC_FIXED,
 )
@@ -105,7 +105,7 @@ def test_generated_format_refuses_unknown_constructs():
 
 
 def test_pinned_formats_are_what_the_schema_derives():
-    from kestrel_raw import record_schema, records
+    from kestrel_raw.codec import schema as record_schema, records
 
     assert records.HEADER_FORMAT.format == record_schema.struct_format(record_schema.HEADER)
     for kind, fixed in record_schema.FIXED_STRUCTS.items():
@@ -116,7 +116,7 @@ def test_the_hot_path_does_not_import_construct():
     import subprocess
     import sys
 
-    code = ("import sys, kestrel_raw.records, kestrel_raw.jsonl, kestrel_raw.events; "
+    code = ("import sys, kestrel_raw.codec.records, kestrel_raw.codec.jsonl, kestrel_raw.codec.events; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'construct'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -1,10 +1,10 @@
-"""The construct Structs sit exactly on kestrel_raw/wire.py's offsets (what the programs write with)."""
+"""The construct Structs sit exactly on kestrel_raw/codec/wire.py's offsets (what the programs write with)."""
 from __future__ import annotations
 
 import construct as cs
 
-from kestrel_raw import wire
-from kestrel_raw.records import EXEC_RECORD, EXIT_RECORD, OPEN_RECORD, CONNECT_RECORD
+from kestrel_raw.codec import wire
+from kestrel_raw.codec.records import EXEC_RECORD, EXIT_RECORD, OPEN_RECORD, CONNECT_RECORD
 
 
 def offsets(st: cs.Struct) -> dict[str, int]:

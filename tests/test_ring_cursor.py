@@ -15,13 +15,8 @@ from hypothesis import strategies as st
 
 from kestrel_raw.errors import RecordError
 from kestrel_raw.maps.ring import (
-    BPF_RINGBUF_BUSY_BIT,
-    BPF_RINGBUF_DISCARD_BIT,
-    BPF_RINGBUF_HDR_SZ,
-    ReplayRing,
-    RingCursor,
-    RingStatistics,
-    roundup_len,
+    BPF_RINGBUF_BUSY_BIT, BPF_RINGBUF_DISCARD_BIT, BPF_RINGBUF_HDR_SZ, ReplayRing, RingCursor,
+    RingStatistics, roundup_len,
 )
 
 

@@ -16,40 +16,15 @@ import pytest
 import trio
 
 from kestrel_raw.asm import (
-    BPF_ADD,
-    BPF_DW,
-    BPF_JEQ,
-    BPF_JGT,
-    BPF_JNE,
-    BPF_RSH,
-    BPF_W,
-    R0,
-    R1,
-    R2,
-    R3,
-    R4,
-    R7,
-    R8,
-    R10,
-    alu64_imm,
-    call,
-    exit_insn,
-    ja,
-    jmp_imm,
-    label,
-    ld_map_fd,
-    ldx_mem,
-    mov64_imm,
-    mov64_reg,
-    st_mem,
-    stx_mem,
+    BPF_ADD, BPF_DW, BPF_JEQ, BPF_JGT, BPF_JNE, BPF_RSH, BPF_W, R0, R1, R2, R3, R4, R7, R8, R10, alu64_imm,
+    call, exit_insn, ja, jmp_imm, label, ld_map_fd, ldx_mem, mov64_imm, mov64_reg, st_mem, stx_mem,
 )
-from kestrel_raw.attach import attach_tracepoint
+from kestrel_raw.kernel.attach import attach_tracepoint
 from kestrel_raw.maps.array import ArrayMap
 from kestrel_raw.maps.ring import roundup_len
 from kestrel_raw.maps.ringbuf import PAGE_SIZE, RingBuf, RingBufReader
-from kestrel_raw.program import Program
-from kestrel_raw.uapi import BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP
+from kestrel_raw.kernel.prog import Program
+from kestrel_raw.kernel.uapi import BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP
 
 pytestmark = pytest.mark.kernel
 

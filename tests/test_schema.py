@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from kestrel_raw.schema import (
-    FIELDS, FIELD_IDS, EventType, FieldType, field, fields_of,
-)
+from kestrel_raw.spec import FIELDS, FIELD_IDS, EventType, FieldType, field, fields_of
 
 E, O, C, X = "exec", "open", "connect", "exit"
 ALL = {E, O, C, X}

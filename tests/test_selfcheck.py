@@ -1,4 +1,4 @@
-"""The check after attaching (kestrel_raw/selfcheck.py): each tracepoint is made to fire in the collector's
+"""The check after attaching (kestrel_raw/collector/selfcheck.py): each tracepoint is made to fire in the collector's
 own process and its program seen to run; an attachment that does not run is made again, or the start
 fails with an error that names it."""
 from __future__ import annotations
@@ -9,7 +9,9 @@ import uuid
 import pytest
 import trio
 
-from kestrel_raw import bpf, collector as collector_module, programs, selfcheck
+from kestrel_raw.kernel import bpf
+from kestrel_raw import collector as collector_module, programs
+from kestrel_raw.collector import selfcheck
 from kestrel_raw.asm import format_program
 from kestrel_raw.collector import KestrelCollector
 from kestrel_raw.config import CollectorConfig

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from kestrel_raw import bpf
+from kestrel_raw.kernel import bpf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONPATH=REPO)

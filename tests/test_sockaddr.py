@@ -7,7 +7,7 @@ import struct
 import pytest
 from hypothesis import given, strategies as st
 
-from kestrel_raw.sockaddr import AF_INET, AF_INET6, AF_UNIX, SockAddr, decode_sockaddr, family_name
+from kestrel_raw.codec.sockaddr import AF_INET, AF_INET6, AF_UNIX, SockAddr, decode_sockaddr, family_name
 
 
 def sin(addr: str, port: int) -> bytes:

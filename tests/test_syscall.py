@@ -6,9 +6,9 @@ import errno
 
 import pytest
 
-from kestrel_raw import perf, uapi
+from kestrel_raw.kernel import perf, uapi
 from kestrel_raw.errors import BPFError, PrivilegeError, SetupError, bpf_error
-from kestrel_raw.syscall import syscall_numbers
+from kestrel_raw.kernel.syscall import syscall_numbers
 
 
 def test_syscall_numbers_per_arch():
@@ -23,7 +23,7 @@ def test_unknown_arch_is_a_clear_error():
         syscall_numbers("riscv64")
     assert str(e.value) == (
         "unsupported architecture 'riscv64': kestrel-raw knows the bpf(2) and perf_event_open(2) syscall "
-        "numbers only for aarch64, x86_64; add this architecture's numbers to kestrel_raw/syscall.py "
+        "numbers only for aarch64, x86_64; add this architecture's numbers to kestrel_raw/kernel/syscall.py "
         "SYSCALL_NUMBERS")
 
 

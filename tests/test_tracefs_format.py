@@ -4,13 +4,7 @@ from __future__ import annotations
 import pytest
 
 from kestrel_raw.errors import SetupError
-from kestrel_raw.tracefs import (
-    Field,
-    MountEntry,
-    parse_format,
-    parse_mountinfo,
-    tracefs_in_mountinfo,
-)
+from kestrel_raw.kernel.tracefs import Field, MountEntry, parse_format, parse_mountinfo, tracefs_in_mountinfo
 
 SYS_ENTER_OPENAT = """\
 name: sys_enter_openat

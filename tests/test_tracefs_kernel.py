@@ -11,7 +11,7 @@ import textwrap
 import pytest
 
 from kestrel_raw.errors import SetupError
-from kestrel_raw.tracefs import find_tracefs, parse_format, tracepoint_format, tracepoint_id
+from kestrel_raw.kernel.tracefs import find_tracefs, parse_format, tracepoint_format, tracepoint_id
 
 pytestmark = pytest.mark.kernel
 
@@ -82,7 +82,7 @@ MOUNT_SCRIPT = textwrap.dedent("""
     import sys
     sys.path.insert(0, sys.argv[1])
     from kestrel_raw.errors import SetupError
-    from kestrel_raw.tracefs import find_tracefs, tracepoint_id
+    from kestrel_raw.kernel.tracefs import find_tracefs, tracepoint_id
     try:
         find_tracefs(mount=False)
     except SetupError as e:

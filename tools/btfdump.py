@@ -24,7 +24,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from kestrel_raw.btf import BTF, VMLINUX_BTF, format_aggregate, format_raw  # noqa: E402
-from kestrel_raw.btf.kinds import (  # noqa: E402
+from kestrel_raw.btf.kinds import (
     BTF_KIND_ENUM, BTF_KIND_ENUM64, BTF_KIND_PTR, BTF_KIND_STRUCT, BTF_KIND_UNION,
 )
 from kestrel_raw.errors import BTFError  # noqa: E402

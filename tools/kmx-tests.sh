@@ -43,7 +43,7 @@ export KMX_TIMEOUT=${KMX_TIMEOUT:-2700}
 # patching of its own code (static keys, flipped as collectors attach and detach tracepoints) was
 # sometimes not seen by the other vCPU: on 6.12 amd64 the guest panicked on a stale int3 of a finished
 # patch ("Oops: int3" in syscall_exit_to_user_mode_prepare; the VM ends without a result, which gets one
-# more try below), and on 6.1 arm64 the sys_exit tracepoint stayed off (kestrel_raw/selfcheck.py mends
+# more try below), and on 6.1 arm64 the sys_exit tracepoint stayed off (kestrel_raw/collector/selfcheck.py mends
 # that).  One host thread for all vCPUs (-accel tcg,thread=single) should avoid both but starved the
 # storm tests: the collector's loop stalled 1.6 s (6.12) and 3.6 s (arm64), a stop overran 10 s (arm64).
 KMX_WHEELS=${KMX_WHEELS-pytest-trio==0.8.0}

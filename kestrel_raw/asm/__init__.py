@@ -32,65 +32,65 @@ the program does not use are ignored.
 """
 from __future__ import annotations
 
-from .builders import Label as Label
-from .builders import R0 as R0
-from .builders import R1 as R1
-from .builders import R2 as R2
-from .builders import R3 as R3
-from .builders import R4 as R4
-from .builders import R5 as R5
-from .builders import R6 as R6
-from .builders import R7 as R7
-from .builders import R8 as R8
-from .builders import R9 as R9
-from .builders import R10 as R10
-from .builders import Reg as Reg
-from .builders import alu32_imm as alu32_imm
-from .builders import alu32_reg as alu32_reg
-from .builders import alu64_imm as alu64_imm
-from .builders import alu64_reg as alu64_reg
-from .builders import atomic_op as atomic_op
-from .builders import bswap as bswap
-from .builders import call as call
-from .builders import endian as endian
-from .builders import exit_insn as exit_insn
-from .builders import helper_id as helper_id
-from .builders import ja as ja
-from .builders import jmp32_imm as jmp32_imm
-from .builders import jmp32_reg as jmp32_reg
-from .builders import jmp_imm as jmp_imm
-from .builders import jmp_reg as jmp_reg
-from .builders import label as label
-from .builders import ld_imm64 as ld_imm64
-from .builders import ld_map_fd as ld_map_fd
-from .builders import ld_map_value as ld_map_value
-from .builders import ldx_mem as ldx_mem
-from .builders import mov32_imm as mov32_imm
-from .builders import mov32_reg as mov32_reg
-from .builders import mov64_imm as mov64_imm
-from .builders import mov64_reg as mov64_reg
-from .builders import neg32 as neg32
-from .builders import neg64 as neg64
-from .builders import st_mem as st_mem
-from .builders import stx_mem as stx_mem
-from .errors import DanglingLabelError as DanglingLabelError
-from .errors import DuplicateLabelError as DuplicateLabelError
-from .errors import InvalidInstructionError as InvalidInstructionError
-from .errors import JumpRangeError as JumpRangeError
-from .errors import LabelError as LabelError
-from .errors import TruncatedProgramError as TruncatedProgramError
-from .errors import UndefinedLabelError as UndefinedLabelError
-from .errors import UnknownHelperError as UnknownHelperError
-from .errors import UnknownMapError as UnknownMapError
-from .helpers import HELPER_NAMES as HELPER_NAMES
-from .helpers import HELPERS as HELPERS
-from .instruction import Instruction as Instruction
-from .opcode import *  # noqa: F403  (the BPF_* constants, named as the kernel names them)
-from .opcode import __all__ as _opcode_all
-from .program import assemble as assemble
-from .program import disassemble as disassemble
-from .program import format_program as format_program
-from .program import resolve as resolve
+from kestrel_raw.asm.builders import Label
+from kestrel_raw.asm.builders import R0
+from kestrel_raw.asm.builders import R1
+from kestrel_raw.asm.builders import R2
+from kestrel_raw.asm.builders import R3
+from kestrel_raw.asm.builders import R4
+from kestrel_raw.asm.builders import R5
+from kestrel_raw.asm.builders import R6
+from kestrel_raw.asm.builders import R7
+from kestrel_raw.asm.builders import R8
+from kestrel_raw.asm.builders import R9
+from kestrel_raw.asm.builders import R10
+from kestrel_raw.asm.builders import Reg
+from kestrel_raw.asm.builders import alu32_imm
+from kestrel_raw.asm.builders import alu32_reg
+from kestrel_raw.asm.builders import alu64_imm
+from kestrel_raw.asm.builders import alu64_reg
+from kestrel_raw.asm.builders import atomic_op
+from kestrel_raw.asm.builders import bswap
+from kestrel_raw.asm.builders import call
+from kestrel_raw.asm.builders import endian
+from kestrel_raw.asm.builders import exit_insn
+from kestrel_raw.asm.builders import helper_id
+from kestrel_raw.asm.builders import ja
+from kestrel_raw.asm.builders import jmp32_imm
+from kestrel_raw.asm.builders import jmp32_reg
+from kestrel_raw.asm.builders import jmp_imm
+from kestrel_raw.asm.builders import jmp_reg
+from kestrel_raw.asm.builders import label
+from kestrel_raw.asm.builders import ld_imm64
+from kestrel_raw.asm.builders import ld_map_fd
+from kestrel_raw.asm.builders import ld_map_value
+from kestrel_raw.asm.builders import ldx_mem
+from kestrel_raw.asm.builders import mov32_imm
+from kestrel_raw.asm.builders import mov32_reg
+from kestrel_raw.asm.builders import mov64_imm
+from kestrel_raw.asm.builders import mov64_reg
+from kestrel_raw.asm.builders import neg32
+from kestrel_raw.asm.builders import neg64
+from kestrel_raw.asm.builders import st_mem
+from kestrel_raw.asm.builders import stx_mem
+from kestrel_raw.asm.errors import DanglingLabelError
+from kestrel_raw.asm.errors import DuplicateLabelError
+from kestrel_raw.asm.errors import InvalidInstructionError
+from kestrel_raw.asm.errors import JumpRangeError
+from kestrel_raw.asm.errors import LabelError
+from kestrel_raw.asm.errors import TruncatedProgramError
+from kestrel_raw.asm.errors import UndefinedLabelError
+from kestrel_raw.asm.errors import UnknownHelperError
+from kestrel_raw.asm.errors import UnknownMapError
+from kestrel_raw.asm.helpers import HELPER_NAMES
+from kestrel_raw.asm.helpers import HELPERS
+from kestrel_raw.asm.instruction import Instruction
+from kestrel_raw.asm.opcode import *  # noqa: F403  (the BPF_* constants, named as the kernel names them)
+from kestrel_raw.asm.opcode import __all__ as _opcode_all
+from kestrel_raw.asm.program import assemble
+from kestrel_raw.asm.program import disassemble
+from kestrel_raw.asm.program import format_program
+from kestrel_raw.asm.program import resolve
 
 __all__ = [
     "R0", "R1", "R2", "R3", "R4", "R5", "R6", "R7", "R8", "R9", "R10", "Reg",

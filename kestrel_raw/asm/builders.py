@@ -14,10 +14,10 @@ from __future__ import annotations
 import dataclasses
 import enum
 
-from . import opcode as op
-from .errors import InvalidInstructionError, UnknownHelperError
-from .helpers import HELPER_NAMES, HELPERS
-from .instruction import S32, U32_MASK, Instruction, to_signed
+from kestrel_raw.asm import opcode as op
+from kestrel_raw.asm.errors import InvalidInstructionError, UnknownHelperError
+from kestrel_raw.asm.helpers import HELPER_NAMES, HELPERS
+from kestrel_raw.asm.instruction import S32, U32_MASK, Instruction, to_signed
 
 
 class Reg(enum.IntEnum):

@@ -19,9 +19,11 @@ from __future__ import annotations
 import dataclasses
 import struct
 
-from . import opcode as op
-from .errors import InvalidInstructionError, UndefinedLabelError, UnknownMapError, TruncatedProgramError
-from .helpers import HELPER_NAMES
+from kestrel_raw.asm import opcode as op
+from kestrel_raw.asm.errors import (
+    InvalidInstructionError, UndefinedLabelError, UnknownMapError, TruncatedProgramError,
+)
+from kestrel_raw.asm.helpers import HELPER_NAMES
 
 INSN_SIZE = 8
 MAX_REG = 10  # r10 is the read-only frame pointer; BPF_REG_0..BPF_REG_10

@@ -4,17 +4,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping
 
-from .builders import Label
-from .errors import (
-    DanglingLabelError,
-    DuplicateLabelError,
-    InvalidInstructionError,
-    JumpRangeError,
-    TruncatedProgramError,
-    UndefinedLabelError,
-    UnknownMapError,
+from kestrel_raw.asm.builders import Label
+from kestrel_raw.asm.errors import (
+    DanglingLabelError, DuplicateLabelError, InvalidInstructionError, JumpRangeError, TruncatedProgramError,
+    UndefinedLabelError, UnknownMapError,
 )
-from .instruction import INSN_SIZE, S16, S32, U32_MASK, Instruction, _is_gotol, to_signed
+from kestrel_raw.asm.instruction import INSN_SIZE, S16, S32, U32_MASK, Instruction, _is_gotol, to_signed
 
 Item = Instruction | Label
 

@@ -4,13 +4,10 @@ Pure Python, no ctypes, no trio.  ``BTF.load()`` / ``BTF.parse(data)``; ``find``
 ``size_of``, ``enum_value(s)``, ``type_by_id``, iteration.  ``format_raw`` prints a type as bpftool's raw
 dump does; ``format_aggregate`` prints a struct as C with offsets.
 """
-from kestrel_raw.btf.header import Header as Header, parse_header as parse_header
-from kestrel_raw.btf.spec import BTF as BTF, VMLINUX_BTF as VMLINUX_BTF
-from kestrel_raw.btf.types import (
-    ArrayInfo as ArrayInfo, Enumerator as Enumerator, IntEncoding as IntEncoding, Member as Member,
-    Param as Param, Type as Type, VarSecinfo as VarSecinfo,
-)
-from kestrel_raw.errors import BTFError as BTFError
+from kestrel_raw.btf.header import Header, parse_header
+from kestrel_raw.btf.spec import BTF, VMLINUX_BTF
+from kestrel_raw.btf.types import ArrayInfo, Enumerator, IntEncoding, Member, Param, Type, VarSecinfo
+from kestrel_raw.errors import BTFError
 
 # The text formats serve tools/btfdump.py and the tests; the collector only asks for offsets, so they are
 # imported on first use (start-up time).

@@ -15,13 +15,11 @@ from kestrel_raw.btf.header import Header, parse_header
 from kestrel_raw.btf.kinds import (
     BTF_KIND_ARRAY, BTF_KIND_DATASEC, BTF_KIND_DECL_TAG, BTF_KIND_ENUM, BTF_KIND_ENUM64, BTF_KIND_FLOAT,
     BTF_KIND_FUNC, BTF_KIND_FUNC_PROTO, BTF_KIND_FWD, BTF_KIND_INT, BTF_KIND_MAX, BTF_KIND_PTR,
-    BTF_KIND_STRUCT, BTF_KIND_TYPEDEF, BTF_KIND_UNION, BTF_KIND_UNKN, BTF_KIND_VAR,
-    EXTRA_WORDS, KIND_BY_NAME, KIND_NAMES, MODIFIER_KINDS, SIZED_KINDS, WORDS_PER_VLEN,
-    btf_int_bits, btf_int_encoding, btf_int_offset, btf_member_bit_offset, btf_member_bitfield_size,
+    BTF_KIND_STRUCT, BTF_KIND_TYPEDEF, BTF_KIND_UNION, BTF_KIND_UNKN, BTF_KIND_VAR, EXTRA_WORDS,
+    KIND_BY_NAME, KIND_NAMES, MODIFIER_KINDS, SIZED_KINDS, WORDS_PER_VLEN, btf_int_bits, btf_int_encoding,
+    btf_int_offset, btf_member_bit_offset, btf_member_bitfield_size,
 )
-from kestrel_raw.btf.types import (
-    VOID, ArrayInfo, Enumerator, IntEncoding, Member, Param, Type, VarSecinfo,
-)
+from kestrel_raw.btf.types import VOID, ArrayInfo, Enumerator, IntEncoding, Member, Param, Type, VarSecinfo
 from kestrel_raw.errors import BTFError
 
 VMLINUX_BTF = "/sys/kernel/btf/vmlinux"

@@ -1,17 +1,30 @@
-"""BPF maps: the ``Map`` base, arrays, hashes and the ring buffer."""
+"""BPF maps: the ``Map`` base, arrays, hashes, and the ring buffer (``ring``: the pure cursor over its
+memory; ``ringbuf``: the map, its mmap and the blocking reader).
+
+Names are imported on first use, so that ``import kestrel_raw.maps.ring`` (pure: bytes in, records out)
+loads neither ctypes nor trio.
+"""
 from __future__ import annotations
 
-from ._base import Map as Map
-from .array import ArrayMap as ArrayMap, PerCPUArrayMap as PerCPUArrayMap, possible_cpus as possible_cpus
-from .hash import HashMap as HashMap
+import importlib
 
-__all__ = ["Map", "ArrayMap", "PerCPUArrayMap", "HashMap", "RingBuf", "RingBufReader", "possible_cpus"]
+_EXPORTS = {
+    "Map": "kestrel_raw.maps._base",
+    "ArrayMap": "kestrel_raw.maps.array",
+    "PerCPUArrayMap": "kestrel_raw.maps.array",
+    "possible_cpus": "kestrel_raw.maps.array",
+    "HashMap": "kestrel_raw.maps.hash",
+    "RingBuf": "kestrel_raw.maps.ringbuf",
+    "RingBufReader": "kestrel_raw.maps.ringbuf",
+}
+
+__all__ = list(_EXPORTS)
 
 
 def __getattr__(name: str):
-    # The ring buffer lives in its own module, written separately; import it on first use so that the other
-    # maps work whether or not it is importable.
-    if name in ("RingBuf", "RingBufReader"):
-        from . import ringbuf
-        return getattr(ringbuf, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from .. import bpf
-from ..uapi import BPF_ANY
+from kestrel_raw.kernel import bpf
+from kestrel_raw.kernel.uapi import BPF_ANY
 
 
 class Map:

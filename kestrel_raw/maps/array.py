@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import struct
 
-from ..uapi import BPF_ANY, BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY
-from ._base import Map
+from kestrel_raw.kernel.uapi import BPF_ANY, BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY
+from kestrel_raw.maps._base import Map
 
 POSSIBLE_CPUS_PATH = "/sys/devices/system/cpu/possible"
 _KEY = struct.Struct("<I")  # array keys are __u32 indexes in host order (little-endian on x86_64, arm64)

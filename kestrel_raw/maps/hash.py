@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from ..uapi import BPF_ANY, BPF_MAP_TYPE_HASH
-from ._base import Map
+from kestrel_raw.kernel.uapi import BPF_ANY, BPF_MAP_TYPE_HASH
+from kestrel_raw.maps._base import Map
 
 
 class HashMap(Map):

@@ -22,11 +22,11 @@ from typing import Callable
 
 import trio
 
-from ..errors import ConfigError
-from ..fd import FD
-from ..uapi import BPF_MAP_TYPE_RINGBUF
-from ._base import Map
-from .ring import Fence, RingCursor, RingStatistics
+from kestrel_raw.errors import ConfigError
+from kestrel_raw.kernel.fd import FD
+from kestrel_raw.kernel.uapi import BPF_MAP_TYPE_RINGBUF
+from kestrel_raw.maps._base import Map
+from kestrel_raw.maps.ring import Fence, RingCursor, RingStatistics
 
 PAGE_SIZE = mmap.PAGESIZE
 

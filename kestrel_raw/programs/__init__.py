@@ -9,23 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from .. import wire
-from . import connect, exec as exec_, exit as exit_, open as open_
-from .builder import (
-    FILTER_IGNORE,
-    FILTER_ONLY,
-    MAP_FILTER,
-    MAP_RINGS,
-    MAP_SCRATCH,
-    MAP_SELF_RUNS,
-    MAP_STATS,
-    SCRATCH_SIZE,
-    STAT_NAMES,
-    STATS_ENTRIES,
-    STATS_PER_KIND,
-    ProgramBuilder,
+from kestrel_raw.codec import wire
+from kestrel_raw.programs import connect, exec as exec_, exit as exit_, open as open_
+from kestrel_raw.programs.builder import (
+    FILTER_IGNORE, FILTER_ONLY, MAP_FILTER, MAP_RINGS, MAP_SCRATCH, MAP_SELF_RUNS, MAP_STATS, SCRATCH_SIZE,
+    STAT_NAMES, STATS_ENTRIES, STATS_PER_KIND, ProgramBuilder,
 )
-from .layout import KernelLayout
+from kestrel_raw.programs.layout import KernelLayout
 
 
 @dataclass(frozen=True)

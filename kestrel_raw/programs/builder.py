@@ -35,43 +35,11 @@ from __future__ import annotations
 
 import itertools
 
-from .. import wire
-from ..asm import (
-    BPF_ADD,
-    BPF_B,
-    BPF_DIV,
-    BPF_DW,
-    BPF_H,
-    BPF_JEQ,
-    BPF_JGT,
-    BPF_JNE,
-    BPF_MOD,
-    BPF_OR,
-    BPF_RSH,
-    BPF_W,
-    R0,
-    R1,
-    R2,
-    R3,
-    R4,
-    R6,
-    R7,
-    R8,
-    R9,
-    R10,
-    alu64_imm,
-    alu64_reg,
-    call,
-    exit_insn,
-    jmp_imm,
-    jmp_reg,
-    label,
-    ld_map_fd,
-    ldx_mem,
-    mov64_imm,
-    mov64_reg,
-    st_mem,
-    stx_mem,
+from kestrel_raw.codec import wire
+from kestrel_raw.asm import (
+    BPF_ADD, BPF_B, BPF_DIV, BPF_DW, BPF_H, BPF_JEQ, BPF_JGT, BPF_JNE, BPF_MOD, BPF_OR, BPF_RSH, BPF_W, R0,
+    R1, R2, R3, R4, R6, R7, R8, R9, R10, alu64_imm, alu64_reg, call, exit_insn, jmp_imm, jmp_reg, label,
+    ld_map_fd, ldx_mem, mov64_imm, mov64_reg, st_mem, stx_mem,
 )
 
 # Stack slots (see the module docstring).
@@ -86,12 +54,12 @@ MAP_RINGS = "rings"  # BPF_MAP_TYPE_ARRAY_OF_MAPS of BPF_MAP_TYPE_RINGBUF
 MAP_SCRATCH = "scratch"  # BPF_MAP_TYPE_PERCPU_ARRAY, one value of SCRATCH_SIZE
 MAP_STATS = "stats"  # BPF_MAP_TYPE_PERCPU_ARRAY of u64 counters
 # BPF_MAP_TYPE_PERCPU_ARRAY of u64, one per program: its runs for the collector's own process, which it
-# otherwise ignores.  The collector's check after attaching reads it (kestrel_raw/selfcheck.py).
+# otherwise ignores.  The collector's check after attaching reads it (kestrel_raw/collector/selfcheck.py).
 MAP_SELF_RUNS = "self_runs"
 # BPF_MAP_TYPE_HASH u32 tgid -> u64 (the process start time in clock ticks, for the loader's pruning).
 # FILTER_IGNORE: the programs skip the tgids listed (other collectors); FILTER_ONLY (debug and tests): they
 # report only the tgids listed.  The kernel name carries the kr_ prefix so that other collectors can
-# recognise the map (kestrel_raw/collector.py).
+# recognise the map (kestrel_raw/collector/).
 MAP_FILTER = "kr_filter"
 FILTER_IGNORE = "ignore"
 FILTER_ONLY = "only"
@@ -235,7 +203,7 @@ class ProgramBuilder:
         self.emit(ldx_mem(BPF_DW, R1, R10, SLOT_TASK), call("task_pt_regs"), mov64_reg(dst, R0))
 
     def header(self, kind: int, layout) -> None:
-        """Fill the common 64-byte header of the record at r8 (see kestrel_raw/wire.py)."""
+        """Fill the common 64-byte header of the record at r8 (see kestrel_raw/codec/wire.py)."""
         self.emit(
             st_mem(BPF_W, R8, wire.HDR_KIND, kind),  # kind, and flags = 0
             call("get_smp_processor_id"),

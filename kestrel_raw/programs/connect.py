@@ -7,10 +7,12 @@ hostile address (NULL, a too-short addrlen, an unknown family) costs a counted f
 """
 from __future__ import annotations
 
-from .. import wire
-from ..asm import BPF_ADD, BPF_DW, BPF_JEQ, BPF_JGT, BPF_W, R0, R1, R2, R3, R8, R9, R10
-from ..asm import alu64_imm, call, ja, jmp_imm, label, ldx_mem, mov32_reg, mov64_imm, mov64_reg, stx_mem
-from .builder import SLOT_A, STAT_READ_FAULT, ProgramBuilder
+from kestrel_raw.codec import wire
+from kestrel_raw.asm import BPF_ADD, BPF_DW, BPF_JEQ, BPF_JGT, BPF_W, R0, R1, R2, R3, R8, R9, R10
+from kestrel_raw.asm import (
+    alu64_imm, call, ja, jmp_imm, label, ldx_mem, mov32_reg, mov64_imm, mov64_reg, stx_mem,
+)
+from kestrel_raw.programs.builder import SLOT_A, STAT_READ_FAULT, ProgramBuilder
 
 KIND = wire.KIND_CONNECT
 

@@ -9,11 +9,15 @@ a u32 holding (length << 16 | offset from the start of the record).
 """
 from __future__ import annotations
 
-from .. import wire
-from ..asm import BPF_ADD, BPF_AND, BPF_DW, BPF_JEQ, BPF_JGT, BPF_JSGT, BPF_RSH, BPF_SUB, BPF_W, R0, R1, R2, R3, R6, R8
-from ..asm import R9, R10, alu64_imm, alu64_reg, call, ja, jmp_imm, label, ldx_mem, mov64_imm, mov64_reg
-from ..asm import stx_mem
-from .builder import SLOT_A, SLOT_B, SLOT_SIZE, STAT_READ_FAULT, ProgramBuilder
+from kestrel_raw.codec import wire
+from kestrel_raw.asm import (
+    BPF_ADD, BPF_AND, BPF_DW, BPF_JEQ, BPF_JGT, BPF_JSGT, BPF_RSH, BPF_SUB, BPF_W, R0, R1, R2, R3, R6, R8,
+)
+from kestrel_raw.asm import (
+    R9, R10, alu64_imm, alu64_reg, call, ja, jmp_imm, label, ldx_mem, mov64_imm, mov64_reg,
+)
+from kestrel_raw.asm import stx_mem
+from kestrel_raw.programs.builder import SLOT_A, SLOT_B, SLOT_SIZE, STAT_READ_FAULT, ProgramBuilder
 
 KIND = wire.KIND_EXEC
 

@@ -5,9 +5,9 @@
 """
 from __future__ import annotations
 
-from .. import wire
-from ..asm import BPF_JEQ, BPF_JNE, BPF_W, R1, R8, R10, jmp_imm, ldx_mem, st_mem
-from .builder import SLOT_A, SLOT_TASK, ProgramBuilder
+from kestrel_raw.codec import wire
+from kestrel_raw.asm import BPF_JEQ, BPF_JNE, BPF_W, R1, R8, R10, jmp_imm, ldx_mem, st_mem
+from kestrel_raw.programs.builder import SLOT_A, SLOT_TASK, ProgramBuilder
 
 KIND = wire.KIND_EXIT
 

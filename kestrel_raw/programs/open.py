@@ -8,10 +8,14 @@ two differ, as with any tracer that reads user memory.)
 """
 from __future__ import annotations
 
-from .. import wire
-from ..asm import BPF_ADD, BPF_DW, BPF_JEQ, BPF_JGT, BPF_JLE, BPF_JSGT, BPF_W, R0, R1, R2, R3, R8, R9
-from ..asm import alu64_imm, call, ja, jmp_imm, label, ldx_mem, mov64_imm, mov64_reg, st_mem, stx_mem
-from .builder import STAT_READ_FAULT, ProgramBuilder
+from kestrel_raw.codec import wire
+from kestrel_raw.asm import (
+    BPF_ADD, BPF_DW, BPF_JEQ, BPF_JGT, BPF_JLE, BPF_JSGT, BPF_W, R0, R1, R2, R3, R8, R9,
+)
+from kestrel_raw.asm import (
+    alu64_imm, call, ja, jmp_imm, label, ldx_mem, mov64_imm, mov64_reg, st_mem, stx_mem,
+)
+from kestrel_raw.programs.builder import STAT_READ_FAULT, ProgramBuilder
 
 KIND = wire.KIND_OPEN
 

@@ -26,10 +26,10 @@ collector drops the entries whose process is gone or whose pid now names another
 by someone else is hidden for at most that long.
 
 Attached means proven: start() makes each tracepoint fire in the collector's own process and sees its
-program run (kestrel_raw/selfcheck.py), attaching again one the kernel accepted but does not run.
+program run (kestrel_raw/collector/selfcheck.py), attaching again one the kernel accepted but does not run.
 
 Privileges: with ``drop_privileges`` the collector gives up every capability and root's uid once its
-programs are attached and its rings mapped (kestrel_raw/caps.py), keeping CAP_BPF only on kernels that
+programs are attached and its rings mapped (kestrel_raw/kernel/caps.py), keeping CAP_BPF only on kernels that
 refuse map lookups to a process without it.
 """
 from __future__ import annotations
@@ -45,19 +45,22 @@ from typing import Callable
 
 import trio
 
-from . import bpf, caps, programs, selfcheck, syscall, wire
-from .attach import attach_tracepoint
-from .btf import BTF
-from .config import CollectorConfig
-from .errors import BPFError, BTFError, RecordError, SetupError
-from .events import KestrelEvent, event_from_raw
-from .jsonl import encode_records
-from .maps import HashMap, Map, PerCPUArrayMap, RingBuf, RingBufReader
-from .maps.ring import ReplayRing
-from .program import Program
-from .records import FIXED_FORMATS
-from .tracefs import find_tracefs, tracepoint_format
-from .uapi import BPF_MAP_TYPE_ARRAY_OF_MAPS, BPF_MAP_TYPE_HASH, BPF_PROG_TYPE_TRACEPOINT
+from kestrel_raw.kernel import bpf, caps, syscall
+from kestrel_raw import programs
+from kestrel_raw.collector import selfcheck
+from kestrel_raw.codec import wire
+from kestrel_raw.kernel.attach import attach_tracepoint
+from kestrel_raw.btf import BTF
+from kestrel_raw.config import CollectorConfig
+from kestrel_raw.errors import BPFError, BTFError, RecordError, SetupError
+from kestrel_raw.codec.events import KestrelEvent, event_from_raw
+from kestrel_raw.codec.jsonl import encode_records
+from kestrel_raw.maps import HashMap, Map, PerCPUArrayMap, RingBuf, RingBufReader
+from kestrel_raw.maps.ring import ReplayRing
+from kestrel_raw.kernel.prog import Program
+from kestrel_raw.codec.records import FIXED_FORMATS
+from kestrel_raw.kernel.tracefs import find_tracefs, tracepoint_format
+from kestrel_raw.kernel.uapi import BPF_MAP_TYPE_ARRAY_OF_MAPS, BPF_MAP_TYPE_HASH, BPF_PROG_TYPE_TRACEPOINT
 
 BATCH_RECORDS = 256  # records a poller takes from a ring at a time: one chunk of JSON lines at most
 SELF_CHECK_TRIES = 3  # attachments made of a tracepoint before one that fires is given up (selfcheck.py)
@@ -238,7 +241,7 @@ class KestrelCollector:
     async def _check_attached(self) -> None:
         """Make each tracepoint fire in this process and see its program run; re-attach the silent ones.
 
-        See kestrel_raw/selfcheck.py: an attachment the kernel accepted can stay dead.  The silent ones
+        See kestrel_raw/collector/selfcheck.py: an attachment the kernel accepted can stay dead.  The silent ones
         are all detached before any is attached again, so that a tracepoint this collector alone uses is
         turned off and on.  Raises SetupError when they are still silent after SELF_CHECK_TRIES tries.
         """
@@ -541,7 +544,7 @@ class KestrelCollector:
 
     def program_listing(self) -> str:
         """Every loaded program as text, as an auditor would read it."""
-        from .asm import format_program
+        from kestrel_raw.asm import format_program
 
         out = []
         for spec, insns in self._listing:
@@ -608,7 +611,7 @@ def _u64(v) -> int:
 
 def _write_listings(path: str, listing) -> None:
     """Write each program's disassembly to ``path`` (a directory) for audit."""
-    from .asm import format_program
+    from kestrel_raw.asm import format_program
 
     for spec, insns in listing:
         with open(os.path.join(path, f"{spec.name}.txt"), "w") as f:

@@ -3,7 +3,7 @@
 This is the declarative definition of the wire format of docs/architecture.md ("Records") and the test
 oracle: ``parse_record_construct`` parses with construct's interpreted parser (which checks every length;
 construct's compiled parser does not: ``Compiled`` ``Bytes(this.n)`` returns a short slice instead of
-failing, so it cannot be the oracle).  The hot path in kestrel_raw/records.py uses the ``struct`` formats
+failing, so it cannot be the oracle).  The hot path in kestrel_raw/codec/records.py uses the ``struct`` formats
 ``struct_format`` derives from these Structs; the tests check that the two agree.
 """
 from __future__ import annotations
@@ -13,10 +13,10 @@ import struct
 import construct as cs
 from construct import Bytes, Check, Int16ul, Int32sl, Int32ul, Int64ul, Struct, this
 
-from .errors import RecordError
-from .records import (
-    ARGS_MAX, FILENAME_MAX, KIND_CONNECT, KIND_EXEC, KIND_EXIT, KIND_NAMES, KIND_OPEN, PATH_MAX, SOCKADDR_MAX,
-    TASK_COMM_LEN, ConnectRecord, ExecRecord, ExitRecord, OpenRecord, Record, _cstr,
+from kestrel_raw.errors import RecordError
+from kestrel_raw.codec.records import (
+    ARGS_MAX, FILENAME_MAX, KIND_CONNECT, KIND_EXEC, KIND_EXIT, KIND_NAMES, KIND_OPEN, PATH_MAX,
+    SOCKADDR_MAX, TASK_COMM_LEN, ConnectRecord, ExecRecord, ExitRecord, OpenRecord, Record, _cstr,
 )
 
 HEADER = Struct(

@@ -12,7 +12,7 @@ import ctypes
 import os
 import platform
 
-from .errors import SetupError, bpf_error
+from kestrel_raw.errors import SetupError, bpf_error
 
 # Syscall numbers per architecture: arch/x86/entry/syscalls/syscall_64.tbl and, for arm64, the generic
 # table include/uapi/asm-generic/unistd.h.
@@ -37,7 +37,7 @@ def syscall_numbers(machine: str | None = None) -> dict[str, int]:
         raise SetupError(
             f"unsupported architecture {machine!r}: kestrel-raw knows the bpf(2) and perf_event_open(2) "
             f"syscall numbers only for {known}; add this architecture's numbers to "
-            f"kestrel_raw/syscall.py SYSCALL_NUMBERS") from None
+            f"kestrel_raw/kernel/syscall.py SYSCALL_NUMBERS") from None
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -184,5 +184,5 @@ def close(fd: int) -> None:
 
 
 def _cmd_name(cmd: int) -> str:
-    from .uapi import BPF_CMD_NAMES
+    from kestrel_raw.kernel.uapi import BPF_CMD_NAMES
     return BPF_CMD_NAMES.get(cmd, f"bpf(cmd={cmd})")

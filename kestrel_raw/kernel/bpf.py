@@ -12,15 +12,14 @@ import errno
 import re
 from dataclasses import dataclass
 
-from . import syscall
-from .errors import ConfigError, VerifierError, bpf_error
-from .fd import FD
-from .uapi import (
+from kestrel_raw.kernel import syscall
+from kestrel_raw.errors import ConfigError, VerifierError, bpf_error
+from kestrel_raw.kernel.fd import FD
+from kestrel_raw.kernel.uapi import (
     BPF_ENABLE_STATS, BPF_LINK_CREATE, BPF_LINK_GET_NEXT_ID, BPF_MAP_CREATE, BPF_MAP_DELETE_ELEM,
-    BPF_MAP_GET_NEXT_ID, BPF_MAP_GET_NEXT_KEY, BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_BATCH, BPF_MAP_UPDATE_ELEM,
-    BPF_OBJ_GET_INFO_BY_FD,
-    BPF_OBJ_NAME_LEN, BPF_PROG_GET_FD_BY_ID, BPF_PROG_GET_NEXT_ID, BPF_PROG_LOAD, BPF_RAW_TRACEPOINT_OPEN,
-    BPF_ANY, BPF_TAG_SIZE,
+    BPF_MAP_GET_NEXT_ID, BPF_MAP_GET_NEXT_KEY, BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_BATCH,
+    BPF_MAP_UPDATE_ELEM, BPF_OBJ_GET_INFO_BY_FD, BPF_OBJ_NAME_LEN, BPF_PROG_GET_FD_BY_ID,
+    BPF_PROG_GET_NEXT_ID, BPF_PROG_LOAD, BPF_RAW_TRACEPOINT_OPEN, BPF_ANY, BPF_TAG_SIZE,
 )
 
 _u32 = ctypes.c_uint32
@@ -595,7 +594,7 @@ def enable_stats(stats_type: int) -> FD:
 # --- common ---------------------------------------------------------------------------------------------
 
 def _call(cmd: int, attr: ctypes.Structure, size: int, hint_for=None) -> int:
-    from .uapi import BPF_CMD_NAMES
+    from kestrel_raw.kernel.uapi import BPF_CMD_NAMES
     ret, err = syscall.bpf_errno(cmd, attr, size)
     if ret < 0:
         hint = hint_for(err) if hint_for is not None else ""

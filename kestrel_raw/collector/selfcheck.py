@@ -24,7 +24,7 @@ import socket
 import threading
 from typing import Callable
 
-from . import syscall
+from kestrel_raw.kernel import syscall
 
 AT_FDCWD = -100  # include/uapi/linux/fcntl.h
 

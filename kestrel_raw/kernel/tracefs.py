@@ -14,7 +14,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
-from .errors import SetupError
+from kestrel_raw.errors import SetupError
 
 DEFAULT_TRACEFS = "/sys/kernel/tracing"
 LOCKDOWN_PATH = "/sys/kernel/security/lockdown"

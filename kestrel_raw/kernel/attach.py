@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import errno
 
-from . import bpf, perf
-from .errors import BPFError
-from .fd import FD
-from .tracefs import tracepoint_id
-from .uapi import BPF_PERF_EVENT
+from kestrel_raw.kernel import bpf, perf
+from kestrel_raw.errors import BPFError
+from kestrel_raw.kernel.fd import FD
+from kestrel_raw.kernel.tracefs import tracepoint_id
+from kestrel_raw.kernel.uapi import BPF_PERF_EVENT
 
 # LINK_CREATE on a perf event exists since 5.15; older kernels (or a kernel that refuses it for this
 # program type) answer with one of these, and the ioctls do the same job without a link fd.

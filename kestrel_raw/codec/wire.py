@@ -1,6 +1,6 @@
 """The ring-buffer wire format: the one place both sides take their numbers from.
 
-The programs in ``kestrel_raw/programs`` write records at these offsets; ``kestrel_raw/records.py`` parses
+The programs in ``kestrel_raw/programs`` write records at these offsets; ``kestrel_raw/codec/records.py`` parses
 them.  The table in docs/architecture.md ("Records") is the same format in prose.  Records are in the
 host's byte order, which is little-endian on every architecture this project supports (x86_64, aarch64).
 """

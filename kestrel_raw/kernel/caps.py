@@ -27,8 +27,8 @@ import os
 from dataclasses import dataclass
 from typing import Callable
 
-from . import syscall
-from .errors import SetupError
+from kestrel_raw.kernel import syscall
+from kestrel_raw.errors import SetupError
 
 # include/uapi/linux/capability.h
 CAP_CHOWN = 0

@@ -1,7 +1,7 @@
 """Kestrel Events: records normalized into typed, schema-keyed values.  Pure: no kernel, no I/O.
 
-``normalize(record, wall_offset_ns)`` turns a parsed record (kestrel_raw.records) into a ``KestrelEvent``
-whose ``fields`` maps kestrel-schema field ids (kestrel_raw.schema) to typed values.  Strings that are not
+``normalize(record, wall_offset_ns)`` turns a parsed record (kestrel_raw.codec.records) into a ``KestrelEvent``
+whose ``fields`` maps kestrel-schema field ids (kestrel_raw.spec) to typed values.  Strings that are not
 valid UTF-8 survive losslessly: they are ``str`` decoded with ``errors="surrogateescape"``, so
 ``s.encode("utf-8", "surrogateescape")`` gives back the exact bytes.
 
@@ -15,13 +15,13 @@ from operator import attrgetter
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from .errors import RecordError
-from .records import (
-    FIELD_PARSERS, KIND_CONNECT, KIND_EXEC, KIND_EXIT, KIND_OPEN, SYSCALL_OPENAT, SYSCALL_OPENAT2, ConnectRecord,
-    ExecRecord, ExitRecord, OpenRecord, Record, record_kind,
+from kestrel_raw.errors import RecordError
+from kestrel_raw.codec.records import (
+    FIELD_PARSERS, KIND_CONNECT, KIND_EXEC, KIND_EXIT, KIND_OPEN, SYSCALL_OPENAT, SYSCALL_OPENAT2,
+    ConnectRecord, ExecRecord, ExitRecord, OpenRecord, Record, record_kind,
 )
-from .schema import FIELDS_BY_ID, FIELDS_BY_NAME, EventType, FieldId
-from .sockaddr import decode_sockaddr
+from kestrel_raw.spec import FIELDS_BY_ID, FIELDS_BY_NAME, EventType, FieldId
+from kestrel_raw.codec.sockaddr import decode_sockaddr
 
 SOURCE_EBPF = "ebpf"
 

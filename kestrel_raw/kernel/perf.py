@@ -4,10 +4,10 @@ from __future__ import annotations
 import ctypes
 import errno
 
-from . import syscall
-from .errors import bpf_error
-from .fd import FD
-from .uapi import (
+from kestrel_raw.kernel import syscall
+from kestrel_raw.errors import bpf_error
+from kestrel_raw.kernel.fd import FD
+from kestrel_raw.kernel.uapi import (
     PERF_EVENT_IOC_DISABLE, PERF_EVENT_IOC_ENABLE, PERF_EVENT_IOC_SET_BPF, PERF_FLAG_FD_CLOEXEC,
     PERF_TYPE_TRACEPOINT, PerfEventAttr,
 )

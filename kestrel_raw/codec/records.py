@@ -1,6 +1,6 @@
 """Raw ring-buffer records: the wire format of docs/architecture.md ("Records"), parsed without a kernel.
 
-The schema is declarative: one ``construct`` Struct per record kind, in kestrel_raw/record_schema.py, which
+The schema is declarative: one ``construct`` Struct per record kind, in kestrel_raw/codec/schema.py, which
 is also the test oracle (``parse_record_construct``).  The hot path here, ``parse_record``, unpacks each
 kind's fixed part with the ``struct`` format derived from those Structs and slices the variable parts:
 ~2 us a record instead of construct's 30-50 us (bench/parse_speed.py).  Tests prove the two paths agree on
@@ -18,10 +18,10 @@ import struct
 from dataclasses import dataclass, fields
 from typing import Union
 
-from . import wire
-from .errors import RecordError
+from kestrel_raw.codec import wire
+from kestrel_raw.errors import RecordError
 
-# The numbers come from kestrel_raw/wire.py, which the programs write with; tests/test_records_wire.py
+# The numbers come from kestrel_raw/codec/wire.py, which the programs write with; tests/test_records_wire.py
 # checks every Struct offset below against it.
 KIND_EXEC = wire.KIND_EXEC
 KIND_OPEN = wire.KIND_OPEN
@@ -161,7 +161,7 @@ KIND_NAMES = {KIND_EXEC: "exec", KIND_OPEN: "open", KIND_CONNECT: "connect", KIN
 
 # --- the fast path: struct formats of the construct schema ------------------------------------------
 #
-# The schema is construct (kestrel_raw/record_schema.py); these formats are what
+# The schema is construct (kestrel_raw/codec/schema.py); these formats are what
 # ``record_schema.struct_format`` derives from it, written out so that the collector need not import
 # construct (7 MB of its peak RSS, 50 ms of its start-up).  tests/test_records_fastpath.py derives them
 # again and fails on any difference.
@@ -324,6 +324,6 @@ _SCHEMA_NAMES = frozenset({
 
 def __getattr__(name: str):
     if name in _SCHEMA_NAMES:
-        from . import record_schema
+        from kestrel_raw.codec import schema as record_schema
         return getattr(record_schema, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from . import bpf
-from .fd import FD
-from .uapi import BPF_PROG_TYPE_TRACEPOINT
+from kestrel_raw.kernel import bpf
+from kestrel_raw.kernel.fd import FD
+from kestrel_raw.kernel.uapi import BPF_PROG_TYPE_TRACEPOINT
 
 
 class Program:
@@ -23,7 +23,7 @@ class Program:
         if isinstance(insns, (bytes, bytearray, memoryview)):
             code = bytes(insns)
         else:
-            from .asm import assemble
+            from kestrel_raw.asm import assemble
             code = assemble(list(insns), maps=dict(maps or {}))
         self.code = code
         self.prog_type = prog_type

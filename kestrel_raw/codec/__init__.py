@@ -1,0 +1,1 @@
+"""The codec: ring-buffer records to Kestrel Events and JSON lines.  Pure: no kernel, no I/O, no trio."""

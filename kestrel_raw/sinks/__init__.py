@@ -1,0 +1,1 @@
+"""Where events go: JSON lines files and the in-process EventBus."""
