@@ -41,18 +41,18 @@ try:
 except ImportError:
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from kestrel_raw.codec.events import event_from_raw, normalize  # noqa: E402
-from kestrel_raw.codec import jsonl  # noqa: E402
+from kestrel_raw import spec  # noqa: E402
+from kestrel_raw.codec import generate  # noqa: E402
 from kestrel_raw.codec.jsonl import encode_event, encode_record, encode_records  # noqa: E402
-from kestrel_raw.codec.records import (
-    KIND_CONNECT, KIND_EXEC, KIND_EXIT, KIND_OPEN, RECORD_STRUCTS, build_record, parse_record,
-    parse_record_construct,
-)
+from kestrel_raw.codec.normalize import event_from_raw, normalize  # noqa: E402
+from kestrel_raw.codec.records import parse_record  # noqa: E402
+from kestrel_raw.codec.schema import RECORD_STRUCTS, build_record, parse_record_construct  # noqa: E402
 
+KIND_EXEC, KIND_OPEN, KIND_CONNECT, KIND_EXIT = (k.id for k in (spec.EXEC, spec.OPEN, spec.CONNECT, spec.EXIT))
 COMMON = dict(cpu=2, ts_ns=123_456_789_000, start_ns=99_000_000, pid=31337, tid=31338, ppid=1, uid=1000,
               gid=1000, comm=b"python3")
 SAMPLES = {
-    "open": build_record(KIND_OPEN, **COMMON, ret=3, dfd=-100, open_flags=0o2100000, mode=0,
+    "open": build_record(KIND_OPEN, **COMMON, ret=3, dfd=-100, flags=0o2100000, mode=0,
                          path=b"/usr/lib/python3.11/__pycache__/os.cpython-311.pyc"),
     "exec": build_record(KIND_EXEC, **COMMON, filename=b"/usr/bin/ls", args=b"ls\0--color=auto\0-la\0/tmp\0",
                          args_total=25),
@@ -70,7 +70,7 @@ COLUMNS = ("construct", "compiled", "struct", "+normalize", "event_from_raw", "e
 def distinct_pool(name: str) -> list[bytes]:
     """Records of kind ``name`` that miss jsonl's memos when taken in turn: opens of one thread, each of
     another path; records of other kinds, each of another thread."""
-    size = 4 * max(jsonl._WHO_MEMO_MAX, jsonl._WHAT_MEMO_MAX)
+    size = 4 * max(generate.WHO_MEMO_MAX, generate.LINE_MEMO_MAX)
     base = SAMPLES[name]
     out = []
     for i in range(size):
@@ -78,7 +78,8 @@ def distinct_pool(name: str) -> list[bytes]:
             out.append(base.replace(b"os.cpython", b"%010d" % i))  # same length: path_len holds
         else:
             rec = bytearray(base)
-            struct.pack_into("<LL", rec, 24, 100_000 + i, 100_000 + i)  # pid, tid (after cpu, ts, start)
+            struct.pack_into("<L", rec, spec.OPEN.pid.offset, 100_000 + i)
+            struct.pack_into("<L", rec, spec.OPEN.tid.offset, 100_000 + i)
             out.append(bytes(rec))
     return out
 

@@ -41,7 +41,7 @@ import trio  # noqa: E402
 from bench import host  # noqa: E402
 from kestrel_raw.kernel import bpf
 from kestrel_raw import programs
-from kestrel_raw.codec import wire  # noqa: E402
+from kestrel_raw.spec import OPEN, OPEN_SYSCALL_OPENAT  # noqa: E402
 from kestrel_raw.asm import BPF_ADD, BPF_DW, R0, R1, R2, R3, R8, R9, alu64_imm, call, exit_insn, ldx_mem  # noqa: E402
 from kestrel_raw.asm import mov64_imm, mov64_reg  # noqa: E402
 from kestrel_raw.kernel.attach import attach_tracepoint  # noqa: E402
@@ -66,18 +66,18 @@ def stage_program(stage: str, fmt, layout, wakeup_bytes: int) -> list:
     threshold = wakeup_bytes if stage == "full" else -1  # -1: BPF_RB_NO_WAKEUP on every record
     b = ProgramBuilder("kr_stair", self_tgid=os.getpid(), nrings=1, wakeup_threshold=threshold)
     if stage in ("submit", "full"):
-        return open_.build(b, fmt, layout, wire.OPEN_SYSCALL_OPENAT)
+        return open_.build(b, fmt, layout, OPEN_SYSCALL_OPENAT)
     b.prologue()
     if stage == "prologue":
         return b.epilogue()
     b.scratch()
-    b.header(wire.KIND_OPEN, layout)
+    b.header(OPEN, layout)
     if stage == "header":
         return b.epilogue()
     if stage != "path":
         raise ValueError(f"unknown stage {stage!r} (known: {', '.join(STAGES)})")
     b.pt_regs(R9)
-    b.emit(mov64_reg(R1, R8), alu64_imm(BPF_ADD, R1, wire.OPEN_PATH), mov64_imm(R2, open_.PATH_READ),
+    b.emit(mov64_reg(R1, R8), alu64_imm(BPF_ADD, R1, OPEN.path.offset), mov64_imm(R2, open_.PATH_READ),
            ldx_mem(BPF_DW, R3, R9, layout.syscall_args[1]), call("probe_read_user_str"))
     return b.epilogue()
 

@@ -1,27 +1,46 @@
-"""kestrel-schema: the registry of event types and fields.
+"""The event spec: the one place where an event's fields are named.
 
-Every field has a stable numeric id (ids are never reused or renumbered: tests/test_schema.py pins them),
-a name, a value type and the event types it appears in.  ``KestrelEvent.fields`` is keyed by these ids.
-Values in an event have these Python types:
+For each event kind it says, field by field, what the BPF program writes into the ring-buffer record (the
+wire type and size, and where the kernel value comes from: a tracepoint argument, a syscall argument, a BTF
+path, a helper) and what the Kestrel Event and the JSON line carry (the stable field id, the value type, the
+JSON key, and how the value is decoded from the record).  Everything else is derived from it, once, at
+import:
 
-===============  ===================================================================================
-FieldType        Python value
-===============  ===================================================================================
-STRING           ``str``; bytes that are not valid UTF-8 are kept with ``errors="surrogateescape"``
-U64              ``int`` in [0, 2**64)
-I64              ``int`` in [-2**63, 2**63)
-BYTES            ``bytes``
-STRING_LIST      ``tuple[str, ...]`` (surrogateescape as for STRING)
-BOOL             ``bool``
-===============  ===================================================================================
+- the record layout (offsets), here: ``OPEN.ret.offset``; the programs write through it
+  (``b.store(OPEN.ret, R1)``, kestrel_raw/programs);
+- the parser's ``struct`` formats, the record classes, the normalizer and the JSON line encoders
+  (kestrel_raw/codec/generate.py writes their source from this spec and compiles it);
+- the construct ``Struct`` of each record (kestrel_raw/codec/schema.py: the schema and the test oracle);
+- the tables of the README and of docs/architecture.md (``render_*`` below; tests fail when the docs differ).
+
+Pure: imports neither ctypes nor trio, nor anything else of the package.
+
+Vocabulary.  A *wire field* (``Wire``) is a field of the record as the program writes it.  A *Kestrel field*
+(``Field``) is a field of the Kestrel Event, with a stable numeric id (``FieldId``: append only, never
+renumbered, never reused).  A kind lists its Kestrel fields in JSON order, each with a ``Value``: the Python
+expression, over the record's parsed values, that gives the Kestrel value (and, for strings, the raw bytes the
+JSON line is written from).  Expressions may call the decoders of kestrel_raw/codec/decode.py by name.
+
+Record layout.  Every record starts with the common header (``HEADER``), then its kind's fixed part, then its
+variable parts in order, each exactly as long as its length field says (the ring buffer pads the record to 8
+bytes: a parser ignores the tail).  The header starts with the timestamp, the only bytes of a record that
+differ between two events of one thread doing the same thing again: the JSON encoder keys its memo on
+everything after it (kestrel_raw/codec/generate.py).  Host byte order, little-endian on every supported
+architecture (x86_64, aarch64).
 """
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Iterator
+
+# --------------------------------------------------------------------------------------------------------
+# Event types and field ids: stable numbers.
 
 
 class EventType(enum.IntEnum):
+    """Kestrel event type ids; also the record kind (the u16 every record carries)."""
+
     EXEC = 1
     OPEN = 2
     CONNECT = 3
@@ -43,6 +62,18 @@ class EventType(enum.IntEnum):
 
 
 class FieldType(enum.Enum):
+    """The Python type of a Kestrel field's value.
+
+    ==============  ===================================================================================
+    STRING          ``str``; bytes that are not valid UTF-8 are kept with ``errors="surrogateescape"``
+    U64             ``int`` in [0, 2**64)
+    I64             ``int`` in [-2**63, 2**63)
+    BYTES           ``bytes``
+    STRING_LIST     ``tuple[str, ...]`` (surrogateescape as for STRING)
+    BOOL            ``bool``
+    ==============  ===================================================================================
+    """
+
     STRING = "string"
     U64 = "u64"
     I64 = "i64"
@@ -53,6 +84,7 @@ class FieldType(enum.Enum):
 
 class FieldId(enum.IntEnum):
     """Stable field ids.  Append only: never renumber, never reuse."""
+
     PID = 1
     TID = 2
     PPID = 3
@@ -79,51 +111,483 @@ class FieldId(enum.IntEnum):
     SIGNAL = 24
 
 
-@dataclass(frozen=True, slots=True)
+# --------------------------------------------------------------------------------------------------------
+# Where a wire value comes from (what the program does to get it).  Data: the programs read these (the
+# header is built from them) and the docs print them.
+
+
+@dataclass(frozen=True)
+class Helper:
+    """The result of a BPF helper call (``bpf_<name>``)."""
+    name: str
+
+    def describe(self) -> str:
+        return f"bpf_{self.name}()"
+
+
+@dataclass(frozen=True)
+class Btf:
+    """A kernel struct member reached from the current task through BTF (``task_struct.real_parent.tgid``);
+    the offsets come from the running kernel's BTF at load time."""
+    path: str
+
+    def describe(self) -> str:
+        return self.path
+
+
+@dataclass(frozen=True)
+class PidTgid:
+    """A half of ``bpf_get_current_pid_tgid()``: ``"tgid"`` (upper 32 bits) or ``"pid"`` (the thread)."""
+    half: str
+
+    def describe(self) -> str:
+        return f"bpf_get_current_pid_tgid() {'>> 32' if self.half == 'tgid' else '& 0xffffffff'}"
+
+
+@dataclass(frozen=True)
+class TpField:
+    """A field of the tracepoint's record, at the offset its tracefs ``format`` file gives."""
+    name: str
+
+    def describe(self) -> str:
+        return f"tracepoint field {self.name}"
+
+
+@dataclass(frozen=True)
+class SyscallArg:
+    """Syscall argument ``index`` (0-based), from the task's saved user registers at the syscall's exit."""
+    index: int
+    name: str
+
+    def describe(self) -> str:
+        return f"syscall argument {self.index} ({self.name})"
+
+
+@dataclass(frozen=True)
+class Const:
+    """A value the program writes as an immediate (per program: the record kind, the syscall number)."""
+    what: str
+
+    def describe(self) -> str:
+        return self.what
+
+
+@dataclass(frozen=True)
+class Computed:
+    """A value the program computes or copies (a length, a user-memory read); ``how`` says how."""
+    how: str
+
+    def describe(self) -> str:
+        return self.how
+
+
+Source = Helper | Btf | PidTgid | TpField | SyscallArg | Const | Computed
+
+
+# --------------------------------------------------------------------------------------------------------
+# Wire types.
+
+
+@dataclass(frozen=True)
+class Int:
+    size: int
+    signed: bool
+
+    @property
+    def name(self) -> str:
+        return f"{'i' if self.signed else 'u'}{self.size * 8}"
+
+    @property
+    def struct_code(self) -> str:
+        """The ``struct`` module's code for it (standard sizes: the formats start with ``<``)."""
+        code = {1: "b", 2: "h", 4: "l", 8: "q"}[self.size]
+        return code if self.signed else code.upper()
+
+
+U16 = Int(2, False)
+U32 = Int(4, False)
+U64 = Int(8, False)
+I32 = Int(4, True)
+I64 = Int(8, True)
+
+
+@dataclass(frozen=True)
+class Chars:
+    """A fixed-size byte array, NUL-padded by the kernel (``comm``): the value is the bytes up to the
+    first NUL."""
+    size: int
+
+    @property
+    def name(self) -> str:
+        return f"char[{self.size}]"
+
+    @property
+    def struct_code(self) -> str:
+        return f"{self.size}s"
+
+
+@dataclass(frozen=True)
+class Var:
+    """A variable-length part after the fixed part, exactly ``length`` bytes long (``length`` names a wire
+    field of the same kind), at most ``max`` (a larger length is a corrupt record).  ``cstr``: the value is
+    cut at the first NUL (a string the program copied with its terminator)."""
+    length: str
+    max: int
+    cstr: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"u8[{self.length}]"
+
+
+WireType = Int | Chars | Var
+
+
+@dataclass(frozen=True)
+class Wire:
+    """One field of the record.  ``offset`` is filled in by ``Kind`` (fixed fields; for variable parts the
+    offset of the first one, the others following it)."""
+    name: str
+    type: WireType
+    source: Source
+    doc: str = ""
+    offset: int = -1
+
+    @property
+    def size(self) -> int:
+        if isinstance(self.type, Var):
+            raise TypeError(f"wire field {self.name} is variable-length: its size is its length field's value")
+        return self.type.size
+
+    @property
+    def padding(self) -> bool:
+        """Padding: written as zero, parsed and dropped (name starts with ``_``)."""
+        return self.name.startswith("_")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Kestrel fields and their values.
+
+
+@dataclass(frozen=True)
 class Field:
-    id: int
+    """A Kestrel field: stable id, name (also its JSON key), value type, the event types it appears in."""
+    id: FieldId
     name: str
     type: FieldType
     event_types: frozenset[EventType]
     doc: str
 
 
-ALL_EVENT_TYPES = frozenset(EventType)
-_E, _O, _C, _X = EventType.EXEC, EventType.OPEN, EventType.CONNECT, EventType.EXIT
+@dataclass(frozen=True)
+class Value:
+    """How a kind fills one Kestrel field from the parsed record.
 
-FIELDS: tuple[Field, ...] = (
-    Field(FieldId.PID, "pid", FieldType.U64, ALL_EVENT_TYPES, "process id (tgid)"),
-    Field(FieldId.TID, "tid", FieldType.U64, ALL_EVENT_TYPES, "thread id"),
-    Field(FieldId.PPID, "ppid", FieldType.U64, ALL_EVENT_TYPES, "parent's process id (real_parent->tgid)"),
-    Field(FieldId.UID, "uid", FieldType.U64, ALL_EVENT_TYPES, "real user id"),
-    Field(FieldId.GID, "gid", FieldType.U64, ALL_EVENT_TYPES, "real group id"),
-    Field(FieldId.COMM, "comm", FieldType.STRING, ALL_EVENT_TYPES, "task command name (at most 15 bytes)"),
-    Field(FieldId.PROCESS_START_NS, "process_start_ns", FieldType.U64, ALL_EVENT_TYPES,
-          "group leader's start time, CLOCK_MONOTONIC ns"),
-    Field(FieldId.CPU, "cpu", FieldType.U64, ALL_EVENT_TYPES, "CPU the event was recorded on"),
-    Field(FieldId.FILENAME, "filename", FieldType.STRING, frozenset({_E}), "the file executed"),
-    Field(FieldId.ARGV, "argv", FieldType.STRING_LIST, frozenset({_E}), "arguments, argv[0] first"),
-    Field(FieldId.TRUNCATED, "truncated", FieldType.BOOL, frozenset({_E, _O}),
-          "the argument area or path was longer than what was copied"),
-    Field(FieldId.PATH, "path", FieldType.STRING, frozenset({_O}), "path as passed to open (may be relative)"),
-    Field(FieldId.FLAGS, "flags", FieldType.U64, frozenset({_O}), "open flags (O_*)"),
-    Field(FieldId.MODE, "mode", FieldType.U64, frozenset({_O}), "creation mode"),
-    Field(FieldId.RET, "ret", FieldType.I64, frozenset({_O, _C}), "syscall return value (-errno on failure)"),
-    Field(FieldId.DFD, "dfd", FieldType.I64, frozenset({_O}), "directory fd the path is relative to"),
-    Field(FieldId.SYSCALL, "syscall", FieldType.STRING, frozenset({_O}), "\"openat\" or \"openat2\""),
-    Field(FieldId.FAULT, "fault", FieldType.BOOL, frozenset({_E, _O, _C}), "user memory could not be read"),
-    Field(FieldId.FAMILY, "family", FieldType.STRING, frozenset({_C}), "address family name (\"AF_INET\"...)"),
-    Field(FieldId.DADDR, "daddr", FieldType.STRING, frozenset({_C}), "destination address text"),
-    Field(FieldId.DPORT, "dport", FieldType.U64, frozenset({_C}), "destination port (0 when none)"),
-    Field(FieldId.FD, "fd", FieldType.I64, frozenset({_C}), "socket fd"),
-    Field(FieldId.EXIT_CODE, "exit_code", FieldType.U64, frozenset({_X}), "exit status ((code >> 8) & 0xff)"),
-    Field(FieldId.SIGNAL, "signal", FieldType.U64, frozenset({_X}), "terminating signal (code & 0x7f), 0 if none"),
+    ``expr``: Python expression over the record's values (wire names and the kind's ``Local`` names) giving
+    the Kestrel value.  ``raw``: for STRING and STRING_LIST fields, an expression giving the bytes (a list of
+    bytes for STRING_LIST) that the value decodes, so that the JSON encoder works from bytes and writes a
+    ``<key>_b64`` twin for bytes that are not UTF-8.  ``json``: whether the JSON line carries it.
+    ``doc``: what the JSON key means for this kind (the README's table).
+    """
+    id: FieldId
+    expr: str
+    raw: str | None = None
+    json: bool = True
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class Local:
+    """A value computed once per record from others, for several fields to use (a decoded sockaddr)."""
+    name: str
+    expr: str
+
+
+def raw_int(wire: str, fid: FieldId, *, json: bool = True, doc: str = "") -> Value:
+    """The wire integer as it is."""
+    return Value(fid, wire, json=json, doc=doc)
+
+
+def text(wire: str, fid: FieldId, *, doc: str = "") -> Value:
+    """Bytes decoded losslessly (surrogateescape); JSON: UTF-8 text with a ``_b64`` twin when not UTF-8."""
+    return Value(fid, f"{wire}.decode('utf-8', 'surrogateescape')", raw=wire, doc=doc)
+
+
+def flag(bit: int, fid: FieldId, *, doc: str = "") -> Value:
+    """A bit of the record's header flags."""
+    return Value(fid, f"(header_flags & {bit}) != 0", doc=doc)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Record flags (the header's u16 flags): bits the programs set.
+
+FLAG_TRUNCATED = 1 << 0  # a string or the argument area was longer than its limit
+FLAG_FAULT = 1 << 1  # user memory could not be read (bad pointer, page not present)
+
+TASK_COMM_LEN = 16
+MAX_PATH = 4096  # open path bytes kept, without the NUL; a longer path is cut here and flagged TRUNCATED
+MAX_FILENAME = 4096  # exec file name bytes (PATH_MAX, counting the NUL the kernel stores)
+MAX_ARGS = 4096  # bytes of the exec argument area copied
+MAX_SOCKADDR = 128  # sizeof(struct sockaddr_storage)
+
+# open record "syscall" values, and their names in the Kestrel field
+OPEN_SYSCALLS = {0: "openat", 1: "openat2"}
+OPEN_SYSCALL_OPENAT = 0
+OPEN_SYSCALL_OPENAT2 = 1
+
+
+# --------------------------------------------------------------------------------------------------------
+# Kinds.
+
+
+class Kind:
+    """One record kind / event type: its wire fields (after the header), its locals and its values.
+
+    Attribute access gives the wire fields with their offsets: ``OPEN.ret.offset``; ``OPEN.fixed_size`` is
+    the size of the header and fixed part, where the first variable part starts.
+    """
+
+    def __init__(self, event_type: EventType, wire: list[Wire], values: list[Value],
+                 locals_: list[Local] = (), *, header: tuple[Wire, ...] | None = None, memo: bool = False,
+                 doc: str = "") -> None:
+        self.event_type = event_type
+        self.id = int(event_type)
+        self.label = event_type.label
+        self.memo = memo  # the JSON encoder keeps whole lines' text besides the time (repeated events)
+        self.doc = doc
+        fields, offset = [], 0
+        for w in (*(header if header is not None else HEADER), *wire):
+            if isinstance(w.type, Var):
+                # The first variable part starts after the fixed part; the others follow it, at offsets that
+                # depend on its length (-1: not a constant).
+                fields.append(_with_offset(w, -1 if any(isinstance(f.type, Var) for f in fields) else offset))
+                continue
+            if any(isinstance(f.type, Var) for f in fields):
+                raise ValueError(f"{event_type.label}.{w.name}: a fixed field after a variable part")
+            if offset % w.type.size and isinstance(w.type, Int):
+                raise ValueError(f"{event_type.label}.{w.name}: offset {offset} not aligned to {w.type.size}")
+            fields.append(_with_offset(w, offset))
+            offset += w.type.size
+        self.wire: tuple[Wire, ...] = tuple(fields)
+        self.fixed: tuple[Wire, ...] = tuple(w for w in fields if not isinstance(w.type, Var))
+        self.var: tuple[Wire, ...] = tuple(w for w in fields if isinstance(w.type, Var))
+        self.fixed_size = offset
+        if self.fixed_size % 8:
+            raise ValueError(f"{event_type.label}: fixed part is {self.fixed_size} bytes, not a multiple of 8")
+        self.locals: tuple[Local, ...] = tuple(locals_)
+        self.values: tuple[Value, ...] = tuple((*COMMON_VALUES, *values)) if header is None else tuple(values)
+        self._by_name = {w.name: w for w in fields}
+        for v in self.var:
+            if v.type.length not in self._by_name:
+                raise ValueError(f"{event_type.label}.{v.name}: length field {v.type.length} is not a wire field")
+        ids = [int(v.id) for v in self.values]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"{event_type.label}: a Kestrel field is given twice")
+
+    def __getattr__(self, name: str) -> Wire:
+        try:
+            return self.__dict__["_by_name"][name]
+        except KeyError:
+            raise AttributeError(f"{self.__dict__.get('label', 'kind')} has no wire field {name!r}") from None
+
+    def __repr__(self) -> str:
+        return f"Kind({self.label})"
+
+    @property
+    def lengths(self) -> frozenset[str]:
+        """Names of the wire fields that are lengths of variable parts."""
+        return frozenset(v.type.length for v in self.var)
+
+    @property
+    def record_names(self) -> tuple[str, ...]:
+        """The parsed record's values, in order: every wire field but the kind, padding and the lengths of
+        variable parts (the parts themselves carry those)."""
+        return tuple(w.name for w in self.wire if w.name != "kind" and not w.padding and w.name not in self.lengths)
+
+
+def _with_offset(w: Wire, offset: int) -> Wire:
+    return Wire(w.name, w.type, w.source, w.doc, offset)
+
+
+# The common header.  The timestamp comes first: the only bytes that differ between two events of one
+# thread doing the same thing again (the JSON encoder's memo keys on everything after it).
+HEADER: tuple[Wire, ...] = (
+    Wire("ts_ns", U64, Helper("ktime_get_ns"), "time of the event, CLOCK_MONOTONIC ns"),
+    Wire("kind", U16, Const("the record kind (event type id)")),
+    Wire("header_flags", U16, Computed("bits set by the program: 1 TRUNCATED, 2 FAULT"),
+         "bit 0 TRUNCATED (a value was cut at its limit), bit 1 FAULT (user memory could not be read)"),
+    Wire("cpu", U32, Helper("get_smp_processor_id"), "CPU the program ran on"),
+    Wire("start_ns", U64, Btf("task_struct.group_leader.start_time"),
+         "the process's start time, CLOCK_MONOTONIC ns"),
+    Wire("pid", U32, PidTgid("tgid"), "process id (tgid)"),
+    Wire("tid", U32, PidTgid("pid"), "thread id"),
+    Wire("ppid", U32, Btf("task_struct.real_parent.tgid"), "the real parent's tgid"),
+    Wire("uid", U32, Btf("task_struct.cred.uid.val"), "real user id (current_cred()->uid)"),
+    Wire("gid", U32, Btf("task_struct.cred.gid.val"), "real group id"),
+    Wire("_pad0", U32, Const("0")),
+    Wire("comm", Chars(TASK_COMM_LEN), Btf("task_struct.comm"), "the thread's command name"),
+)
+HEADER_SIZE = sum(w.type.size for w in HEADER)
+
+# Kestrel fields every event carries, in JSON order (after type, event_type_id, ts_mono_ns, ts_wall_ns and
+# entity_key, which the event itself holds; and before source).
+COMMON_VALUES: tuple[Value, ...] = (
+    raw_int("pid", FieldId.PID),
+    raw_int("tid", FieldId.TID),
+    raw_int("cpu", FieldId.CPU),
+    raw_int("ppid", FieldId.PPID),
+    raw_int("uid", FieldId.UID),
+    raw_int("gid", FieldId.GID),
+    text("comm", FieldId.COMM),
+    raw_int("start_ns", FieldId.PROCESS_START_NS, json=False),
 )
 
+EXEC = Kind(
+    EventType.EXEC,
+    wire=[
+        Wire("filename_len", U32, Computed("bytes of the file name copied, without its NUL")),
+        Wire("args_len", U32, Computed("bytes of the argument area copied (0 when unreadable)")),
+        Wire("args_total", U32, Computed("task->mm->arg_end - task->mm->arg_start (BTF)"),
+             "the argument area's whole length"),
+        Wire("_pad1", U32, Const("0")),
+        Wire("filename", Var("filename_len", MAX_FILENAME, cstr=True),
+             Computed("the tracepoint's __data_loc filename, copied with bpf_probe_read_kernel_str"),
+             "the file executed"),
+        Wire("args", Var("args_len", MAX_ARGS), Computed("the new mm's argument area, bpf_probe_read_user"),
+             "NUL-separated argv strings"),
+    ],
+    locals_=[Local("argv_parts", "split_arg_area(args)")],
+    values=[
+        text("filename", FieldId.FILENAME),
+        Value(FieldId.ARGV, "tuple([p.decode('utf-8', 'surrogateescape') for p in argv_parts])",
+              raw="argv_parts", doc="list, argv[0] first, as the new program sees it"),
+        Value(FieldId.TRUNCATED, f"(header_flags & {FLAG_TRUNCATED}) != 0 or args_total > len(args)",
+              doc="the argument area was longer than 4096 bytes, or the file name longer than PATH_MAX"),
+        flag(FLAG_FAULT, FieldId.FAULT),
+    ],
+    doc="each successful execve/execveat (sched:sched_process_exec)",
+)
+
+OPEN = Kind(
+    EventType.OPEN,
+    wire=[
+        Wire("ret", I32, TpField("ret"), "the fd, or -errno"),
+        Wire("dfd", I32, SyscallArg(0, "dfd")),
+        Wire("flags", U64, SyscallArg(2, "flags; openat2: open_how.flags"), "open flags (O_*)"),
+        Wire("mode", U32, SyscallArg(3, "mode; openat2: open_how.mode"), "creation mode"),
+        Wire("path_len", U32, Computed("bytes of the path copied, without its NUL")),
+        Wire("syscall", U32, Const("0 openat, 1 openat2")),
+        Wire("_pad1", U32, Const("0")),
+        Wire("path", Var("path_len", MAX_PATH, cstr=True),
+             Computed("syscall argument 1 (filename), bpf_probe_read_user_str at the exit"), "the path"),
+    ],
+    values=[
+        text("path", FieldId.PATH, doc="as passed, up to 4096 bytes"),
+        raw_int("flags", FieldId.FLAGS),
+        raw_int("mode", FieldId.MODE),
+        raw_int("ret", FieldId.RET, doc="the fd, or -errno"),
+        raw_int("dfd", FieldId.DFD, json=False),
+        Value(FieldId.SYSCALL, "syscall_name(syscall)", json=False),
+        flag(FLAG_TRUNCATED, FieldId.TRUNCATED, doc="the path was longer than 4096 bytes and is cut there"),
+        flag(FLAG_FAULT, FieldId.FAULT),
+    ],
+    memo=True,
+    doc="each openat and openat2, at the syscall's exit",
+)
+
+CONNECT = Kind(
+    EventType.CONNECT,
+    wire=[
+        Wire("ret", I32, TpField("ret"), "0 or -errno"),
+        Wire("fd", I32, SyscallArg(0, "fd")),
+        Wire("addrlen", U32, SyscallArg(2, "addrlen"), "as passed to connect(2)"),
+        Wire("addr_len", U32, Computed("bytes of the address copied (0 when unreadable)")),
+        Wire("addr", Var("addr_len", MAX_SOCKADDR),
+             Computed("syscall argument 1 (uservaddr), bpf_probe_read_user at the exit"), "the raw sockaddr"),
+    ],
+    locals_=[Local("sa", "decode_sockaddr(addr, addrlen)")],
+    values=[
+        Value(FieldId.FAMILY, "sa.family",
+              doc='`"AF_INET"`, `"AF_INET6"`, `"AF_UNIX"`; `"AF_UNSPEC"` when no address could be read'),
+        Value(FieldId.DADDR, "sa.address",
+              doc='`"127.0.0.1"`, `"::1"`, `"::ffff:127.0.0.1"`, or the socket path; an abstract name starts '
+                  'with `@`'),
+        Value(FieldId.DPORT, "sa.port", doc="0 for AF_UNIX"),
+        raw_int("ret", FieldId.RET, doc="0 or -errno; -115 EINPROGRESS for a non-blocking connect"),
+        raw_int("fd", FieldId.FD, json=False),
+        flag(FLAG_FAULT, FieldId.FAULT),
+    ],
+    doc="each connect, at the syscall's exit",
+)
+
+EXIT = Kind(
+    EventType.EXIT,
+    wire=[
+        Wire("exit_code", I32, Btf("task_struct.exit_code"), "raw exit code: status << 8 | signal"),
+        Wire("_pad1", U32, Const("0")),
+    ],
+    values=[
+        Value(FieldId.EXIT_CODE, "(exit_code >> 8) & 0xFF", doc="one event per process exit, not per thread"),
+        Value(FieldId.SIGNAL, "exit_code & 0x7F", doc="0 if none"),
+    ],
+    doc="each process exit (the last thread of the group; sched:sched_process_exit)",
+)
+
+KINDS: dict[int, Kind] = {k.id: k for k in (EXEC, OPEN, CONNECT, EXIT)}
+# The largest record a program can emit: exec with a full file name and a full argument area.
+MAX_RECORD = max(k.fixed_size + sum(v.type.max for v in k.var) for k in KINDS.values())
+
+
+# --------------------------------------------------------------------------------------------------------
+# The Kestrel field registry: names, types and docs once per field; the event types it appears in are the
+# kinds whose values name it.
+
+_FIELD_DEFS: dict[FieldId, tuple[str, FieldType, str]] = {
+    FieldId.PID: ("pid", FieldType.U64, "process id (tgid)"),
+    FieldId.TID: ("tid", FieldType.U64, "thread id"),
+    FieldId.PPID: ("ppid", FieldType.U64, "parent's process id (real_parent->tgid)"),
+    FieldId.UID: ("uid", FieldType.U64, "real user id"),
+    FieldId.GID: ("gid", FieldType.U64, "real group id"),
+    FieldId.COMM: ("comm", FieldType.STRING, "task command name (at most 15 bytes)"),
+    FieldId.PROCESS_START_NS: ("process_start_ns", FieldType.U64, "group leader's start time, CLOCK_MONOTONIC ns"),
+    FieldId.CPU: ("cpu", FieldType.U64, "CPU the event was recorded on"),
+    FieldId.FILENAME: ("filename", FieldType.STRING, "the file executed"),
+    FieldId.ARGV: ("argv", FieldType.STRING_LIST, "arguments, argv[0] first"),
+    FieldId.TRUNCATED: ("truncated", FieldType.BOOL, "the argument area or path was longer than what was copied"),
+    FieldId.PATH: ("path", FieldType.STRING, "path as passed to open (may be relative)"),
+    FieldId.FLAGS: ("flags", FieldType.U64, "open flags (O_*)"),
+    FieldId.MODE: ("mode", FieldType.U64, "creation mode"),
+    FieldId.RET: ("ret", FieldType.I64, "syscall return value (-errno on failure)"),
+    FieldId.DFD: ("dfd", FieldType.I64, "directory fd the path is relative to"),
+    FieldId.SYSCALL: ("syscall", FieldType.STRING, "\"openat\" or \"openat2\""),
+    FieldId.FAULT: ("fault", FieldType.BOOL, "user memory could not be read"),
+    FieldId.FAMILY: ("family", FieldType.STRING, "address family name (\"AF_INET\"...)"),
+    FieldId.DADDR: ("daddr", FieldType.STRING, "destination address text"),
+    FieldId.DPORT: ("dport", FieldType.U64, "destination port (0 when none)"),
+    FieldId.FD: ("fd", FieldType.I64, "socket fd"),
+    FieldId.EXIT_CODE: ("exit_code", FieldType.U64, "exit status ((code >> 8) & 0xff)"),
+    FieldId.SIGNAL: ("signal", FieldType.U64, "terminating signal (code & 0x7f), 0 if none"),
+}
+
+
+def _fields() -> tuple[Field, ...]:
+    missing = set(FieldId) - set(_FIELD_DEFS)
+    if missing:
+        raise ValueError(f"field ids without a definition: {sorted(missing)}")
+    out = []
+    for fid in FieldId:
+        name, ftype, doc = _FIELD_DEFS[fid]
+        kinds = frozenset(k.event_type for k in KINDS.values() if any(v.id == fid for v in k.values))
+        out.append(Field(fid, name, ftype, kinds, doc))
+    return tuple(out)
+
+
+FIELDS: tuple[Field, ...] = _fields()
 FIELDS_BY_ID: dict[int, Field] = {int(f.id): f for f in FIELDS}
 FIELDS_BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}
 # Field ids as plain ints, by name: what hot paths index ``KestrelEvent.fields`` with.
 FIELD_IDS: dict[str, int] = {f.name: int(f.id) for f in FIELDS}
+ALL_EVENT_TYPES = frozenset(EventType)
 
 
 def field(key: int | str) -> Field:
@@ -138,3 +602,72 @@ def fields_of(event_type: EventType | int) -> tuple[Field, ...]:
     """Fields an event of ``event_type`` carries, in id order."""
     et = EventType(event_type)
     return tuple(f for f in FIELDS if et in f.event_types)
+
+
+# JSON keys every line starts with (from the event itself, not its fields), and the one after the common
+# fields.  The JSON line of a kind: type, event_type_id, ts_mono_ns, ts_wall_ns, entity_key, then its values
+# marked json (the common ones first), with ``source`` after the common ones.
+JSON_EVENT_KEYS = ("type", "event_type_id", "ts_mono_ns", "ts_wall_ns", "entity_key")
+JSON_SOURCE_KEY = "source"
+
+
+def json_keys(kind: Kind) -> list[str]:
+    """The JSON keys of ``kind``'s lines, in order (without the ``_b64`` twins)."""
+    common = [FIELDS_BY_ID[int(v.id)].name for v in COMMON_VALUES if v.json]
+    own = [FIELDS_BY_ID[int(v.id)].name for v in kind.values[len(COMMON_VALUES):] if v.json]
+    return [*JSON_EVENT_KEYS, *common, JSON_SOURCE_KEY, *own]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Documentation tables, rendered from the spec (README.md and docs/architecture.md carry them between
+# markers; tests/test_spec_docs.py fails when they differ).
+
+def _kinds_of(f: Field) -> str:
+    if f.event_types == ALL_EVENT_TYPES:
+        return "all"
+    return ", ".join(t.label for t in sorted(f.event_types))
+
+
+def render_field_table() -> str:
+    """The Kestrel field registry as a Markdown table: id, name, type, events."""
+    rows = ["| id | name | type | events |", "| --- | --- | --- | --- |"]
+    rows += [f"| {int(f.id)} | {f.name} | {f.type.value} | {_kinds_of(f)} |" for f in FIELDS]
+    return "\n".join(rows)
+
+
+def render_json_table() -> str:
+    """The JSON keys of each event type as a Markdown table."""
+    rows = ["| event | keys |", "| --- | --- |"]
+    labels = ", ".join(f'`"{k.label}"`' for k in KINDS.values())
+    common = [f"`{FIELDS_BY_ID[int(v.id)].name}`" for v in COMMON_VALUES if v.json]
+    rows.append(f"| all | `type` ({labels}), `event_type_id`, `ts_mono_ns`, `ts_wall_ns`, `entity_key`, "
+                f"{', '.join(common)}, `source` (`\"ebpf\"`) |")
+    for k in KINDS.values():
+        keys = []
+        for v in k.values[len(COMMON_VALUES):]:
+            if not v.json:
+                continue
+            name = FIELDS_BY_ID[int(v.id)].name
+            keys.append(f"`{name}` ({v.doc})" if v.doc else f"`{name}`")
+        rows.append(f"| {k.label} | {', '.join(keys)} |")
+    return "\n".join(rows)
+
+
+def _wire_rows(fields: Iterator[Wire]) -> list[str]:
+    rows = []
+    for w in fields:
+        off = str(w.offset) if not isinstance(w.type, Var) or w.offset >= 0 else ""
+        what = w.doc or ("padding, 0" if w.padding else "")
+        rows.append(f"| {off} | {w.type.name} | {w.name} | {w.source.describe()} | {what} |")
+    return rows
+
+
+def render_wire_tables() -> str:
+    """The record layout: the header, then each kind's fixed and variable parts."""
+    head = "| off | type | field | from | meaning |\n| --- | --- | --- | --- | --- |"
+    out = [f"Header ({HEADER_SIZE} bytes), every record:", "", head, *_wire_rows(iter(EXEC.wire[:len(HEADER)]))]
+    for k in KINDS.values():
+        out += ["", f"{k.label} ({k.id}), {k.doc}: fixed part {k.fixed_size} bytes"
+                    + (", then " + ", ".join(f"`{v.name}`" for v in k.var) + " (variable, in this order)"
+                       if k.var else ""), "", head, *_wire_rows(iter(k.wire[len(HEADER):]))]
+    return "\n".join(out)

@@ -8,12 +8,12 @@ import uuid
 import pytest
 import trio
 
+from helpers import open_bytes
 from kestrel_raw.kernel import bpf
-from kestrel_raw.codec import wire
 from kestrel_raw.collector import KestrelCollector
 from kestrel_raw.config import CollectorConfig
 from kestrel_raw.errors import ConfigError
-from kestrel_raw.codec.events import normalize
+from kestrel_raw.codec.normalize import normalize
 from kestrel_raw.codec.records import parse_record
 from kestrel_raw.spec import EventType
 
@@ -55,13 +55,9 @@ def test_config_validation(tmp_path):
 
 
 def test_event_normalization():
-    import struct
-
-    comm = b"cat".ljust(16, b"\0")
-    path = b"/etc/hostname"
-    header = struct.pack("<HHIQQIIIIII16s", wire.KIND_OPEN, 0, 1, 5_000, 1_000, 42, 43, 1, 1000, 1000, 0, comm)
-    body = struct.pack("<iiQIIII", 3, -100, os.O_RDONLY, 0, len(path), wire.OPEN_SYSCALL_OPENAT, 0) + path
-    ev = normalize(parse_record(header + body), 10**18)
+    data = open_bytes(path=b"/etc/hostname", ret=3, oflags=os.O_RDONLY, mode=0, ts=5_000, start=1_000, pid=42,
+                      tid=43, cpu=1, uid=1000, gid=1000)
+    ev = normalize(parse_record(data), 10**18)
     assert ev.event_type_id == 2
     assert ev.ts_mono == 5_000
     assert ev.ts_wall == 10**18 + 5_000

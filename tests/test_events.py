@@ -6,13 +6,15 @@ import dataclasses
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from kestrel_raw.errors import RecordError
-from kestrel_raw.codec.events import KestrelEvent, entity_key, event_from_raw, normalize, split_args
+from helpers import connect_bytes, exec_bytes, exit_bytes, open_bytes, records
+from kestrel_raw.codec.decode import split_args
+from kestrel_raw.codec.event import KestrelEvent, entity_key
+from kestrel_raw.codec.normalize import event_from_raw, normalize
 from kestrel_raw.codec.records import parse_record
-from kestrel_raw.spec import EventType, FieldId as F
+from kestrel_raw.errors import RecordError
+from kestrel_raw.spec import OPEN, EventType, FieldId as F
 
-from test_records import connect_bytes, exec_bytes, exit_bytes, open_bytes
-from test_records_fastpath import records
+KIND_AT = OPEN.kind.offset
 
 WALL = 1_700_000_000_000_000_000
 KEY = 17461281073734017390            # entity_key(4242, 999000), pinned below
@@ -144,7 +146,7 @@ def test_normalize_is_pure():
 
 
 def test_memoized_key_follows_pid_reuse():
-    from kestrel_raw.codec.events import _KEY_MEMO
+    from kestrel_raw.codec.event import _KEY_MEMO
     rec = parse_record(open_bytes())
     for start in (1, 2, 1, 999_000):
         e = normalize(dataclasses.replace(rec, start_ns=start), WALL)
@@ -182,8 +184,9 @@ def test_event_from_raw_is_normalize_of_parse_record(data, draw):
     assert _one_step(data) == _two_steps(data) and isinstance(_two_steps(data), KestrelEvent)
     cut = draw.draw(st.integers(0, len(data)))
     garbled = bytearray(data)
-    garbled[draw.draw(st.integers(2, len(data) - 1))] ^= 0xFF
-    for d in (data[:cut], b"\x09\x00" + data[2:], bytes(garbled)):
+    garbled[draw.draw(st.integers(0, len(data) - 1))] ^= 0xFF
+    unknown = data[:KIND_AT] + b"\x09\x00" + data[KIND_AT + 2:]
+    for d in (data[:cut], unknown, bytes(garbled)):
         assert _one_step(d) == _two_steps(d)
 
 

@@ -22,15 +22,15 @@ from kestrel_raw.collector import KestrelCollector
 from kestrel_raw.config import CollectorConfig
 from kestrel_raw.codec.jsonl import encode_event
 from kestrel_raw.maps.ringbuf import RingBufReader
-from kestrel_raw.codec.records import KIND_CONNECT, KIND_EXEC, KIND_EXIT, KIND_OPEN
 
-from test_records import connect_bytes, exec_bytes, exit_bytes, header, open_bytes
+from helpers import (
+    FIXED, KIND_CONNECT, KIND_EXEC, KIND_EXIT, KIND_OPEN, LENGTH_FIELDS, connect_bytes, exec_bytes, exit_bytes,
+    header, open_bytes, with_kind,
+)
 from test_ringbuf_kernel import MAX_PAYLOAD, Producer
 
 pytestmark = pytest.mark.kernel
 
-FIXED = {KIND_EXEC: 80, KIND_OPEN: 96, KIND_CONNECT: 80, KIND_EXIT: 72}
-LENGTH_FIELDS = {KIND_EXEC: (64, 68), KIND_OPEN: (84,), KIND_CONNECT: (76,), KIND_EXIT: ()}
 
 
 def set_u32(data: bytes, offset: int, value: int) -> bytes:
@@ -56,9 +56,9 @@ GOOD = [  # (record, the JSON line's exact values)
 BAD = [
     b"",
     b"\x01",
-    struct.pack("<H", 0) + bytes(100),
-    struct.pack("<H", 5) + bytes(100),
-    struct.pack("<H", 0xFFFF) + bytes(100),
+    with_kind(0, bytes(100)),
+    with_kind(5, bytes(100)),
+    with_kind(0xFFFF, bytes(100)),
     *[rec[:FIXED[kind] - 1] for kind, rec in
       [(KIND_EXEC, exec_bytes()), (KIND_OPEN, open_bytes()), (KIND_CONNECT, connect_bytes()),
        (KIND_EXIT, exit_bytes())]],
@@ -79,7 +79,7 @@ def corrupted(rng: random.Random) -> bytes:
     """A valid record of a random kind with random bytes, its length fields then set near or far off."""
     kind = rng.choice(list(FIXED))
     body = bytes(rng.getrandbits(8) for _ in range(rng.randrange(0, 300)))
-    b = bytearray(struct.pack("<H", kind) + bytes(rng.getrandbits(8) for _ in range(FIXED[kind] - 2)) + body)
+    b = bytearray(with_kind(kind, bytes(rng.getrandbits(8) for _ in range(FIXED[kind]))) + body)
     for off in LENGTH_FIELDS[kind]:
         near = rng.randrange(0, len(body) + 3)
         struct.pack_into("<I", b, off, rng.choice([near, rng.getrandbits(32), 4096, 4097, 128, 129]))

@@ -10,16 +10,16 @@ import stat
 import pytest
 from hypothesis import given, strategies as st
 
-from kestrel_raw.codec.events import KestrelEvent, normalize
+from helpers import connect_bytes, exec_bytes, exit_bytes, open_bytes
+from kestrel_raw.codec.event import KestrelEvent
 from kestrel_raw.codec.jsonl import encode_event
-from kestrel_raw.sinks.jsonl import JsonlSink
+from kestrel_raw.codec.normalize import normalize
 from kestrel_raw.codec.records import parse_record
-
-from test_records import connect_bytes, exec_bytes, exit_bytes, open_bytes
+from kestrel_raw.sinks.jsonl import JsonlSink
 
 WALL = 1_700_000_000_000_000_000
 HEAD = ('"ts_mono_ns":1000000123,"ts_wall_ns":1700000001000000123,"entity_key":17461281073734017390,'
-        '"pid":4242,"tid":4243,"ppid":1,"uid":1000,"gid":100,"comm":"cat","source":"ebpf",')
+        '"pid":4242,"tid":4243,"cpu":3,"ppid":1,"uid":1000,"gid":100,"comm":"cat","source":"ebpf",')
 
 
 def line(data: bytes) -> bytes:
@@ -65,7 +65,7 @@ def test_exit_line():
 ])
 def test_exact_keys(data, keys):
     obj = strict(line(data))
-    assert list(obj) == ["type", "event_type_id", "ts_mono_ns", "ts_wall_ns", "entity_key", "pid", "tid",
+    assert list(obj) == ["type", "event_type_id", "ts_mono_ns", "ts_wall_ns", "entity_key", "pid", "tid", "cpu",
                          "ppid", "uid", "gid", "comm", "source"] + keys
 
 
@@ -100,7 +100,7 @@ def test_any_bytes_roundtrip(filename, argv, comm):
     filename = filename.replace(b"\0", b"")
     comm = comm.replace(b"\0", b"")
     args = b"".join(a.replace(b"\0", b"") + b"\0" for a in argv)
-    from test_records import header
+    from helpers import header
     import struct
     data = header(1, comm=comm) + struct.pack("<IIII", len(filename), len(args), len(args), 0) + filename + args
     obj = strict(line(data))

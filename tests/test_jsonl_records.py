@@ -6,15 +6,17 @@ import struct
 
 from hypothesis import given, settings, strategies as st
 
-from kestrel_raw.errors import RecordError
-from kestrel_raw.codec.events import normalize
-from kestrel_raw.codec import jsonl
+from helpers import KIND_CONNECT, KIND_EXEC, KIND_EXIT, KIND_OPEN, records
+from kestrel_raw.codec.compiled import CODEC
 from kestrel_raw.codec.jsonl import encode_event, encode_record, encode_records
-from kestrel_raw.codec.records import (
-    KIND_CONNECT, KIND_EXEC, KIND_EXIT, KIND_OPEN, build_record, parse_record,
-)
+from kestrel_raw.codec.normalize import normalize
+from kestrel_raw.codec.records import parse_record
+from kestrel_raw.codec.schema import build_record
+from kestrel_raw.errors import RecordError
+from kestrel_raw.spec import OPEN
 
-from test_records_fastpath import records
+KIND_AT = OPEN.kind.offset
+WHO_MEMO, LINE_MEMO = CODEC["WHO_MEMO"], CODEC["LINE_MEMO_open"]
 
 WALL = 1_795_546_402_000_000_000
 
@@ -51,9 +53,9 @@ def test_same_line_as_the_event_path(data):
 @given(hostile, hostile, hostile, st.integers(0, 3))
 def test_hostile_strings_every_kind(comm, s1, s2, flags):
     recs = [
-        build_record(KIND_OPEN, comm=comm[:16], path=s1, flags=flags, ret=-2, pid=7, start_ns=11),
-        build_record(KIND_EXEC, comm=comm[:16], filename=s1, args=s1 + b"\0" + s2, args_total=5000, flags=flags),
-        build_record(KIND_CONNECT, comm=comm[:16], addr=b"\x01\x00" + s1, addrlen=2 + len(s1), flags=flags),
+        build_record(KIND_OPEN, comm=comm[:16], path=s1, header_flags=flags, ret=-2, pid=7, start_ns=11),
+        build_record(KIND_EXEC, comm=comm[:16], filename=s1, args=s1 + b"\0" + s2, args_total=5000, header_flags=flags),
+        build_record(KIND_CONNECT, comm=comm[:16], addr=b"\x01\x00" + s1, addrlen=2 + len(s1), header_flags=flags),
         build_record(KIND_CONNECT, comm=comm[:16], addr=b"\x01\x00\x00" + s2, addrlen=3 + len(s2)),
         build_record(KIND_EXIT, comm=comm[:16], exit_code=0x0700),
     ]
@@ -65,23 +67,26 @@ def test_hostile_strings_every_kind(comm, s1, s2, flags):
 @given(records(), st.data())
 def test_fails_where_the_event_path_fails(data, draw):
     b = bytearray(data)
-    offsets = {KIND_EXEC: (64, 68), KIND_OPEN: (84,), KIND_CONNECT: (76,), KIND_EXIT: ()}[b[0]]
+    offsets = {KIND_EXEC: (64, 68), KIND_OPEN: (84,), KIND_CONNECT: (76,), KIND_EXIT: ()}[b[KIND_AT]]
     for off in offsets:
         struct.pack_into("<I", b, off, draw.draw(st.integers(0, 2**32 - 1)))
     cut = draw.draw(st.integers(0, len(b)))
-    for d in (bytes(b), bytes(b[:cut]), bytes(b[:1]), b"\x09\x00" + bytes(b[2:])):
+    unknown = bytes(b[:KIND_AT]) + b"\x09\x00" + bytes(b[KIND_AT + 2:])
+    for d in (bytes(b), bytes(b[:cut]), bytes(b[:KIND_AT + 1]), unknown):
         assert fused(d) == via_event(d)
 
 
 def test_one_exact_line():
     data = build_record(KIND_OPEN, comm=b"cat", path=b"/etc/hostname", ret=3, pid=42, tid=43, ppid=1,
-                        uid=1000, gid=1000, ts_ns=5000, start_ns=1000, open_flags=0o2000000)
-    assert encode_record(data, WALL) == (
+                        uid=1000, gid=1000, ts_ns=5000, start_ns=1000, flags=0o2000000, cpu=1)
+    line = (
         b'{"type":"open","event_type_id":2,"ts_mono_ns":5000,"ts_wall_ns":1795546402000005000,'
         b'"entity_key":' + str(normalize(parse_record(data), 0).entity_key).encode() +
-        b',"pid":42,"tid":43,"ppid":1,"uid":1000,"gid":1000,"comm":"cat","source":"ebpf",'
+        b',"pid":42,"tid":43,"cpu":1,"ppid":1,"uid":1000,"gid":1000,"comm":"cat","source":"ebpf",'
         b'"path":"/etc/hostname","flags":524288,"mode":0,"ret":3,"truncated":false,"fault":false}\n'
     )
+    assert encode_record(data, WALL) == line
+    assert encode_event(normalize(parse_record(data), WALL)) == line
 
 
 @settings(max_examples=200)
@@ -90,52 +95,54 @@ def test_a_batch_is_its_lines_joined_and_bad_records_counted(batch):
     each = [fused(d) for d in batch]
     chunk, kinds, bad = encode_records(batch, WALL)
     assert chunk == b"".join(line for line in each if line is not RecordError)
-    assert kinds == [d[0] for d, line in zip(batch, each) if line is not RecordError]
+    assert kinds == [d[KIND_AT] for d, line in zip(batch, each) if line is not RecordError]
     assert bad == sum(line is RecordError for line in each)
 
 
 def test_the_per_thread_text_is_keyed_by_every_byte_of_it(monkeypatch):
     # Same pid, tid and start time, another comm (a thread renamed itself): another line.  And a full
     # memo is emptied, not grown.
-    monkeypatch.setattr(jsonl, "_WHO_MEMO_MAX", 2)
+    monkeypatch.setitem(CODEC, "WHO_MEMO_MAX", 2)
     lines = set()
     for comm in (b"one", b"two", b"three", b"one"):
         data = build_record(KIND_OPEN, comm=comm, path=b"/p", pid=7, tid=7, start_ns=11)
         line = encode_record(data, WALL)
         assert line == via_event(data) and f'"comm":"{comm.decode()}"'.encode() in line
         lines.add(line)
-        assert len(jsonl._WHO_MEMO) <= 2
+        assert len(WHO_MEMO) <= 2
     assert len(lines) == 3
 
 
 @settings(max_examples=300)
 @given(records(), st.integers(0, 2**64 - 1), st.integers(0, 3), st.data())
 def test_an_open_line_from_the_memo_is_the_line_made_afresh(data, ts, flags, draw):
-    # The open memo keeps the text of bytes 16..path end; the time and the header flags are not in its
-    # key.  Encode a record, then the same record with another time and flags (a hit), then with one
-    # byte changed anywhere in the key (a miss): each must be the line the event path makes.
-    if data[0] != KIND_OPEN:
+    # The open memo keeps the line's text besides its time, keyed by every byte after the timestamp
+    # (bytes 0..7).  Encode a record, then the same record with another time (a hit), another header
+    # flags (a miss), and one byte changed anywhere after the time (a miss): each must be the line the
+    # event path makes.
+    if data[KIND_AT] != KIND_OPEN:
         return
-    jsonl._WHAT_MEMO.clear()
+    LINE_MEMO.clear()
     again = bytearray(data)
-    struct.pack_into("<H", again, 2, flags)
-    struct.pack_into("<Q", again, 8, ts)
+    struct.pack_into("<Q", again, 0, ts)
+    flagged = bytearray(again)
+    struct.pack_into("<H", flagged, OPEN.header_flags.offset, flags)
     changed = bytearray(data)
-    at = draw.draw(st.integers(16, len(data) - 1))
+    at = draw.draw(st.integers(8, len(data) - 1))
     changed[at] ^= draw.draw(st.integers(1, 255))
-    for d in (data, bytes(again), data, bytes(changed), bytes(again)):
+    for d in (data, bytes(again), bytes(flagged), data, bytes(changed), bytes(again)):
         assert fused(d) == via_event(d)
 
 
 def test_the_open_memo_is_bounded(monkeypatch):
-    monkeypatch.setattr(jsonl, "_WHAT_MEMO_MAX", 3)
-    jsonl._WHAT_MEMO.clear()
+    monkeypatch.setitem(CODEC, "LINE_MEMO_MAX", 3)
+    LINE_MEMO.clear()
     for i in range(10):
         data = build_record(KIND_OPEN, comm=b"c", path=b"/p%d" % i, pid=7, tid=7, start_ns=11)
         assert encode_record(data, WALL) == via_event(data)
-        assert 1 <= len(jsonl._WHAT_MEMO) <= 3
-    # A path longer than _WHAT_PATH_MAX is encoded, not kept.
-    jsonl._WHAT_MEMO.clear()
-    data = build_record(KIND_OPEN, comm=b"c", path=b"/" * (jsonl._WHAT_PATH_MAX + 1), pid=7, tid=7)
+        assert 1 <= len(LINE_MEMO) <= 3
+    # A path longer than LINE_MEMO_VAR_MAX is encoded, not kept.
+    LINE_MEMO.clear()
+    data = build_record(KIND_OPEN, comm=b"c", path=b"/" * (CODEC["LINE_MEMO_VAR_MAX"] + 1), pid=7, tid=7)
     assert encode_record(data, WALL) == via_event(data)
-    assert not jsonl._WHAT_MEMO
+    assert not LINE_MEMO

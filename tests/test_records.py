@@ -5,87 +5,67 @@ import struct
 
 import pytest
 
-from kestrel_raw.errors import RecordError
+from helpers import COMMON, connect_bytes, exec_bytes, exit_bytes, header, open_bytes
 from kestrel_raw.codec.records import (
-    FIXED_FORMATS, HEADER_FORMAT, KIND_CONNECT, KIND_EXEC, KIND_EXIT, KIND_OPEN, RECORD_STRUCTS,
-    ConnectRecord, ExecRecord, ExitRecord, OpenRecord, build_record, parse_record, parse_record_construct,
+    FIXED_FORMATS, ConnectRecord, ExecRecord, ExitRecord, OpenRecord, pack_record, parse_record,
 )
+from kestrel_raw.codec.schema import RECORD_STRUCTS, build_record, parse_record_construct
+from kestrel_raw.errors import RecordError
 
+KIND_EXEC, KIND_OPEN, KIND_CONNECT, KIND_EXIT = 1, 2, 3, 4
 PARSERS = [parse_record, parse_record_construct]
-
-
-def header(kind, flags=0, cpu=3, ts=1_000_000_123, start=999_000, pid=4242, tid=4243, ppid=1, uid=1000,
-           gid=100, comm=b"cat"):
-    # Written out from the architecture table, independently of records.py.
-    return (struct.pack("<HHI", kind, flags, cpu) + struct.pack("<QQ", ts, start)
-            + struct.pack("<IIIIII", pid, tid, ppid, uid, gid, 0) + comm.ljust(16, b"\0"))
-
-
-COMMON = dict(header_flags=0, cpu=3, ts_ns=1_000_000_123, start_ns=999_000, pid=4242, tid=4243, ppid=1,
-              uid=1000, gid=100, comm=b"cat")
-
-
-def exec_bytes(filename=b"/bin/ls", args=b"ls\0-l\0/tmp\0", args_total=None, flags=0, pad=b""):
-    total = len(args) if args_total is None else args_total
-    return (header(KIND_EXEC, flags) + struct.pack("<IIII", len(filename), len(args), total, 0)
-            + filename + args + pad)
-
-
-def open_bytes(path=b"/etc/passwd", ret=3, dfd=-100, oflags=0o2000000, mode=0o644, syscall=0, flags=0, pad=b""):
-    return (header(KIND_OPEN, flags) + struct.pack("<iiQIIII", ret, dfd, oflags, mode, len(path), syscall, 0)
-            + path + pad)
-
-
-def connect_bytes(addr=b"\x02\x00\x1f\x90\x7f\x00\x00\x01" + bytes(8), addrlen=16, ret=-111, fd=5, flags=0):
-    return header(KIND_CONNECT, flags) + struct.pack("<iiII", ret, fd, addrlen, len(addr)) + addr
-
-
-def exit_bytes(code=0x0300):
-    return header(KIND_EXIT) + struct.pack("<iI", code, 0)
+BUILDERS = [build_record, pack_record]
 
 
 def test_fixed_part_sizes_follow_the_table():
-    assert HEADER_FORMAT.size == 64
     assert {k: f.size for k, f in FIXED_FORMATS.items()} == {KIND_EXEC: 80, KIND_OPEN: 96, KIND_CONNECT: 80,
                                                             KIND_EXIT: 72}
-    assert FIXED_FORMATS[KIND_OPEN].format == "<HHLQQLLLLLL16sllQLLLL"
+    assert FIXED_FORMATS[KIND_OPEN].format == "<QHHLQLLLLLL16sllQLLLL"
 
 
+@pytest.mark.parametrize("build", BUILDERS)
 @pytest.mark.parametrize("name, offset, size", [
-    ("kind", 0, 2), ("flags", 2, 2), ("cpu", 4, 4), ("ts_ns", 8, 8), ("start_ns", 16, 8), ("pid", 24, 4),
-    ("tid", 28, 4), ("ppid", 32, 4), ("uid", 36, 4), ("gid", 40, 4), ("reserved", 44, 4),
+    ("ts_ns", 0, 8), ("header_flags", 10, 2), ("cpu", 12, 4), ("start_ns", 16, 8), ("pid", 24, 4),
+    ("tid", 28, 4), ("ppid", 32, 4), ("uid", 36, 4), ("gid", 40, 4), ("_pad0", 44, 4),
 ])
-def test_construct_header_offsets(name, offset, size):
+def test_header_offsets(build, name, offset, size):
     value = 0x0102030405060708 & ((1 << (8 * size)) - 1)
-    fields = {} if name == "kind" else {name: value}
-    data = build_record(KIND_EXIT, **fields) if name != "kind" else build_record(KIND_EXIT)
-    if name == "kind":
-        assert data[0:2] == b"\x04\x00"
-    else:
-        assert data[offset:offset + size] == value.to_bytes(size, "little")
+    data = build(KIND_EXIT, **{name: value})
+    assert data[8:10] == b"\x04\x00"  # the kind
+    assert data[offset:offset + size] == value.to_bytes(size, "little")
 
 
+@pytest.mark.parametrize("build", BUILDERS)
 @pytest.mark.parametrize("kind, name, offset, size", [
     (KIND_EXEC, "filename_len", 64, 4), (KIND_EXEC, "args_len", 68, 4), (KIND_EXEC, "args_total", 72, 4),
-    (KIND_OPEN, "ret", 64, 4), (KIND_OPEN, "dfd", 68, 4), (KIND_OPEN, "open_flags", 72, 8),
+    (KIND_OPEN, "ret", 64, 4), (KIND_OPEN, "dfd", 68, 4), (KIND_OPEN, "flags", 72, 8),
     (KIND_OPEN, "mode", 80, 4), (KIND_OPEN, "path_len", 84, 4), (KIND_OPEN, "syscall", 88, 4),
     (KIND_CONNECT, "ret", 64, 4), (KIND_CONNECT, "fd", 68, 4), (KIND_CONNECT, "addrlen", 72, 4),
     (KIND_CONNECT, "addr_len", 76, 4), (KIND_EXIT, "exit_code", 64, 4),
 ])
-def test_construct_kind_offsets(kind, name, offset, size):
+def test_kind_offsets(build, kind, name, offset, size):
     value = 0x0A0B0C0D0E0F1011 & ((1 << (8 * size - 1)) - 1) if name not in ("filename_len", "args_len",
                                                                             "path_len", "addr_len") else 0
     # Length fields are checked by building zero-length variable parts and pinning the zero.
-    data = build_record(kind, **{name: value})
+    data = build(kind, **{name: value})
     assert data[offset:offset + size] == value.to_bytes(size, "little")
 
 
-def test_build_record_matches_hand_built_bytes():
-    assert build_record(KIND_OPEN, **{**{k: v for k, v in COMMON.items() if k != "header_flags"}},
-                        ret=3, dfd=-100, open_flags=0o2000000, mode=0o644, path=b"/etc/passwd") == open_bytes()
+@pytest.mark.parametrize("build", BUILDERS)
+def test_builders_match_hand_built_bytes(build):
+    common = {k: v for k, v in COMMON.items() if k != "header_flags"}
+    assert build(KIND_OPEN, **common, ret=3, dfd=-100, flags=0o2000000, mode=0o644,
+                 path=b"/etc/passwd") == open_bytes()
+    assert build(KIND_EXIT, **common, exit_code=0x0300) == exit_bytes()
     assert exit_bytes().hex() == (
-        "0400" "0000" "03000000" "7bca9a3b00000000" "583e0f0000000000" "92100000" "93100000" "01000000"
+        "7bca9a3b00000000" "0400" "0000" "03000000" "583e0f0000000000" "92100000" "93100000" "01000000"
         "e8030000" "64000000" "00000000" "63617400000000000000000000000000" "00030000" "00000000")
+
+
+def test_builders_refuse_unknown_fields():
+    for build in BUILDERS:
+        with pytest.raises(TypeError, match=r"unknown fields for a open record: \['bogus'\]"):
+            build(KIND_OPEN, bogus=1)
 
 
 @pytest.mark.parametrize("parse", PARSERS)
@@ -140,7 +120,8 @@ def test_memoryview_and_bytearray_inputs():
 @pytest.mark.parametrize("data, message", [
     (b"", "too short to hold its kind"),
     (b"\x02", "too short to hold its kind"),
-    (header(9), "record kind 9 is unknown"),
+    (bytes(9), "too short to hold its kind"),
+    (header(9), "record kind 9 is unknown \\(known: 1 exec, 2 open, 3 connect, 4 exit\\)"),
     (header(0), "record kind 0 is unknown"),
 ])
 def test_malformed_header(parse, data, message):

@@ -48,17 +48,18 @@ import trio
 from kestrel_raw.kernel import bpf, caps, syscall
 from kestrel_raw import programs
 from kestrel_raw.collector import selfcheck
-from kestrel_raw.codec import wire
+from kestrel_raw import spec as kspec
 from kestrel_raw.kernel.attach import attach_tracepoint
 from kestrel_raw.btf import BTF
 from kestrel_raw.config import CollectorConfig
 from kestrel_raw.errors import BPFError, BTFError, RecordError, SetupError
-from kestrel_raw.codec.events import KestrelEvent, event_from_raw
+from kestrel_raw.codec.event import KestrelEvent
+from kestrel_raw.codec.normalize import event_from_raw
 from kestrel_raw.codec.jsonl import encode_records
 from kestrel_raw.maps import HashMap, Map, PerCPUArrayMap, RingBuf, RingBufReader
 from kestrel_raw.maps.ring import ReplayRing
 from kestrel_raw.kernel.prog import Program
-from kestrel_raw.codec.records import FIXED_FORMATS
+from kestrel_raw.codec.records import pack_record
 from kestrel_raw.kernel.tracefs import find_tracefs, tracepoint_format
 from kestrel_raw.kernel.uapi import BPF_MAP_TYPE_ARRAY_OF_MAPS, BPF_MAP_TYPE_HASH, BPF_PROG_TYPE_TRACEPOINT
 
@@ -125,7 +126,7 @@ class KestrelCollector:
         self._records = 0
         self._parse_errors = 0
         self._user_dropped = 0
-        self._delivered = {wire_kind: 0 for wire_kind in wire.KINDS}
+        self._delivered = {kind: 0 for kind in kspec.KINDS}
         self._wall_offset = 0
         self.privileges: caps.Privileges | None = None  # what the process holds after start() dropped
         # Tracepoints whose attachment did not fire when provoked and was made again (selfcheck.py).
@@ -403,8 +404,8 @@ class KestrelCollector:
         on every pass keeps the passes short: the poller sees a record ~2.5 us after the program's
         timestamp, where a warm-up on every pass made that ~5 us.
         """
-        raw = FIXED_FORMATS[wire.KIND_OPEN].pack(
-            wire.KIND_OPEN, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, b"kestrel-warm", -2, -100, 0, 0, 1, 0, 0) + b"/\0"
+        raw = pack_record(kspec.OPEN.id, ts_ns=1, start_ns=1, comm=b"kestrel-warm", ret=-2, dfd=-100,
+                          path=b"/\0")
         ring = ReplayRing(raw)
         wall = self._wall_offset
         if self.config.deliver == "json":
@@ -486,7 +487,8 @@ class KestrelCollector:
                 items = []
                 for raw in batch:
                     try:
-                        items.append((event_from_raw(raw, self._wall_offset), [raw[0]]))
+                        event = event_from_raw(raw, self._wall_offset)
+                        items.append((event, [event.event_type_id]))
                     except RecordError:
                         self._parse_errors += 1
             for item, kinds in items:
@@ -516,7 +518,7 @@ class KestrelCollector:
         kernel: dict[str, dict[str, list[int]]] = {}
         stats_map = self._maps.get(programs.MAP_STATS)
         if stats_map is not None and not stats_map.closed:
-            for kind in wire.KINDS:
+            for kind in kspec.KINDS:
                 counters = {}
                 for c, name in enumerate(programs.STAT_NAMES):
                     values = stats_map[kind * programs.STATS_PER_KIND + c]
@@ -587,7 +589,7 @@ class KestrelCollector:
         self.stop()
 
 
-_KIND_NAMES = {wire.KIND_EXEC: "exec", wire.KIND_OPEN: "open", wire.KIND_CONNECT: "connect", wire.KIND_EXIT: "exit"}
+_KIND_NAMES = {k.id: k.label for k in kspec.KINDS.values()}
 
 
 def _fill_outer(outer: Map, fds: list[int]) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from kestrel_raw.codec import wire
+from kestrel_raw.spec import EXEC, EXIT, CONNECT, OPEN, OPEN_SYSCALL_OPENAT, OPEN_SYSCALL_OPENAT2
 from kestrel_raw.programs import connect, exec as exec_, exit as exit_, open as open_
 from kestrel_raw.programs.builder import (
     FILTER_IGNORE, FILTER_ONLY, MAP_FILTER, MAP_RINGS, MAP_SCRATCH, MAP_SELF_RUNS, MAP_STATS, SCRATCH_SIZE,
@@ -21,7 +21,7 @@ from kestrel_raw.programs.layout import KernelLayout
 @dataclass(frozen=True)
 class ProgramSpec:
     name: str  # program name in the kernel (<= 15 chars)
-    kind: int  # wire.KIND_*: the event type it serves
+    kind: int  # the event type id (record kind) it serves
     group: str  # tracepoint group
     tracepoint: str
     _build: Callable  # (builder, fmt, layout) -> instructions
@@ -32,20 +32,20 @@ def _spec(name, kind, group, tp, fn):
 
 
 SPECS = {
-    wire.KIND_EXEC: (
-        _spec("kr_exec", wire.KIND_EXEC, "sched", "sched_process_exec", exec_.build),
+    EXEC.id: (
+        _spec("kr_exec", EXEC.id, "sched", "sched_process_exec", exec_.build),
     ),
-    wire.KIND_OPEN: (
-        _spec("kr_openat", wire.KIND_OPEN, "syscalls", "sys_exit_openat",
-              lambda b, f, l: open_.build(b, f, l, wire.OPEN_SYSCALL_OPENAT)),
-        _spec("kr_openat2", wire.KIND_OPEN, "syscalls", "sys_exit_openat2",
-              lambda b, f, l: open_.build(b, f, l, wire.OPEN_SYSCALL_OPENAT2)),
+    OPEN.id: (
+        _spec("kr_openat", OPEN.id, "syscalls", "sys_exit_openat",
+              lambda b, f, l: open_.build(b, f, l, OPEN_SYSCALL_OPENAT)),
+        _spec("kr_openat2", OPEN.id, "syscalls", "sys_exit_openat2",
+              lambda b, f, l: open_.build(b, f, l, OPEN_SYSCALL_OPENAT2)),
     ),
-    wire.KIND_CONNECT: (
-        _spec("kr_connect", wire.KIND_CONNECT, "syscalls", "sys_exit_connect", connect.build),
+    CONNECT.id: (
+        _spec("kr_connect", CONNECT.id, "syscalls", "sys_exit_connect", connect.build),
     ),
-    wire.KIND_EXIT: (
-        _spec("kr_exit", wire.KIND_EXIT, "sched", "sched_process_exit", exit_.build),
+    EXIT.id: (
+        _spec("kr_exit", EXIT.id, "sched", "sched_process_exit", exit_.build),
     ),
 }
 

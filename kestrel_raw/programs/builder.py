@@ -35,7 +35,8 @@ from __future__ import annotations
 
 import itertools
 
-from kestrel_raw.codec import wire
+from kestrel_raw import spec
+from kestrel_raw.spec import HEADER, Btf, Chars, Const, Helper, Kind, PidTgid, SyscallArg, TpField, Wire
 from kestrel_raw.asm import (
     BPF_ADD, BPF_B, BPF_DIV, BPF_DW, BPF_H, BPF_JEQ, BPF_JGT, BPF_JNE, BPF_MOD, BPF_OR, BPF_RSH, BPF_W, R0,
     R1, R2, R3, R4, R6, R7, R8, R9, R10, alu64_imm, alu64_reg, call, exit_insn, jmp_imm, jmp_reg, label,
@@ -65,14 +66,14 @@ FILTER_IGNORE = "ignore"
 FILTER_ONLY = "only"
 
 # The scratch value must hold the largest record plus what a bounded-but-unproven length could reach:
-# the exec arguments go at EXEC_DATA + filename_len, both bounded by 4096 for the verifier.
-SCRATCH_SIZE = wire.EXEC_DATA + wire.MAX_FILENAME + wire.MAX_ARGS + 64
+# the exec arguments go at the file name's end, both bounded by 4096 for the verifier.
+SCRATCH_SIZE = spec.MAX_RECORD + 64
 
 # Kernel-side loss counters: stats[kind * STATS_PER_KIND + counter], per CPU.
 STAT_RINGBUF_FULL = 0  # bpf_ringbuf_output failed: the reader is behind, the record is lost
 STAT_READ_FAULT = 1  # user memory could not be read; the event is reported with FLAG_FAULT
 STATS_PER_KIND = 2
-STATS_ENTRIES = (max(wire.KINDS) + 1) * STATS_PER_KIND
+STATS_ENTRIES = (max(spec.KINDS) + 1) * STATS_PER_KIND
 STAT_NAMES = ("ringbuf_full", "read_fault")
 
 # bpf_ringbuf_output flags and bpf_ringbuf_query flags (enum in include/uapi/linux/bpf.h).
@@ -83,6 +84,17 @@ BPF_RB_AVAIL_DATA = 0
 _LOAD_SIZES = {1: BPF_B, 2: BPF_H, 4: BPF_W, 8: BPF_DW}
 
 _label_ids = itertools.count()
+
+
+def put(field: Wire, reg: int):
+    """The instruction that stores ``reg`` into the record's ``field`` (r8 holds the record), at the
+    field's spec offset and size."""
+    return stx_mem(_LOAD_SIZES[field.size], R8, reg, field.offset)
+
+
+def put_imm(field: Wire, value: int):
+    """The instruction that stores the immediate ``value`` into the record's ``field``."""
+    return st_mem(_LOAD_SIZES[field.size], R8, field.offset, value)
 
 
 class ProgramBuilder:
@@ -164,10 +176,10 @@ class ProgramBuilder:
         self.array_lookup(MAP_SCRATCH, 0)
         self.emit(mov64_reg(R8, R0))
 
-    def count(self, kind: int, counter: int) -> None:
+    def count(self, kind: Kind, counter: int) -> None:
         """stats[kind][counter] += 1 on this CPU (per-CPU value: no atomic needed)."""
         done = self.label("counted")
-        self.array_lookup(MAP_STATS, kind * STATS_PER_KIND + counter, missing=done)
+        self.array_lookup(MAP_STATS, kind.id * STATS_PER_KIND + counter, missing=done)
         self.emit(
             ldx_mem(BPF_DW, R1, R0, 0),
             alu64_imm(BPF_ADD, R1, 1),
@@ -202,59 +214,110 @@ class ProgramBuilder:
         """dst = the current task's saved user registers (BTF-typed struct pt_regs); needs ``header``."""
         self.emit(ldx_mem(BPF_DW, R1, R10, SLOT_TASK), call("task_pt_regs"), mov64_reg(dst, R0))
 
-    def header(self, kind: int, layout) -> None:
-        """Fill the common 64-byte header of the record at r8 (see kestrel_raw/codec/wire.py)."""
-        self.emit(
-            st_mem(BPF_W, R8, wire.HDR_KIND, kind),  # kind, and flags = 0
-            call("get_smp_processor_id"),
-            stx_mem(BPF_W, R8, R0, wire.HDR_CPU),
-            call("ktime_get_ns"),
-            stx_mem(BPF_DW, R8, R0, wire.HDR_TS),
-            stx_mem(BPF_W, R8, R7, wire.HDR_TID),  # low half of pid_tgid
-            mov64_reg(R1, R7),
-            alu64_imm(BPF_RSH, R1, 32),
-            stx_mem(BPF_W, R8, R1, wire.HDR_PID),
-            st_mem(BPF_W, R8, wire.HDR_RESERVED, 0),
-            call("get_current_task_btf"),
-            stx_mem(BPF_DW, R10, R0, SLOT_TASK),
-        )
-        self.load_kernel_chain(layout.ppid, R8, wire.HDR_PPID)
-        self.load_kernel_chain(layout.start_time, R8, wire.HDR_START)
-        # uid and gid: the subjective credentials, as bpf_get_current_uid_gid reads them (one pointer,
-        # two loads, where the helper costs a call and two namespace lookups that are identity here).
-        (cred_off, _), (uid_off, uid_size) = layout.uid
-        (cred_off2, _), (gid_off, gid_size) = layout.gid
-        if cred_off != cred_off2 or uid_size != 4 or gid_size != 4:
-            raise ValueError(f"uid and gid must be 4-byte members of one cred: {layout.uid}, {layout.gid}")
-        # comm: task->comm is kept NUL-padded by the kernel (__set_task_comm uses strscpy_pad), so two
-        # 8-byte loads copy what bpf_get_current_comm would (a rename racing with it can tear either way).
-        ((comm_off, comm_size),) = layout.comm
-        if comm_size != wire.COMM_LEN:
-            raise ValueError(f"task_struct.comm is {comm_size} bytes, the record has {wire.COMM_LEN}")
-        self.emit(
-            ldx_mem(BPF_DW, R1, R10, SLOT_TASK),
-            ldx_mem(BPF_DW, R2, R1, comm_off),
-            stx_mem(BPF_DW, R8, R2, wire.HDR_COMM),
-            ldx_mem(BPF_DW, R2, R1, comm_off + 8),
-            stx_mem(BPF_DW, R8, R2, wire.HDR_COMM + 8),
-            ldx_mem(BPF_DW, R1, R1, cred_off),
-            ldx_mem(BPF_W, R2, R1, uid_off),
-            stx_mem(BPF_W, R8, R2, wire.HDR_UID),
-            ldx_mem(BPF_W, R2, R1, gid_off),
-            stx_mem(BPF_W, R8, R2, wire.HDR_GID),
-        )
+    def header(self, kind: Kind, layout) -> None:
+        """Fill the common header of the record at r8, field by field from the spec's sources
+        (kestrel_raw/spec.py HEADER), and keep the BTF-typed task pointer in SLOT_TASK."""
+        fields = {w.name: w for w in kind.wire[:len(HEADER)]}
+        kind_field, flags_field = fields["kind"], fields["header_flags"]
+        if flags_field.offset == kind_field.offset + 2 and (kind_field.size, flags_field.size) == (2, 2):
+            # kind, and flags = 0, in one 32-bit store
+            self.emit(st_mem(BPF_W, R8, kind_field.offset, kind.id))
+        else:
+            self.store_imm(kind_field, kind.id)
+            self.store_imm(flags_field, 0)
+        btf_reads = []
+        for w in fields.values():
+            src = w.source
+            if w.name in ("kind", "header_flags"):
+                continue
+            if isinstance(src, Helper):
+                self.emit(call(src.name))
+                self.store(w, R0)
+            elif isinstance(src, PidTgid):
+                if src.half == "pid":
+                    self.store(w, R7)  # the low half of pid_tgid
+                else:
+                    self.emit(mov64_reg(R1, R7), alu64_imm(BPF_RSH, R1, 32))
+                    self.store(w, R1)
+            elif isinstance(src, Const) and w.padding:
+                self.store_imm(w, 0)
+            elif isinstance(src, Btf):
+                btf_reads.append(w)
+            else:
+                raise ValueError(f"header field {w.name}: the builder cannot fill a {type(src).__name__} source")
+        self.emit(call("get_current_task_btf"), stx_mem(BPF_DW, R10, R0, SLOT_TASK))
+        self.read_btf(btf_reads, layout)
+
+    def read_btf(self, fields: list[Wire], layout) -> None:
+        """Store each field's BTF source (a path from the current task) into the record at r8.
+
+        Plain loads from the BTF-typed task pointer: the verifier checks each offset against BTF and makes
+        each load fault-safe.  Fields behind the same pointers share the pointer loads: r1 holds the task,
+        r2 the struct a pointer path leads to, r3 the value (what bpf_probe_read_kernel would cost a call
+        each).  A NULL pointer on the way (a kernel thread's mm, say) makes the loads after it read 0.
+        """
+        if not fields:
+            return
+        groups: dict[tuple[int, ...], list[tuple[Wire, tuple[int, int]]]] = {}
+        for w in fields:
+            hops = layout.hops(w.source.path)
+            *pointers, (offset, size) = hops
+            if size != w.size:
+                raise ValueError(f"{w.source.path} is {size} bytes in this kernel's BTF, the record's {w.name} "
+                                 f"has {w.size}: the spec and this kernel disagree")
+            groups.setdefault(tuple(off for off, _ in pointers), []).append((w, (offset, size)))
+        self.emit(ldx_mem(BPF_DW, R1, R10, SLOT_TASK))
+        for pointers, members in groups.items():
+            base = R1
+            for i, off in enumerate(pointers):
+                self.emit(ldx_mem(BPF_DW, R2, base, off))
+                base = R2
+            for w, (offset, size) in members:
+                for part in range(0, size, 8) if isinstance(w.type, Chars) else (0,):
+                    width = min(8, size - part) if isinstance(w.type, Chars) else size
+                    bpf_size = _LOAD_SIZES.get(width)
+                    if bpf_size is None:
+                        raise ValueError(f"{w.name}: cannot load {width} bytes with one instruction")
+                    self.emit(ldx_mem(bpf_size, R3, base, offset + part),
+                              stx_mem(bpf_size, R8, R3, w.offset + part))
+
+    def store(self, field: Wire, reg: int) -> None:
+        """record.field = reg (the field's own size)."""
+        self.emit(put(field, reg))
+
+    def store_imm(self, field: Wire, value: int) -> None:
+        """record.field = value (an immediate; a u64 field gets it sign-extended, as the ISA does)."""
+        self.emit(put_imm(field, value))
+
+    def fill(self, field: Wire, fmt=None, layout=None, regs: int | None = None) -> None:
+        """record.field = its spec source: a tracepoint field (``fmt``, the tracefs format), or a syscall
+        argument (``regs``: the register holding the task's saved user registers, see ``pt_regs``)."""
+        src = field.source
+        if isinstance(src, TpField):
+            self.load_ctx(R1, fmt.field(src.name))
+        elif isinstance(src, SyscallArg):
+            self.emit(ldx_mem(BPF_DW, R1, regs, layout.syscall_args[src.index]))
+        elif isinstance(src, Btf):
+            self.read_btf([field], layout)
+            return
+        else:
+            raise ValueError(f"{field.name}: fill() takes tracepoint fields, syscall arguments and BTF paths, "
+                             f"not {type(src).__name__}; the program writes this one itself")
+        self.store(field, R1)
 
     def set_flag(self, flag: int) -> None:
-        """flags |= flag on the record at r8 (clobbers r1)."""
+        """header_flags |= flag on the record at r8 (clobbers r1)."""
+        flags = spec.EXEC.header_flags
+        size = _LOAD_SIZES[flags.size]
         self.emit(
-            ldx_mem(BPF_H, R1, R8, wire.HDR_FLAGS),
+            ldx_mem(size, R1, R8, flags.offset),
             alu64_imm(BPF_OR, R1, flag),
-            stx_mem(BPF_H, R8, R1, wire.HDR_FLAGS),
+            stx_mem(size, R8, R1, flags.offset),
         )
 
     # -- output --------------------------------------------------------------------------------------
 
-    def submit(self, kind: int) -> None:
+    def submit(self, kind: Kind) -> None:
         """Copy SLOT_SIZE bytes of the record at r8 into ring[tgid % nrings].
 
         Wakeups: with a threshold T, the record is written with BPF_RB_NO_WAKEUP unless it takes the

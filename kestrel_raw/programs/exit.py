@@ -5,11 +5,11 @@
 """
 from __future__ import annotations
 
-from kestrel_raw.codec import wire
-from kestrel_raw.asm import BPF_JEQ, BPF_JNE, BPF_W, R1, R8, R10, jmp_imm, ldx_mem, st_mem
+from kestrel_raw.asm import BPF_JEQ, BPF_JNE, BPF_W, R1, R10, jmp_imm, ldx_mem
 from kestrel_raw.programs.builder import SLOT_A, SLOT_TASK, ProgramBuilder
+from kestrel_raw.spec import EXIT
 
-KIND = wire.KIND_EXIT
+SIGNAL_LIVE = "task_struct.signal.live.counter"
 
 
 def build(b: ProgramBuilder, fmt, layout) -> list:
@@ -18,14 +18,14 @@ def build(b: ProgramBuilder, fmt, layout) -> list:
         b.load_ctx(R1, fmt.field("group_dead"))
         b.emit(jmp_imm(BPF_JEQ, R1, 0, "out"))
         b.scratch()
-        b.header(KIND, layout)
+        b.header(EXIT, layout)
     else:
         b.scratch()
-        b.header(KIND, layout)
-        b.load_kernel_chain(layout.signal_live, R10, SLOT_A, base_slot=SLOT_TASK)
+        b.header(EXIT, layout)
+        b.load_kernel_chain(layout.hops(SIGNAL_LIVE), R10, SLOT_A, base_slot=SLOT_TASK)
         b.emit(ldx_mem(BPF_W, R1, R10, SLOT_A), jmp_imm(BPF_JNE, R1, 0, "out"))
-    b.load_kernel_chain(layout.exit_code, R8, wire.EXIT_CODE)
-    b.emit(st_mem(BPF_W, R8, wire.EXIT_RESERVED, 0))
-    b.size_const(wire.EXIT_SIZE)
-    b.submit(KIND)
+    b.fill(EXIT.exit_code, layout=layout)
+    b.store_imm(EXIT._pad1, 0)
+    b.size_const(EXIT.fixed_size)
+    b.submit(EXIT)
     return b.epilogue()

@@ -1,9 +1,11 @@
 """Kernel struct layouts the programs need, taken from BTF at load time (this project's CO-RE).
 
-Each entry is a dotted BTF path; ``BTF.path`` turns it into hops, one per pointer dereference, and the
-programs load each hop straight from the BTF-typed task pointer (``bpf_get_current_task_btf``), so the
-verifier checks every offset against the same BTF.  Nothing here is an offset: offsets differ on every
-kernel and architecture (task_struct.real_parent is 1280 on 6.18, 2432 on Debian's 6.1).
+Programs name what they read by dotted BTF paths (the spec's ``Btf`` sources, and a program's own reads such
+as ``task_struct.mm.arg_start``); ``KernelLayout.hops`` turns a path into hops, one per pointer
+dereference, and the programs load each hop straight from the BTF-typed task pointer
+(``bpf_get_current_task_btf``), so the verifier checks every offset against the same BTF.  Nothing here is
+an offset: offsets differ on every kernel and architecture (task_struct.real_parent is 1280 on 6.18, 2432 on
+Debian's 6.1).
 
 ``syscall_args`` are where a syscall's arguments sit in the task's saved user registers (``struct
 pt_regs``, reached with ``bpf_task_pt_regs``) when the syscall returns: which register carries which
@@ -13,26 +15,10 @@ PT_REGS_PARMn_SYSCALL); the offsets of those registers come from BTF.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 from kestrel_raw.errors import BTFError
 
 Hops = tuple[tuple[int, int], ...]  # ((offset, size), ...): read `size` bytes at base + offset, per hop
-
-# The paths, named for what the programs read through them.
-PATHS = {
-    "ppid": "task_struct.real_parent.tgid",
-    "start_time": "task_struct.group_leader.start_time",
-    "arg_start": "task_struct.mm.arg_start",
-    "arg_end": "task_struct.mm.arg_end",
-    "exit_code": "task_struct.exit_code",
-    "signal_live": "task_struct.signal.live.counter",
-    # What bpf_get_current_uid_gid returns (from_kuid in the initial namespace is the kuid itself), read
-    # with two loads instead of a helper call.
-    "uid": "task_struct.cred.uid.val",
-    "gid": "task_struct.cred.gid.val",
-    "comm": "task_struct.comm",
-}
 
 # struct pt_regs members holding syscall arguments 0..5 at syscall exit, by os.uname().machine.  arm64
 # overwrites x0 with the return value; the kernel keeps the first argument in orig_x0 for exactly this
@@ -66,20 +52,23 @@ def syscall_arg_offsets(btf, machine: str | None = None) -> tuple[int, ...]:
     return tuple(offsets)
 
 
-@dataclass(frozen=True)
 class KernelLayout:
-    ppid: Hops
-    start_time: Hops
-    arg_start: Hops
-    arg_end: Hops
-    exit_code: Hops
-    signal_live: Hops
-    uid: Hops
-    gid: Hops
-    comm: Hops
-    syscall_args: tuple[int, ...]
+    """The running kernel's layouts, from its BTF: ``hops(path)`` for a BTF path (resolved once, kept),
+    ``syscall_args`` for the syscall argument registers."""
+
+    def __init__(self, btf, machine: str | None = None) -> None:
+        self._btf = btf
+        self._hops: dict[str, Hops] = {}
+        self.syscall_args: tuple[int, ...] = syscall_arg_offsets(btf, machine)
 
     @classmethod
     def from_btf(cls, btf, machine: str | None = None) -> "KernelLayout":
-        paths = {name: tuple(tuple(h) for h in btf.path(path)) for name, path in PATHS.items()}
-        return cls(**paths, syscall_args=syscall_arg_offsets(btf, machine))
+        return cls(btf, machine)
+
+    def hops(self, path: str) -> Hops:
+        """The loads that read ``path`` (``"task_struct.real_parent.tgid"``); BTFError when this kernel's BTF
+        has no such member."""
+        hops = self._hops.get(path)
+        if hops is None:
+            hops = self._hops[path] = tuple(tuple(h) for h in self._btf.path(path))
+        return hops

@@ -12,7 +12,7 @@ import os
 import time
 from typing import BinaryIO, Callable
 
-from kestrel_raw.codec.events import KestrelEvent
+from kestrel_raw.codec.event import KestrelEvent
 from kestrel_raw.codec.jsonl import encode_event
 
 

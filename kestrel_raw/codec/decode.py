@@ -1,0 +1,154 @@
+"""The decoders the event spec's value expressions call by name, the JSON text helpers, and the errors of a
+malformed record.  Pure.
+
+kestrel_raw/codec/generate.py compiles the spec's expressions in a namespace made of this module's public
+names (``NAMESPACE``): a decoder used by a spec entry is defined here, once.
+"""
+from __future__ import annotations
+
+import base64
+from json.encoder import encode_basestring as _jstr  # the C encoder (c_encode_basestring) when available
+
+from kestrel_raw.codec.sockaddr import decode_sockaddr
+from kestrel_raw.errors import RecordError
+from kestrel_raw.spec import KINDS, OPEN_SYSCALLS
+
+# --- decoders -----------------------------------------------------------------------------------------
+
+
+def cstr(raw: bytes) -> bytes:
+    """``raw`` up to its first NUL (all of it when there is none)."""
+    end = raw.find(b"\0")
+    return raw if end < 0 else raw[:end]
+
+
+def split_arg_area(area: bytes) -> list[bytes]:
+    """The arguments in the kernel's argument area ``"a\\0b\\0c\\0"`` (the last NUL is missing when cut short)."""
+    if not area:
+        return []
+    parts = area.split(b"\0")
+    if not parts[-1]:
+        parts.pop()
+    return parts
+
+
+def split_args(area: bytes) -> tuple[str, ...]:
+    """argv from the kernel's argument area, each argument decoded losslessly (surrogateescape)."""
+    return tuple(p.decode("utf-8", "surrogateescape") for p in split_arg_area(area))
+
+
+def syscall_name(number: int) -> str:
+    """The open record's ``syscall`` value as a name (``"openat"``); ``"syscall_<n>"`` when unknown."""
+    return OPEN_SYSCALLS.get(number) or f"syscall_{number}"
+
+
+# --- JSON text ----------------------------------------------------------------------------------------
+#
+# Paths, arguments and command names are bytes in Linux, not text.  A string that is not valid UTF-8 is
+# written with each invalid byte replaced by U+FFFD and, right after it, a ``<key>_b64`` twin holding the
+# exact bytes in base64; a list (argv) has a twin list when any element is not UTF-8.  Every line is valid
+# UTF-8 JSON.
+
+JSON_BOOL = {False: "false", True: "true"}
+
+
+def b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
+def exact_bytes(s: str) -> bytes:
+    """The bytes ``s`` stands for: surrogateescape undoes the decoding of a Kestrel string value."""
+    try:
+        return s.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that did not come from surrogateescape
+        return s.encode("utf-8", "surrogatepass")
+
+
+def is_utf8(s: str) -> bool:
+    if s.isascii():
+        return True
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def json_bytes(key: str, raw: bytes) -> str:
+    """``"key":"text"`` for bytes, with the ``_b64`` twin when they are not UTF-8."""
+    try:
+        return f'"{key}":{_jstr(raw.decode("utf-8"))}'
+    except UnicodeDecodeError:
+        return f'"{key}":{_jstr(raw.decode("utf-8", "replace"))},"{key}_b64":"{b64(raw)}"'
+
+
+def json_bytes_list(key: str, parts: list[bytes]) -> str:
+    """``"key":["a","b"]`` for a list of bytes, with the ``_b64`` twin list when one is not UTF-8."""
+    try:
+        return f'"{key}":[' + ",".join([_jstr(p.decode("utf-8")) for p in parts]) + "]"
+    except UnicodeDecodeError:
+        text = ",".join([_jstr(p.decode("utf-8", "replace")) for p in parts])
+        twins = ",".join([f'"{b64(p)}"' for p in parts])
+        return f'"{key}":[{text}],"{key}_b64":[{twins}]'
+
+
+def json_fast_str(key: str, s: str) -> str:
+    """``"key":"s"`` for a string known to hold no surrogate (the common case; see encode_event)."""
+    return f'"{key}":{_jstr(s)}'
+
+
+def json_str(key: str, s: str) -> str:
+    """``"key":"s"`` for a Kestrel string value (surrogateescape'd bytes get the ``_b64`` twin)."""
+    if is_utf8(s):
+        return f'"{key}":{_jstr(s)}'
+    return json_bytes(key, exact_bytes(s))
+
+
+def json_fast_str_list(key: str, items) -> str:
+    return f'"{key}":[' + ",".join([_jstr(a) for a in items]) + "]"
+
+
+def json_str_list(key: str, items) -> str:
+    if all(is_utf8(a) for a in items):
+        return json_fast_str_list(key, items)
+    return json_bytes_list(key, [exact_bytes(a) for a in items])
+
+
+# --- a malformed record ---------------------------------------------------------------------------------
+
+def _label(kind: int) -> str:
+    k = KINDS.get(kind)
+    return k.label if k is not None else f"kind {kind}"
+
+
+def record_too_short(kind: int, need: int, have: int) -> RecordError:
+    return RecordError(
+        f"{_label(kind)} record is {have} bytes, shorter than its {need}-byte fixed part; "
+        "the ring buffer gave a truncated record (producer and parser disagree on the layout?)"
+    )
+
+
+def field_above_limit(kind: int, field: str, value: int, limit: int) -> RecordError:
+    return RecordError(f"{_label(kind)} record {field} is {value}, above the limit {limit}: corrupt record")
+
+
+def field_beyond_record(kind: int, field: str, end: int, have: int) -> RecordError:
+    return RecordError(
+        f"{_label(kind)} record {field} ends at byte {end}, beyond the {have}-byte record: corrupt record"
+    )
+
+
+def unknown_kind(kind: int) -> RecordError:
+    known = ", ".join(f"{k.id} {k.label}" for k in KINDS.values())
+    return RecordError(f"record kind {kind} is unknown (known: {known})")
+
+
+# The names the generated code sees (kestrel_raw/codec/generate.py).
+NAMESPACE = {
+    "cstr": cstr, "split_arg_area": split_arg_area, "split_args": split_args, "syscall_name": syscall_name,
+    "decode_sockaddr": decode_sockaddr, "_jstr": _jstr, "JSON_BOOL": JSON_BOOL, "json_bytes": json_bytes,
+    "json_bytes_list": json_bytes_list, "json_str": json_str, "json_fast_str": json_fast_str,
+    "json_str_list": json_str_list, "json_fast_str_list": json_fast_str_list,
+    "record_too_short": record_too_short, "field_above_limit": field_above_limit,
+    "field_beyond_record": field_beyond_record, "unknown_kind": unknown_kind,
+}
