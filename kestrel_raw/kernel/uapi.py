@@ -291,7 +291,7 @@ InfoByFdAttr = Layout("union bpf_attr: BPF_OBJ_GET_INFO_BY_FD (info)", [
 ])
 
 LinkCreateAttr = Layout("union bpf_attr: BPF_LINK_CREATE (link_create)", [
-    (("prog_fd", "map_fd"), U32),
+    ("prog_fd", U32),  # a union with map_fd since 6.4
     (("target_fd", "target_ifindex"), U32),
     ("attach_type", U32),
     ("flags", U32),
