@@ -261,14 +261,14 @@ def _run_unprivileged(code: str) -> str:
 @pytest.mark.kernel
 def test_eperm_says_which_capability_is_missing():
     out = _run_unprivileged(
-        "from kestrel_raw import bpf, uapi\n"
+        "from kestrel_raw.kernel import bpf, uapi\n"
         "from kestrel_raw.errors import PrivilegeError\n"
         "try:\n    bpf.enable_stats(uapi.BPF_STATS_RUN_TIME)\n"
         "except PrivilegeError as e:\n    print(type(e).__name__, e)\n")
     assert out == ("PrivilegeError BPF_ENABLE_STATS failed: EPERM (Operation not permitted); the process needs "
                    "CAP_SYS_ADMIN: run as root or grant the capabilities")
     out = _run_unprivileged(
-        "from kestrel_raw import bpf, uapi\n"
+        "from kestrel_raw.kernel import bpf, uapi\n"
         "from kestrel_raw.errors import PrivilegeError\n"
         "try:\n    bpf.prog_load(uapi.BPF_PROG_TYPE_TRACEPOINT, bytes.fromhex('b700000000000000' '9500000000000000'))\n"
         "except PrivilegeError as e:\n    print(type(e).__name__, e)\n")
