@@ -96,10 +96,16 @@ def test_the_pure_zone_is_enumerated():
 @pytest.mark.parametrize("module", PURE)
 def test_pure_module_imports_neither_ctypes_nor_trio(module):
     code = (f"import sys, {module}\n"
-            "print(' '.join(sorted(m for m in ('ctypes', 'trio') if m in sys.modules)))\n")
+            "print(' '.join(sorted(m for m in ('ctypes', 'trio') if m in sys.modules)))\n"
+            # Every module of the package it loads must be this checkout's: an older installed copy (a stale
+            # editable install) could otherwise stand in for a module that does not exist here.
+            "print(' '.join(sorted(n for n, m in list(sys.modules.items()) if n.split('.')[0] == 'kestrel_raw'\n"
+            f"                     and not (getattr(m, '__file__', None) or '').startswith({str(ROOT)!r}))))\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "", f"importing {module} alone loads {r.stdout.strip()}"
+    loads, foreign = r.stdout.split("\n")[:2]
+    assert loads == "", f"importing {module} alone loads {loads}"
+    assert foreign == "", f"importing {module} loads modules from outside {ROOT}: {foreign}"
 
 
 # --- the public namespace ----------------------------------------------------------------------------------
