@@ -157,3 +157,9 @@ def test_a_perf_event_attr_shorter_than_its_size_field_is_refused_before_the_cal
         syscall.perf_event_open(attr[:72], -1, 0, -1, 0)
     with pytest.raises(ValueError, match="says it is 64 bytes but is 16"):  # size 0: the first revision
         syscall.perf_event_open(bytearray(16), -1, 0, -1, 0)
+
+
+def test_an_empty_buffer_has_nothing_to_point_to():
+    with pytest.raises(ValueError, match="a buffer handed to the kernel is empty: there is no byte to point to "
+                                         r"\(pass None for a NULL pointer\)"):
+        syscall.pinned(bytearray())

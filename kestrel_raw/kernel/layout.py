@@ -128,6 +128,12 @@ class Layout:
                     self._add(Field(name, offset, type_))
             offset += type_.size
         self.size = -(-offset // align) * align if align else 0
+        # The names of union members (fields that share their offset with another): pack sets one of each.
+        at: dict[int, list[str]] = {}
+        for f in self.fields.values():
+            if not f.bit_size:
+                at.setdefault(f.offset, []).append(f.name)
+        self._union_names = frozenset(n for names in at.values() if len(names) > 1 for n in names)
 
     def _add(self, field: Field) -> None:
         if field.name in self.fields:
@@ -150,28 +156,34 @@ class Layout:
     def pack(self, **values: int | bytes) -> bytearray:
         buf = bytearray(self.size)
         units: dict[int, tuple[Bits, int]] = {}
-        written: dict[int, str] = {}
         for name, value in values.items():
-            f = self.field(name)
+            f = self.fields.get(name) or self.field(name)
             if f.bit_size:
                 if not isinstance(value, int) or not 0 <= value < 1 << f.bit_size:
                     raise ValueError(f"{self.c_name}.{name}: {value!r} does not fit in {f.bit_size} bit(s)")
                 unit, bits = units.get(f.offset, (f.type, 0))
                 units[f.offset] = unit, bits | value << f.bit_offset
                 continue
-            if f.offset in written:
-                raise ValueError(f"{self.c_name}: {written[f.offset]} and {name} are one union member; set one")
-            written[f.offset] = name
-            if isinstance(f.type, Bytes):
-                if not isinstance(value, (bytes, bytearray)) or len(value) > f.size:
-                    raise ValueError(f"{self.c_name}.{name}: needs at most {f.size} bytes, got {value!r}")
+            if isinstance(f.type, Bytes) and (not isinstance(value, (bytes, bytearray)) or len(value) > f.size):
+                raise ValueError(f"{self.c_name}.{name}: needs at most {f.size} bytes, got {value!r}")
             try:
                 f.type.codec.pack_into(buf, f.offset, value)
             except struct.error:
                 raise ValueError(f"{self.c_name}.{name}: {value!r} does not fit in {f.type.c_name}") from None
         for offset, (unit, bits) in units.items():
             unit.unit.codec.pack_into(buf, offset, bits)
+        if len(values) > 1 and not self._union_names.isdisjoint(values):
+            self._check_one_name_per_union(values)
         return buf
+
+    def _check_one_name_per_union(self, values: dict) -> None:
+        seen: dict[int, str] = {}
+        for name in values:
+            if name in self._union_names:
+                offset = self.fields[name].offset
+                if offset in seen:
+                    raise ValueError(f"{self.c_name}: {seen[offset]} and {name} are one union member; set one")
+                seen[offset] = name
 
     def get(self, buf: bytes | bytearray | memoryview, name: str) -> int | bytes:
         """The value of field ``name`` in ``buf`` (a packed layout, e.g. an attr the kernel wrote back into)."""

@@ -13,8 +13,6 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from kestrel_raw.errors import SetupError, bpf_error
 from kestrel_raw.kernel.uapi import BPF_CMD_NAMES, PERF_ATTR_SIZE_VER0
@@ -63,27 +61,31 @@ def _nr(name: str) -> int:
     return _numbers[name]
 
 
-def _memory(buf: bytearray, what: str) -> ctypes.Array:
-    """A ctypes array over ``buf``'s own bytes (no copy).  While it lives, ``buf`` is exported: Python refuses
-    to resize it, so its bytes cannot move, and it holds a reference, so they cannot be freed."""
+def _memory(buf: bytearray, what: str) -> ctypes.c_char:
+    """A ctypes object at ``buf``'s first byte (no copy).  While it lives, ``buf`` is exported: Python refuses
+    to resize it, so its bytes cannot move, and the export holds a reference, so they cannot be freed."""
     if not isinstance(buf, bytearray):
         raise TypeError(f"{what} must be a bytearray (the kernel may write into it), got {type(buf).__name__}")
-    return (ctypes.c_char * len(buf)).from_buffer(buf)
+    if not buf:
+        raise ValueError(f"{what} is empty: there is no byte to point to (pass None for a NULL pointer)")
+    return ctypes.c_char.from_buffer(buf)
 
 
-@contextmanager
-def pinned(buf: bytearray | None) -> Iterator[int]:
-    """The address of ``buf``'s bytes, for a pointer field of an attr or info struct (log buffer,
-    instructions, keys and values, info structs, strings), valid inside the ``with`` block: there ``buf`` can
-    be neither resized nor freed.  ``None`` gives 0, the NULL pointer."""
-    if buf is None:
-        yield 0
-        return
-    memory = _memory(buf, "a buffer handed to the kernel")
-    try:
-        yield ctypes.addressof(memory)
-    finally:
-        del memory  # releases the export: buf may be resized again
+class pinned:
+    """``with pinned(buf) as address:`` the address of ``buf``'s bytes, for a pointer field of an attr or info
+    struct (log buffer, instructions, keys and values, info structs, strings), valid inside the block: there
+    ``buf`` can be neither resized nor freed.  ``pinned(None)`` gives 0, the NULL pointer."""
+
+    __slots__ = ("_memory",)
+
+    def __init__(self, buf: bytearray | None) -> None:
+        self._memory = None if buf is None else _memory(buf, "a buffer handed to the kernel")
+
+    def __enter__(self) -> int:
+        return 0 if self._memory is None else ctypes.addressof(self._memory)
+
+    def __exit__(self, *exc: object) -> None:
+        self._memory = None  # releases the export: buf may be resized again
 
 
 def _attr_size(attr: bytearray, size: int | None) -> int:
