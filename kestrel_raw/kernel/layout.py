@@ -37,7 +37,8 @@ U64 = Scalar("__u64", "Q")
 
 
 class Bytes:
-    """A byte array, ``__u8 tag[8]``: packed and read as ``bytes`` of exactly its size."""
+    """A byte array, ``__u8 tag[8]``: packed from at most its size in bytes (zero-padded), read as ``bytes`` of
+    exactly its size."""
 
     def __init__(self, size: int, c_name: str = "__u8") -> None:
         self.c_name = f"{c_name}[{size}]"
