@@ -18,64 +18,79 @@ from kestrel_raw.errors import BPFError, ConfigError, VerifierError
 from kestrel_raw.maps import ArrayMap
 from kestrel_raw.kernel.prog import Program
 
-# (structure, field, offset, size): the uapi offsets of union bpf_attr's members for each command we use,
-# and of bpf_prog_info / bpf_map_info, from include/uapi/linux/bpf.h.
+# (layout in kernel/uapi.py, field, offset, size): the uapi offsets of union bpf_attr's members for each
+# command we use, and of bpf_prog_info / bpf_map_info / bpf_link_info, from include/uapi/linux/bpf.h.  A union
+# member is pinned under each of its names.
 ATTR_LAYOUT = [
-    (bpf.MapCreateAttr, "map_type", 0, 4), (bpf.MapCreateAttr, "key_size", 4, 4),
-    (bpf.MapCreateAttr, "value_size", 8, 4), (bpf.MapCreateAttr, "max_entries", 12, 4),
-    (bpf.MapCreateAttr, "map_flags", 16, 4), (bpf.MapCreateAttr, "inner_map_fd", 20, 4),
-    (bpf.MapCreateAttr, "numa_node", 24, 4), (bpf.MapCreateAttr, "map_name", 28, 16),
-    (bpf.MapElemAttr, "map_fd", 0, 4), (bpf.MapElemAttr, "key", 8, 8), (bpf.MapElemAttr, "value", 16, 8),
-    (bpf.MapElemAttr, "flags", 24, 8),
-    (bpf.ProgLoadAttr, "prog_type", 0, 4), (bpf.ProgLoadAttr, "insn_cnt", 4, 4), (bpf.ProgLoadAttr, "insns", 8, 8),
-    (bpf.ProgLoadAttr, "license", 16, 8), (bpf.ProgLoadAttr, "log_level", 24, 4),
-    (bpf.ProgLoadAttr, "log_size", 28, 4), (bpf.ProgLoadAttr, "log_buf", 32, 8),
-    (bpf.ProgLoadAttr, "kern_version", 40, 4), (bpf.ProgLoadAttr, "prog_flags", 44, 4),
-    (bpf.ProgLoadAttr, "prog_name", 48, 16), (bpf.ProgLoadAttr, "prog_ifindex", 64, 4),
-    (bpf.ProgLoadAttr, "expected_attach_type", 68, 4), (bpf.ProgLoadAttr, "prog_btf_fd", 72, 4),
-    (bpf.ProgLoadAttr, "attach_btf_id", 108, 4), (bpf.ProgLoadAttr, "attach_btf_obj_fd", 112, 4),
-    (bpf.InfoByFdAttr, "bpf_fd", 0, 4), (bpf.InfoByFdAttr, "info_len", 4, 4), (bpf.InfoByFdAttr, "info", 8, 8),
-    (bpf.LinkCreateAttr, "prog_fd", 0, 4), (bpf.LinkCreateAttr, "target_fd", 4, 4),
-    (bpf.LinkCreateAttr, "attach_type", 8, 4), (bpf.LinkCreateAttr, "flags", 12, 4),
-    (bpf.LinkCreateAttr, "bpf_cookie", 16, 8),
-    (bpf.RawTracepointAttr, "name", 0, 8), (bpf.RawTracepointAttr, "prog_fd", 8, 4),
-    (bpf.GetIdAttr, "start_id", 0, 4), (bpf.GetIdAttr, "next_id", 4, 4), (bpf.GetIdAttr, "open_flags", 8, 4),
-    (bpf.EnableStatsAttr, "type", 0, 4),
-    (bpf.BpfProgInfo, "type", 0, 4), (bpf.BpfProgInfo, "id", 4, 4), (bpf.BpfProgInfo, "tag", 8, 8),
-    (bpf.BpfProgInfo, "jited_prog_len", 16, 4), (bpf.BpfProgInfo, "xlated_prog_len", 20, 4),
-    (bpf.BpfProgInfo, "xlated_prog_insns", 32, 8), (bpf.BpfProgInfo, "nr_map_ids", 52, 4),
-    (bpf.BpfProgInfo, "map_ids", 56, 8), (bpf.BpfProgInfo, "name", 64, 16), (bpf.BpfProgInfo, "btf_id", 128, 4),
-    (bpf.BpfProgInfo, "run_time_ns", 192, 8), (bpf.BpfProgInfo, "run_cnt", 200, 8),
-    (bpf.BpfProgInfo, "recursion_misses", 208, 8), (bpf.BpfProgInfo, "verified_insns", 216, 4),
-    (bpf.BpfMapInfo, "type", 0, 4), (bpf.BpfMapInfo, "id", 4, 4), (bpf.BpfMapInfo, "key_size", 8, 4),
-    (bpf.BpfMapInfo, "max_entries", 16, 4), (bpf.BpfMapInfo, "map_flags", 20, 4), (bpf.BpfMapInfo, "name", 24, 16),
-    (bpf.BpfMapInfo, "map_extra", 80, 8),
-    (bpf.BpfLinkInfo, "type", 0, 4), (bpf.BpfLinkInfo, "id", 4, 4), (bpf.BpfLinkInfo, "prog_id", 8, 4),
+    ("MapCreateAttr", "map_type", 0, 4), ("MapCreateAttr", "key_size", 4, 4),
+    ("MapCreateAttr", "value_size", 8, 4), ("MapCreateAttr", "max_entries", 12, 4),
+    ("MapCreateAttr", "map_flags", 16, 4), ("MapCreateAttr", "inner_map_fd", 20, 4),
+    ("MapCreateAttr", "numa_node", 24, 4), ("MapCreateAttr", "map_name", 28, 16),
+    ("MapElemAttr", "map_fd", 0, 4), ("MapElemAttr", "key", 8, 8), ("MapElemAttr", "value", 16, 8),
+    ("MapElemAttr", "next_key", 16, 8), ("MapElemAttr", "flags", 24, 8),
+    ("MapBatchAttr", "in_batch", 0, 8), ("MapBatchAttr", "out_batch", 8, 8), ("MapBatchAttr", "keys", 16, 8),
+    ("MapBatchAttr", "values", 24, 8), ("MapBatchAttr", "count", 32, 4), ("MapBatchAttr", "map_fd", 36, 4),
+    ("MapBatchAttr", "elem_flags", 40, 8), ("MapBatchAttr", "flags", 48, 8),
+    ("ProgLoadAttr", "prog_type", 0, 4), ("ProgLoadAttr", "insn_cnt", 4, 4), ("ProgLoadAttr", "insns", 8, 8),
+    ("ProgLoadAttr", "license", 16, 8), ("ProgLoadAttr", "log_level", 24, 4),
+    ("ProgLoadAttr", "log_size", 28, 4), ("ProgLoadAttr", "log_buf", 32, 8),
+    ("ProgLoadAttr", "kern_version", 40, 4), ("ProgLoadAttr", "prog_flags", 44, 4),
+    ("ProgLoadAttr", "prog_name", 48, 16), ("ProgLoadAttr", "prog_ifindex", 64, 4),
+    ("ProgLoadAttr", "expected_attach_type", 68, 4), ("ProgLoadAttr", "prog_btf_fd", 72, 4),
+    ("ProgLoadAttr", "attach_btf_id", 108, 4), ("ProgLoadAttr", "attach_btf_obj_fd", 112, 4),
+    ("ProgLoadAttr", "attach_prog_fd", 112, 4),
+    ("InfoByFdAttr", "bpf_fd", 0, 4), ("InfoByFdAttr", "info_len", 4, 4), ("InfoByFdAttr", "info", 8, 8),
+    ("LinkCreateAttr", "prog_fd", 0, 4), ("LinkCreateAttr", "target_fd", 4, 4),
+    ("LinkCreateAttr", "attach_type", 8, 4), ("LinkCreateAttr", "flags", 12, 4),
+    ("LinkCreateAttr", "bpf_cookie", 16, 8),
+    ("RawTracepointAttr", "name", 0, 8), ("RawTracepointAttr", "prog_fd", 8, 4),
+    ("GetIdAttr", "start_id", 0, 4), ("GetIdAttr", "next_id", 4, 4), ("GetIdAttr", "open_flags", 8, 4),
+    ("GetIdAttr", "prog_id", 0, 4), ("GetIdAttr", "map_id", 0, 4), ("GetIdAttr", "link_id", 0, 4),
+    ("EnableStatsAttr", "type", 0, 4),
+    ("BpfProgInfo", "type", 0, 4), ("BpfProgInfo", "id", 4, 4), ("BpfProgInfo", "tag", 8, 8),
+    ("BpfProgInfo", "jited_prog_len", 16, 4), ("BpfProgInfo", "xlated_prog_len", 20, 4),
+    ("BpfProgInfo", "xlated_prog_insns", 32, 8), ("BpfProgInfo", "nr_map_ids", 52, 4),
+    ("BpfProgInfo", "map_ids", 56, 8), ("BpfProgInfo", "name", 64, 16), ("BpfProgInfo", "btf_id", 128, 4),
+    ("BpfProgInfo", "run_time_ns", 192, 8), ("BpfProgInfo", "run_cnt", 200, 8),
+    ("BpfProgInfo", "recursion_misses", 208, 8), ("BpfProgInfo", "verified_insns", 216, 4),
+    ("BpfMapInfo", "type", 0, 4), ("BpfMapInfo", "id", 4, 4), ("BpfMapInfo", "key_size", 8, 4),
+    ("BpfMapInfo", "max_entries", 16, 4), ("BpfMapInfo", "map_flags", 20, 4), ("BpfMapInfo", "name", 24, 16),
+    ("BpfMapInfo", "map_extra", 80, 8),
+    ("BpfLinkInfo", "type", 0, 4), ("BpfLinkInfo", "id", 4, 4), ("BpfLinkInfo", "prog_id", 8, 4),
 ]
 
 
-@pytest.mark.parametrize("struct,field,offset,size", ATTR_LAYOUT,
-                         ids=[f"{s.__name__}.{f}" for s, f, _, _ in ATTR_LAYOUT])
-def test_attr_offsets_pinned(struct, field, offset, size):
-    assert (getattr(struct, field).offset, getattr(struct, field).size) == (offset, size)
+@pytest.mark.parametrize("layout,field,offset,size", ATTR_LAYOUT, ids=[f"{s}.{f}" for s, f, _, _ in ATTR_LAYOUT])
+def test_attr_offsets_pinned(layout, field, offset, size):
+    f = getattr(uapi, layout).field(field)
+    assert (f.offset, f.size, f.bit_size) == (offset, size, 0)
+
+
+def test_gpl_compatible_is_bit_0_of_the_u32_at_84():
+    f = uapi.BpfProgInfo.field("gpl_compatible")
+    assert (f.offset, f.size, f.bit_offset, f.bit_size) == (84, 4, 0, 1)
+    info = bytearray(uapi.BpfProgInfo.size)
+    info[84:88] = (0xFFFFFFFE | 1).to_bytes(4, "little")  # the 31 unnamed bits set too: only bit 0 is read
+    assert uapi.BpfProgInfo.unpack(info)["gpl_compatible"] == 1
 
 
 def test_attr_sizes_fit_debian_6_1():
     # Debian 6.1's union bpf_attr is 144 bytes; every size we pass must fit in it.
     sizes = {
-        "map_create": bpf.offsetofend(bpf.MapCreateAttr, "map_name"),
-        "map_elem": bpf.offsetofend(bpf.MapElemAttr, "flags"),
-        "prog_load": bpf.offsetofend(bpf.ProgLoadAttr, "expected_attach_type"),
-        "prog_load_btf": bpf.offsetofend(bpf.ProgLoadAttr, "attach_btf_obj_fd"),
-        "info": bpf.offsetofend(bpf.InfoByFdAttr, "info"),
-        "link_create": bpf.offsetofend(bpf.LinkCreateAttr, "bpf_cookie"),
-        "raw_tp": bpf.offsetofend(bpf.RawTracepointAttr, "prog_fd"),
-        "get_id": bpf.offsetofend(bpf.GetIdAttr, "open_flags"),
-        "stats": bpf.offsetofend(bpf.EnableStatsAttr, "type"),
+        "map_create": uapi.MapCreateAttr.offsetofend("map_name"),
+        "map_elem": uapi.MapElemAttr.offsetofend("flags"),
+        "map_batch": uapi.MapBatchAttr.offsetofend("flags"),
+        "prog_load": uapi.ProgLoadAttr.offsetofend("expected_attach_type"),
+        "prog_load_btf": uapi.ProgLoadAttr.offsetofend("attach_btf_obj_fd"),
+        "info": uapi.InfoByFdAttr.offsetofend("info"),
+        "link_create": uapi.LinkCreateAttr.offsetofend("bpf_cookie"),
+        "raw_tp": uapi.RawTracepointAttr.offsetofend("prog_fd"),
+        "get_id": uapi.GetIdAttr.offsetofend("open_flags"),
+        "stats": uapi.EnableStatsAttr.offsetofend("type"),
     }
-    assert sizes == {"map_create": 44, "map_elem": 32, "prog_load": 72, "prog_load_btf": 116, "info": 16,
+    assert sizes == {"map_create": 44, "map_elem": 32, "map_batch": 56, "prog_load": 72, "prog_load_btf": 116, "info": 16,
                      "link_create": 24, "raw_tp": 12, "get_id": 12, "stats": 4}
-    assert ctypes.sizeof(bpf.BpfProgInfo) == 232 and ctypes.sizeof(bpf.BpfMapInfo) == 88
+    assert (uapi.BpfProgInfo.size, uapi.BpfMapInfo.size, uapi.BpfLinkInfo.size) == (232, 88, 12)
 
 
 @pytest.mark.parametrize("name,message", [
@@ -215,7 +230,7 @@ def _wait_gone(still_there, timeout=5.0):
 def test_e2big_for_unknown_nonzero_attr_bytes():
     # An attr longer than this kernel's bpf_attr with a non-zero byte past the end: the kernel's answer to a
     # caller that depends on a field it does not know.
-    attr = (ctypes.c_uint8 * 4096)()
+    attr = bytearray(4096)
     attr[4095] = 1
     with pytest.raises(BPFError) as e:
         syscall.bpf(uapi.BPF_MAP_CREATE, attr)
@@ -246,14 +261,14 @@ def _run_unprivileged(code: str) -> str:
 @pytest.mark.kernel
 def test_eperm_says_which_capability_is_missing():
     out = _run_unprivileged(
-        "from kestrel_raw import bpf, uapi\n"
+        "from kestrel_raw.kernel import bpf, uapi\n"
         "from kestrel_raw.errors import PrivilegeError\n"
         "try:\n    bpf.enable_stats(uapi.BPF_STATS_RUN_TIME)\n"
         "except PrivilegeError as e:\n    print(type(e).__name__, e)\n")
     assert out == ("PrivilegeError BPF_ENABLE_STATS failed: EPERM (Operation not permitted); the process needs "
                    "CAP_SYS_ADMIN: run as root or grant the capabilities")
     out = _run_unprivileged(
-        "from kestrel_raw import bpf, uapi\n"
+        "from kestrel_raw.kernel import bpf, uapi\n"
         "from kestrel_raw.errors import PrivilegeError\n"
         "try:\n    bpf.prog_load(uapi.BPF_PROG_TYPE_TRACEPOINT, bytes.fromhex('b700000000000000' '9500000000000000'))\n"
         "except PrivilegeError as e:\n    print(type(e).__name__, e)\n")

@@ -1,16 +1,15 @@
-"""Our ctypes layouts and constants against the running kernel's own BTF (/sys/kernel/btf/vmlinux).
+"""Our layouts (kernel/uapi.py) and constants against the running kernel's own BTF (/sys/kernel/btf/vmlinux).
 
 The pinned-offset tests say what the uapi header says; these say what *this* kernel says, so a layout that
 drifted or a field that was misread fails here on any kernel the suite runs on (6.1, 6.12, 6.18, arm64).
 """
 from __future__ import annotations
 
-import ctypes
 import os
 
 import pytest
 
-from kestrel_raw.kernel import bpf, uapi
+from kestrel_raw.kernel import uapi
 
 VMLINUX = "/sys/kernel/btf/vmlinux"
 
@@ -43,78 +42,86 @@ def _has(btf, agg, name):
         return False
 
 
-def _fields(struct):
-    return [(name, getattr(struct, name)) for name, *_ in struct._fields_ if not name.startswith("_")]
+def _named(layout):
+    """Every field of ``layout`` but the reserved ones (``__reserved_*``, whose width shrinks as the kernel
+    adds fields), each union member under each of its names."""
+    return [f for name, f in layout.fields.items() if not name.startswith("_")]
 
 
-# (our structure, how to find its part of union bpf_attr: ("anon", anchor field) or ("named", member name))
+def _where(btf, agg, path: str):
+    """(offset in bits, size in bits) of the member at dotted ``path`` inside ``agg``, as BTF says."""
+    bits = 0
+    for hop in path.split("."):
+        mem = btf.member(agg, hop)
+        bits += mem.bit_offset
+        size = mem.bit_size or 8 * mem.size
+        agg = btf.resolve(mem.type)
+    return bits, size
+
+
+def _ours(f):
+    """(offset in bits, size in bits) of our field: a bit field's own bits, else its bytes."""
+    return (8 * f.offset + f.bit_offset, f.bit_size) if f.bit_size else (8 * f.offset, 8 * f.size)
+
+
+# (our layout, how to find its part of union bpf_attr: ("anon", anchor field) or ("named", member name))
 ATTR_VIEWS = [
-    (bpf.MapCreateAttr, ("anon", "map_type")),
-    (bpf.MapElemAttr, ("anon", "next_key")),
-    (bpf.ProgLoadAttr, ("anon", "insn_cnt")),
-    (bpf.GetIdAttr, ("anon", "start_id")),
-    (bpf.InfoByFdAttr, ("named", "info")),
-    (bpf.RawTracepointAttr, ("named", "raw_tracepoint")),
-    (bpf.LinkCreateAttr, ("named", "link_create")),
-    (bpf.EnableStatsAttr, ("named", "enable_stats")),
+    ("MapCreateAttr", ("anon", "map_type")),
+    ("MapElemAttr", ("anon", "next_key")),
+    ("MapBatchAttr", ("named", "batch")),
+    ("ProgLoadAttr", ("anon", "insn_cnt")),
+    ("GetIdAttr", ("anon", "start_id")),
+    ("InfoByFdAttr", ("named", "info")),
+    ("RawTracepointAttr", ("named", "raw_tracepoint")),
+    ("LinkCreateAttr", ("named", "link_create")),
+    ("EnableStatsAttr", ("named", "enable_stats")),
 ]
-# Our names that are spelled differently, or nested, in BTF.
-BTF_NAME = {(bpf.LinkCreateAttr, "bpf_cookie"): "perf_event.bpf_cookie"}
+# Our names that are nested in BTF.
+BTF_PATH = {("LinkCreateAttr", "bpf_cookie"): "perf_event.bpf_cookie"}
 
 
 @pytest.mark.kernel
-@pytest.mark.parametrize("struct,where", ATTR_VIEWS, ids=[s.__name__ for s, _ in ATTR_VIEWS])
-def test_bpf_attr_views_match_kernel_btf(btf, struct, where):
+@pytest.mark.parametrize("name,where", ATTR_VIEWS, ids=[n for n, _ in ATTR_VIEWS])
+def test_bpf_attr_views_match_kernel_btf(btf, name, where):
+    layout = getattr(uapi, name)
     how, key = where
     if how == "anon":
         base, part = _anon_struct_with(btf, "bpf_attr", key)
     else:
         m = btf.member("bpf_attr", key)
         base, part = m.offset, btf.resolve(m.type)
-    assert ctypes.sizeof(struct) <= btf.size_of("bpf_attr")
-    for name, field in _fields(struct):
-        btf_name = BTF_NAME.get((struct, name), name)
-        offset, size = 0, None
-        agg = part
-        for hop in btf_name.split("."):
-            mem = btf.member(agg, hop)
-            offset += mem.offset
-            size = mem.size
-            agg = btf.resolve(mem.type)
-        assert (base + offset, size) == (field.offset, field.size), f"{struct.__name__}.{name}"
+    assert layout.size <= btf.size_of("bpf_attr")
+    for f in _named(layout):
+        bits, size = _where(btf, part, BTF_PATH.get((name, f.name), f.name))
+        assert (8 * base + bits, size) == _ours(f), f"{name}.{f.name}"
 
 
 @pytest.mark.kernel
-@pytest.mark.parametrize("struct,btf_name", [
-    (bpf.BpfProgInfo, "bpf_prog_info"), (bpf.BpfMapInfo, "bpf_map_info"), (bpf.BpfLinkInfo, "bpf_link_info"),
+@pytest.mark.parametrize("name,btf_name", [
+    ("BpfProgInfo", "bpf_prog_info"), ("BpfMapInfo", "bpf_map_info"), ("BpfLinkInfo", "bpf_link_info"),
 ])
-def test_info_structs_match_kernel_btf(btf, struct, btf_name):
-    for name, field in _fields(struct):
-        mem = btf.member(btf_name, name)
-        if mem.bit_size:  # gpl_compatible:1 lives in the u32 we read whole
-            assert mem.bit_offset // 8 == field.offset, name
-        else:
-            assert (mem.offset, mem.size) == (field.offset, field.size), name
-    assert btf.size_of(btf_name) >= ctypes.sizeof(struct)
+def test_info_structs_match_kernel_btf(btf, name, btf_name):
+    layout = getattr(uapi, name)
+    for f in _named(layout):
+        assert _where(btf, btf.find(btf_name), f.name) == _ours(f), f"{name}.{f.name}"
+    assert btf.size_of(btf_name) >= layout.size
 
 
 @pytest.mark.kernel
 def test_perf_event_attr_matches_kernel_btf(btf):
     size = btf.size_of("perf_event_attr")
-    if size < ctypes.sizeof(uapi.PerfEventAttr):
+    if size < uapi.PerfEventAttr.size:
         # A kernel before config3 (6.3): our extra bytes are zero, which the kernel accepts.
         assert size in (uapi.PERF_ATTR_SIZE_VER7, uapi.PERF_ATTR_SIZE_VER6)
-    for name, *_ in uapi.PerfEventAttr._fields_:
-        if name.startswith("_") or len(_) > 1:
-            continue  # reserved padding; bit fields checked below
-        field = getattr(uapi.PerfEventAttr, name)
-        if field.offset >= size:
+    checked = []
+    for f in _named(uapi.PerfEventAttr):
+        if f.offset >= size:
             continue
-        mem = btf.member("perf_event_attr", name)  # the unions' first members carry our names
-        assert (mem.offset, mem.size) == (field.offset, field.size), name
-    for bit, name in enumerate(["disabled", "inherit", "pinned", "exclusive", "exclude_user", "exclude_kernel"]):
-        mem = btf.member("perf_event_attr", name)
-        assert (mem.bit_offset, mem.bit_size) == (40 * 8 + bit, 1), name
+        assert _where(btf, btf.find("perf_event_attr"), f.name) == _ours(f), f.name
+        checked.append(f.name)
+    # Every flag bit (disabled ... sigtrap: all of 6.1's) and every union member under each name was compared.
+    assert {"disabled", "precise_ip", "sigtrap", "sample_freq", "wakeup_watermark", "config1", "config2",
+            "probe_offset"} <= set(checked)
 
 
 @pytest.mark.kernel

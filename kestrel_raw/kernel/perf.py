@@ -1,7 +1,6 @@
 """perf_event_open(2) for tracepoints, and the perf ioctls that attach and switch a BPF program."""
 from __future__ import annotations
 
-import ctypes
 import errno
 
 from kestrel_raw.kernel import syscall
@@ -13,17 +12,13 @@ from kestrel_raw.kernel.uapi import (
 )
 
 
-def tracepoint_attr(tp_id: int) -> PerfEventAttr:
-    """The ``perf_event_attr`` for a tracepoint event: type, size and the tracepoint id as config.
+def tracepoint_attr(tp_id: int) -> bytearray:
+    """The packed ``perf_event_attr`` for a tracepoint event: type, size and the tracepoint id as config.
 
     No sampling is asked for: a BPF program on a tracepoint event runs from the tracepoint itself, before
-    (and regardless of) perf's sampling.
+    (and regardless of) perf's sampling.  Every flag bit is clear: the event is enabled when it is created.
     """
-    attr = PerfEventAttr()
-    attr.type = PERF_TYPE_TRACEPOINT
-    attr.size = ctypes.sizeof(PerfEventAttr)
-    attr.config = tp_id
-    return attr
+    return PerfEventAttr.pack(type=PERF_TYPE_TRACEPOINT, size=PerfEventAttr.size, config=tp_id)
 
 
 def tracepoint_event(tp_id: int, cpu: int = 0) -> FD:

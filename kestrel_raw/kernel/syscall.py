@@ -1,8 +1,10 @@
-"""The one module that calls into libc: bpf(2), perf_event_open(2), ioctl(2); for dropping privilege
-capget(2), capset(2), prctl(2) and pidfd_getfd(2); openat2(2) for the self-check after attaching.  Through
-ctypes.
+"""The one module that calls into libc, and the only one that imports ctypes: bpf(2), perf_event_open(2),
+ioctl(2); for dropping privilege capget(2), capset(2), prctl(2) and pidfd_getfd(2); openat2(2) for the
+self-check after attaching.
 
-Neither bpf(2) nor perf_event_open(2) has a libc wrapper, so both go through ``syscall(2)`` with the
+The interface is bytes: an attr is a bytearray packed from a kernel/uapi.py layout, and a buffer the kernel
+reads or fills through a pointer field is a bytearray whose address ``pinned`` gives for the duration of the
+call.  Neither bpf(2) nor perf_event_open(2) has a libc wrapper, so both go through ``syscall(2)`` with the
 number for this machine's architecture.  A failing call raises the ``BPFError`` subclass that
 ``errors.bpf_error`` picks for the errno, named after the operation.
 """
@@ -13,6 +15,7 @@ import os
 import platform
 
 from kestrel_raw.errors import SetupError, bpf_error
+from kestrel_raw.kernel.uapi import BPF_CMD_NAMES, PERF_ATTR_SIZE_VER0
 
 # Syscall numbers per architecture: arch/x86/entry/syscalls/syscall_64.tbl and, for arm64, the generic
 # table include/uapi/asm-generic/unistd.h.
@@ -58,37 +61,74 @@ def _nr(name: str) -> int:
     return _numbers[name]
 
 
-def bpf(cmd: int, attr: ctypes.Structure | ctypes.Array, size: int | None = None, op: str | None = None,
-        hint: str = "") -> int:
+def _memory(buf: bytearray, what: str) -> ctypes.c_char:
+    """A ctypes object at ``buf``'s first byte (no copy).  While it lives, ``buf`` is exported: Python refuses
+    to resize it, so its bytes cannot move, and the export holds a reference, so they cannot be freed."""
+    if not isinstance(buf, bytearray):
+        raise TypeError(f"{what} must be a bytearray (the kernel may write into it), got {type(buf).__name__}")
+    if not buf:
+        raise ValueError(f"{what} is empty: there is no byte to point to (pass None for a NULL pointer)")
+    return ctypes.c_char.from_buffer(buf)
+
+
+class pinned:
+    """``with pinned(buf) as address:`` the address of ``buf``'s bytes, for a pointer field of an attr or info
+    struct (log buffer, instructions, keys and values, info structs, strings), valid inside the block: there
+    ``buf`` can be neither resized nor freed.  ``pinned(None)`` gives 0, the NULL pointer."""
+
+    __slots__ = ("_memory",)
+
+    def __init__(self, buf: bytearray | None) -> None:
+        self._memory = None if buf is None else _memory(buf, "a buffer handed to the kernel")
+
+    def __enter__(self) -> int:
+        return 0 if self._memory is None else ctypes.addressof(self._memory)
+
+    def __exit__(self, *exc: object) -> None:
+        self._memory = None  # releases the export: buf may be resized again
+
+
+def _attr_size(attr: bytearray, size: int | None) -> int:
+    if size is None:
+        return len(attr)
+    if not 0 <= size <= len(attr):
+        raise ValueError(f"size {size} is past the end of the {len(attr)}-byte attr: the kernel would read "
+                         f"memory that is not the attr's")
+    return size
+
+
+def bpf(cmd: int, attr: bytearray, size: int | None = None, op: str | None = None, hint: str = "") -> int:
     """Issue bpf(cmd, &attr, size) and return its non-negative result.
 
-    ``size`` is how many bytes of ``attr`` the kernel should read (default: all of it); commands pass the
-    end of the last field they use so that an older kernel's shorter ``union bpf_attr`` still fits.
-    ``op`` names the operation in the error (default: the command's name).
+    ``attr`` is a packed ``union bpf_attr`` view (kernel/uapi.py); the kernel writes its answers back into it.
+    ``size`` is how many bytes of ``attr`` the kernel should read (default: all of it); commands pass the end
+    of the last field they use so that an older kernel's shorter ``union bpf_attr`` still fits.  ``op`` names
+    the operation in the error (default: the command's name).
     """
-    if size is None:
-        size = ctypes.sizeof(attr)
-    ret = _syscall(ctypes.c_long(_nr("__NR_bpf")), ctypes.c_long(cmd), ctypes.byref(attr),
-                   ctypes.c_uint(size))
+    ret, err = bpf_errno(cmd, attr, size)
     if ret < 0:
-        err = ctypes.get_errno()
         raise bpf_error(op or _cmd_name(cmd), err, hint)
     return ret
 
 
-def bpf_errno(cmd: int, attr: ctypes.Structure | ctypes.Array, size: int | None = None) -> tuple[int, int]:
+def bpf_errno(cmd: int, attr: bytearray, size: int | None = None) -> tuple[int, int]:
     """bpf(2) returning ``(result, errno)`` instead of raising, for callers that branch on the errno
     (end of an id walk, EAGAIN retries, a verifier log that did not fit)."""
-    if size is None:
-        size = ctypes.sizeof(attr)
-    ret = _syscall(ctypes.c_long(_nr("__NR_bpf")), ctypes.c_long(cmd), ctypes.byref(attr),
-                   ctypes.c_uint(size))
+    size = _attr_size(attr, size)
+    memory = _memory(attr, "the bpf(2) attr")
+    ret = _syscall(ctypes.c_long(_nr("__NR_bpf")), ctypes.c_long(cmd), ctypes.byref(memory), ctypes.c_uint(size))
     return (ret, ctypes.get_errno()) if ret < 0 else (ret, 0)
 
 
-def perf_event_open(attr: ctypes.Structure, pid: int, cpu: int, group_fd: int, flags: int) -> int:
-    """perf_event_open(2); returns the new event's fd."""
-    ret = _syscall(ctypes.c_long(_nr("__NR_perf_event_open")), ctypes.byref(attr), ctypes.c_int(pid),
+def perf_event_open(attr: bytearray, pid: int, cpu: int, group_fd: int, flags: int) -> int:
+    """perf_event_open(2) with a packed ``struct perf_event_attr``; returns the new event's fd."""
+    # The kernel reads as many bytes as the attr's own size field (offset 4) says; 0 means the first revision.
+    declared = int.from_bytes(attr[4:8], "little") or PERF_ATTR_SIZE_VER0
+    if declared > len(attr):
+        raise ValueError(f"the perf_event_attr says it is {declared} bytes but is {len(attr)}: the kernel would "
+                         f"read memory that is not the attr's")
+    memory = _memory(attr, "the perf_event_attr")
+    ret = _syscall(ctypes.c_long(_nr("__NR_perf_event_open")), ctypes.byref(memory), ctypes.c_int(pid),
                    ctypes.c_int(cpu), ctypes.c_int(group_fd), ctypes.c_ulong(flags))
     if ret < 0:
         raise bpf_error("perf_event_open", ctypes.get_errno())
@@ -174,15 +214,9 @@ def openat2(dirfd: int, path: bytes, how: bytes) -> int:
     return ret
 
 
-def address_of(buf: ctypes.Array | ctypes.Structure) -> int:
-    """The address of a ctypes buffer, for the ``__aligned_u64`` pointer fields of ``union bpf_attr``."""
-    return ctypes.addressof(buf)
-
-
 def close(fd: int) -> None:
     os.close(fd)
 
 
 def _cmd_name(cmd: int) -> str:
-    from kestrel_raw.kernel.uapi import BPF_CMD_NAMES
     return BPF_CMD_NAMES.get(cmd, f"bpf(cmd={cmd})")

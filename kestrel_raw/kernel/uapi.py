@@ -1,13 +1,16 @@
-"""Kernel ABI constants for bpf(2) and perf_event_open(2), named as the kernel names them.
+"""Kernel ABI for bpf(2) and perf_event_open(2), named as the kernel names it: constants and the structure
+layouts (the views of ``union bpf_attr`` per command, ``struct bpf_prog_info``/``bpf_map_info``/
+``bpf_link_info``, ``struct perf_event_attr``).
 
-Values from include/uapi/linux/bpf.h and include/uapi/linux/perf_event.h.  The enums are append-only in
-the kernel, so a value here is the same on every kernel that knows the name; tests compare them against
-the running kernel's BTF.  ``PerfEventAttr`` is here too because it *is* the ABI: a ctypes structure whose
-offsets equal ``struct perf_event_attr``'s.
+Values and layouts from include/uapi/linux/bpf.h and include/uapi/linux/perf_event.h.  The enums are
+append-only in the kernel, so a value here is the same on every kernel that knows the name; the structures
+only grow at their end.  Tests pin every offset and compare constants and layouts with the running kernel's
+BTF.  Pure: the layouts are ``kernel.layout`` declarations, packed into bytearrays; kernel/syscall.py hands
+them to the kernel.
 """
 from __future__ import annotations
 
-import ctypes
+from kestrel_raw.kernel.layout import U16, U32, U64, S32, Bits, Bytes, Chars, Layout
 
 # --- enum bpf_cmd -----------------------------------------------------------------------------------------
 BPF_MAP_CREATE = 0
@@ -184,52 +187,198 @@ PERF_EVENT_IOC_DISABLE = _IO("$", 1)
 PERF_EVENT_IOC_SET_BPF = _IOW("$", 8, 4)  # argument: __u32 program fd
 
 
-class PerfEventAttr(ctypes.Structure):
-    """``struct perf_event_attr`` up to ``config3`` (PERF_ATTR_SIZE_VER8).
+# --- struct perf_event_attr ------------------------------------------------------------------------------
+# Up to config3 (PERF_ATTR_SIZE_VER8).  A kernel that knows a smaller revision accepts it as long as the bytes
+# it does not know are zero, which they are unless a caller sets config3/sig_data.
 
-    A kernel that knows a smaller revision accepts this one as long as the bytes it does not know are zero,
-    which they are unless a caller sets ``config3``/``sig_data``.  The single-bit flags are bit fields of
-    one u64 at offset 40, least significant bit first, as GCC lays them out on little-endian targets.
-    """
+PerfEventAttr = Layout("struct perf_event_attr", [
+    ("type", U32),
+    ("size", U32),
+    ("config", U64),
+    (("sample_period", "sample_freq"), U64),
+    ("sample_type", U64),
+    ("read_format", U64),
+    (None, Bits(U64, [
+        ("disabled", 1), ("inherit", 1), ("pinned", 1), ("exclusive", 1), ("exclude_user", 1),
+        ("exclude_kernel", 1), ("exclude_hv", 1), ("exclude_idle", 1), ("mmap", 1), ("comm", 1), ("freq", 1),
+        ("inherit_stat", 1), ("enable_on_exec", 1), ("task", 1), ("watermark", 1), ("precise_ip", 2),
+        ("mmap_data", 1), ("sample_id_all", 1), ("exclude_host", 1), ("exclude_guest", 1),
+        ("exclude_callchain_kernel", 1), ("exclude_callchain_user", 1), ("mmap2", 1), ("comm_exec", 1),
+        ("use_clockid", 1), ("context_switch", 1), ("write_backward", 1), ("namespaces", 1), ("ksymbol", 1),
+        ("bpf_event", 1), ("aux_output", 1), ("cgroup", 1), ("text_poke", 1), ("build_id", 1),
+        ("inherit_thread", 1), ("remove_on_exec", 1), ("sigtrap", 1), ("__reserved_1", 26),
+    ])),
+    (("wakeup_events", "wakeup_watermark"), U32),
+    ("bp_type", U32),
+    (("bp_addr", "kprobe_func", "uprobe_path", "config1"), U64),
+    (("bp_len", "kprobe_addr", "probe_offset", "config2"), U64),
+    ("branch_sample_type", U64),
+    ("sample_regs_user", U64),
+    ("sample_stack_user", U32),
+    ("clockid", S32),
+    ("sample_regs_intr", U64),
+    ("aux_watermark", U32),
+    ("sample_max_stack", U16),
+    ("__reserved_2", U16),
+    ("aux_sample_size", U32),
+    ("__reserved_3", U32),  # aux_action and its bits since 6.13
+    ("sig_data", U64),
+    ("config3", U64),
+])
 
-    _fields_ = [
-        ("type", ctypes.c_uint32),
-        ("size", ctypes.c_uint32),
-        ("config", ctypes.c_uint64),
-        ("sample_period", ctypes.c_uint64),  # union with sample_freq
-        ("sample_type", ctypes.c_uint64),
-        ("read_format", ctypes.c_uint64),
-        ("disabled", ctypes.c_uint64, 1),
-        ("inherit", ctypes.c_uint64, 1),
-        ("pinned", ctypes.c_uint64, 1),
-        ("exclusive", ctypes.c_uint64, 1),
-        ("exclude_user", ctypes.c_uint64, 1),
-        ("exclude_kernel", ctypes.c_uint64, 1),
-        ("exclude_hv", ctypes.c_uint64, 1),
-        ("exclude_idle", ctypes.c_uint64, 1),
-        ("mmap", ctypes.c_uint64, 1),
-        ("comm", ctypes.c_uint64, 1),
-        ("freq", ctypes.c_uint64, 1),
-        ("inherit_stat", ctypes.c_uint64, 1),
-        ("enable_on_exec", ctypes.c_uint64, 1),
-        ("task", ctypes.c_uint64, 1),
-        ("watermark", ctypes.c_uint64, 1),
-        ("precise_ip", ctypes.c_uint64, 2),
-        ("__reserved_flags", ctypes.c_uint64, 47),
-        ("wakeup_events", ctypes.c_uint32),  # union with wakeup_watermark
-        ("bp_type", ctypes.c_uint32),
-        ("config1", ctypes.c_uint64),  # union with bp_addr, kprobe_func, uprobe_path
-        ("config2", ctypes.c_uint64),  # union with bp_len, kprobe_addr, probe_offset
-        ("branch_sample_type", ctypes.c_uint64),
-        ("sample_regs_user", ctypes.c_uint64),
-        ("sample_stack_user", ctypes.c_uint32),
-        ("clockid", ctypes.c_int32),
-        ("sample_regs_intr", ctypes.c_uint64),
-        ("aux_watermark", ctypes.c_uint32),
-        ("sample_max_stack", ctypes.c_uint16),
-        ("__reserved_2", ctypes.c_uint16),
-        ("aux_sample_size", ctypes.c_uint32),
-        ("__reserved_3", ctypes.c_uint32),
-        ("sig_data", ctypes.c_uint64),
-        ("config3", ctypes.c_uint64),
-    ]
+# --- union bpf_attr: one view per command ------------------------------------------------------------------
+# Each view is the command's member of the union (all start at offset 0), declared up to the last field this
+# package uses: a command passes the size up to the end of the last field it sets, so every size here fits
+# Debian 6.1's 144-byte union (fields newer than 6.1, such as log_true_size, are not declared).
+
+MapCreateAttr = Layout("union bpf_attr: BPF_MAP_CREATE", [
+    ("map_type", U32),
+    ("key_size", U32),
+    ("value_size", U32),
+    ("max_entries", U32),
+    ("map_flags", U32),
+    ("inner_map_fd", U32),
+    ("numa_node", U32),
+    ("map_name", Chars(BPF_OBJ_NAME_LEN)),
+])
+
+MapElemAttr = Layout("union bpf_attr: BPF_MAP_*_ELEM, BPF_MAP_GET_NEXT_KEY", [
+    ("map_fd", U32),
+    ("key", U64),
+    (("value", "next_key"), U64),
+    ("flags", U64),
+])
+
+MapBatchAttr = Layout("union bpf_attr: BPF_MAP_*_BATCH (batch)", [
+    ("in_batch", U64),
+    ("out_batch", U64),
+    ("keys", U64),
+    ("values", U64),
+    ("count", U32),
+    ("map_fd", U32),
+    ("elem_flags", U64),
+    ("flags", U64),
+])
+
+ProgLoadAttr = Layout("union bpf_attr: BPF_PROG_LOAD", [
+    ("prog_type", U32),
+    ("insn_cnt", U32),
+    ("insns", U64),
+    ("license", U64),
+    ("log_level", U32),
+    ("log_size", U32),
+    ("log_buf", U64),
+    ("kern_version", U32),
+    ("prog_flags", U32),
+    ("prog_name", Chars(BPF_OBJ_NAME_LEN)),
+    ("prog_ifindex", U32),
+    ("expected_attach_type", U32),
+    ("prog_btf_fd", U32),
+    ("func_info_rec_size", U32),
+    ("func_info", U64),
+    ("func_info_cnt", U32),
+    ("line_info_rec_size", U32),
+    ("line_info", U64),
+    ("line_info_cnt", U32),
+    ("attach_btf_id", U32),
+    (("attach_prog_fd", "attach_btf_obj_fd"), U32),
+])
+
+InfoByFdAttr = Layout("union bpf_attr: BPF_OBJ_GET_INFO_BY_FD (info)", [
+    ("bpf_fd", U32),
+    ("info_len", U32),
+    ("info", U64),
+])
+
+LinkCreateAttr = Layout("union bpf_attr: BPF_LINK_CREATE (link_create)", [
+    ("prog_fd", U32),  # a union with map_fd since 6.4
+    (("target_fd", "target_ifindex"), U32),
+    ("attach_type", U32),
+    ("flags", U32),
+    ("bpf_cookie", U64),  # perf_event.bpf_cookie, in the union of per-attach-type members (5.15)
+])
+
+RawTracepointAttr = Layout("union bpf_attr: BPF_RAW_TRACEPOINT_OPEN (raw_tracepoint)", [
+    ("name", U64),
+    ("prog_fd", U32),
+])
+
+GetIdAttr = Layout("union bpf_attr: BPF_*_GET_NEXT_ID, BPF_*_GET_FD_BY_ID", [
+    (("start_id", "prog_id", "map_id", "btf_id", "link_id"), U32),
+    ("next_id", U32),
+    ("open_flags", U32),
+])
+
+EnableStatsAttr = Layout("union bpf_attr: BPF_ENABLE_STATS (enable_stats)", [
+    ("type", U32),
+])
+
+# --- what BPF_OBJ_GET_INFO_BY_FD fills ---------------------------------------------------------------------
+# Declared as far as 6.1 knows them; a newer kernel fills only the length it is given, an older one leaves the
+# bytes it does not know zero.
+
+BpfProgInfo = Layout("struct bpf_prog_info", [
+    ("type", U32),
+    ("id", U32),
+    ("tag", Bytes(BPF_TAG_SIZE)),
+    ("jited_prog_len", U32),
+    ("xlated_prog_len", U32),
+    ("jited_prog_insns", U64),
+    ("xlated_prog_insns", U64),
+    ("load_time", U64),
+    ("created_by_uid", U32),
+    ("nr_map_ids", U32),
+    ("map_ids", U64),
+    ("name", Chars(BPF_OBJ_NAME_LEN)),
+    ("ifindex", U32),
+    (None, Bits(U32, [("gpl_compatible", 1), (None, 31)])),
+    ("netns_dev", U64),
+    ("netns_ino", U64),
+    ("nr_jited_ksyms", U32),
+    ("nr_jited_func_lens", U32),
+    ("jited_ksyms", U64),
+    ("jited_func_lens", U64),
+    ("btf_id", U32),
+    ("func_info_rec_size", U32),
+    ("func_info", U64),
+    ("nr_func_info", U32),
+    ("nr_line_info", U32),
+    ("line_info", U64),
+    ("jited_line_info", U64),
+    ("nr_jited_line_info", U32),
+    ("line_info_rec_size", U32),
+    ("jited_line_info_rec_size", U32),
+    ("nr_prog_tags", U32),
+    ("prog_tags", U64),
+    ("run_time_ns", U64),
+    ("run_cnt", U64),
+    ("recursion_misses", U64),
+    ("verified_insns", U32),
+    ("attach_btf_obj_id", U32),
+    ("attach_btf_id", U32),
+])
+
+BpfMapInfo = Layout("struct bpf_map_info", [
+    ("type", U32),
+    ("id", U32),
+    ("key_size", U32),
+    ("value_size", U32),
+    ("max_entries", U32),
+    ("map_flags", U32),
+    ("name", Chars(BPF_OBJ_NAME_LEN)),
+    ("ifindex", U32),
+    ("btf_vmlinux_value_type_id", U32),
+    ("netns_dev", U64),
+    ("netns_ino", U64),
+    ("btf_id", U32),
+    ("btf_key_type_id", U32),
+    ("btf_value_type_id", U32),
+    ("map_extra", U64),  # after the kernel's `__u32 :32` alignment pad
+])
+
+# The common head of struct bpf_link_info; the per-link-type union after it is not read.
+BpfLinkInfo = Layout("struct bpf_link_info", [
+    ("type", U32),
+    ("id", U32),
+    ("prog_id", U32),
+])
