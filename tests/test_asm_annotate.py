@@ -100,6 +100,15 @@ def test_arithmetic_on_a_sourced_value_is_a_plain_int() -> None:
     assert repr(v) == "Sourced(1280, btf task_struct.real_parent (type id 172))"
 
 
+def test_a_sourced_value_survives_copy_and_pickle() -> None:
+    import copy
+    import pickle
+
+    v = Sourced(1280, PARENT)
+    for again in (copy.copy(v), copy.deepcopy(v), pickle.loads(pickle.dumps(v))):
+        assert (type(again), again, again.provenance) == (Sourced, 1280, PARENT)
+
+
 def test_annotate_adds_to_a_note_without_repeating_a_provenance() -> None:
     insn = annotate(ldx_mem(BPF_DW, R1, R1, Sourced(1280, PARENT)), comment="parent", provenance=[PARENT, FILENAME])
     assert insn.note == Note(("parent",), (PARENT, FILENAME))

@@ -79,6 +79,9 @@ class Sourced(int):
     def __repr__(self) -> str:
         return f"Sourced({int(self)}, {self.provenance!s})"
 
+    def __reduce__(self):  # copy and pickle keep the provenance (int's own would drop it)
+        return (Sourced, (int(self), self.provenance))
+
 
 @dataclasses.dataclass(frozen=True)
 class Note:

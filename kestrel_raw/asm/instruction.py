@@ -28,9 +28,6 @@ from kestrel_raw.asm.helpers import HELPER_NAMES
 
 INSN_SIZE = 8
 MAX_REG = 10  # r10 is the read-only frame pointer; BPF_REG_0..BPF_REG_10
-# off of BPF_ALU64 | BPF_MOV | BPF_X that makes it the per-CPU address move (include/linux/filter.h,
-# BPF_MOV64_PERCPU_REG): only the verifier writes it, into the code the kernel keeps (Linux 6.8+).
-BPF_ADDR_PERCPU = -1
 
 _INSN = struct.Struct("<BBhi")  # code, dst_reg:4 | src_reg:4 << 4, off, imm (the kernel's bitfield order on LE)
 
@@ -263,8 +260,8 @@ def _check_alu(insn: Instruction, bad) -> None:
     elif op.BPF_SRC(code) == op.BPF_X:
         _need_reg(insn, bad)
         _zero(insn, bad, "imm")
-        if insn.off == BPF_ADDR_PERCPU and code == op.BPF_ALU64 | op.BPF_MOV | op.BPF_X:
-            raise bad(f"off {BPF_ADDR_PERCPU} (BPF_ADDR_PERCPU) makes this the per-CPU address move that "
+        if insn.off == op.BPF_ADDR_PERCPU and code == op.BPF_ALU64 | op.BPF_MOV | op.BPF_X:
+            raise bad(f"off {op.BPF_ADDR_PERCPU} (BPF_ADDR_PERCPU) makes this the per-CPU address move that "
                       "the verifier writes into the code it keeps; a program cannot load it.  Decode the "
                       "kernel's xlated code with kestrel_raw.asm.disassemble_xlated")
         _zero(insn, bad, "off", why="signed div/mod and movsx (cpu v4) are not supported")

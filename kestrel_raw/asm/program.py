@@ -195,11 +195,12 @@ def listing_json(insns: Iterable[Item] | bytes, maps: Mapping[str, int] | None =
     for slot, insn in _slots(insns):
         row: dict = {"index": slot}
         name = insn.map_name
-        if name is not None:
-            fd = _map_fd(slot, insn, maps) if maps and name in maps else 0
-            row["bytes"] = dataclasses.replace(insn, map_name=None, imm=insn.imm | fd).encode().hex()
-        else:
+        if name is None:
             row["bytes"] = insn.encode().hex()
+        elif maps and name in maps:
+            row["bytes"] = _place_map(slot, insn, maps).encode().hex()
+        else:
+            row["bytes"] = dataclasses.replace(insn, map_name=None).encode().hex()  # fd 0
         row["text"] = str(insn)
         if name is not None:
             row["map"] = name
@@ -208,10 +209,6 @@ def listing_json(insns: Iterable[Item] | bytes, maps: Mapping[str, int] | None =
         row["provenance"] = [p.to_json() for p in note.provenance]
         out.append(row)
     return out
-
-
-def _map_fd(slot: int, insn: Instruction, maps: Mapping[str, int]) -> int:
-    return _place_map(slot, insn, maps).imm & U32_MASK
 
 
 def _slots(insns: Iterable[Item] | bytes) -> list[tuple[int, Instruction]]:

@@ -33,19 +33,13 @@ import struct
 from kestrel_raw.asm import opcode as op
 from kestrel_raw.asm.errors import InvalidInstructionError, TruncatedProgramError
 from kestrel_raw.asm.helpers import HELPER_NAMES
-from kestrel_raw.asm.instruction import BPF_ADDR_PERCPU, INSN_SIZE, U32_MASK, U64_MASK, Instruction, to_signed
+from kestrel_raw.asm.instruction import INSN_SIZE, U32_MASK, U64_MASK, Instruction, to_signed
 from kestrel_raw.asm.kallsyms import KernelSymbols
 from kestrel_raw.asm.program import insn_line
 
-# src_reg values of calls and ld_imm64 in include/uapi/linux/bpf.h.
-BPF_PSEUDO_CALL = 1  # call: a bpf-to-bpf call; imm (off after JIT) is relative
-BPF_PSEUDO_KFUNC_CALL = 2  # call: a kernel function (kfunc)
-BPF_PSEUDO_FUNC = 4  # ld_imm64: address of a bpf function
-BPF_PSEUDO_MAP_IDX_VALUE = 5  # ld_imm64: map value by index into fd_array
-BPF_NOSPEC = 0xC0  # mode of BPF_ST: the speculation barrier (include/linux/filter.h)
 CALL = op.BPF_JMP | op.BPF_CALL | op.BPF_K
 MOV64_X = op.BPF_ALU64 | op.BPF_MOV | op.BPF_X
-NOSPEC = op.BPF_ST | BPF_NOSPEC
+NOSPEC = op.BPF_ST | op.BPF_NOSPEC
 
 # What a decoded instruction is, beyond its fields (XlatedInstruction.kind).
 KIND_INSN = "insn"  # an instruction a program can load, as the program wrote it or as the verifier wrote it
@@ -142,7 +136,7 @@ def _decode(view: memoryview, slot: int, symbols: KernelSymbols | None) -> Xlate
     fields = dict(slot=slot, opcode=code, dst=dst, src=src, off=off)
     if code == CALL:
         return _call(fields, imm, symbols)
-    if code == MOV64_X and off == BPF_ADDR_PERCPU:
+    if code == MOV64_X and off == op.BPF_ADDR_PERCPU:
         return XlatedInstruction(**fields, imm=imm, text=f"r{dst} = &(void __percpu *)(r{src})",
                                  kind=KIND_PERCPU_ADDR)
     if code == NOSPEC:
@@ -158,10 +152,10 @@ def _decode(view: memoryview, slot: int, symbols: KernelSymbols | None) -> Xlate
 
 def _call(fields: dict, imm: int, symbols: KernelSymbols | None) -> XlatedInstruction:
     src = fields["src"]
-    if src == BPF_PSEUDO_CALL:
+    if src == op.BPF_PSEUDO_CALL:
         # bpftool for a program without JIT symbols: the offset, from off (kernel/bpf/disasm.c, "call pc%s").
         return XlatedInstruction(**fields, imm=imm, text=f"call pc{fields['off']:+d}", kind=KIND_SUBPROG_CALL)
-    if src not in (0, BPF_PSEUDO_KFUNC_CALL) or fields["dst"] or fields["off"]:
+    if src not in (0, op.BPF_PSEUDO_KFUNC_CALL) or fields["dst"] or fields["off"]:
         raise InvalidInstructionError(
             f"xlated code: slot {fields['slot']}: call with dst {fields['dst']}, src {src}, off {fields['off']}: "
             f"not a call form the kernel writes")
@@ -173,7 +167,7 @@ def _call(fields: dict, imm: int, symbols: KernelSymbols | None) -> XlatedInstru
     address = symbols.call_address(imm) if symbols is not None else imm & U64_MASK
     symbol = symbols.name(address) if symbols is not None else None
     text = f"call {symbol if symbol is not None else f'0x{address:x}'}#{imm}"
-    kind = KIND_KFUNC_CALL if src == BPF_PSEUDO_KFUNC_CALL else KIND_CALL
+    kind = KIND_KFUNC_CALL if src == op.BPF_PSEUDO_KFUNC_CALL else KIND_CALL
     return XlatedInstruction(**fields, imm=imm, text=text, kind=kind, address=address, symbol=symbol)
 
 
@@ -199,9 +193,9 @@ def _ld_imm64(view: memoryview, fields: dict, lo: int) -> XlatedInstruction:
     if src == op.BPF_PSEUDO_MAP_VALUE:
         return XlatedInstruction(**fields, imm=imm, text=f"r{fields['dst']} = map[id:{first}][0]+{second}",
                                  kind=KIND_MAP_VALUE, map_id=first, map_offset=second)
-    if src == BPF_PSEUDO_MAP_IDX_VALUE:
+    if src == op.BPF_PSEUDO_MAP_IDX_VALUE:
         text = f"map[idx:{first}]+{second}"
-    elif src == BPF_PSEUDO_FUNC:
+    elif src == op.BPF_PSEUDO_FUNC:
         text = f"subprog[{lo:+d}]"
     else:
         text = f"0x{imm & U64_MASK:x}"
