@@ -37,7 +37,10 @@ UAPI_VALUES = {
     "BPF_JA": 0x00, "BPF_JEQ": 0x10, "BPF_JGT": 0x20, "BPF_JGE": 0x30, "BPF_JSET": 0x40, "BPF_JNE": 0x50,
     "BPF_JSGT": 0x60, "BPF_JSGE": 0x70, "BPF_CALL": 0x80, "BPF_EXIT": 0x90, "BPF_JLT": 0xA0, "BPF_JLE": 0xB0,
     "BPF_JSLT": 0xC0, "BPF_JSLE": 0xD0, "BPF_FETCH": 0x01, "BPF_XCHG": 0xE1, "BPF_CMPXCHG": 0xF1,
-    "BPF_PSEUDO_MAP_FD": 1, "BPF_PSEUDO_MAP_VALUE": 2,
+    "BPF_PSEUDO_MAP_FD": 1, "BPF_PSEUDO_MAP_VALUE": 2, "BPF_PSEUDO_FUNC": 4, "BPF_PSEUDO_MAP_IDX_VALUE": 5,
+    "BPF_PSEUDO_CALL": 1, "BPF_PSEUDO_KFUNC_CALL": 2,
+    # include/linux/filter.h (kernel-internal, seen in xlated code)
+    "BPF_ADDR_PERCPU": -1, "BPF_NOSPEC": 0xC0,
 }
 
 

@@ -165,6 +165,15 @@ def test_unknown_helper_id(helper_id) -> None:
     (lambda: Instruction(BPF_ALU64 | BPF_MOV | BPF_X, 1, 2, 8, 0),
      "opcode 0xbf (BPF_ALU64 | BPF_MOV | BPF_X): off must be 0, is 8; signed div/mod and movsx (cpu v4) "
      "are not supported"),
+    # Forms found only in the kernel's xlated code: the message points there, and blames no cpu v4 feature.
+    (lambda: Instruction(BPF_ALU64 | BPF_MOV | BPF_X, 0, 0, -1, 0),
+     "opcode 0xbf (BPF_ALU64 | BPF_MOV | BPF_X): off -1 (BPF_ADDR_PERCPU) makes this the per-CPU address "
+     "move that the verifier writes into the code it keeps; a program cannot load it.  Decode the kernel's "
+     "xlated code with kestrel_raw.asm.disassemble_xlated"),
+    (lambda: Instruction(BPF_JMP | BPF_CALL, 0, 0, 0, -66720),
+     "opcode 0x85 (BPF_JMP | BPF_CALL | BPF_K): helper id (imm) must be positive, is -66720; in the kernel's "
+     "xlated code a call's imm is the function's address minus __bpf_call_base: decode that with "
+     "kestrel_raw.asm.disassemble_xlated"),
     (lambda: Instruction(BPF_LDX | BPF_W | BPF_MEM, 1, 2, 0, 7),
      "opcode 0x61 (BPF_LDX | BPF_W | BPF_MEM): imm must be 0, is 7"),
     (lambda: Instruction(BPF_LDX | BPF_W | BPF_MEMSX, 1, 2),

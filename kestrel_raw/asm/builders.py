@@ -15,6 +15,7 @@ import dataclasses
 import enum
 
 from kestrel_raw.asm import opcode as op
+from kestrel_raw.asm.annotate import Sourced, note_of
 from kestrel_raw.asm.errors import InvalidInstructionError, UnknownHelperError
 from kestrel_raw.asm.helpers import HELPER_NAMES, HELPERS
 from kestrel_raw.asm.instruction import S32, U32_MASK, Instruction, to_signed
@@ -65,7 +66,8 @@ def label(name: str) -> Label:
 def _int(value, what: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise InvalidInstructionError(f"{what} must be an int, not {value!r}")
-    return int(value)
+    # A Sourced constant goes on as it is, so that the instruction notes where it came from.
+    return value if isinstance(value, Sourced) else int(value)
 
 
 def _imm(value, what: str, *, unsigned_ok: bool) -> int:
@@ -74,7 +76,8 @@ def _imm(value, what: str, *, unsigned_ok: bool) -> int:
     if S32[0] <= value <= S32[1]:
         return value
     if unsigned_ok and 0 <= value <= U32_MASK:
-        return to_signed(value, 32)
+        bits = to_signed(value, 32)  # the same 32 bits, so the same constant and the same provenance
+        return Sourced(bits, value.provenance) if isinstance(value, Sourced) else bits
     accepted = "-2**31..2**32-1" if unsigned_ok else "-2**31..2**31-1 (it is sign-extended to 64 bits; use ld_imm64)"
     raise InvalidInstructionError(f"{what} {value} is out of range; accepted: {accepted}")
 
@@ -178,7 +181,7 @@ def ld_imm64(dst: int, imm64: int) -> Instruction:
     value = _int(imm64, "imm64")
     if not -(1 << 63) <= value < (1 << 64):
         raise InvalidInstructionError(f"imm64 {value} does not fit in 64 bits")
-    return Instruction(op.LD_IMM64, dst, 0, 0, to_signed(value, 64))
+    return Instruction(op.LD_IMM64, dst, 0, 0, to_signed(value, 64), note=note_of(value))
 
 
 def _map_ref(map_ref: str | int) -> tuple[str | None, int]:
@@ -203,7 +206,7 @@ def ld_map_value(dst: int, map_name: str | int, offset: int = 0) -> Instruction:
     if not 0 <= offset <= U32_MASK:
         raise InvalidInstructionError(f"map value offset {offset} must be 0..2**32-1")
     return Instruction(op.LD_IMM64, dst, op.BPF_PSEUDO_MAP_VALUE, 0, to_signed(offset << 32 | fd, 64),
-                       map_name=name)
+                       map_name=name, note=note_of(offset))
 
 
 def ldx_mem(size: int, dst: int, src: int, off: int) -> Instruction:

@@ -29,6 +29,10 @@ class DanglingLabelError(LabelError):
     """A ``label()`` is the last item of the program: it names no instruction."""
 
 
+class DanglingCommentError(AsmError):
+    """A ``comment()`` is the last item of the program: it heads no instruction."""
+
+
 class JumpRangeError(AsmError):
     """A jump's distance does not fit its offset field (signed 16 bits; signed 32 bits for gotol)."""
 

@@ -20,6 +20,7 @@ import dataclasses
 import struct
 
 from kestrel_raw.asm import opcode as op
+from kestrel_raw.asm.annotate import Note, Provenance, note_of
 from kestrel_raw.asm.errors import (
     InvalidInstructionError, UndefinedLabelError, UnknownMapError, TruncatedProgramError,
 )
@@ -67,8 +68,18 @@ class Instruction:
     imm: int = 0
     target: str | None = None  # label a jump goes to; ``off`` (``imm`` for gotol) is filled by assemble
     map_name: str | None = None  # map an ld_imm64 loads; its fd goes into the low 32 bits of ``imm``
+    # Comments and provenance (kestrel_raw.asm.annotate): beside the instruction, never in its bytes, its
+    # equality or its hash.
+    note: Note | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.note is not None and not isinstance(self.note, Note):
+            raise InvalidInstructionError(f"Instruction.note must be a Note, not {self.note!r}")
+        # A constant that carries its provenance (annotate.Sourced) notes it here, before it becomes a
+        # plain int.
+        sourced = note_of(self.off, self.imm)
+        if sourced:
+            object.__setattr__(self, "note", (self.note or Note()).merged(sourced))
         # IntEnum registers and bool-free ints: store plain ints so equality and repr stay simple.
         for name in ("opcode", "dst", "src", "off", "imm"):
             value = getattr(self, name)
@@ -136,6 +147,18 @@ class Instruction:
 
     def __str__(self) -> str:
         return text(self)
+
+
+def annotate(insn: Instruction, comment: str | None = None,
+             provenance: Provenance | tuple[Provenance, ...] | list[Provenance] = ()) -> Instruction:
+    """``insn`` with a block comment (what the block it starts does) and/or the provenance of its
+    kernel-layout-dependent constants added to its note.  The bytes stay the same."""
+    if not isinstance(insn, Instruction):
+        raise InvalidInstructionError(f"annotate() takes an Instruction, not {insn!r}")
+    if isinstance(provenance, Provenance):
+        provenance = (provenance,)
+    added = Note((comment,) if comment is not None else (), tuple(provenance))
+    return dataclasses.replace(insn, note=(insn.note or Note()).merged(added))
 
 
 def _decoded(slot: int, code: int, dst: int, src: int, off: int, imm: int) -> Instruction:
@@ -237,6 +260,10 @@ def _check_alu(insn: Instruction, bad) -> None:
     elif op.BPF_SRC(code) == op.BPF_X:
         _need_reg(insn, bad)
         _zero(insn, bad, "imm")
+        if insn.off == op.BPF_ADDR_PERCPU and code == op.BPF_ALU64 | op.BPF_MOV | op.BPF_X:
+            raise bad(f"off {op.BPF_ADDR_PERCPU} (BPF_ADDR_PERCPU) makes this the per-CPU address move that "
+                      "the verifier writes into the code it keeps; a program cannot load it.  Decode the "
+                      "kernel's xlated code with kestrel_raw.asm.disassemble_xlated")
         _zero(insn, bad, "off", why="signed div/mod and movsx (cpu v4) are not supported")
     else:
         _zero(insn, bad, "src")
@@ -266,7 +293,9 @@ def _check_jmp(insn: Instruction, bad) -> None:
         if jmp_op == op.BPF_EXIT:
             _zero(insn, bad, "imm")
         elif insn.imm <= 0:
-            raise bad(f"helper id (imm) must be positive, is {insn.imm}")
+            raise bad(f"helper id (imm) must be positive, is {insn.imm}; in the kernel's xlated code a "
+                      "call's imm is the function's address minus __bpf_call_base: decode that with "
+                      "kestrel_raw.asm.disassemble_xlated")
     elif op.BPF_SRC(code) == op.BPF_X:
         _need_reg(insn, bad)
         _zero(insn, bad, "imm")

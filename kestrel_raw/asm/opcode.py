@@ -96,6 +96,19 @@ BPF_CMPXCHG = 0xF0 | BPF_FETCH
 # src_reg of ld_imm64: how the verifier reads the constant.
 BPF_PSEUDO_MAP_FD = 1  # imm is a map fd; the register gets the map pointer
 BPF_PSEUDO_MAP_VALUE = 2  # imm is a map fd, the second imm an offset; the register gets &value[0] + offset
+BPF_PSEUDO_FUNC = 4  # imm is the relative address of a bpf function (this assembler does not build it)
+BPF_PSEUDO_MAP_IDX_VALUE = 5  # as MAP_VALUE, by index into the load's fd_array (not built here)
+
+# src_reg of BPF_JMP | BPF_CALL: a helper by id (0, the only one this assembler builds), a bpf-to-bpf call,
+# a kernel function (kfunc).
+BPF_PSEUDO_CALL = 1
+BPF_PSEUDO_KFUNC_CALL = 2
+
+# Forms only the verifier writes, in the code the kernel keeps (include/linux/filter.h), decoded by
+# xlated.py: off of BPF_ALU64 | BPF_MOV | BPF_X that makes it the per-CPU address move
+# (BPF_MOV64_PERCPU_REG, Linux 6.8+), and the mode of BPF_ST that makes it the speculation barrier.
+BPF_ADDR_PERCPU = -1
+BPF_NOSPEC = 0xC0
 
 
 def BPF_CLASS(code: int) -> int:
