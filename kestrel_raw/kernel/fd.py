@@ -52,3 +52,31 @@ class FD:
 
     def __repr__(self) -> str:
         return f"FD({self._fd})" if self._fd >= 0 else "FD(closed)"
+
+
+class FDOwner:
+    """Base of the objects that own one kernel object through one ``FD`` (``self._fd``): a program, a map.
+    Gives them ``fd`` (-1 once closed), ``closed``, ``fileno()``, ``close()`` (idempotent) and ``with``."""
+
+    _fd: FD
+
+    @property
+    def fd(self) -> int:
+        """The file descriptor (-1 once closed)."""
+        return self._fd.fd
+
+    @property
+    def closed(self) -> bool:
+        return self._fd.closed
+
+    def fileno(self) -> int:
+        return self._fd.fileno()
+
+    def close(self) -> None:
+        self._fd.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -4,11 +4,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from kestrel_raw.kernel import bpf
-from kestrel_raw.kernel.fd import FD
+from kestrel_raw.kernel.fd import FD, FDOwner
 from kestrel_raw.kernel.uapi import BPF_PROG_TYPE_TRACEPOINT
 
 
-class Program:
+class Program(FDOwner):
     """A loaded program; owns its fd.
 
     ``insns`` are asm ``Instruction`` values (and labels), assembled with ``maps`` (name -> ``Map``) filling
@@ -37,25 +37,6 @@ class Program:
                                      expected_attach_type=expected_attach_type, attach_btf_id=attach_btf_id,
                                      log_level=log_level)
 
-    @property
-    def fd(self) -> int:
-        return self._fd.fd
-
-    @property
-    def closed(self) -> bool:
-        return self._fd.closed
-
-    def fileno(self) -> int:
-        return self._fd.fileno()
-
-    def close(self) -> None:
-        self._fd.close()
-
-    def __enter__(self) -> "Program":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def info(self) -> bpf.ProgInfo:
         """The kernel's view of the program: id, tag, sizes, map ids, run counters."""

@@ -4,10 +4,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from kestrel_raw.kernel import bpf
+from kestrel_raw.kernel.fd import FD, FDOwner
 from kestrel_raw.kernel.uapi import BPF_ANY
 
 
-class Map:
+class Map(FDOwner):
     """A BPF map (BPF_MAP_CREATE).  Keys and values are raw bytes of exactly ``key_size``/``value_size``.
 
     Subclasses give the bytes a shape (an array indexed by int, values per CPU, a ring buffer); this class
@@ -25,26 +26,6 @@ class Map:
         self.name = name
         self.flags = flags
 
-    @property
-    def fd(self) -> int:
-        """The map's file descriptor (-1 once closed)."""
-        return self._fd.fd
-
-    @property
-    def closed(self) -> bool:
-        return self._fd.closed
-
-    def fileno(self) -> int:
-        return self._fd.fileno()
-
-    def close(self) -> None:
-        self._fd.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def map_info(self) -> bpf.MapInfo:
         """What the kernel says about this map (id, type, sizes, name)."""
