@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from kestrel_raw.kernel import bpf
-from kestrel_raw.kernel.fd import FD, FDOwner
+from kestrel_raw.kernel.fd import FDOwner
 from kestrel_raw.kernel.uapi import BPF_ANY
 
 
