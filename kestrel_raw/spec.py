@@ -109,6 +109,11 @@ class FieldId(enum.IntEnum):
     FD = 22
     EXIT_CODE = 23
     SIGNAL = 24
+    RESOLVED_PATH = 25
+    TOCTOU = 26
+    CORE_DUMPED = 27
+    RESOLVE = 28
+    LATE_READ = 29
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -213,13 +218,14 @@ I64 = Int(8, True)
 
 @dataclass(frozen=True)
 class Chars:
-    """A fixed-size byte array, NUL-padded by the kernel (``comm``): the value is the bytes up to the
-    first NUL."""
+    """A fixed-size byte array.  ``cstr`` (the default): NUL-padded text (``comm``), the value is the bytes
+    up to the first NUL; else raw bytes (an IPv6 address), all of them."""
     size: int
+    cstr: bool = True
 
     @property
     def name(self) -> str:
-        return f"char[{self.size}]"
+        return f"char[{self.size}]" if self.cstr else f"u8[{self.size}]"
 
     @property
     def struct_code(self) -> str:
@@ -287,13 +293,16 @@ class Value:
     the Kestrel value.  ``raw``: for STRING and STRING_LIST fields, an expression giving the bytes (a list of
     bytes for STRING_LIST) that the value decodes, so that the JSON encoder works from bytes and writes a
     ``<key>_b64`` twin for bytes that are not UTF-8.  ``json``: whether the JSON line carries it.
-    ``doc``: what the JSON key means for this kind (the README's table).
+    ``doc``: what the JSON key means for this kind (the README's table).  ``null``: an expression that, when
+    true, makes the value None (JSON ``null``): the value does not exist for this event (the resolved path of
+    a failed open).
     """
     id: FieldId
     expr: str
     raw: str | None = None
     json: bool = True
     doc: str = ""
+    null: str | None = None
 
 
 @dataclass(frozen=True)
@@ -323,6 +332,12 @@ def flag(bit: int, fid: FieldId, *, doc: str = "") -> Value:
 
 FLAG_TRUNCATED = 1 << 0  # a string or the argument area was longer than its limit
 FLAG_FAULT = 1 << 1  # user memory could not be read (bad pointer, page not present)
+# The argument read at the syscall's entry (what the kernel copied) and read again at its exit differ:
+# another thread rewrote the caller's memory during the syscall.
+FLAG_TOCTOU = 1 << 2
+# The argument could be read only at the syscall's exit (its page was not in memory at entry, or the syscall
+# began before the collector attached): a racing thread could have changed it before that read.
+FLAG_LATE_READ = 1 << 3
 
 TASK_COMM_LEN = 16
 MAX_PATH = 4096  # open path bytes kept, without the NUL; a longer path is cut here and flagged TRUNCATED
@@ -473,26 +488,47 @@ OPEN = Kind(
     wire=[
         Wire("ret", I32, TpField("ret"), "the fd, or -errno"),
         Wire("dfd", I32, SyscallArg(0, "dfd")),
-        Wire("flags", U64, SyscallArg(2, "flags; openat2: open_how.flags"), "open flags (O_*)"),
-        Wire("mode", U32, SyscallArg(3, "mode; openat2: open_how.mode"), "creation mode"),
+        # flags, mode, resolve: struct open_how's layout, so that openat2's is copied onto them in one read
+        Wire("flags", U64, SyscallArg(2, "flags; openat2: open_how.flags"), "open flags register (O_*)"),
+        Wire("mode", U64, SyscallArg(3, "mode; openat2: open_how.mode"), "mode register"),
+        Wire("resolve", U64, Computed("openat2: open_how.resolve; openat: 0"), "RESOLVE_* flags"),
         Wire("path_len", U32, Computed("bytes of the path copied, without its NUL")),
         Wire("syscall", U32, Const("0 openat, 1 openat2")),
+        Wire("resolved_len", U32, Computed("bytes of the opened file's path (0: none)")),
         Wire("_pad1", U32, Const("0")),
         Wire("path", Var("path_len", MAX_PATH, cstr=True),
-             Computed("syscall argument 1 (filename), bpf_probe_read_user_str at the exit"), "the path"),
+             Computed("syscall argument 1 (filename), copied at the syscall's entry (kr_entry task storage)"),
+             "the path the kernel was given"),
+        Wire("resolved_path", Var("resolved_len", MAX_PATH),
+             Computed("the returned fd's file: dentry and mount chain up to the task's root, at the exit"),
+             "the opened file's absolute path"),
     ],
     values=[
-        text("path", FieldId.PATH, doc="as passed, up to 4096 bytes"),
-        raw_int("flags", FieldId.FLAGS),
-        raw_int("mode", FieldId.MODE),
+        text("path", FieldId.PATH, doc="as passed (copied at the syscall's entry: what the kernel was given), "
+                                       "up to 4096 bytes"),
+        Value(FieldId.FLAGS, "open_flags(syscall, flags)",
+              doc="as the kernel reads them: openat's int (the register's upper half ignored), openat2's u64"),
+        Value(FieldId.MODE, "open_mode(flags, mode)",
+              doc="the mode the kernel uses: mode & 07777 with O_CREAT or O_TMPFILE, else 0"),
         raw_int("ret", FieldId.RET, doc="the fd, or -errno"),
         raw_int("dfd", FieldId.DFD, json=False),
-        Value(FieldId.SYSCALL, "syscall_name(syscall)", json=False),
         flag(FLAG_TRUNCATED, FieldId.TRUNCATED, doc="the path was longer than 4096 bytes and is cut there"),
         flag(FLAG_FAULT, FieldId.FAULT),
+        Value(FieldId.SYSCALL, "syscall_name(syscall)", doc='`"openat"` or `"openat2"`'),
+        raw_int("resolve", FieldId.RESOLVE, doc="openat2's RESOLVE_* bits, 0 for openat"),
+        Value(FieldId.RESOLVED_PATH, "resolved_path.decode('utf-8', 'surrogateescape')", raw="resolved_path",
+              null="ret < 0 or not resolved_path",
+              doc="the absolute path of the file the kernel opened (relative to the process's root), `null` "
+                  "when the open failed"),
+        flag(FLAG_TOCTOU, FieldId.TOCTOU,
+             doc="the path in the caller's memory changed during the syscall (another thread rewrote it); "
+                 "`path` is what the kernel was given"),
+        flag(FLAG_LATE_READ, FieldId.LATE_READ,
+             doc="the path could be read only at the syscall's exit (its page was not in memory at entry), "
+                 "so it may not be what the kernel was given; `resolved_path` is"),
     ],
     memo=True,
-    doc="each openat and openat2, at the syscall's exit",
+    doc="each openat and openat2, at the syscall's exit (the path copied at its entry)",
 )
 
 CONNECT = Kind(
@@ -502,22 +538,33 @@ CONNECT = Kind(
         Wire("fd", I32, SyscallArg(0, "fd")),
         Wire("addrlen", U32, SyscallArg(2, "addrlen"), "as passed to connect(2)"),
         Wire("addr_len", U32, Computed("bytes of the address copied (0 when unreadable)")),
+        # the destination the socket holds after the syscall (struct sock_common, through the fd's file)
+        Wire("sk_family", U16, Computed("sock->sk->__sk_common.skc_family (0: no socket read)")),
+        Wire("sk_dport", U16, Computed("skc_dport, network byte order")),
+        Wire("sk_daddr", Chars(4, cstr=False), Computed("skc_daddr, network byte order")),
+        Wire("sk_daddr6", Chars(16, cstr=False), Computed("skc_v6_daddr")),
         Wire("addr", Var("addr_len", MAX_SOCKADDR),
-             Computed("syscall argument 1 (uservaddr), bpf_probe_read_user at the exit"), "the raw sockaddr"),
+             Computed("syscall argument 1 (uservaddr), copied at the syscall's entry (kr_entry task storage)"),
+             "the raw sockaddr the kernel was given"),
     ],
-    locals_=[Local("sa", "decode_sockaddr(addr, addrlen)")],
+    locals_=[Local("dest", "connect_destination(addr, addrlen, sk_family, sk_dport, sk_daddr, sk_daddr6)")],
     values=[
-        Value(FieldId.FAMILY, "sa.family",
+        Value(FieldId.FAMILY, "dest.family",
               doc='`"AF_INET"`, `"AF_INET6"`, `"AF_UNIX"`; `"AF_UNSPEC"` when no address could be read'),
-        Value(FieldId.DADDR, "sa.address",
-              doc='`"127.0.0.1"`, `"::1"`, `"::ffff:127.0.0.1"`, or the socket path; an abstract name starts '
-                  'with `@`'),
-        Value(FieldId.DPORT, "sa.port", doc="0 for AF_UNIX"),
+        Value(FieldId.DADDR, "dest.address",
+              doc='the destination the socket holds after the call (IPv4/IPv6), else the address copied at '
+                  'the syscall\'s entry: `"127.0.0.1"`, `"::1"`, `"::ffff:127.0.0.1"`, or the socket path; an '
+                  'abstract name starts with `@`'),
+        Value(FieldId.DPORT, "dest.port", doc="0 for AF_UNIX"),
         raw_int("ret", FieldId.RET, doc="0 or -errno; -115 EINPROGRESS for a non-blocking connect"),
         raw_int("fd", FieldId.FD, json=False),
         flag(FLAG_FAULT, FieldId.FAULT),
+        Value(FieldId.TOCTOU, f"dest.toctou or (header_flags & {FLAG_TOCTOU}) != 0",
+              doc="the address copied at entry and the socket's destination disagree (another thread "
+                  "rewrote the caller's memory): `daddr` is the socket's"),
+        flag(FLAG_LATE_READ, FieldId.LATE_READ, doc="the address could be read only at the syscall's exit"),
     ],
-    doc="each connect, at the syscall's exit",
+    doc="each connect, at the syscall's exit (the address copied at its entry)",
 )
 
 EXIT = Kind(
@@ -529,6 +576,7 @@ EXIT = Kind(
     values=[
         Value(FieldId.EXIT_CODE, "(exit_code >> 8) & 0xFF", doc="one event per process exit, not per thread"),
         Value(FieldId.SIGNAL, "exit_code & 0x7F", doc="0 if none"),
+        Value(FieldId.CORE_DUMPED, "(exit_code & 0x80) != 0", doc="the process dumped core"),
     ],
     doc="each process exit (the last thread of the group; sched:sched_process_exit)",
 )
@@ -559,7 +607,7 @@ _FIELD_DEFS: dict[FieldId, tuple[str, FieldType, str]] = {
     FieldId.MODE: ("mode", FieldType.U64, "creation mode"),
     FieldId.RET: ("ret", FieldType.I64, "syscall return value (-errno on failure)"),
     FieldId.DFD: ("dfd", FieldType.I64, "directory fd the path is relative to"),
-    FieldId.SYSCALL: ("syscall", FieldType.STRING, "\"openat\" or \"openat2\""),
+    FieldId.SYSCALL: ("syscall", FieldType.STRING, "the syscall (\"openat\", \"openat2\")"),
     FieldId.FAULT: ("fault", FieldType.BOOL, "user memory could not be read"),
     FieldId.FAMILY: ("family", FieldType.STRING, "address family name (\"AF_INET\"...)"),
     FieldId.DADDR: ("daddr", FieldType.STRING, "destination address text"),
@@ -567,6 +615,11 @@ _FIELD_DEFS: dict[FieldId, tuple[str, FieldType, str]] = {
     FieldId.FD: ("fd", FieldType.I64, "socket fd"),
     FieldId.EXIT_CODE: ("exit_code", FieldType.U64, "exit status ((code >> 8) & 0xff)"),
     FieldId.SIGNAL: ("signal", FieldType.U64, "terminating signal (code & 0x7f), 0 if none"),
+    FieldId.RESOLVED_PATH: ("resolved_path", FieldType.STRING, "absolute path of the file the kernel opened"),
+    FieldId.TOCTOU: ("toctou", FieldType.BOOL, "the argument in the caller's memory changed during the syscall"),
+    FieldId.CORE_DUMPED: ("core_dumped", FieldType.BOOL, "the process dumped core (code & 0x80)"),
+    FieldId.RESOLVE: ("resolve", FieldType.U64, "openat2 RESOLVE_* flags"),
+    FieldId.LATE_READ: ("late_read", FieldType.BOOL, "the argument was read at the syscall's exit, not its entry"),
 }
 
 

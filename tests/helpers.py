@@ -39,16 +39,21 @@ def exec_bytes(filename=b"/bin/ls", args=b"ls\0-l\0/tmp\0", args_total=None, fla
 
 
 def open_bytes(path=b"/etc/passwd", ret=3, dfd=-100, oflags=0o2000000, mode=0o644, syscall=0, flags=0, pad=b"",
-               **hdr):
-    """open: i32 ret, i32 dfd, u64 flags, u32 mode, u32 path_len, u32 syscall, u32 pad, path."""
-    return (header(KIND_OPEN, flags, **hdr) + struct.pack("<iiQIIII", ret, dfd, oflags, mode, len(path), syscall, 0)
-            + path + pad)
+               resolve=0, resolved=b"", **hdr):
+    """open: i32 ret, i32 dfd, u64 flags, u64 mode, u64 resolve, u32 path_len, u32 syscall, u32 resolved_len,
+    u32 pad, path, resolved_path."""
+    return (header(KIND_OPEN, flags, **hdr)
+            + struct.pack("<iiQQQIIII", ret, dfd, oflags, mode, resolve, len(path), syscall, len(resolved), 0)
+            + path + resolved + pad)
 
 
 def connect_bytes(addr=b"\x02\x00\x1f\x90\x7f\x00\x00\x01" + bytes(8), addrlen=16, ret=-111, fd=5, flags=0,
-                  **hdr):
-    """connect: i32 ret, i32 fd, u32 addrlen, u32 addr_len, addr."""
-    return header(KIND_CONNECT, flags, **hdr) + struct.pack("<iiII", ret, fd, addrlen, len(addr)) + addr
+                  sk_family=0, sk_dport=0, sk_daddr=bytes(4), sk_daddr6=bytes(16), **hdr):
+    """connect: i32 ret, i32 fd, u32 addrlen, u32 addr_len, u16 sk_family, u16 sk_dport (network order),
+    u8 sk_daddr[4], u8 sk_daddr6[16], addr."""
+    return (header(KIND_CONNECT, flags, **hdr)
+            + struct.pack("<iiIIHH4s16s", ret, fd, addrlen, len(addr), sk_family, sk_dport, sk_daddr, sk_daddr6)
+            + addr)
 
 
 def exit_bytes(code=0x0300, **hdr):
@@ -96,8 +101,8 @@ def records(draw, kinds=None):
 
 KIND_AT = 8  # the kind's offset in the header (u16)
 # The fixed parts' sizes and the offsets of the length fields, by kind (the table, by hand).
-FIXED = {KIND_EXEC: 80, KIND_OPEN: 96, KIND_CONNECT: 80, KIND_EXIT: 72}
-LENGTH_FIELDS = {KIND_EXEC: (64, 68), KIND_OPEN: (84,), KIND_CONNECT: (76,), KIND_EXIT: ()}
+FIXED = {KIND_EXEC: 80, KIND_OPEN: 112, KIND_CONNECT: 104, KIND_EXIT: 72}
+LENGTH_FIELDS = {KIND_EXEC: (64, 68), KIND_OPEN: (96, 104), KIND_CONNECT: (76,), KIND_EXIT: ()}
 
 
 def with_kind(kind: int, data: bytes) -> bytes:

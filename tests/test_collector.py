@@ -29,7 +29,7 @@ def test_collector_create():
     c.load()
     try:
         names = sorted(prog.info().name for _spec, prog in c._programs)
-        assert names == ["kr_exit", "kr_openat", "kr_openat2"]
+        assert names == ["kr_exit", "kr_open_fin", "kr_openat", "kr_openat2", "kr_openat2_e", "kr_openat_e"]
         assert _our_prog_ids(c) <= set(bpf.prog_ids())
         listing = c.program_listing()
         assert "; kr_exit: tracepoint sched:sched_process_exit" in listing

@@ -51,16 +51,67 @@ def test_exec_truncated_args():
 
 
 def test_open_event():
-    e = ev(open_bytes(ret=-13, flags=1, syscall=1))
-    assert dict(e.fields) == fields({F.PATH: "/etc/passwd", F.FLAGS: 0o2000000, F.MODE: 0o644, F.RET: -13,
-                                       F.DFD: -100, F.SYSCALL: "openat2", F.TRUNCATED: True, F.FAULT: False})
+    e = ev(open_bytes(ret=-13, flags=1, syscall=1, resolve=0x8))
+    assert dict(e.fields) == fields({F.PATH: "/etc/passwd", F.FLAGS: 0o2000000, F.MODE: 0, F.RET: -13,
+                                       F.DFD: -100, F.SYSCALL: "openat2", F.TRUNCATED: True, F.FAULT: False,
+                                       F.RESOLVE: 8, F.RESOLVED_PATH: None, F.TOCTOU: False, F.LATE_READ: False})
     assert ev(open_bytes(syscall=7))["syscall"] == "syscall_7"
+
+
+def test_open_resolved_path_only_for_a_successful_open():
+    assert ev(open_bytes(ret=3, resolved=b"/etc/passwd"))["resolved_path"] == "/etc/passwd"
+    assert ev(open_bytes(ret=-2, resolved=b"/etc/passwd"))["resolved_path"] is None  # never, but no file
+    assert ev(open_bytes(ret=3, resolved=b""))["resolved_path"] is None  # the walk gave up
+
+
+def test_open_toctou_and_late_read_flags():
+    assert ev(open_bytes(flags=4))["toctou"] is True
+    assert ev(open_bytes(flags=8))["late_read"] is True
+    assert ev(open_bytes(flags=3))["toctou"] is False
+
+
+@pytest.mark.parametrize("syscall, oflags, mode, flags_out, mode_out", [
+    # openat: the kernel's int flags is the register's low half; the upper half is ignored
+    (0, 0xFFFFFFFF_00000000, 0, 0, 0),
+    (0, 0xFFFFFFFF_00000000 | 0o100, 0xABCD01A4, 0o100, 0o644),  # O_CREAT: mode & 07777
+    (0, 0o20200000, 0o600, 0o20200000, 0o600),  # O_TMPFILE (with O_DIRECTORY) creates too
+    (0, 0o2, 0o644, 0o2, 0),  # no create flag: the kernel ignores the mode
+    # openat2: open_how.flags is a u64 (unknown bits are refused with EINVAL, but reported as passed)
+    (1, 0x1_00000000 | 0o100, 0o7644, 0x1_00000000 | 0o100, 0o7644),
+])
+def test_open_flags_and_mode_as_the_kernel_reads_them(syscall, oflags, mode, flags_out, mode_out):
+    e = ev(open_bytes(syscall=syscall, oflags=oflags, mode=mode))
+    assert (e["flags"], e["mode"]) == (flags_out, mode_out)
 
 
 def test_connect_event():
     e = ev(connect_bytes())
     assert dict(e.fields) == fields({F.FAMILY: "AF_INET", F.DADDR: "127.0.0.1", F.DPORT: 8080, F.RET: -111,
-                                       F.FD: 5, F.FAULT: False})
+                                       F.FD: 5, F.FAULT: False, F.TOCTOU: False, F.LATE_READ: False})
+
+
+SIN_10_0_0_1_4444 = b"\x02\x00\x11\x5c\x0a\x00\x00\x01" + bytes(8)
+
+
+def test_connect_reports_the_sockets_destination_over_the_passed_one():
+    # the socket holds 127.0.0.1:9 (port in network order, read as a little-endian u16: 0x0900)
+    e = ev(connect_bytes(addr=SIN_10_0_0_1_4444, ret=0, sk_family=2, sk_dport=0x0900, sk_daddr=bytes([127, 0, 0, 1])))
+    assert (e["family"], e["daddr"], e["dport"], e["toctou"]) == ("AF_INET", "127.0.0.1", 9, True)
+    same = ev(connect_bytes(addr=SIN_10_0_0_1_4444, ret=0, sk_family=2, sk_dport=0x5C11, sk_daddr=bytes([10, 0, 0, 1])))
+    assert (same["daddr"], same["dport"], same["toctou"]) == ("10.0.0.1", 4444, False)
+
+
+def test_connect_ipv6_socket_destination():
+    sin6 = b"\x0a\x00\x00\x50" + bytes(4) + bytes(15) + b"\x01" + bytes(4)  # [::1]:80
+    mapped = bytes(10) + b"\xff\xff" + bytes([127, 0, 0, 1])
+    e = ev(connect_bytes(addr=sin6, addrlen=28, ret=0, sk_family=10, sk_dport=0x5000, sk_daddr6=mapped))
+    assert (e["family"], e["daddr"], e["dport"], e["toctou"]) == ("AF_INET6", "::ffff:127.0.0.1", 80, True)
+
+
+def test_connect_without_a_socket_destination_keeps_the_passed_address():
+    # a refused connect leaves the socket without a destination port
+    e = ev(connect_bytes(addr=SIN_10_0_0_1_4444, ret=-111, sk_family=2, sk_dport=0, sk_daddr=bytes([10, 0, 0, 1])))
+    assert (e["daddr"], e["dport"], e["toctou"]) == ("10.0.0.1", 4444, False)
 
 
 def test_connect_fault_null_address():
@@ -68,16 +119,17 @@ def test_connect_fault_null_address():
     assert (e["family"], e["daddr"], e["dport"], e["fault"]) == ("AF_UNSPEC", "", 0, True)
 
 
-@pytest.mark.parametrize("code, exit_code, signal", [
-    (0, 0, 0),
-    (3 << 8, 3, 0),          # exit(3)
-    (255 << 8, 255, 0),
-    (9, 0, 9),               # SIGKILL
-    (0x80 | 11, 0, 11),      # SIGSEGV with core dump bit
+@pytest.mark.parametrize("code, exit_code, signal, core", [
+    (0, 0, 0, False),
+    (3 << 8, 3, 0, False),          # exit(3)
+    (255 << 8, 255, 0, False),
+    (9, 0, 9, False),               # SIGKILL
+    (0x80 | 11, 0, 11, True),       # SIGSEGV with core dump bit
+    (6, 0, 6, False),               # SIGABRT without a core
 ])
-def test_exit_event(code, exit_code, signal):
+def test_exit_event(code, exit_code, signal, core):
     e = ev(exit_bytes(code))
-    assert dict(e.fields) == fields({F.EXIT_CODE: exit_code, F.SIGNAL: signal})
+    assert dict(e.fields) == fields({F.EXIT_CODE: exit_code, F.SIGNAL: signal, F.CORE_DUMPED: core})
 
 
 @pytest.mark.parametrize("area, argv", [

@@ -146,10 +146,11 @@ def test_kill_9_leaves_nothing_in_the_kernel(tmp_path, clis):
     clis.append(c)
     c.wait_attached()
     objects = kernel_objects(c.proc.pid)
-    # 5 programs (exec, openat, openat2, connect, exit), each with its link; rings (one per CPU, at most
-    # 4), their array, scratch, stats, self_runs, the filter.
-    assert len(objects["prog"]) == 5 and len(objects["link"]) == 5, objects
-    assert len(objects["map"]) == default_buffers() + 1 + 4, objects
+    # 9 programs: exec, openat and openat2 and connect (each at entry and exit), exit, each with its link, and
+    # the open programs' second half (reached by tail call: no link); rings (one per CPU, at most 4), their
+    # array, scratch, stats, self_runs, the filter, the entry copies (task storage), the tail-call array.
+    assert len(objects["prog"]) == 9 and len(objects["link"]) == 8, objects
+    assert len(objects["map"]) == default_buffers() + 1 + 6, objects
     live = live_objects()
     assert all(objects[k] <= live[k] for k in objects)
     c.proc.kill()

@@ -43,25 +43,32 @@ def test_exec_line():
 def test_open_line():
     assert line(open_bytes(ret=-2)) == (
         '{"type":"open","event_type_id":2,' + HEAD
-        + '"path":"/etc/passwd","flags":524288,"mode":420,"ret":-2,"truncated":false,"fault":false}\n').encode()
+        + '"path":"/etc/passwd","flags":524288,"mode":0,"ret":-2,"truncated":false,"fault":false,'
+          '"syscall":"openat","resolve":0,"resolved_path":null,"toctou":false,"late_read":false}\n').encode()
+    assert line(open_bytes(ret=3, oflags=0o101, mode=0o100644, resolved=b"/etc/passwd", flags=4)) == (
+        '{"type":"open","event_type_id":2,' + HEAD
+        + '"path":"/etc/passwd","flags":65,"mode":420,"ret":3,"truncated":false,"fault":false,'
+          '"syscall":"openat","resolve":0,"resolved_path":"/etc/passwd","toctou":true,"late_read":false}\n').encode()
 
 
 def test_connect_line():
     assert line(connect_bytes()) == (
         '{"type":"connect","event_type_id":3,' + HEAD
-        + '"family":"AF_INET","daddr":"127.0.0.1","dport":8080,"ret":-111,"fault":false}\n').encode()
+        + '"family":"AF_INET","daddr":"127.0.0.1","dport":8080,"ret":-111,"fault":false,"toctou":false,'
+          '"late_read":false}\n').encode()
 
 
 def test_exit_line():
     assert line(exit_bytes(9)) == (
-        '{"type":"exit","event_type_id":4,' + HEAD + '"exit_code":0,"signal":9}\n').encode()
+        '{"type":"exit","event_type_id":4,' + HEAD + '"exit_code":0,"signal":9,"core_dumped":false}\n').encode()
 
 
 @pytest.mark.parametrize("data, keys", [
     (exec_bytes(), ["filename", "argv", "truncated", "fault"]),
-    (open_bytes(), ["path", "flags", "mode", "ret", "truncated", "fault"]),
-    (connect_bytes(), ["family", "daddr", "dport", "ret", "fault"]),
-    (exit_bytes(), ["exit_code", "signal"]),
+    (open_bytes(), ["path", "flags", "mode", "ret", "truncated", "fault", "syscall", "resolve", "resolved_path",
+                    "toctou", "late_read"]),
+    (connect_bytes(), ["family", "daddr", "dport", "ret", "fault", "toctou", "late_read"]),
+    (exit_bytes(), ["exit_code", "signal", "core_dumped"]),
 ])
 def test_exact_keys(data, keys):
     obj = strict(line(data))

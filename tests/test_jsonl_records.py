@@ -83,7 +83,8 @@ def test_one_exact_line():
         b'{"type":"open","event_type_id":2,"ts_mono_ns":5000,"ts_wall_ns":1795546402000005000,'
         b'"entity_key":' + str(normalize(parse_record(data), 0).entity_key).encode() +
         b',"pid":42,"tid":43,"cpu":1,"ppid":1,"uid":1000,"gid":1000,"comm":"cat","source":"ebpf",'
-        b'"path":"/etc/hostname","flags":524288,"mode":0,"ret":3,"truncated":false,"fault":false}\n'
+        b'"path":"/etc/hostname","flags":524288,"mode":0,"ret":3,"truncated":false,"fault":false,'
+        b'"syscall":"openat","resolve":0,"resolved_path":null,"toctou":false,"late_read":false}\n'
     )
     assert encode_record(data, WALL) == line
     assert encode_event(normalize(parse_record(data), WALL)) == line

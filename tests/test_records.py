@@ -18,9 +18,10 @@ BUILDERS = [build_record, pack_record]
 
 
 def test_fixed_part_sizes_follow_the_table():
-    assert {k: f.size for k, f in FIXED_FORMATS.items()} == {KIND_EXEC: 80, KIND_OPEN: 96, KIND_CONNECT: 80,
+    assert {k: f.size for k, f in FIXED_FORMATS.items()} == {KIND_EXEC: 80, KIND_OPEN: 112, KIND_CONNECT: 104,
                                                             KIND_EXIT: 72}
-    assert FIXED_FORMATS[KIND_OPEN].format == "<QHHLQLLLLLL16sllQLLLL"
+    assert FIXED_FORMATS[KIND_OPEN].format == "<QHHLQLLLLLL16sllQQQLLLL"
+    assert FIXED_FORMATS[KIND_CONNECT].format == "<QHHLQLLLLLL16sllLLHH4s16s"
 
 
 @pytest.mark.parametrize("build", BUILDERS)
@@ -39,13 +40,15 @@ def test_header_offsets(build, name, offset, size):
 @pytest.mark.parametrize("kind, name, offset, size", [
     (KIND_EXEC, "filename_len", 64, 4), (KIND_EXEC, "args_len", 68, 4), (KIND_EXEC, "args_total", 72, 4),
     (KIND_OPEN, "ret", 64, 4), (KIND_OPEN, "dfd", 68, 4), (KIND_OPEN, "flags", 72, 8),
-    (KIND_OPEN, "mode", 80, 4), (KIND_OPEN, "path_len", 84, 4), (KIND_OPEN, "syscall", 88, 4),
+    (KIND_OPEN, "mode", 80, 8), (KIND_OPEN, "resolve", 88, 8), (KIND_OPEN, "path_len", 96, 4),
+    (KIND_OPEN, "syscall", 100, 4), (KIND_OPEN, "resolved_len", 104, 4),
     (KIND_CONNECT, "ret", 64, 4), (KIND_CONNECT, "fd", 68, 4), (KIND_CONNECT, "addrlen", 72, 4),
-    (KIND_CONNECT, "addr_len", 76, 4), (KIND_EXIT, "exit_code", 64, 4),
+    (KIND_CONNECT, "addr_len", 76, 4), (KIND_CONNECT, "sk_family", 80, 2), (KIND_CONNECT, "sk_dport", 82, 2),
+    (KIND_EXIT, "exit_code", 64, 4),
 ])
 def test_kind_offsets(build, kind, name, offset, size):
-    value = 0x0A0B0C0D0E0F1011 & ((1 << (8 * size - 1)) - 1) if name not in ("filename_len", "args_len",
-                                                                            "path_len", "addr_len") else 0
+    value = 0x0A0B0C0D0E0F1011 & ((1 << (8 * size - 1)) - 1) if name not in (
+        "filename_len", "args_len", "path_len", "addr_len", "resolved_len") else 0
     # Length fields are checked by building zero-length variable parts and pinning the zero.
     data = build(kind, **{name: value})
     assert data[offset:offset + size] == value.to_bytes(size, "little")
@@ -83,9 +86,9 @@ def test_exec_truncated_by_total_or_flag(parse):
 
 @pytest.mark.parametrize("parse", PARSERS)
 def test_open_record(parse):
-    rec = parse(open_bytes(flags=2, syscall=1))
+    rec = parse(open_bytes(flags=2, syscall=1, resolve=4, resolved=b"/etc/passwd\xff"))
     assert rec == OpenRecord(**{**COMMON, "header_flags": 2}, ret=3, dfd=-100, flags=0o2000000, mode=0o644,
-                             path=b"/etc/passwd", syscall=1)
+                             resolve=4, path=b"/etc/passwd", syscall=1, resolved_path=b"/etc/passwd\xff")
     assert rec.fault is True and rec.truncated is False
 
 
@@ -101,8 +104,8 @@ def test_strings_are_cut_at_nul(parse):
 @pytest.mark.parametrize("parse", PARSERS)
 def test_connect_record(parse):
     rec = parse(connect_bytes())
-    assert rec == ConnectRecord(**COMMON, ret=-111, fd=5, addrlen=16,
-                                addr=b"\x02\x00\x1f\x90\x7f\x00\x00\x01" + bytes(8))
+    assert rec == ConnectRecord(**COMMON, ret=-111, fd=5, addrlen=16, sk_family=0, sk_dport=0, sk_daddr=bytes(4),
+                                sk_daddr6=bytes(16), addr=b"\x02\x00\x1f\x90\x7f\x00\x00\x01" + bytes(8))
 
 
 @pytest.mark.parametrize("parse", PARSERS)
@@ -131,7 +134,7 @@ def test_malformed_header(parse, data, message):
 
 @pytest.mark.parametrize("parse", PARSERS)
 @pytest.mark.parametrize("data", [
-    open_bytes()[:95],                 # fixed part cut
+    open_bytes()[:111],                # fixed part cut
     exit_bytes()[:71],
     header(KIND_EXEC),                 # header alone
     open_bytes()[:-1],                 # path one byte short
@@ -144,9 +147,10 @@ def test_short_records(parse, data):
 
 
 def test_short_record_messages():
-    with pytest.raises(RecordError, match=r"open record is 95 bytes, shorter than its 96-byte fixed part"):
-        parse_record(open_bytes()[:95])
-    with pytest.raises(RecordError, match=r"open record path ends at byte 107, beyond the 106-byte record"):
+    with pytest.raises(RecordError, match=r"open record is 111 bytes, shorter than its 112-byte fixed part"):
+        parse_record(open_bytes()[:111])
+    with pytest.raises(RecordError, match=r"open record path and resolved_path ends at byte 123, beyond the "
+                                          r"122-byte record"):
         parse_record(open_bytes()[:-1])
 
 
@@ -177,7 +181,7 @@ def test_length_limits(parse):
 @pytest.mark.parametrize("parse", PARSERS)
 def test_length_field_beyond_record(parse):
     with pytest.raises(RecordError):
-        parse(_set_u32(open_bytes(), 84, 12))          # path_len 12, 11 bytes present
+        parse(_set_u32(open_bytes(), 96, 12))          # path_len 12, 11 bytes present
     with pytest.raises(RecordError):
         parse(_set_u32(exec_bytes(), 64, 4000))        # filename_len
     with pytest.raises(RecordError):

@@ -34,6 +34,11 @@ PINNED = [
     (22, "fd", "i64", {C}),
     (23, "exit_code", "u64", {X}),
     (24, "signal", "u64", {X}),
+    (25, "resolved_path", "string", {O}),
+    (26, "toctou", "bool", {O, C}),
+    (27, "core_dumped", "bool", {X}),
+    (28, "resolve", "u64", {O}),
+    (29, "late_read", "bool", {O, C}),
 ]
 
 
@@ -68,5 +73,6 @@ def test_lookup():
 
 def test_fields_of_exit():
     assert [f.name for f in fields_of(EventType.EXIT)] == [
-        "pid", "tid", "ppid", "uid", "gid", "comm", "process_start_ns", "cpu", "exit_code", "signal"]
-    assert [f.name for f in fields_of(3)][-6:] == ["ret", "fault", "family", "daddr", "dport", "fd"]
+        "pid", "tid", "ppid", "uid", "gid", "comm", "process_start_ns", "cpu", "exit_code", "signal", "core_dumped"]
+    assert [f.name for f in fields_of(3)][-8:] == ["ret", "fault", "family", "daddr", "dport", "fd", "toctou",
+                                                   "late_read"]

@@ -60,7 +60,7 @@ def test_a_spec_mistake_is_refused_when_the_kind_is_made():
 
 
 def test_wire_field_lookup_names_the_kind():
-    assert spec.OPEN.ret.offset == 64 and spec.OPEN.path.offset == 96 and spec.EXEC.args.offset == -1
+    assert spec.OPEN.ret.offset == 64 and spec.OPEN.path.offset == 112 and spec.EXEC.args.offset == -1
     with pytest.raises(AttributeError, match="open has no wire field 'nope'"):
         spec.OPEN.nope
 
@@ -68,7 +68,8 @@ def test_wire_field_lookup_names_the_kind():
 def test_json_keys_follow_the_spec():
     assert spec.json_keys(spec.OPEN) == [
         "type", "event_type_id", "ts_mono_ns", "ts_wall_ns", "entity_key", "pid", "tid", "cpu", "ppid", "uid",
-        "gid", "comm", "source", "path", "flags", "mode", "ret", "truncated", "fault"]
+        "gid", "comm", "source", "path", "flags", "mode", "ret", "truncated", "fault", "syscall", "resolve",
+        "resolved_path", "toctou", "late_read"]
 
 
 def test_the_line_memo_refuses_a_value_made_from_the_time():

@@ -9,9 +9,9 @@ from __future__ import annotations
 import base64
 from json.encoder import encode_basestring as _jstr  # the C encoder (c_encode_basestring) when available
 
-from kestrel_raw.codec.sockaddr import decode_sockaddr
+from kestrel_raw.codec.sockaddr import connect_destination, decode_sockaddr
 from kestrel_raw.errors import RecordError
-from kestrel_raw.spec import KINDS, OPEN_SYSCALLS
+from kestrel_raw.spec import KINDS, OPEN_SYSCALL_OPENAT2, OPEN_SYSCALLS
 
 # --- decoders -----------------------------------------------------------------------------------------
 
@@ -35,6 +35,24 @@ def split_arg_area(area: bytes) -> list[bytes]:
 def split_args(area: bytes) -> tuple[str, ...]:
     """argv from the kernel's argument area, each argument decoded losslessly (surrogateescape)."""
     return tuple(p.decode("utf-8", "surrogateescape") for p in split_arg_area(area))
+
+
+# include/uapi/asm-generic/fcntl.h (the same on x86_64 and arm64) and include/linux/stat.h
+O_CREAT = 0o100
+__O_TMPFILE = 0o20000000
+S_IALLUGO = 0o7777
+
+
+def open_flags(syscall: int, flags: int) -> int:
+    """The open flags as the kernel reads them: openat's ``int flags`` is the register's low half (the upper
+    bits are ignored), openat2's ``open_how.flags`` is a u64 (unknown bits make it fail with EINVAL)."""
+    return flags if syscall == OPEN_SYSCALL_OPENAT2 else flags & 0xFFFFFFFF
+
+
+def open_mode(flags: int, mode: int) -> int:
+    """The mode the kernel uses (fs/open.c build_open_how): ``mode & S_IALLUGO`` for a call that can create
+    (O_CREAT or O_TMPFILE), else 0."""
+    return mode & S_IALLUGO if flags & (O_CREAT | __O_TMPFILE) else 0
 
 
 def syscall_name(number: int) -> str:
@@ -146,7 +164,8 @@ def unknown_kind(kind: int) -> RecordError:
 # The names the generated code sees (kestrel_raw/codec/generate.py).
 NAMESPACE = {
     "cstr": cstr, "split_arg_area": split_arg_area, "split_args": split_args, "syscall_name": syscall_name,
-    "decode_sockaddr": decode_sockaddr, "_jstr": _jstr, "JSON_BOOL": JSON_BOOL, "json_bytes": json_bytes,
+    "decode_sockaddr": decode_sockaddr, "connect_destination": connect_destination, "open_flags": open_flags,
+    "open_mode": open_mode, "_jstr": _jstr, "JSON_BOOL": JSON_BOOL, "json_bytes": json_bytes,
     "json_bytes_list": json_bytes_list, "json_str": json_str, "json_fast_str": json_fast_str,
     "json_str_list": json_str_list, "json_fast_str_list": json_fast_str_list,
     "record_too_short": record_too_short, "field_above_limit": field_above_limit,

@@ -57,7 +57,7 @@ def _parse(kind: Kind, data: str = "data", unpack: bool = True) -> list[str]:
                 f"    raise field_above_limit({k}, {v.type.length!r}, {v.type.length}, {v.type.max})"]
     out += _var_slices(kind, data, check=True)
     for w in kind.fixed:
-        if isinstance(w.type, spec.Chars):
+        if isinstance(w.type, spec.Chars) and w.type.cstr:
             out.append(f"{w.name} = cstr({w.name})")
     return out
 
@@ -83,8 +83,17 @@ def _locals(kind: Kind) -> list[str]:
     return [f"{loc.name} = {loc.expr}" for loc in kind.locals]
 
 
+def _value_expr(v: spec.Value) -> str:
+    return f"(None if {v.null} else {v.expr})" if v.null else v.expr
+
+
 def _fields_dict(kind: Kind) -> str:
-    return "{" + ", ".join(f"{int(v.id)}: {v.expr}" for v in kind.values) + "}"
+    return "{" + ", ".join(f"{int(v.id)}: {_value_expr(v)}" for v in kind.values) + "}"
+
+
+def nullable_ids() -> frozenset[int]:
+    """Field ids some kind may leave None (JSON null)."""
+    return frozenset(int(v.id) for k in spec.KINDS.values() for v in k.values if v.null)
 
 
 def _event_return(kind: Kind) -> str:
@@ -94,6 +103,11 @@ def _event_return(kind: Kind) -> str:
 
 def _json_item(name: str, ftype: FieldType, v: spec.Value) -> str:
     """The f-string piece for one key, from the record's values."""
+    if v.null:
+        inner = _json_item(name, ftype, spec.Value(v.id, v.expr, v.raw, v.json, v.doc))
+        if inner.startswith(f'"{name}":{{'):  # a number or a bool: just the value is conditional
+            return f'"{name}":{{"null" if {v.null} else {inner[len(name) + 4:-1]}}}'
+        return f"{{'\"{name}\":null' if {v.null} else {inner[1:-1]}}}"
     if ftype in (FieldType.U64, FieldType.I64):
         return f'"{name}":{{{v.expr}}}'
     if ftype is FieldType.BOOL:
@@ -107,6 +121,12 @@ def _json_item(name: str, ftype: FieldType, v: spec.Value) -> str:
 
 def _event_json_item(name: str, ftype: FieldType, fid: int) -> str:
     """The f-string piece for one key, from a KestrelEvent's fields (``f``)."""
+    if fid in nullable_ids():
+        if ftype in (FieldType.U64, FieldType.I64, FieldType.BOOL):
+            value = f"f[{fid}]" if ftype is not FieldType.BOOL else f"JSON_BOOL[f[{fid}]]"
+            return f'"{name}":{{"null" if f[{fid}] is None else {value}}}'
+        call = "S" if ftype is FieldType.STRING else "L"
+        return f"{{'\"{name}\":null' if f[{fid}] is None else {call}({name!r}, f[{fid}])}}"
     if ftype in (FieldType.U64, FieldType.I64):
         return f'"{name}":{{f[{fid}]}}'
     if ftype is FieldType.BOOL:
@@ -154,7 +174,7 @@ def _who_source() -> str:
     pieces.append(f'"{spec.JSON_SOURCE_KEY}":"{SOURCE_EBPF}"')
     lines = [f"WHO_FORMAT = struct.Struct({fmt!r})", "", "def who_text(key):",
              f"    ({targets},) = WHO_FORMAT.unpack(key)"]
-    lines += [f"    {w.name} = cstr({w.name})" for w in header if isinstance(w.type, spec.Chars)]
+    lines += [f"    {w.name} = cstr({w.name})" for w in header if isinstance(w.type, spec.Chars) and w.type.cstr]
     lines += [f"    text = {_fstr(','.join(pieces))}",
               "    if len(WHO_MEMO) >= WHO_MEMO_MAX:", "        WHO_MEMO.clear()",
               "    WHO_MEMO[key] = text", "    return text", ""]
@@ -230,7 +250,7 @@ def kind_source(kind: Kind) -> str:
             f"    raise field_above_limit({kind.id}, {v.type.length!r}, {v.type.length}, {v.type.max})")]
         miss = [f"({_fixed_targets(kind)},) = FIXED_{label}.unpack_from(data)",
                 *(ends[n_var + 2:] if n_var else []),
-                *[f"{w.name} = cstr({w.name})" for w in kind.fixed if isinstance(w.type, spec.Chars)],
+                *[f"{w.name} = cstr({w.name})" for w in kind.fixed if isinstance(w.type, spec.Chars) and w.type.cstr],
                 *_locals(kind), *who,
                 f"_t = {_fstr(rest)}",
                 f"if {var_total} <= LINE_MEMO_VAR_MAX:",

@@ -99,7 +99,7 @@ def parse_record_construct(data: bytes | bytearray | memoryview) -> Record:
         if w.name not in spec_kind.record_names:
             continue
         value = c[w.name]
-        if isinstance(w.type, Chars) or (isinstance(w.type, Var) and w.type.cstr):
+        if isinstance(w.type, (Chars, Var)) and w.type.cstr:
             value = cstr(value)
         values[w.name] = value
     return RECORD_CLASSES[kind](**values)

@@ -57,6 +57,19 @@ def family_name(family: int) -> str:
     return FAMILY_NAMES.get(family) or f"AF_{family}"
 
 
+def ipv4_text(raw: bytes) -> str:
+    """Dotted quad of 4 bytes in network order."""
+    return f"{raw[0]}.{raw[1]}.{raw[2]}.{raw[3]}"
+
+
+def ipv6_text(raw: bytes) -> str:
+    """``ipaddress`` text of 16 bytes; a v4-mapped address as ``"::ffff:127.0.0.1"`` (inet_ntop's form:
+    Python < 3.13 would print ``"::ffff:7f00:1"``)."""
+    ip = ipaddress.IPv6Address(bytes(raw))
+    mapped = ip.ipv4_mapped
+    return f"::ffff:{mapped}" if mapped is not None else str(ip)
+
+
 def decode_sockaddr(raw: bytes, addrlen: int | None = None) -> SockAddr:
     """Decode ``raw[:addrlen]`` (``addrlen`` as passed to connect(2); None: all of ``raw``)."""
     n = len(raw) if addrlen is None else max(0, min(addrlen, len(raw)))
@@ -66,16 +79,11 @@ def decode_sockaddr(raw: bytes, addrlen: int | None = None) -> SockAddr:
     if family == AF_INET:
         if n < _SIN_NEED:
             return SockAddr("AF_INET", "", 0)
-        a = raw[4:8]
-        return SockAddr("AF_INET", f"{a[0]}.{a[1]}.{a[2]}.{a[3]}", _PORT.unpack_from(raw, 2)[0])
+        return SockAddr("AF_INET", ipv4_text(raw[4:8]), _PORT.unpack_from(raw, 2)[0])
     if family == AF_INET6:
         if n < _SIN6_NEED:
             return SockAddr("AF_INET6", "", 0)
-        ip = ipaddress.IPv6Address(bytes(raw[8:24]))
-        mapped = ip.ipv4_mapped
-        # Python < 3.13 prints a v4-mapped address as "::ffff:7f00:1"; inet_ntop, ss and 3.13 say
-        # "::ffff:127.0.0.1".
-        text = f"::ffff:{mapped}" if mapped is not None else str(ip)
+        text = ipv6_text(raw[8:24])
         if n >= _SIN6_SCOPE_END:
             scope = _SCOPE.unpack_from(raw, 24)[0]
             if scope:
@@ -91,3 +99,36 @@ def decode_sockaddr(raw: bytes, addrlen: int | None = None) -> SockAddr:
             path = path[:end]
         return SockAddr("AF_UNIX", path.decode("utf-8", "surrogateescape"), 0)
     return SockAddr(family_name(family), "", 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """Where a connect went: the socket's own destination when it holds one, else the address the caller
+    passed; ``toctou`` when the two disagree."""
+    family: str
+    address: str
+    port: int
+    toctou: bool
+
+
+def connect_destination(addr: bytes, addrlen: int, sk_family: int, sk_dport: int, sk_daddr: bytes,
+                        sk_daddr6: bytes) -> Destination:
+    """The destination of a connect, from the sockaddr copied at the syscall's entry (``addr``) and the
+    destination the socket holds after it (``sk_*``, from struct sock_common; ``sk_dport`` as the kernel
+    stores it, network order read as a little-endian u16).
+
+    An IPv4 or IPv6 socket that holds a destination port says where the kernel connected it: that is the
+    answer, and a passed address that names something else is a rewritten one (``toctou``).  A socket with
+    no destination (a failed connect, another family) leaves the passed address as the answer.
+    """
+    passed = decode_sockaddr(addr, addrlen)
+    if sk_family not in (AF_INET, AF_INET6) or sk_dport == 0:
+        return Destination(passed.family, passed.address, passed.port, False)
+    port = ((sk_dport & 0xFF) << 8) | (sk_dport >> 8)
+    if sk_family == AF_INET:
+        held = SockAddr("AF_INET", ipv4_text(sk_daddr), port)
+    else:
+        held = SockAddr("AF_INET6", ipv6_text(sk_daddr6), port)
+    passed_address = passed.address.split("%", 1)[0]  # the scope id is not part of the destination
+    toctou = (passed.family, passed_address, passed.port) != (held.family, held.address, held.port)
+    return Destination(held.family, held.address, held.port, toctou)

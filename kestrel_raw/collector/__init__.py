@@ -56,7 +56,7 @@ from kestrel_raw.errors import BPFError, BTFError, RecordError, SetupError
 from kestrel_raw.codec.event import KestrelEvent
 from kestrel_raw.codec.normalize import event_from_raw
 from kestrel_raw.codec.jsonl import encode_records
-from kestrel_raw.maps import HashMap, Map, PerCPUArrayMap, RingBuf, RingBufReader
+from kestrel_raw.maps import HashMap, Map, PerCPUArrayMap, ProgArrayMap, RingBuf, RingBufReader, TaskStorageMap
 from kestrel_raw.maps.ring import ReplayRing
 from kestrel_raw.kernel.prog import Program
 from kestrel_raw.codec.records import pack_record
@@ -153,14 +153,17 @@ class KestrelCollector:
                 for tgid in cfg.only_tgids:
                     self._maps[programs.MAP_FILTER][_U32.pack(tgid)] = _U64.pack(0)
             find_tracefs()
-            formats = {s.name: tracepoint_format(s.group, s.tracepoint) for s in specs}
+            formats = {s.name: tracepoint_format(s.group, s.tracepoint) for s in specs if s.tail is None}
             layout = programs.KernelLayout.from_btf(self._load_btf())
             for spec in specs:
-                insns = programs.build(spec, formats[spec.name], layout, self_tgid=os.getpid(),
+                insns = programs.build(spec, formats.get(spec.name), layout, self_tgid=os.getpid(),
                                        nrings=cfg.buffers,
                                        wakeup_threshold=-1 if cfg.latency == "low" else cfg.wakeup_bytes,
-                                       filter_mode=filter_mode, self_index=len(self._programs))
+                                       filter_mode=filter_mode,
+                                       self_index=len(self._programs) if spec.tail is None else None)
                 prog = Program(insns, maps=self._maps, name=spec.name)
+                if spec.tail is not None:
+                    self._maps[programs.MAP_TAILS][spec.tail] = prog
                 self._programs.append((spec, prog))
                 self._listing.append((spec, insns))
             if cfg.program_path is not None:
@@ -201,6 +204,8 @@ class KestrelCollector:
         self._maps[programs.MAP_SCRATCH] = PerCPUArrayMap(programs.SCRATCH_SIZE, 1, name=programs.MAP_SCRATCH)
         self._maps[programs.MAP_STATS] = PerCPUArrayMap(8, programs.STATS_ENTRIES, name=programs.MAP_STATS)
         self._maps[programs.MAP_SELF_RUNS] = PerCPUArrayMap(8, max(1, nprograms), name=programs.MAP_SELF_RUNS)
+        self._maps[programs.MAP_ENTRY] = TaskStorageMap(programs.ENTRY_VALUE_SIZE, name=programs.MAP_ENTRY)
+        self._maps[programs.MAP_TAILS] = ProgArrayMap(programs.TAILS, name=programs.MAP_TAILS)
         self._maps[programs.MAP_FILTER] = HashMap(
             4, 8, FILTER_ENTRIES, name=FILTER_MAP_NAME if cfg.only_tgids is None else ONLY_MAP_NAME)
 
@@ -217,7 +222,8 @@ class KestrelCollector:
                 # exit the programs would otherwise report as an event of someone else.
                 keep = self._capabilities_to_keep() if self.config.drop_privileges else 0
                 for spec, prog in self._programs:
-                    self._links.append(attach_tracepoint(prog, spec.group, spec.tracepoint))
+                    if spec.tail is None:
+                        self._links.append(attach_tracepoint(prog, spec.group, spec.tracepoint))
                 await self._check_attached()
                 self._readers = [RingBufReader(ring, self.config.buffer_size) for ring in self._rings]
                 self._wall_offset = time.time_ns() - time.monotonic_ns()

@@ -62,8 +62,11 @@ def _thread_exit() -> None:
 
 # What makes each tracepoint fire in the calling process, by (group, tracepoint).
 PROVOKE: dict[tuple[str, str], Callable[[], None]] = {
+    ("syscalls", "sys_enter_openat"): _openat,
     ("syscalls", "sys_exit_openat"): _openat,
+    ("syscalls", "sys_enter_openat2"): _openat2,
     ("syscalls", "sys_exit_openat2"): _openat2,
+    ("syscalls", "sys_enter_connect"): _connect,
     ("syscalls", "sys_exit_connect"): _connect,
     ("sched", "sched_process_exit"): _thread_exit,
 }

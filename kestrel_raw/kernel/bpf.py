@@ -17,12 +17,12 @@ from kestrel_raw.kernel import syscall
 from kestrel_raw.errors import ConfigError, VerifierError, bpf_error
 from kestrel_raw.kernel.fd import FD
 from kestrel_raw.kernel.uapi import (
-    BPF_ENABLE_STATS, BPF_LINK_CREATE, BPF_LINK_GET_NEXT_ID, BPF_MAP_CREATE, BPF_MAP_DELETE_ELEM,
+    BPF_BTF_LOAD, BPF_ENABLE_STATS, BPF_LINK_CREATE, BPF_LINK_GET_NEXT_ID, BPF_MAP_CREATE, BPF_MAP_DELETE_ELEM,
     BPF_MAP_GET_NEXT_ID, BPF_MAP_GET_NEXT_KEY, BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_BATCH,
     BPF_MAP_UPDATE_ELEM, BPF_OBJ_GET_INFO_BY_FD, BPF_OBJ_NAME_LEN, BPF_PROG_GET_FD_BY_ID,
     BPF_PROG_GET_NEXT_ID, BPF_PROG_LOAD, BPF_RAW_TRACEPOINT_OPEN, BPF_ANY, BPF_CMD_NAMES, BpfLinkInfo,
     BpfMapInfo, BpfProgInfo, EnableStatsAttr, GetIdAttr, InfoByFdAttr, LinkCreateAttr, MapBatchAttr,
-    MapCreateAttr, MapElemAttr, ProgLoadAttr, RawTracepointAttr,
+    BtfLoadAttr, MapCreateAttr, MapElemAttr, ProgLoadAttr, RawTracepointAttr,
 )
 from kestrel_raw.kernel.layout import Layout
 
@@ -91,12 +91,30 @@ def check_object_name(name: str, what: str = "object") -> bytes:
 # --- maps -----------------------------------------------------------------------------------------------
 
 def map_create(map_type: int, key_size: int, value_size: int, max_entries: int, name: str = "",
-               flags: int = 0, inner_map_fd: int = 0) -> FD:
+               flags: int = 0, inner_map_fd: int = 0, btf_fd: int = 0, btf_key_type_id: int = 0,
+               btf_value_type_id: int = 0) -> FD:
+    """BPF_MAP_CREATE.  ``btf_fd`` and the type ids describe key and value (local storage maps need them)."""
     attr = MapCreateAttr.pack(map_type=map_type, key_size=key_size, value_size=value_size,
                               max_entries=max_entries, map_flags=flags, inner_map_fd=inner_map_fd,
-                              map_name=check_object_name(name, "map"))
-    size = MapCreateAttr.offsetofend("map_name" if name else "numa_node")
+                              map_name=check_object_name(name, "map"), btf_fd=btf_fd,
+                              btf_key_type_id=btf_key_type_id, btf_value_type_id=btf_value_type_id)
+    last = "btf_value_type_id" if btf_fd else "map_name" if name else "numa_node"
+    size = MapCreateAttr.offsetofend(last)
     return FD(_call(BPF_MAP_CREATE, attr, size, _map_create_hint(map_type, key_size, value_size, max_entries)))
+
+
+def btf_load(blob: bytes, log_size: int = 64 * 1024) -> FD:
+    """BPF_BTF_LOAD: load BTF type information; the log (why the kernel refused it) is in the error."""
+    data = bytearray(blob)
+    log = bytearray(log_size)
+    with syscall.pinned(data) as btf_ptr, syscall.pinned(log) as log_ptr:
+        attr = BtfLoadAttr.pack(btf=btf_ptr, btf_size=len(data), btf_log_buf=log_ptr, btf_log_size=len(log),
+                                btf_log_level=1)
+        ret, err = syscall.bpf_errno(BPF_BTF_LOAD, attr, BtfLoadAttr.offsetofend("btf_log_level"))
+    if ret < 0:
+        text = bytes(log).split(b"\0", 1)[0].decode("utf-8", "replace").strip()
+        raise bpf_error("BPF_BTF_LOAD", err, f"the kernel's BTF log: {text}" if text else "")
+    return FD(ret)
 
 
 def _map_create_hint(map_type, key_size, value_size, max_entries):

@@ -72,6 +72,7 @@ BPF_MAP_TYPE_QUEUE = 22
 BPF_MAP_TYPE_STACK = 23
 BPF_MAP_TYPE_RINGBUF = 27
 BPF_MAP_TYPE_TASK_STORAGE = 29
+# map_create for local storage (task, inode, socket): created empty, an entry per object on demand
 BPF_MAP_TYPE_BLOOM_FILTER = 30
 
 # --- enum bpf_prog_type -----------------------------------------------------------------------------------
@@ -240,6 +241,18 @@ MapCreateAttr = Layout("union bpf_attr: BPF_MAP_CREATE", [
     ("inner_map_fd", U32),
     ("numa_node", U32),
     ("map_name", Chars(BPF_OBJ_NAME_LEN)),
+    ("map_ifindex", U32),
+    ("btf_fd", U32),
+    ("btf_key_type_id", U32),
+    ("btf_value_type_id", U32),
+])
+
+BtfLoadAttr = Layout("union bpf_attr: BPF_BTF_LOAD", [
+    ("btf", U64),
+    ("btf_log_buf", U64),
+    ("btf_size", U32),
+    ("btf_log_size", U32),
+    ("btf_log_level", U32),
 ])
 
 MapElemAttr = Layout("union bpf_attr: BPF_MAP_*_ELEM, BPF_MAP_GET_NEXT_KEY", [

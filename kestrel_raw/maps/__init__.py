@@ -12,8 +12,10 @@ _EXPORTS = {
     "Map": "kestrel_raw.maps._base",
     "ArrayMap": "kestrel_raw.maps.array",
     "PerCPUArrayMap": "kestrel_raw.maps.array",
+    "ProgArrayMap": "kestrel_raw.maps.array",
     "possible_cpus": "kestrel_raw.maps.array",
     "HashMap": "kestrel_raw.maps.hash",
+    "TaskStorageMap": "kestrel_raw.maps.storage",
     "RingBuf": "kestrel_raw.maps.ringbuf",
     "RingBufReader": "kestrel_raw.maps.ringbuf",
 }

@@ -16,9 +16,11 @@ class Map(FDOwner):
     """
 
     def __init__(self, map_type: int, key_size: int, value_size: int, max_entries: int, name: str = "",
-                 flags: int = 0, inner_map_fd: int = 0) -> None:
+                 flags: int = 0, inner_map_fd: int = 0, btf: tuple[int, int, int] | None = None) -> None:
+        btf_fd, key_type, value_type = btf or (0, 0, 0)
         self._fd = bpf.map_create(map_type, key_size, value_size, max_entries, name=name, flags=flags,
-                                  inner_map_fd=inner_map_fd)
+                                  inner_map_fd=inner_map_fd, btf_fd=btf_fd, btf_key_type_id=key_type,
+                                  btf_value_type_id=value_type)
         self.map_type = map_type
         self.key_size = key_size
         self.value_size = value_size

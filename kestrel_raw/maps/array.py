@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import struct
 
-from kestrel_raw.kernel.uapi import BPF_ANY, BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY
+from kestrel_raw.kernel.uapi import BPF_ANY, BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_PROG_ARRAY
 from kestrel_raw.maps._base import Map
 
 POSSIBLE_CPUS_PATH = "/sys/devices/system/cpu/possible"
@@ -101,3 +101,16 @@ class PerCPUArrayMap(ArrayMap):
     def sum_u64(self, index: int) -> int:
         """The sum over CPUs of a u64 counter at the start of each value (the usual per-CPU counter)."""
         return sum(struct.unpack_from("<Q", v)[0] for v in self[index])
+
+
+class ProgArrayMap(ArrayMap):
+    """BPF_MAP_TYPE_PROG_ARRAY: slots holding programs for bpf_tail_call; ``prog_array[i] = program`` puts a
+    loaded program (anything with an ``fd``) in slot i.  The kernel keeps its own reference."""
+
+    MAP_TYPE = BPF_MAP_TYPE_PROG_ARRAY
+
+    def __init__(self, max_entries: int, name: str = "") -> None:
+        super().__init__(4, max_entries, name=name)
+
+    def __setitem__(self, index: int, program) -> None:
+        self.update(self._key(index), _KEY.pack(program.fd), BPF_ANY)

@@ -10,11 +10,13 @@ from dataclasses import dataclass
 from typing import Callable
 
 from kestrel_raw.spec import EXEC, EXIT, CONNECT, OPEN, OPEN_SYSCALL_OPENAT, OPEN_SYSCALL_OPENAT2
-from kestrel_raw.programs import connect, exec as exec_, exit as exit_, open as open_
+from kestrel_raw.programs import connect, entry, exec as exec_, exit as exit_, open as open_
 from kestrel_raw.programs.builder import (
     FILTER_IGNORE, FILTER_ONLY, MAP_FILTER, MAP_RINGS, MAP_SCRATCH, MAP_SELF_RUNS, MAP_STATS, SCRATCH_SIZE,
     STAT_NAMES, STATS_ENTRIES, STATS_PER_KIND, ProgramBuilder,
 )
+from kestrel_raw.programs.builder import MAP_TAILS, TAIL_OPEN_FINISH, TAILS
+from kestrel_raw.programs.entry import ENTRY_VALUE_SIZE, MAP_ENTRY
 from kestrel_raw.programs.layout import KernelLayout
 
 
@@ -22,13 +24,16 @@ from kestrel_raw.programs.layout import KernelLayout
 class ProgramSpec:
     name: str  # program name in the kernel (<= 15 chars)
     kind: int  # the event type id (record kind) it serves
-    group: str  # tracepoint group
-    tracepoint: str
+    group: str | None  # tracepoint group (None: not attached, see tail)
+    tracepoint: str | None
     _build: Callable  # (builder, fmt, layout) -> instructions
+    # A program reached by bpf_tail_call from others (slot ``tail`` of MAP_TAILS) instead of attached: the
+    # second half of a program too long to verify as one (its paths multiply), verified on its own.
+    tail: int | None = None
 
 
-def _spec(name, kind, group, tp, fn):
-    return ProgramSpec(name, kind, group, tp, fn)
+def _spec(name, kind, group, tp, fn, tail=None):
+    return ProgramSpec(name, kind, group, tp, fn, tail)
 
 
 SPECS = {
@@ -36,12 +41,20 @@ SPECS = {
         _spec("kr_exec", EXEC.id, "sched", "sched_process_exec", exec_.build),
     ),
     OPEN.id: (
+        # the entry copies first: a syscall whose exit is traced has had its arguments copied
+        _spec("kr_openat_e", OPEN.id, "syscalls", "sys_enter_openat",
+              lambda b, f, l: entry.build_string_entry(b, f, "filename", entry.MARK_OPENAT)),
+        _spec("kr_openat2_e", OPEN.id, "syscalls", "sys_enter_openat2",
+              lambda b, f, l: entry.build_string_entry(b, f, "filename", entry.MARK_OPENAT2)),
         _spec("kr_openat", OPEN.id, "syscalls", "sys_exit_openat",
               lambda b, f, l: open_.build(b, f, l, OPEN_SYSCALL_OPENAT)),
         _spec("kr_openat2", OPEN.id, "syscalls", "sys_exit_openat2",
               lambda b, f, l: open_.build(b, f, l, OPEN_SYSCALL_OPENAT2)),
+        _spec("kr_open_fin", OPEN.id, None, None, open_.build_finish, tail=TAIL_OPEN_FINISH),
     ),
     CONNECT.id: (
+        _spec("kr_connect_e", CONNECT.id, "syscalls", "sys_enter_connect",
+              lambda b, f, l: entry.build_sockaddr_entry(b, f, entry.MARK_CONNECT)),
         _spec("kr_connect", CONNECT.id, "syscalls", "sys_exit_connect", connect.build),
     ),
     EXIT.id: (
@@ -67,7 +80,8 @@ def build(spec: ProgramSpec, fmt, layout: KernelLayout, *, self_tgid: int, nring
 
 __all__ = [
     "KernelLayout", "ProgramSpec", "SPECS", "specs", "build", "MAP_FILTER", "FILTER_IGNORE", "FILTER_ONLY",
-    "MAP_RINGS", "MAP_SCRATCH", "MAP_SELF_RUNS", "MAP_STATS",
+    "MAP_RINGS", "MAP_SCRATCH", "MAP_SELF_RUNS", "MAP_STATS", "MAP_ENTRY", "ENTRY_VALUE_SIZE", "MAP_TAILS",
+    "TAILS",
     "SCRATCH_SIZE", "STATS_ENTRIES",
     "STATS_PER_KIND", "STAT_NAMES",
 ]

@@ -49,6 +49,16 @@ SLOT_TASK = -24
 SLOT_SIZE = -40
 SLOT_A = -48
 SLOT_B = -56
+# Slots of the longer pieces (the path walk, the copies made at a syscall's entry).
+SLOT_C = -64
+SLOT_D = -72
+SLOT_E = -80
+SLOT_F = -88
+SLOT_G = -96
+SLOT_H = -104
+SLOT_I = -112
+SLOT_J = -120
+SLOT_BUF = -160  # 32 bytes, -160 .. -129: what one bpf_probe_read_kernel of a struct span brings
 
 # Map names, shared by the programs and the loader.
 MAP_RINGS = "rings"  # BPF_MAP_TYPE_ARRAY_OF_MAPS of BPF_MAP_TYPE_RINGBUF
@@ -62,12 +72,21 @@ MAP_SELF_RUNS = "self_runs"
 # report only the tgids listed.  The kernel name carries the kr_ prefix so that other collectors can
 # recognise the map (kestrel_raw/collector/).
 MAP_FILTER = "kr_filter"
+# BPF_MAP_TYPE_PROG_ARRAY: the programs reached by bpf_tail_call (ProgramSpec.tail), by slot.
+MAP_TAILS = "tails"
+TAIL_OPEN_FINISH = 0  # the open programs' second half: the opened file's path, then the submit
+TAILS = 1  # slots
 FILTER_IGNORE = "ignore"
 FILTER_ONLY = "only"
 
-# The scratch value must hold the largest record plus what a bounded-but-unproven length could reach:
-# the exec arguments go at the file name's end, both bounded by 4096 for the verifier.
-SCRATCH_SIZE = spec.MAX_RECORD + 64
+# The scratch value holds the record being built, then a work area (where the path walk writes backwards,
+# kestrel_raw/programs/resolve.py).  The record part must hold the largest record plus what a
+# bounded-but-unproven length could reach: the exec arguments go at the file name's end, both bounded by
+# 4096 for the verifier.
+RECORD_AREA = spec.MAX_RECORD + 64
+WORK_AREA = RECORD_AREA  # offset of the work area
+WORK_SIZE = spec.MAX_PATH + 512  # the walk's END, a name of NAME_MAX past it, and slack
+SCRATCH_SIZE = RECORD_AREA + WORK_SIZE
 
 # Kernel-side loss counters: stats[kind * STATS_PER_KIND + counter], per CPU.
 STAT_RINGBUF_FULL = 0  # bpf_ringbuf_output failed: the reader is behind, the record is lost
@@ -120,15 +139,21 @@ class ProgramBuilder:
 
     # -- prologue / epilogue ------------------------------------------------------------------------
 
-    def prologue(self) -> None:
-        """r6 = ctx; r7 = pid_tgid; leave at once for the collector's own process, and for the tgids
-        of the filter map (FILTER_IGNORE) or for every tgid not in it (FILTER_ONLY)."""
+    def prologue(self, filtered: bool = True) -> None:
+        """r6 = ctx; r7 = pid_tgid; leave at once for the collector's own process, and (``filtered``) for the
+        tgids of the filter map (FILTER_IGNORE) or for every tgid not in it (FILTER_ONLY).  A program that
+        reports nothing itself (one that copies a syscall's arguments at its entry) skips the filter: the
+        lookup would cost every process more than the copy it saves."""
         self.emit(
             mov64_reg(R6, R1),
             call("get_current_pid_tgid"),
             mov64_reg(R7, R0),
         )
-        self.skip_filtered("out")
+        if filtered:
+            self.skip_filtered("out")
+        else:
+            self.emit(mov64_reg(R1, R7), alu64_imm(BPF_RSH, R1, 32),
+                      jmp_imm(BPF_JEQ, R1, self.self_tgid, "self" if self.self_index is not None else "out"))
 
     def skip_filtered(self, target: str) -> None:
         """Jump to ``target`` for the tgids the filter map excludes, and for the collector's own tgid (by
@@ -305,6 +330,20 @@ class ProgramBuilder:
                              f"not {type(src).__name__}; the program writes this one itself")
         self.store(field, R1)
 
+    def probe_read_kernel(self, dst_slot: int, size: int, src: int, src_off: int = 0) -> None:
+        """*(r10 + dst_slot) = ``size`` bytes at src + src_off (src a register holding a kernel address:
+        a pointer the verifier cannot type, such as one read out of an array).  r0-r5 are clobbered."""
+        self.emit(mov64_reg(R3, src))
+        if src_off:
+            self.emit(alu64_imm(BPF_ADD, R3, src_off))
+        self.emit(mov64_reg(R1, R10), alu64_imm(BPF_ADD, R1, dst_slot), mov64_imm(R2, size),
+                  call("probe_read_kernel"))
+
+    def tail_call(self, slot: int) -> None:
+        """Go on in the program at slot ``slot`` of MAP_TAILS (with the same ctx; registers and stack do not
+        carry over: the scratch record does, on this CPU).  Returns here only if that slot is empty."""
+        self.emit(mov64_reg(R1, R6), ld_map_fd(R2, MAP_TAILS), mov64_imm(R3, slot), call("tail_call"))
+
     def set_flag(self, flag: int) -> None:
         """header_flags |= flag on the record at r8 (clobbers r1)."""
         flags = spec.EXEC.header_flags
@@ -362,7 +401,7 @@ class ProgramBuilder:
             mov64_reg(R1, R9),
             mov64_reg(R2, R8),
             ldx_mem(BPF_DW, R3, R10, SLOT_SIZE),
-            jmp_imm(BPF_JGT, R3, SCRATCH_SIZE, "out"),
+            jmp_imm(BPF_JGT, R3, RECORD_AREA, "out"),
             call("ringbuf_output"),
             jmp_imm(BPF_JEQ, R0, 0, sent),
         )

@@ -65,6 +65,18 @@ class KernelLayout:
     def from_btf(cls, btf, machine: str | None = None) -> "KernelLayout":
         return cls(btf, machine)
 
+    def offset(self, path: str, size: int | None = None) -> int:
+        """The byte offset of ``path``, a member reached without dereferencing a pointer
+        (``dentry.d_name.len``); ``size``: the member's size must be that (the program reads that many)."""
+        hops = self.hops(path)
+        if len(hops) != 1:
+            raise BTFError(f"{path}: a member of the struct itself was expected, the path goes through "
+                           f"{len(hops) - 1} pointer(s)")
+        offset, got = hops[0]
+        if size is not None and got != size:
+            raise BTFError(f"{path} is {got} bytes in this kernel's BTF; the program reads {size}")
+        return offset
+
     def hops(self, path: str) -> Hops:
         """The loads that read ``path`` (``"task_struct.real_parent.tgid"``); BTFError when this kernel's BTF
         has no such member."""
