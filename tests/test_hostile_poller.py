@@ -1,11 +1,11 @@
-"""Bad records through the collector's real poller: a kernel ring buffer, RingBufReader, KestrelCollector._poll.
+"""Bad records through the collector's real poller: a kernel ring buffer, RingBufReader, poll_ring.
 
 tests/test_fuzz_records.py proves parse_record + normalize + encode_event raise nothing but RecordError on
 arbitrary bytes and on valid shapes with corrupted lengths.  This file proves the promise where it matters:
 the poller that runs those functions keeps running.  Records are written into a real BPF ring buffer by
 the kernel-side producer of test_ringbuf_kernel.py (``ringbuf_output`` of bytes the test chooses), read by
-``KestrelCollector._poll`` through a ``RingBufReader``, one at a time, and the test checks that each was
-counted (delivered or a parse error), that good records after bad ones arrive exact, and that every
+the collector's batch poller (``kestrel_raw.collector.poll.poll_ring``) through a ``RingBufReader``, one at
+a time, and the test checks that each was counted (delivered or a parse error), that good records after bad ones arrive exact, and that every
 delivered event encodes to a strict UTF-8 JSON line.
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ import pytest
 import trio
 
 from kestrel_raw.collector import KestrelCollector
+from kestrel_raw.collector.poll import poll_ring
 from kestrel_raw.config import CollectorConfig
 from kestrel_raw.codec.jsonl import encode_event
 from kestrel_raw.maps.ringbuf import RingBufReader
@@ -112,7 +113,7 @@ async def run_poller(prod: Producer, records: list[bytes]):
     col = KestrelCollector(tx, CollectorConfig(poll_interval=0.01))
     with RingBufReader(prod.rb) as reader:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(col._poll, reader)
+            nursery.start_soon(poll_ring, reader, col._delivery, col.config)
             for i, raw in enumerate(records):
                 prod.output(raw)
                 with trio.fail_after(5):  # a poller that died or stalled fails here
