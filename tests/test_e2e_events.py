@@ -16,67 +16,12 @@ import time
 import uuid
 
 import pytest
-from jsonl_tail import JsonlTail
+
+from helpers import Collector
 
 pytestmark = pytest.mark.kernel
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOBODY = 65534
-
-
-class Collector:
-    """`python -m kestrel_raw run --output FILE` in a subprocess; read its JSON lines as they arrive."""
-
-    def __init__(self, tmp_path, events="exec,open,connect,exit"):
-        self.out = tmp_path / "events.jsonl"
-        self._tail = JsonlTail(self.out)
-        self.err = tmp_path / "stderr.txt"
-        env = dict(os.environ, PYTHONPATH=REPO)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kestrel_raw", "run", "--events", events, "--output", str(self.out)],
-            stdout=subprocess.DEVNULL, stderr=open(self.err, "wb"), env=env, cwd=REPO,
-        )
-        self._wait_attached()
-
-    def _wait_attached(self):
-        # Attached means: events flow.  Trigger opens of a marker path in children until one shows up.
-        marker = f"/tmp/kestrel-ready-{uuid.uuid4().hex}"
-        deadline = time.monotonic() + 60  # generous: emulated (TCG) guests once needed more than 30 s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"collector exited {self.proc.returncode}: {self.err.read_text()}")
-            subprocess.run(["/bin/cat", marker], stderr=subprocess.DEVNULL)
-            if any(e.get("path") == marker for e in self.events()):
-                return
-            time.sleep(0.2)
-        # Stop it first, so that the message carries its summary line: whether records were lost in the
-        # kernel, read and dropped, or never written at all.
-        rc, err = self.stop()
-        raise AssertionError(f"the collector's output never showed the marker {marker} in 60 s; it stopped "
-                             f"with {rc}, {len(self.events())} events written; stderr: {err}")
-
-    def events(self):
-        """Every event so far (only whole lines; see jsonl_tail.JsonlTail)."""
-        return self._tail.events()
-
-    def wait_for(self, pred, what, timeout=10.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = [e for e in self.events() if pred(e)]
-            if found:
-                return found
-            time.sleep(0.05)
-        raise AssertionError(f"no event for {what} within {timeout}s")
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode, self.err.read_text()
 
 
 @pytest.fixture

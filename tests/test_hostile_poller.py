@@ -3,10 +3,10 @@
 tests/test_fuzz_records.py proves parse_record + normalize + encode_event raise nothing but RecordError on
 arbitrary bytes and on valid shapes with corrupted lengths.  This file proves the promise where it matters:
 the poller that runs those functions keeps running.  Records are written into a real BPF ring buffer by
-the kernel-side producer of test_ringbuf_kernel.py (``ringbuf_output`` of bytes the test chooses), read by
-the collector's batch poller (``kestrel_raw.collector.poll.poll_ring``) through a ``RingBufReader``, one at
-a time, and the test checks that each was counted (delivered or a parse error), that good records after bad ones arrive exact, and that every
-delivered event encodes to a strict UTF-8 JSON line.
+the kernel-side producer of tests/helpers.py (``ringbuf_output`` of bytes the test chooses), read by the
+collector's batch poller (``kestrel_raw.collector.poll.poll_ring``) through a ``RingBufReader``, one at a
+time, and the test checks that each was counted (delivered or a parse error), that good records after bad
+ones arrive exact, and that every delivered event encodes to a strict UTF-8 JSON line.
 """
 from __future__ import annotations
 
@@ -25,13 +25,11 @@ from kestrel_raw.codec.jsonl import encode_event
 from kestrel_raw.maps.ringbuf import RingBufReader
 
 from helpers import (
-    FIXED, KIND_CONNECT, KIND_EXEC, KIND_EXIT, KIND_OPEN, LENGTH_FIELDS, connect_bytes, exec_bytes, exit_bytes,
-    header, open_bytes, with_kind,
+    FIXED, KIND_CONNECT, KIND_EXEC, KIND_EXIT, KIND_OPEN, LENGTH_FIELDS, MAX_PAYLOAD, Producer, connect_bytes,
+    exec_bytes, exit_bytes, header, open_bytes, with_kind,
 )
-from test_ringbuf_kernel import MAX_PAYLOAD, Producer
 
 pytestmark = pytest.mark.kernel
-
 
 
 def set_u32(data: bytes, offset: int, value: int) -> bytes:
