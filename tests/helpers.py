@@ -299,13 +299,22 @@ for line in sys.stdin:
 
 class Opener:
     """A child process that opens ``/nonexistent-kestrel-<tag><n>-<i>`` for i < n when asked, and says
-    when it is done: opens on demand, from one known tgid."""
+    when it is done: opens on demand, from one known tgid.  Each open fails with ENOENT."""
 
     def __init__(self) -> None:
         self.proc = subprocess.Popen([os.environ.get("PYTHON", "python3"), "-c", _OPENER], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True)
         self.pid = self.proc.pid
         self.tag = uuid.uuid4().hex
+        try:
+            # The child's start-up opens (its libraries) must be over before a collector attaches, or they
+            # are the records a test sees first.
+            self.ask(0)
+            with open(f"/proc/{self.pid}/comm") as f:
+                self.comm = f.read().rstrip("\n")  # its command name, as the events carry it
+        except BaseException:
+            self.close()
+            raise
 
     def ask(self, n: int) -> None:
         self.proc.stdin.write(f"{self.tag}{n} {n}\n")
@@ -318,6 +327,12 @@ class Opener:
     def close(self) -> None:
         self.proc.kill()
         self.proc.wait()
+
+    def __enter__(self) -> "Opener":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 # -- a kernel-side ring-buffer producer ------------------------------------------------------------------------

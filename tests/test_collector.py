@@ -179,14 +179,8 @@ async def test_low_latency_mode_delivers_without_wakeups(deliver):
 
 @pytest.fixture
 def opener():
-    child = Opener()
-    try:
-        # The child's start-up opens (its libraries) must be over before a collector attaches, or they are
-        # the records a test sees first.
-        child.ask(0)
+    with Opener() as child:
         yield child
-    finally:
-        child.close()
 
 
 @pytest.mark.kernel
