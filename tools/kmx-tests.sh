@@ -13,8 +13,7 @@
 #
 # The guest has no network, so dependencies come two ways:
 #   - Debian packages baked into the cached rootfs (KMX_DEBS below; bookworm ships
-#     trio 0.22.0, construct 2.10.68, pyroute2 0.7.2, hypothesis 6.67.1, pytest 7.2.1, Python 3.11.2,
-#     bpftool 7.1.0);
+#     trio 0.22.0, construct 2.10.68, pyroute2 0.7.2, hypothesis 6.67.1, pytest 7.2.1, Python 3.11.2);
 #   - pure-Python wheels of what Debian lacks (KMX_WHEELS below: pytest-trio), downloaded on the host
 #     with pip (cached in $KMX_CACHE/wheels, so a later run works offline) and unpacked into the copy.
 # The checkout is copied to a private staging directory (tracked + untracked-not-ignored files, as
@@ -48,8 +47,7 @@ export KMX_TIMEOUT=${KMX_TIMEOUT:-2700}
 # that).  One host thread for all vCPUs (-accel tcg,thread=single) should avoid both but starved the
 # storm tests: the collector's loop stalled 1.6 s (6.12) and 3.6 s (arm64), a stop overran 10 s (arm64).
 KMX_WHEELS=${KMX_WHEELS-pytest-trio==0.8.0}
-# bpftool: the kernel-marked crosscheck tests compare with it (a skip for want of it is a failure here).
-KMX_DEBS=${KMX_DEBS-python3-construct python3-trio python3-pyroute2 python3-hypothesis bpftool}
+KMX_DEBS=${KMX_DEBS-python3-construct python3-trio python3-pyroute2 python3-hypothesis}
 export KMX_EXTRA_PKGS="${KMX_EXTRA_PKGS:+$KMX_EXTRA_PKGS }$KMX_DEBS"
 vendor=kmx-vendor
 
