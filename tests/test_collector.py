@@ -8,7 +8,6 @@ import uuid
 import pytest
 import trio
 
-from helpers import open_bytes
 from kestrel_raw.kernel import bpf
 from kestrel_raw.collector import KestrelCollector
 from kestrel_raw.config import CollectorConfig
@@ -17,7 +16,7 @@ from kestrel_raw.codec.normalize import normalize
 from kestrel_raw.codec.records import parse_record
 from kestrel_raw.spec import EventType
 
-from helpers import Opener
+from helpers import Opener, open_bytes
 
 
 def _our_prog_ids(collector) -> set[int]:
