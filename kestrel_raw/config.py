@@ -76,13 +76,15 @@ class CollectorConfig:
         reader the scheduler sets aside for a few ms (measured here: up to 4-8 ms, when it shares a CPU
         with the traced loop) loses nothing; with 256 KiB rings that loop lost 0.1-4% of its opens.
     event_types: which events to collect: EventType values or their names ("exec"...); stored as a tuple.
-    queue_size: events buffered between the ring-buffer pollers and each consumer.
+    queue_size: events buffered between the ring-buffer pollers and each consumer (with an EventBus for
+        output, each subscriber's ``max_buffer`` instead).
     queue_policy: what happens when the consumer is slow and the queue is full.  "block": the pollers wait
         for room; the ring buffers fill and the programs count every record they cannot write
         (stats().kernel ... ringbuf_full): events are lost in the kernel, oldest kept.  "drop": the pollers
         keep draining the rings and drop the events the queue cannot take, counted in
         stats().user_dropped: the newest are lost, the rings never fill because of the consumer.  Memory
-        is bounded either way (queue_size events plus the rings).
+        is bounded either way (queue_size events plus the rings).  With an EventBus, a subscriber is a
+        consumer: "block" waits for the slowest, under "drop" each full subscriber misses the event alone.
     btf_path: kernel BTF, for struct offsets.
     wakeup_bytes: the programs wake the reader only once a ring holds this many bytes (0: every record);
         None means buffer_size // 8.  Must be below buffer_size.

@@ -4,14 +4,36 @@ Records: bytes written out by hand from the record layout table (docs/architectu
 independently of kestrel_raw/spec.py, so that a change of the layout in the spec fails the golden tests
 instead of silently moving with them; and a hypothesis strategy of valid records of every kind, derived from
 the spec (for tests whose point is the parsers' agreement, not the layout).
+
+Kernel and processes: where bpftool is, the kernel objects a process holds, the collector's CLI in a
+subprocess and its JSON lines, a child process that opens on demand, and a kernel-side ring-buffer producer.
 """
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import signal
 import struct
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
 
 from hypothesis import strategies as st
 
 from kestrel_raw import spec
+from kestrel_raw.asm import (
+    BPF_ADD, BPF_DW, BPF_JEQ, BPF_JGT, BPF_JNE, BPF_RSH, BPF_W, R0, R1, R2, R3, R4, R7, R8, R10, alu64_imm,
+    call, exit_insn, ja, jmp_imm, label, ld_map_fd, ldx_mem, mov64_imm, mov64_reg, st_mem, stx_mem,
+)
+from kestrel_raw.kernel import bpf, syscall
+from kestrel_raw.kernel.attach import attach_tracepoint
+from kestrel_raw.kernel.prog import Program
+from kestrel_raw.maps.array import ArrayMap
+from kestrel_raw.maps.ring import roundup_len
+from kestrel_raw.maps.ringbuf import PAGE_SIZE, RingBuf
 
 KIND_EXEC, KIND_OPEN, KIND_CONNECT, KIND_EXIT = 1, 2, 3, 4
 
@@ -109,3 +131,313 @@ def with_kind(kind: int, data: bytes) -> bytes:
     """``data`` (at least KIND_AT + 2 bytes long, else padded with zeros) with its kind field set."""
     data = data.ljust(KIND_AT + 2, b"\0")
     return data[:KIND_AT] + struct.pack("<H", kind) + data[KIND_AT + 2:]
+
+
+# --- kernel and processes ----------------------------------------------------------------------------
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, PYTHONPATH=REPO)  # a child Python imports this checkout's kestrel_raw
+# bpftool, a test dependency (the crosscheck tests); Debian puts it in /usr/sbin, which a user's PATH may lack.
+BPFTOOL = shutil.which("bpftool") or next(
+    (p for p in ("/usr/sbin/bpftool", "/sbin/bpftool") if os.access(p, os.X_OK)), None)
+
+
+# -- kernel objects ----------------------------------------------------------------------------------------
+
+_KINDS = {"anon_inode:bpf-prog": "prog", "anon_inode:bpf-map": "map", "anon_inode:bpf_link": "link"}
+
+
+def kernel_objects(pid: int) -> dict[str, set[int]]:
+    """The ids of the BPF programs, maps and links process ``pid`` holds."""
+    out = {"prog": set(), "map": set(), "link": set()}
+    pidfd = os.pidfd_open(pid)
+    try:
+        for name in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                kind = _KINDS.get(os.readlink(f"/proc/{pid}/fd/{name}"))
+            except OSError:
+                continue
+            if kind is None:
+                continue
+            fd = syscall.pidfd_getfd(pidfd, int(name))
+            try:
+                info = {"prog": bpf.prog_info, "map": bpf.map_info, "link": bpf.link_info}[kind](fd)
+                out[kind].add(info.id)
+            finally:
+                os.close(fd)
+    finally:
+        os.close(pidfd)
+    return out
+
+
+def live_objects() -> dict[str, set[int]]:
+    return {"prog": set(bpf.prog_ids()), "map": set(bpf.map_ids()), "link": set(bpf.link_ids())}
+
+
+def wait_gone(objects: dict[str, set[int]], timeout: float = 10.0) -> None:
+    # Programs go after an RCU grace period, maps from a workqueue after that.
+    deadline = time.monotonic() + timeout
+    while True:
+        live = live_objects()
+        left = {k: objects[k] & live[k] for k in objects}
+        if not any(left.values()):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still in the kernel {timeout}s after the collector ended: {left}")
+        time.sleep(0.05)
+
+
+# -- the CLI in a subprocess -------------------------------------------------------------------------------
+
+class JsonlTail:
+    """Every event written to ``path`` so far.  Reads only what was appended since the last call (the
+    collector watches the whole host: re-reading the file on every poll is quadratic), and only whole
+    lines (the sink writes in large chunks, so the file may end mid-line)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = 0
+        self._events: list[dict] = []
+
+    def events(self) -> list[dict]:
+        if self.path.exists():
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+            end = data.rfind(b"\n") + 1
+            self._offset += end
+            self._events.extend(json.loads(line) for line in data[:end].splitlines() if line.strip())
+        return self._events
+
+
+class Cli:
+    """`python -m kestrel_raw run` in a subprocess, JSON lines to a file (or to ``stdout``)."""
+
+    def __init__(self, tmp_path, *args, output=True, stdout=subprocess.DEVNULL, name="c"):
+        self.out = tmp_path / f"{name}.jsonl"
+        self.err = tmp_path / f"{name}.stderr"
+        self._tail = JsonlTail(self.out)
+        cmd = [sys.executable, "-m", "kestrel_raw", "run", *args]
+        if output:
+            cmd += ["--output", str(self.out)]
+        self.proc = subprocess.Popen(cmd, stdout=stdout, stderr=open(self.err, "wb"), env=ENV, cwd=REPO,
+                                     stdin=subprocess.DEVNULL)
+
+    def stderr(self) -> str:
+        return self.err.read_text()
+
+    def wait_attached(self, timeout=30.0):
+        """Wait for the 'attached' line, then for events to flow; returns the marker event."""
+        deadline = time.monotonic() + timeout
+        while "attached" not in self.stderr():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"collector did not attach (rc {self.proc.poll()}): {self.stderr()}")
+            time.sleep(0.05)
+        marker = f"/tmp/kestrel-ready-{uuid.uuid4().hex}"
+        while time.monotonic() < deadline:
+            subprocess.run(["/bin/cat", marker], stderr=subprocess.DEVNULL)
+            found = [e for e in self.events() if e.get("path") == marker]
+            if found:
+                return found[0]
+            time.sleep(0.1)
+        rc, err = self.stop()  # for the summary line in the message
+        raise AssertionError(f"the collector's output never showed the marker {marker} in {timeout} s; it "
+                             f"stopped with {rc}, {len(self.events())} events written; stderr: {err}")
+
+    def events(self):
+        """Every event so far (only whole lines; see JsonlTail)."""
+        return self._tail.events()
+
+    def wait_for(self, pred, what, timeout=10.0):
+        """The events for which ``pred`` holds, as soon as there is one; AssertionError after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [e for e in self.events() if pred(e)]
+            if found:
+                return found
+            time.sleep(0.05)
+        raise AssertionError(f"no event for {what} within {timeout}s")
+
+    def stop(self, sig=signal.SIGTERM, timeout=10):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"collector did not stop within {timeout}s of {sig!r}")
+        return self.proc.returncode, self.stderr()
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Collector(Cli):
+    """`kestrel-raw run --events EVENTS --output FILE`, attached and delivering when made."""
+
+    def __init__(self, tmp_path, events="exec,open,connect,exit"):
+        super().__init__(tmp_path, "--events", events, name="events")
+        try:
+            self.wait_attached(timeout=60)  # generous: emulated (TCG) guests once needed more than 30 s
+        except BaseException:
+            self.kill()
+            raise
+
+
+# -- a child that opens on demand ----------------------------------------------------------------------------
+
+_OPENER = """
+import sys
+for line in sys.stdin:
+    tag, n = line.split()
+    for i in range(int(n)):
+        try:
+            open(f"/nonexistent-kestrel-{tag}-{i}")
+        except OSError:
+            pass
+    print("done", flush=True)
+"""
+
+
+class Opener:
+    """A child process that opens ``/nonexistent-kestrel-<tag><n>-<i>`` for i < n when asked, and says
+    when it is done: opens on demand, from one known tgid.  Each open fails with ENOENT."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([os.environ.get("PYTHON", "python3"), "-c", _OPENER], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        self.pid = self.proc.pid
+        self.tag = uuid.uuid4().hex
+        try:
+            # The child's start-up opens (its libraries) must be over before a collector attaches, or they
+            # are the records a test sees first.
+            self.ask(0)
+            with open(f"/proc/{self.pid}/comm") as f:
+                self.comm = f.read().rstrip("\n")  # its command name, as the events carry it
+        except BaseException:
+            self.close()
+            raise
+
+    def ask(self, n: int) -> None:
+        self.proc.stdin.write(f"{self.tag}{n} {n}\n")
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline() == "done\n"
+
+    def paths(self, n: int) -> list[str]:
+        return [f"/nonexistent-kestrel-{self.tag}{n}-{i}" for i in range(n)]
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+    def __enter__(self) -> "Opener":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# -- a kernel-side ring-buffer producer ------------------------------------------------------------------------
+# A program attached at ``syscalls:sys_enter_getppid`` for this process only writes the record the test
+# asked for in the ``ctl`` array map (see tests/test_ringbuf_kernel.py).
+
+SIZE = PAGE_SIZE  # one page: records wrap after a few kilobytes
+MAX_PAYLOAD = SIZE - 8
+OP_OUTPUT, OP_DISCARD, OP_RESERVE = 0, 1, 2
+DISCARD_LEN = 24
+RESERVE_LEN = 16
+MARKER = 0x5A5A5A5A
+
+
+def producer(pid: int) -> list:
+    return [
+        call("get_current_pid_tgid"),
+        alu64_imm(BPF_RSH, R0, 32),
+        jmp_imm(BPF_JNE, R0, pid, "out"),                 # only this process's getppid()
+        st_mem(BPF_W, R10, -4, 0),                        # key = 0
+        ld_map_fd(R1, "ctl"),
+        mov64_reg(R2, R10),
+        alu64_imm(BPF_ADD, R2, -4),
+        call("map_lookup_elem"),
+        jmp_imm(BPF_JEQ, R0, 0, "out"),
+        mov64_reg(R7, R0),                                # r7 = ctl value: u32 len, u32 op, payload
+        ldx_mem(BPF_W, R8, R7, 4),
+        jmp_imm(BPF_JEQ, R8, OP_DISCARD, "discard"),
+        jmp_imm(BPF_JEQ, R8, OP_RESERVE, "reserve"),
+        ldx_mem(BPF_W, R3, R7, 0),                        # OP_OUTPUT | flags << 8:
+        jmp_imm(BPF_JGT, R3, MAX_PAYLOAD, "out"),         #   ringbuf_output(rb, payload, len, flags)
+        ld_map_fd(R1, "rb"),
+        mov64_reg(R2, R7),
+        alu64_imm(BPF_ADD, R2, 8),
+        mov64_reg(R4, R8),
+        alu64_imm(BPF_RSH, R4, 8),
+        call("ringbuf_output"),
+        ja("out"),
+        label("discard"),                                 # reserve 24 bytes, then drop them
+        ld_map_fd(R1, "rb"),
+        mov64_imm(R2, DISCARD_LEN),
+        mov64_imm(R3, 0),
+        call("ringbuf_reserve"),
+        jmp_imm(BPF_JEQ, R0, 0, "out"),
+        mov64_reg(R1, R0),
+        mov64_imm(R2, 0),
+        call("ringbuf_discard"),
+        ja("out"),
+        label("reserve"),                                 # reserve 16: payload[0:8] then MARKER
+        ld_map_fd(R1, "rb"),
+        mov64_imm(R2, RESERVE_LEN),
+        mov64_imm(R3, 0),
+        call("ringbuf_reserve"),
+        jmp_imm(BPF_JEQ, R0, 0, "out"),
+        ldx_mem(BPF_DW, R1, R7, 8),
+        stx_mem(BPF_DW, R0, R1, 0),
+        st_mem(BPF_DW, R0, 8, MARKER),
+        mov64_reg(R1, R0),
+        mov64_imm(R2, 0),
+        call("ringbuf_submit"),
+        label("out"),
+        mov64_imm(R0, 0),
+        exit_insn(),
+    ]
+
+
+class Producer:
+    """The attached program and the way to make it write one record."""
+
+    def __init__(self) -> None:
+        self.rb = RingBuf(SIZE, name="kr_test_rb")
+        self.ctl = ArrayMap(8 + MAX_PAYLOAD, 1, name="kr_test_ctl")
+        self.prog = Program(producer(os.getpid()), maps={"rb": self.rb, "ctl": self.ctl}, name="kr_test_rb")
+        self.link = attach_tracepoint(self.prog, "syscalls", "sys_enter_getppid")
+        self.pos = 0  # where the next record starts, as the kernel will place it
+
+    def _fire(self, op: int, payload: bytes, length: int) -> int:
+        self.ctl[0] = struct.pack("<II", length, op) + payload.ljust(MAX_PAYLOAD, b"\0")
+        os.getppid()
+        pos, self.pos = self.pos, self.pos + roundup_len(length)
+        return pos
+
+    def output(self, payload: bytes, flags: int = 0) -> int:
+        return self._fire(OP_OUTPUT | flags << 8, payload, len(payload))
+
+    def discard(self) -> int:
+        return self._fire(OP_DISCARD, b"", DISCARD_LEN)
+
+    def reserve(self, first8: bytes) -> bytes:
+        self._fire(OP_RESERVE, first8, RESERVE_LEN)
+        return first8 + struct.pack("<Q", MARKER)
+
+    def close(self) -> None:
+        self.link.close()
+        self.prog.close()
+        self.ctl.close()
+        self.rb.close()
+
+    def __enter__(self) -> "Producer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

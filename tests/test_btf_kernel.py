@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 
@@ -17,10 +16,9 @@ import pytest
 from kestrel_raw.btf import BTF, VMLINUX_BTF, format_aggregate, format_raw
 from kestrel_raw.btf.kinds import BTF_KIND_PTR, BTF_KIND_STRUCT, BTF_KIND_UNION, KIND_NAMES
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import BPFTOOL, REPO
+
 TOOL = os.path.join(REPO, "tools", "btfdump.py")
-BPFTOOL = shutil.which("bpftool") or next(
-    (p for p in ("/usr/sbin/bpftool", "/sbin/bpftool") if os.access(p, os.X_OK)), None)
 
 
 @pytest.fixture(scope="module")

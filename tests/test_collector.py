@@ -8,7 +8,6 @@ import uuid
 import pytest
 import trio
 
-from helpers import open_bytes
 from kestrel_raw.kernel import bpf
 from kestrel_raw.collector import KestrelCollector
 from kestrel_raw.config import CollectorConfig
@@ -16,6 +15,8 @@ from kestrel_raw.errors import ConfigError
 from kestrel_raw.codec.normalize import normalize
 from kestrel_raw.codec.records import parse_record
 from kestrel_raw.spec import EventType
+
+from helpers import Opener, open_bytes
 
 
 def _our_prog_ids(collector) -> set[int]:
@@ -175,49 +176,10 @@ async def test_low_latency_mode_delivers_without_wakeups(deliver):
     assert stats.records == stats.delivered["open"] and stats.parse_errors == 0
 
 
-_OPENER = """
-import sys
-for line in sys.stdin:
-    tag, n = line.split()
-    for i in range(int(n)):
-        try:
-            open(f"/nonexistent-kestrel-{tag}-{i}")
-        except OSError:
-            pass
-    print("done", flush=True)
-"""
-
-
-class Opener:
-    """A child process that opens ``/nonexistent-kestrel-<tag><n>-<i>`` for i < n when asked, and says
-    when it is done: opens on demand, from one known tgid."""
-
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen([os.environ.get("PYTHON", "python3"), "-c", _OPENER], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)
-        self.pid = self.proc.pid
-        self.tag = uuid.uuid4().hex
-
-    def ask(self, n: int) -> None:
-        self.proc.stdin.write(f"{self.tag}{n} {n}\n")
-        self.proc.stdin.flush()
-        assert self.proc.stdout.readline() == "done\n"
-
-    def paths(self, n: int) -> list[str]:
-        return [f"/nonexistent-kestrel-{self.tag}{n}-{i}" for i in range(n)]
-
-
 @pytest.fixture
 def opener():
-    child = Opener()
-    try:
-        # The child's start-up opens (its libraries) must be over before a collector attaches, or they are
-        # the records a test sees first.
-        child.ask(0)
+    with Opener() as child:
         yield child
-    finally:
-        child.proc.kill()
-        child.proc.wait()
 
 
 @pytest.mark.kernel

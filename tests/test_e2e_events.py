@@ -6,6 +6,7 @@ never in the test process itself (which is not the collector, but the children's
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -16,67 +17,13 @@ import time
 import uuid
 
 import pytest
-from jsonl_tail import JsonlTail
+from pyroute2 import IPRoute, NetNS, netns
+
+from helpers import Collector
 
 pytestmark = pytest.mark.kernel
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOBODY = 65534
-
-
-class Collector:
-    """`python -m kestrel_raw run --output FILE` in a subprocess; read its JSON lines as they arrive."""
-
-    def __init__(self, tmp_path, events="exec,open,connect,exit"):
-        self.out = tmp_path / "events.jsonl"
-        self._tail = JsonlTail(self.out)
-        self.err = tmp_path / "stderr.txt"
-        env = dict(os.environ, PYTHONPATH=REPO)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kestrel_raw", "run", "--events", events, "--output", str(self.out)],
-            stdout=subprocess.DEVNULL, stderr=open(self.err, "wb"), env=env, cwd=REPO,
-        )
-        self._wait_attached()
-
-    def _wait_attached(self):
-        # Attached means: events flow.  Trigger opens of a marker path in children until one shows up.
-        marker = f"/tmp/kestrel-ready-{uuid.uuid4().hex}"
-        deadline = time.monotonic() + 60  # generous: emulated (TCG) guests once needed more than 30 s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"collector exited {self.proc.returncode}: {self.err.read_text()}")
-            subprocess.run(["/bin/cat", marker], stderr=subprocess.DEVNULL)
-            if any(e.get("path") == marker for e in self.events()):
-                return
-            time.sleep(0.2)
-        # Stop it first, so that the message carries its summary line: whether records were lost in the
-        # kernel, read and dropped, or never written at all.
-        rc, err = self.stop()
-        raise AssertionError(f"the collector's output never showed the marker {marker} in 60 s; it stopped "
-                             f"with {rc}, {len(self.events())} events written; stderr: {err}")
-
-    def events(self):
-        """Every event so far (only whole lines; see jsonl_tail.JsonlTail)."""
-        return self._tail.events()
-
-    def wait_for(self, pred, what, timeout=10.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = [e for e in self.events() if pred(e)]
-            if found:
-                return found
-            time.sleep(0.05)
-        raise AssertionError(f"no event for {what} within {timeout}s")
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode, self.err.read_text()
 
 
 @pytest.fixture
@@ -198,6 +145,85 @@ def test_connect_ipv6_listening(collector):
     assert ret == 0
     (ev,) = collector.wait_for(lambda e: e["type"] == "connect" and e["pid"] == pid, "connect v6")
     assert (ev["family"], ev["daddr"], ev["dport"], ev["ret"]) == ("AF_INET6", "::1", port, 0)
+
+
+@contextlib.contextmanager
+def in_netns(name: str):
+    """This thread in network namespace ``name`` (a socket made here stays in it; a child forked here starts
+    in it), back in its own after."""
+    netns.pushns(name)
+    try:
+        yield
+    finally:
+        netns.popns()
+
+
+@pytest.fixture
+def netns_pair():
+    """Two network namespaces joined by a veth pair, its ends up with 10.213.7.1/24 and 10.213.7.2/24:
+    yields ((namespace, address), (namespace, address)).  Made with pyroute2; whatever was made is
+    removed afterwards, also when a step fails (a veth end still in this namespace is deleted too)."""
+    tag = uuid.uuid4().hex[:8]
+    ends = [(f"kr-{tag}-a", f"kr{tag}a", "10.213.7.1"), (f"kr-{tag}-b", f"kr{tag}b", "10.213.7.2")]
+    made = []
+    try:
+        for name, _ifname, _addr in ends:
+            netns.create(name)
+            made.append(name)
+        with IPRoute() as ipr:
+            ipr.link("add", ifname=ends[0][1], kind="veth", peer=ends[1][1])
+            for name, ifname, _addr in ends:
+                ipr.link("set", index=ipr.link_lookup(ifname=ifname)[0], net_ns_fd=name)
+        for name, ifname, addr in ends:
+            ns = NetNS(name)
+            try:
+                index = ns.link_lookup(ifname=ifname)[0]
+                ns.addr("add", index=index, address=addr, prefixlen=24)
+                ns.link("set", index=index, state="up")
+            finally:
+                ns.close()
+        yield [(name, addr) for name, _ifname, addr in ends]
+    finally:
+        for name in made:
+            netns.remove(name)
+        with IPRoute() as ipr:
+            for _name, ifname, _addr in ends:
+                for index in ipr.link_lookup(ifname=ifname):
+                    ipr.link("del", index=index)
+        assert not {name for name, _i, _a in ends} & set(netns.listnetns())
+
+
+def test_connect_across_network_namespaces(collector, netns_pair):
+    # A listener in one namespace, a child in the other connects to it over the veth pair: the event
+    # carries the peer's address and port, and ret 0.
+    (ns_a, addr_a), (ns_b, addr_b) = netns_pair
+    with in_netns(ns_a):
+        srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with srv:
+        srv.bind((addr_a, 0))
+        srv.listen()
+        port = srv.getsockname()[1]
+        code = ("import os, socket\n"
+                "s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)\n"
+                f"s.connect(({addr_a!r}, {port}))\n"
+                "print(os.getpid(), os.stat('/proc/self/ns/net').st_ino)\n")
+        with in_netns(ns_b):
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        pid, child_netns = map(int, out.split())
+        conn, peer = srv.accept()
+        conn.close()
+    # The child ran in the other namespace, and its connection came over the veth pair, from that end.
+    assert child_netns == os.stat(os.path.join(netns.NETNS_RUN_DIR, ns_b)).st_ino
+    assert child_netns != os.stat("/proc/self/ns/net").st_ino
+    assert peer[0] == addr_b
+    (ev,) = collector.wait_for(lambda e: e["type"] == "connect" and e["pid"] == pid, "connect across namespaces")
+    varying = ("ts_mono_ns", "ts_wall_ns", "entity_key", "cpu")
+    assert set(varying) <= ev.keys() and 0 <= ev["cpu"] < os.cpu_count()
+    assert {k: v for k, v in ev.items() if k not in varying} == {
+        "type": "connect", "event_type_id": 3, "pid": pid, "tid": pid, "ppid": os.getpid(), "uid": os.getuid(),
+        "gid": os.getgid(), "comm": os.path.basename(sys.executable)[:15], "source": "ebpf",
+        "family": "AF_INET", "daddr": addr_a, "dport": port, "ret": 0, "fault": False, "toctou": False,
+        "late_read": False}
 
 
 def test_connect_unix(collector, tmp_path):

@@ -19,112 +19,11 @@ import uuid
 
 import pytest
 
-from kestrel_raw.kernel import bpf, syscall
 from kestrel_raw.collector import KestrelCollector
 from kestrel_raw.config import CollectorConfig, default_buffers
 from kestrel_raw.maps import HashMap
-from jsonl_tail import JsonlTail
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = dict(os.environ, PYTHONPATH=REPO)
-
-_KINDS = {"anon_inode:bpf-prog": "prog", "anon_inode:bpf-map": "map", "anon_inode:bpf_link": "link"}
-
-
-def kernel_objects(pid: int) -> dict[str, set[int]]:
-    """The ids of the BPF programs, maps and links process ``pid`` holds."""
-    out = {"prog": set(), "map": set(), "link": set()}
-    pidfd = os.pidfd_open(pid)
-    try:
-        for name in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                kind = _KINDS.get(os.readlink(f"/proc/{pid}/fd/{name}"))
-            except OSError:
-                continue
-            if kind is None:
-                continue
-            fd = syscall.pidfd_getfd(pidfd, int(name))
-            try:
-                info = {"prog": bpf.prog_info, "map": bpf.map_info, "link": bpf.link_info}[kind](fd)
-                out[kind].add(info.id)
-            finally:
-                os.close(fd)
-    finally:
-        os.close(pidfd)
-    return out
-
-
-def live_objects() -> dict[str, set[int]]:
-    return {"prog": set(bpf.prog_ids()), "map": set(bpf.map_ids()), "link": set(bpf.link_ids())}
-
-
-def wait_gone(objects: dict[str, set[int]], timeout: float = 10.0) -> None:
-    # Programs go after an RCU grace period, maps from a workqueue after that.
-    deadline = time.monotonic() + timeout
-    while True:
-        live = live_objects()
-        left = {k: objects[k] & live[k] for k in objects}
-        if not any(left.values()):
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still in the kernel {timeout}s after the collector ended: {left}")
-        time.sleep(0.05)
-
-
-class Cli:
-    """`python -m kestrel_raw run` in a subprocess, JSON lines to a file (or to ``stdout``)."""
-
-    def __init__(self, tmp_path, *args, output=True, stdout=subprocess.DEVNULL, name="c"):
-        self.out = tmp_path / f"{name}.jsonl"
-        self.err = tmp_path / f"{name}.stderr"
-        self._tail = JsonlTail(self.out)
-        cmd = [sys.executable, "-m", "kestrel_raw", "run", *args]
-        if output:
-            cmd += ["--output", str(self.out)]
-        self.proc = subprocess.Popen(cmd, stdout=stdout, stderr=open(self.err, "wb"), env=ENV, cwd=REPO,
-                                     stdin=subprocess.DEVNULL)
-
-    def stderr(self) -> str:
-        return self.err.read_text()
-
-    def wait_attached(self, timeout=30.0):
-        """Wait for the 'attached' line, then for events to flow; returns the marker event."""
-        deadline = time.monotonic() + timeout
-        while "attached" not in self.stderr():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"collector did not attach (rc {self.proc.poll()}): {self.stderr()}")
-            time.sleep(0.05)
-        marker = f"/tmp/kestrel-ready-{uuid.uuid4().hex}"
-        while time.monotonic() < deadline:
-            subprocess.run(["/bin/cat", marker], stderr=subprocess.DEVNULL)
-            found = [e for e in self.events() if e.get("path") == marker]
-            if found:
-                return found[0]
-            time.sleep(0.1)
-        rc, err = self.stop()  # for the summary line in the message
-        raise AssertionError(f"the collector's output never showed the marker {marker}; it stopped with {rc}, "
-                             f"{len(self.events())} events written; stderr: {err}")
-
-    def events(self):
-        """Every event so far (only whole lines; see jsonl_tail.JsonlTail)."""
-        return self._tail.events()
-
-    def stop(self, sig=signal.SIGTERM, timeout=10):
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError(f"collector did not stop within {timeout}s of {sig!r}")
-        return self.proc.returncode, self.stderr()
-
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
+from helpers import BPFTOOL, ENV, REPO, Cli, kernel_objects, live_objects, wait_gone
 
 @pytest.fixture
 def clis():
@@ -208,20 +107,18 @@ def test_sigint_while_loading_stops_the_collector_once_attached(tmp_path):
     assert "records=" in err.read_text()  # the summary: it attached, stopped and detached normally
 
 
+@pytest.mark.kernel
 @pytest.mark.crosscheck
 def test_kill_9_bpftool_sees_nothing_left(tmp_path, clis):
-    bpftool = shutil.which("bpftool")
-    if bpftool is None:
+    if BPFTOOL is None:
         pytest.skip("bpftool is not installed")
-    if os.geteuid() != 0:
-        pytest.skip("needs root to run the collector")
     c = Cli(tmp_path)
     clis.append(c)
     c.wait_attached()
     objects = kernel_objects(c.proc.pid)
 
     def bpftool_ids(what):
-        out = subprocess.run([bpftool, "-j", what, "show"], capture_output=True, text=True, check=True).stdout
+        out = subprocess.run([BPFTOOL, "-j", what, "show"], capture_output=True, text=True, check=True).stdout
         return {entry["id"] for entry in json.loads(out or "[]")}
 
     assert objects["prog"] <= bpftool_ids("prog") and objects["map"] <= bpftool_ids("map")

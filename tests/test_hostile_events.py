@@ -35,7 +35,7 @@ import uuid
 
 import pytest
 
-from test_e2e_events import Collector
+from helpers import Collector
 
 pytestmark = pytest.mark.kernel
 

@@ -1,12 +1,12 @@
-"""Bad records through the collector's real poller: a kernel ring buffer, RingBufReader, KestrelCollector._poll.
+"""Bad records through the collector's real poller: a kernel ring buffer, RingBufReader, poll_ring.
 
 tests/test_fuzz_records.py proves parse_record + normalize + encode_event raise nothing but RecordError on
 arbitrary bytes and on valid shapes with corrupted lengths.  This file proves the promise where it matters:
 the poller that runs those functions keeps running.  Records are written into a real BPF ring buffer by
-the kernel-side producer of test_ringbuf_kernel.py (``ringbuf_output`` of bytes the test chooses), read by
-``KestrelCollector._poll`` through a ``RingBufReader``, one at a time, and the test checks that each was
-counted (delivered or a parse error), that good records after bad ones arrive exact, and that every
-delivered event encodes to a strict UTF-8 JSON line.
+the kernel-side producer of tests/helpers.py (``ringbuf_output`` of bytes the test chooses), read by the
+collector's batch poller (``kestrel_raw.collector.poll.poll_ring``) through a ``RingBufReader``, one at a
+time, and the test checks that each was counted (delivered or a parse error), that good records after bad
+ones arrive exact, and that every delivered event encodes to a strict UTF-8 JSON line.
 """
 from __future__ import annotations
 
@@ -19,18 +19,17 @@ import pytest
 import trio
 
 from kestrel_raw.collector import KestrelCollector
+from kestrel_raw.collector.poll import poll_ring
 from kestrel_raw.config import CollectorConfig
 from kestrel_raw.codec.jsonl import encode_event
 from kestrel_raw.maps.ringbuf import RingBufReader
 
 from helpers import (
-    FIXED, KIND_CONNECT, KIND_EXEC, KIND_EXIT, KIND_OPEN, LENGTH_FIELDS, connect_bytes, exec_bytes, exit_bytes,
-    header, open_bytes, with_kind,
+    FIXED, KIND_CONNECT, KIND_EXEC, KIND_EXIT, KIND_OPEN, LENGTH_FIELDS, MAX_PAYLOAD, Producer, connect_bytes,
+    exec_bytes, exit_bytes, header, open_bytes, with_kind,
 )
-from test_ringbuf_kernel import MAX_PAYLOAD, Producer
 
 pytestmark = pytest.mark.kernel
-
 
 
 def set_u32(data: bytes, offset: int, value: int) -> bytes:
@@ -68,8 +67,9 @@ BAD = [
     set_u32(exec_bytes(), 64, 4097),
     set_u32(exec_bytes(), 68, 0xFFFFFFFF),
     set_u32(exec_bytes(), 64, 0x80000000),
-    set_u32(open_bytes(), 84, 4097),
-    set_u32(open_bytes(), 84, 0xFFFFFFFF),
+    set_u32(open_bytes(), LENGTH_FIELDS[KIND_OPEN][0], 4097),
+    set_u32(open_bytes(), LENGTH_FIELDS[KIND_OPEN][0], 0xFFFFFFFF),
+    set_u32(open_bytes(), LENGTH_FIELDS[KIND_OPEN][1], 4097),
     set_u32(connect_bytes(), 76, 129),
     header(KIND_OPEN),  # a bare header
 ]
@@ -112,7 +112,7 @@ async def run_poller(prod: Producer, records: list[bytes]):
     col = KestrelCollector(tx, CollectorConfig(poll_interval=0.01))
     with RingBufReader(prod.rb) as reader:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(col._poll, reader)
+            nursery.start_soon(poll_ring, reader, col._delivery, col.config)
             for i, raw in enumerate(records):
                 prod.output(raw)
                 with trio.fail_after(5):  # a poller that died or stalled fails here

@@ -133,13 +133,13 @@ def test_batch_update_fills_a_map_of_ring_buffers():
     # The collector fills its ARRAY_OF_MAPS with one BPF_MAP_UPDATE_BATCH (falling back to single
     # updates where a kernel lacks batch ops for it); a lookup from user space gives the inner map's id.
     import struct as _struct
-    from kestrel_raw.collector import _fill_outer
+    from kestrel_raw.collector.load import fill_outer
     from kestrel_raw.maps import Map, RingBuf
     from kestrel_raw.kernel.uapi import BPF_MAP_TYPE_ARRAY_OF_MAPS
     rings = [RingBuf(4096, name=f"kr_t{i}") for i in range(3)]
     try:
         with Map(BPF_MAP_TYPE_ARRAY_OF_MAPS, 4, 4, 3, name="kr_outer", inner_map_fd=rings[0].fd) as outer:
-            _fill_outer(outer, [r.fd for r in rings])
+            fill_outer(outer, [r.fd for r in rings])
             ids = [_struct.unpack("<I", outer.lookup(_struct.pack("<I", i)))[0] for i in range(3)]
             assert ids == [r.map_info().id for r in rings]
     finally:

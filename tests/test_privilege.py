@@ -18,7 +18,7 @@ from kestrel_raw.kernel import caps
 from kestrel_raw.errors import SetupError
 from kestrel_raw.maps import PerCPUArrayMap
 
-from test_faults import Cli, kernel_objects, wait_gone
+from helpers import Cli, kernel_objects, wait_gone
 
 
 def proc_status(pid: int) -> dict[str, str]:

@@ -1,133 +1,32 @@
 """RingBuf and RingBufReader against the kernel's own producer.
 
-A program assembled here runs at ``syscalls:sys_enter_getppid`` for this process only and writes the
-record the test asked for in the ``ctl`` array map: ``ringbuf_output`` of a payload (any length, so
-records wrap around the end of a one-page ring), a ``ringbuf_reserve`` + ``ringbuf_discard``, or a
-``ringbuf_reserve`` + ``ringbuf_submit`` of 16 bytes written by the program itself.  The test triggers it
+A program assembled by the test (``Producer``, tests/helpers.py) runs at ``syscalls:sys_enter_getppid`` for
+this process only and writes the record the test asked for in the ``ctl`` array map: ``ringbuf_output`` of
+a payload (any length, so records wrap around the end of a one-page ring), a ``ringbuf_reserve`` +
+``ringbuf_discard``, or a ``ringbuf_reserve`` + ``ringbuf_submit`` of 16 bytes written by the program
+itself.  The test triggers it
 with ``os.getppid()`` and reads exactly those records back, blocking and with trio.
 """
 from __future__ import annotations
 
-import os
 import struct
 import time
 
 import pytest
 import trio
 
-from kestrel_raw.asm import (
-    BPF_ADD, BPF_DW, BPF_JEQ, BPF_JGT, BPF_JNE, BPF_RSH, BPF_W, R0, R1, R2, R3, R4, R7, R8, R10, alu64_imm,
-    call, exit_insn, ja, jmp_imm, label, ld_map_fd, ldx_mem, mov64_imm, mov64_reg, st_mem, stx_mem,
-)
-from kestrel_raw.kernel.attach import attach_tracepoint
-from kestrel_raw.maps.array import ArrayMap
-from kestrel_raw.maps.ring import roundup_len
-from kestrel_raw.maps.ringbuf import PAGE_SIZE, RingBuf, RingBufReader
-from kestrel_raw.kernel.prog import Program
+from kestrel_raw.maps.ringbuf import RingBufReader
 from kestrel_raw.kernel.uapi import BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP
 
+from helpers import SIZE, Producer
+
 pytestmark = pytest.mark.kernel
-
-SIZE = PAGE_SIZE  # one page: records wrap after a few kilobytes
-MAX_PAYLOAD = SIZE - 8
-OP_OUTPUT, OP_DISCARD, OP_RESERVE = 0, 1, 2
-DISCARD_LEN = 24
-RESERVE_LEN = 16
-MARKER = 0x5A5A5A5A
-
-
-def producer(pid: int) -> list:
-    return [
-        call("get_current_pid_tgid"),
-        alu64_imm(BPF_RSH, R0, 32),
-        jmp_imm(BPF_JNE, R0, pid, "out"),                 # only this process's getppid()
-        st_mem(BPF_W, R10, -4, 0),                        # key = 0
-        ld_map_fd(R1, "ctl"),
-        mov64_reg(R2, R10),
-        alu64_imm(BPF_ADD, R2, -4),
-        call("map_lookup_elem"),
-        jmp_imm(BPF_JEQ, R0, 0, "out"),
-        mov64_reg(R7, R0),                                # r7 = ctl value: u32 len, u32 op, payload
-        ldx_mem(BPF_W, R8, R7, 4),
-        jmp_imm(BPF_JEQ, R8, OP_DISCARD, "discard"),
-        jmp_imm(BPF_JEQ, R8, OP_RESERVE, "reserve"),
-        ldx_mem(BPF_W, R3, R7, 0),                        # OP_OUTPUT | flags << 8:
-        jmp_imm(BPF_JGT, R3, MAX_PAYLOAD, "out"),         #   ringbuf_output(rb, payload, len, flags)
-        ld_map_fd(R1, "rb"),
-        mov64_reg(R2, R7),
-        alu64_imm(BPF_ADD, R2, 8),
-        mov64_reg(R4, R8),
-        alu64_imm(BPF_RSH, R4, 8),
-        call("ringbuf_output"),
-        ja("out"),
-        label("discard"),                                 # reserve 24 bytes, then drop them
-        ld_map_fd(R1, "rb"),
-        mov64_imm(R2, DISCARD_LEN),
-        mov64_imm(R3, 0),
-        call("ringbuf_reserve"),
-        jmp_imm(BPF_JEQ, R0, 0, "out"),
-        mov64_reg(R1, R0),
-        mov64_imm(R2, 0),
-        call("ringbuf_discard"),
-        ja("out"),
-        label("reserve"),                                 # reserve 16: payload[0:8] then MARKER
-        ld_map_fd(R1, "rb"),
-        mov64_imm(R2, RESERVE_LEN),
-        mov64_imm(R3, 0),
-        call("ringbuf_reserve"),
-        jmp_imm(BPF_JEQ, R0, 0, "out"),
-        ldx_mem(BPF_DW, R1, R7, 8),
-        stx_mem(BPF_DW, R0, R1, 0),
-        st_mem(BPF_DW, R0, 8, MARKER),
-        mov64_reg(R1, R0),
-        mov64_imm(R2, 0),
-        call("ringbuf_submit"),
-        label("out"),
-        mov64_imm(R0, 0),
-        exit_insn(),
-    ]
-
-
-class Producer:
-    """The attached program and the way to make it write one record."""
-
-    def __init__(self) -> None:
-        self.rb = RingBuf(SIZE, name="kr_test_rb")
-        self.ctl = ArrayMap(8 + MAX_PAYLOAD, 1, name="kr_test_ctl")
-        self.prog = Program(producer(os.getpid()), maps={"rb": self.rb, "ctl": self.ctl}, name="kr_test_rb")
-        self.link = attach_tracepoint(self.prog, "syscalls", "sys_enter_getppid")
-        self.pos = 0  # where the next record starts, as the kernel will place it
-
-    def _fire(self, op: int, payload: bytes, length: int) -> int:
-        self.ctl[0] = struct.pack("<II", length, op) + payload.ljust(MAX_PAYLOAD, b"\0")
-        os.getppid()
-        pos, self.pos = self.pos, self.pos + roundup_len(length)
-        return pos
-
-    def output(self, payload: bytes, flags: int = 0) -> int:
-        return self._fire(OP_OUTPUT | flags << 8, payload, len(payload))
-
-    def discard(self) -> int:
-        return self._fire(OP_DISCARD, b"", DISCARD_LEN)
-
-    def reserve(self, first8: bytes) -> bytes:
-        self._fire(OP_RESERVE, first8, RESERVE_LEN)
-        return first8 + struct.pack("<Q", MARKER)
-
-    def close(self) -> None:
-        self.link.close()
-        self.prog.close()
-        self.ctl.close()
-        self.rb.close()
 
 
 @pytest.fixture
 def prod():
-    p = Producer()
-    try:
+    with Producer() as p:
         yield p
-    finally:
-        p.close()
 
 
 def payload(i: int, n: int) -> bytes:

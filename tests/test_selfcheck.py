@@ -10,7 +10,8 @@ import pytest
 import trio
 
 from kestrel_raw.kernel import bpf
-from kestrel_raw import collector as collector_module, programs
+from kestrel_raw import programs
+from kestrel_raw.collector import attach as attach_module
 from kestrel_raw.collector import selfcheck
 from kestrel_raw.asm import format_program
 from kestrel_raw.collector import KestrelCollector
@@ -73,7 +74,7 @@ def test_every_tracepoint_but_execs_can_be_provoked():
 
 def _misdirect(monkeypatch, times: int) -> list[str]:
     """Attach kr_openat to NEVER_CALLED the first ``times`` times; returns the tracepoints attached."""
-    real = collector_module.attach_tracepoint
+    real = attach_module.attach_tracepoint
     made: list[str] = []
 
     def attach(prog, group, name, *args, **kwargs):
@@ -83,9 +84,9 @@ def _misdirect(monkeypatch, times: int) -> list[str]:
         made.append(f"{group}:{name}")
         return real(prog, group, name, *args, **kwargs)
 
-    monkeypatch.setattr(collector_module, "attach_tracepoint", attach)
+    monkeypatch.setattr(attach_module, "attach_tracepoint", attach)
     # Syscall programs run before the syscall returns: a short wait is plenty for them.
-    monkeypatch.setattr(collector_module, "SELF_CHECK_WAIT", 0.3)
+    monkeypatch.setattr(attach_module, "SELF_CHECK_WAIT", 0.3)
     return made
 
 
@@ -115,8 +116,9 @@ async def test_an_attachment_that_does_not_run_is_made_again(monkeypatch):
         assert c.reattached == ["syscalls:sys_exit_openat"]
         assert made == ["syscalls:sys_enter_openat", "syscalls:sys_enter_openat2", "syscalls:sys_exit_openat",
                         "syscalls:sys_exit_openat2", "syscalls:sys_exit_openat"]
-        assert [link.target for link in c._links] == ["syscalls:sys_enter_openat", "syscalls:sys_enter_openat2",
-                                                      "syscalls:sys_exit_openat2", "syscalls:sys_exit_openat"]
+        assert [link.target for link in c._links.values()] == [
+            "syscalls:sys_enter_openat", "syscalls:sys_enter_openat2", "syscalls:sys_exit_openat",
+            "syscalls:sys_exit_openat2"]
         # The attachment made again delivers.
         await trio.to_thread.run_sync(lambda: subprocess.run(["/bin/cat", path], stderr=subprocess.DEVNULL))
         with trio.fail_after(10):
@@ -138,8 +140,8 @@ async def test_an_attachment_that_never_runs_fails_the_start_and_detaches_everyt
     message = str(err.value)
     assert "kr_openat at syscalls:sys_exit_openat" in message and "kr_openat2" not in message
     assert "3 tries" in message and "Events there would be missed" in message
-    assert made.count("syscalls:sys_exit_openat") == collector_module.SELF_CHECK_TRIES
-    assert c.reattached == ["syscalls:sys_exit_openat"] * (collector_module.SELF_CHECK_TRIES - 1)
+    assert made.count("syscalls:sys_exit_openat") == attach_module.SELF_CHECK_TRIES
+    assert c.reattached == ["syscalls:sys_exit_openat"] * (attach_module.SELF_CHECK_TRIES - 1)
     # Nothing is left attached or loaded (the kernel frees programs after a grace period).
     with trio.fail_after(5):
         while progs & set(bpf.prog_ids()):

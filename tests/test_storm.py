@@ -27,7 +27,7 @@ import trio
 from kestrel_raw.collector import KestrelCollector
 from kestrel_raw.config import CollectorConfig
 
-from test_faults import Cli, kernel_objects, wait_gone
+from helpers import Cli, kernel_objects, wait_gone
 
 pytestmark = [pytest.mark.kernel, pytest.mark.slow]
 

@@ -9,6 +9,10 @@ and async context manager).  Two ways to publish, matching ``CollectorConfig.que
   pollers; the ring buffers fill and the kernel side counts what it cannot write.  Nothing is lost in
   Python.
 
+The collector delivers into a bus given in place of its channel, ``KestrelCollector(bus, config)``, with
+the method its ``queue_policy`` names (kestrel_raw/collector/deliver.py); the copies subscribers miss are
+counted in its ``stats().user_dropped`` as well as here.
+
 A subscriber that closes its receive channel is detached at the next publish.  ``aclose()`` closes every
 subscriber's channel: their ``async for`` loops end once they have drained what was buffered.
 ``statistics()`` returns a frozen ``BusStatistics`` with per-subscriber counters.

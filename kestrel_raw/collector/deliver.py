@@ -1,0 +1,177 @@
+"""Delivery: the records a poller drained, handed on as Kestrel Events (``deliver="events"``) or as chunks
+of JSON lines (``deliver="json"``), into a trio memory channel or an EventBus.
+
+A slow consumer: with ``queue_policy="block"`` a full channel stops the pollers, the rings fill and the
+programs count every record they cannot write (``stats().kernel``, ``ringbuf_full``); with ``"drop"`` the
+pollers keep draining and drop what the channel cannot take (``stats().user_dropped``).  Either way memory
+stays bounded by ``queue_size`` events plus the rings, and nothing is lost without being counted.
+
+An EventBus (kestrel_raw/sinks/bus.py) fans each item out to its subscribers, each with a bounded channel
+of its own (``subscribe(max_buffer=...)``: that, not ``queue_size``, bounds it).  Under "block" the
+collector awaits ``bus.send`` (the slowest subscriber paces the pollers); under "drop" it calls
+``bus.publish``: a subscriber whose channel is full misses the item, the others still get it.  Then
+``delivered`` counts the events handed to the bus and ``user_dropped`` the copies subscribers missed (what
+the bus's ``statistics()`` shows per subscriber as ``drops``).
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+import trio
+
+from kestrel_raw.codec.event import KestrelEvent
+from kestrel_raw.codec.normalize import event_from_raw
+from kestrel_raw.codec.jsonl import encode_records
+from kestrel_raw.collector.stats import Counts
+from kestrel_raw.config import CollectorConfig
+from kestrel_raw.errors import RecordError
+from kestrel_raw.sinks.bus import EventBus
+
+
+class Delivery:
+    """Hands batches of raw records to the consumer (``out``: a trio MemorySendChannel, or anything with
+    its ``send_nowait`` and ``send``, or an EventBus), counting in ``counts``.
+
+    ``deliver(batch)`` is the path the pollers await; ``send_events`` is the synchronous path the
+    low-latency poller uses when there is one (events into a channel), else None.  ``wall_offset``
+    (CLOCK_REALTIME - CLOCK_MONOTONIC, ns) is set once the collector is attached.
+    """
+
+    def __init__(self, out: trio.MemorySendChannel | EventBus, config: CollectorConfig, counts: Counts) -> None:
+        self._out = out
+        self.counts = counts
+        self.wall_offset = 0
+        self.block = config.queue_policy == "block"
+        self.as_json = config.deliver == "json"
+        self.to_bus = isinstance(out, EventBus)
+        if self.to_bus:
+            self.deliver = self._publish_json if self.as_json else self._publish_events
+            self.send_events = None
+        else:
+            self.deliver = self._deliver_json if self.as_json else self._deliver_events
+            self.send_events = None if self.as_json else self._send_events
+
+    # -- into a channel --------------------------------------------------------------------------------
+
+    async def _deliver_events(self, batch: list[bytes]) -> None:
+        await self.send_blocked(self._send_events(batch))
+
+    async def send_blocked(self, blocked: tuple[KestrelEvent, list[bytes]] | None) -> None:
+        """The channel is full and queue_policy is "block": wait for room, then go on, in order."""
+        while blocked is not None:
+            event, rest = blocked
+            await self._out.send(event)
+            self.counts.delivered[event.event_type_id] += 1
+            blocked = self._send_events(rest)
+
+    def _send_events(self, batch: list[bytes]) -> tuple[KestrelEvent, list[bytes]] | None:
+        """Hand each record of ``batch`` to the channel as an event without waiting (the low-latency poller
+        calls this directly: no coroutine on its path).  None when all are delivered, dropped (queue_policy
+        "drop") or malformed (counted); else, under "block", the event the full channel refused and the
+        records after it."""
+        block = self.block
+        send_nowait = self._out.send_nowait
+        counts = self.counts
+        delivered = counts.delivered
+        wall = self.wall_offset
+        for i, raw in enumerate(batch):
+            try:
+                event = event_from_raw(raw, wall)
+            except RecordError:
+                counts.parse_errors += 1
+                continue
+            try:
+                send_nowait(event)
+            except trio.WouldBlock:
+                if block:
+                    return event, batch[i + 1:]
+                counts.user_dropped += 1
+                continue
+            delivered[event.event_type_id] += 1
+        return None
+
+    async def _deliver_json(self, batch: list[bytes]) -> None:
+        chunk, kinds = self._encode_batch(batch)
+        if not kinds:
+            return
+        try:
+            self._out.send_nowait(chunk)
+        except trio.WouldBlock:
+            if not self.block:
+                self.counts.user_dropped += len(kinds)
+                return
+            await self._out.send(chunk)
+        self._count_delivered(kinds)
+
+    # -- into an EventBus ------------------------------------------------------------------------------
+
+    async def _publish_events(self, batch: list[bytes]) -> None:
+        bus = self._out
+        counts = self.counts
+        delivered = counts.delivered
+        wall = self.wall_offset
+        for raw in batch:
+            try:
+                event = event_from_raw(raw, wall)
+            except RecordError:
+                counts.parse_errors += 1
+                continue
+            if self.block:
+                await bus.send(event)
+            else:
+                counts.user_dropped += bus.publish(event)
+            delivered[event.event_type_id] += 1
+
+    async def _publish_json(self, batch: list[bytes]) -> None:
+        chunk, kinds = self._encode_batch(batch)
+        if not kinds:
+            return
+        if self.block:
+            await self._out.send(chunk)
+        else:
+            self.counts.user_dropped += self._out.publish(chunk) * len(kinds)
+        self._count_delivered(kinds)
+
+    # -- either ------------------------------------------------------------------------------------------
+
+    def _encode_batch(self, batch: list[bytes]) -> tuple[bytes, list[int]]:
+        """The JSON lines of ``batch`` as one chunk, and the kind of each record in it."""
+        chunk, kinds, bad = encode_records(batch, self.wall_offset)
+        self.counts.parse_errors += bad
+        return chunk, kinds
+
+    def _count_delivered(self, kinds: list[int]) -> None:
+        delivered = self.counts.delivered
+        for kind, n in Counter(kinds).items():
+            delivered[kind] += n
+
+    def deliver_now(self, batch: list[bytes]) -> None:
+        """Hand ``batch`` on without waiting, whatever the policy (the drain at stop, when nothing can wait
+        any more): what the consumer cannot take now, or no longer takes, is counted as dropped."""
+        counts = self.counts
+        if self.as_json:
+            chunk, kinds = self._encode_batch(batch)
+            items = [(chunk, kinds)] if kinds else []
+        else:
+            items = []
+            for raw in batch:
+                try:
+                    event = event_from_raw(raw, self.wall_offset)
+                    items.append((event, [event.event_type_id]))
+                except RecordError:
+                    counts.parse_errors += 1
+        for item, kinds in items:
+            if self.to_bus:
+                try:
+                    counts.user_dropped += self._out.publish(item) * len(kinds)
+                except trio.ClosedResourceError:
+                    counts.user_dropped += len(kinds)
+                    continue
+            else:
+                try:
+                    self._out.send_nowait(item)
+                except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                    counts.user_dropped += len(kinds)
+                    continue
+            for kind in kinds:
+                counts.delivered[kind] += 1
