@@ -1,0 +1,185 @@
+"""Helpers shared by test modules: an ELF64 writer for hand-built files, and the clang used to build BPF
+objects from tests/bpf_src/*.c.
+
+The writer lays a file out as: Elf64_Ehdr, program headers, each section's bytes (8-aligned), the section
+header table.  It is deliberately independent of kestrel_raw.elf (plain ``struct``), so that the reader is
+tested against a second implementation of the format.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+BPF_SRC = TESTS / "bpf_src"
+
+SHT_PROGBITS, SHT_SYMTAB, SHT_STRTAB, SHT_RELA, SHT_NOBITS, SHT_REL, SHT_DYNSYM = 1, 2, 3, 4, 8, 9, 11
+SHT_GNU_verdef, SHT_GNU_verneed, SHT_GNU_versym = 0x6FFFFFFD, 0x6FFFFFFE, 0x6FFFFFFF
+SHF_WRITE, SHF_ALLOC, SHF_EXECINSTR = 1, 2, 4
+PT_LOAD = 1
+ET_REL, ET_EXEC, ET_DYN = 1, 2, 3
+EM_X86_64, EM_BPF = 62, 247
+
+
+class StrTab:
+    """A string table under construction: ``add`` returns the offset of the string."""
+
+    def __init__(self) -> None:
+        self.data = bytearray(b"\0")
+        self._offs: dict[str, int] = {"": 0}
+
+    def add(self, s: str) -> int:
+        if s not in self._offs:
+            self._offs[s] = len(self.data)
+            self.data += s.encode() + b"\0"
+        return self._offs[s]
+
+
+def sym(name: int, bind: int, typ: int, shndx: int, value: int = 0, size: int = 0, other: int = 0) -> bytes:
+    """One Elf64_Sym: st_name, st_info (bind << 4 | type), st_other, st_shndx, st_value, st_size."""
+    return struct.pack("<IBBHQQ", name, bind << 4 | typ, other, shndx, value, size)
+
+
+def rel(offset: int, symbol: int, typ: int) -> bytes:
+    """One Elf64_Rel: r_offset, r_info (symbol << 32 | type)."""
+    return struct.pack("<QQ", offset, symbol << 32 | typ)
+
+
+@dataclass
+class _Sec:
+    name: str
+    type: int
+    data: bytes
+    flags: int
+    addr: int
+    link: int | str
+    info: int | str
+    entsize: int
+    size: int | None
+    offset: int = 0
+
+
+@dataclass
+class ElfBuilder:
+    """Build an ELF64 LE file.  Sections are numbered from 1 in the order added (0 is the null section);
+    ``link``/``info`` may name a section.  ``.shstrtab`` is added last by ``build``."""
+    e_type: int = ET_DYN
+    machine: int = EM_X86_64
+    sections: list[_Sec] = field(default_factory=list)
+    segments: list[tuple] = field(default_factory=list)
+
+    def add(self, name: str, sh_type: int, data: bytes = b"", *, flags: int = 0, addr: int = 0,
+            link: int | str = 0, info: int | str = 0, entsize: int = 0, size: int | None = None) -> int:
+        self.sections.append(_Sec(name, sh_type, bytes(data), flags, addr, link, info, entsize, size))
+        return len(self.sections)
+
+    def segment(self, p_type: int, flags: int, section: str, vaddr: int, memsz: int | None = None) -> None:
+        """A segment mapping ``section``'s bytes at ``vaddr`` (memsz defaults to the bytes' size)."""
+        self.segments.append((p_type, flags, section, vaddr, memsz))
+
+    def index(self, name: str) -> int:
+        return next(i for i, s in enumerate(self.sections, 1) if s.name == name)
+
+    def build(self) -> bytes:
+        shstr = StrTab()
+        names = [shstr.add(s.name) for s in self.sections]
+        shstrndx = len(self.sections) + 1
+        shstr_name = shstr.add(".shstrtab")
+        phoff = 64
+        off = phoff + 56 * len(self.segments)
+        body = bytearray()
+        for s in self.sections:
+            off = (off + 7) & ~7
+            s.offset = off
+            if s.type != SHT_NOBITS:
+                off += len(s.data)
+        shstr_off = off
+        off += len(shstr.data)
+        shoff = (off + 7) & ~7
+        out = bytearray(shoff + 64 * (len(self.sections) + 2))
+        ident = b"\x7fELF" + bytes([2, 1, 1]) + bytes(9)
+        struct.pack_into("<16sHHIQQQIHHHHHH", out, 0, ident, self.e_type, self.machine, 1, 0,
+                         phoff if self.segments else 0, shoff, 0, 64, 56, len(self.segments), 64,
+                         len(self.sections) + 2, shstrndx)
+        by_name = {s.name: s for s in self.sections}
+        for i, (p_type, flags, sec, vaddr, memsz) in enumerate(self.segments):
+            s = by_name[sec]
+            filesz = 0 if s.type == SHT_NOBITS else len(s.data)
+            struct.pack_into("<IIQQQQQQ", out, phoff + 56 * i, p_type, flags, s.offset, vaddr, vaddr, filesz,
+                             memsz if memsz is not None else (s.size or len(s.data)), 0x1000)
+        for s in self.sections:
+            if s.type != SHT_NOBITS:
+                out[s.offset:s.offset + len(s.data)] = s.data
+        out[shstr_off:shstr_off + len(shstr.data)] = shstr.data
+
+        def ref(v: int | str) -> int:
+            return self.index(v) if isinstance(v, str) else v
+
+        for i, s in enumerate(self.sections, 1):
+            size = s.size if s.size is not None else len(s.data)
+            struct.pack_into("<IIQQQQIIQQ", out, shoff + 64 * i, names[i - 1], s.type, s.flags, s.addr, s.offset,
+                             size, ref(s.link), ref(s.info), 8, s.entsize)
+        struct.pack_into("<IIQQQQIIQQ", out, shoff + 64 * shstrndx, shstr_name, SHT_STRTAB, 0, 0, shstr_off,
+                         len(shstr.data), 0, 0, 1, 0)
+        return bytes(out)
+
+
+# --- compilers ------------------------------------------------------------------------------------------
+
+def need_tool(name: str, package: str) -> str:
+    """The path of ``name``; skip when absent, except under CI (.ci/run installs it): there a missing tool
+    is a failure, so that no test passes by skipping."""
+    path = shutil.which(name)
+    if path is None:
+        msg = f"{name} is not installed (apt-get install {package})"
+        if os.environ.get("CI") == "true":
+            pytest.fail(msg + "; CI installs it, so this skip would hide a test")
+        pytest.skip(msg)
+    return path
+
+
+def need_bpf_headers() -> None:
+    if not Path("/usr/include/bpf/bpf_helpers.h").exists():
+        msg = "libbpf's BPF headers are not installed (apt-get install libbpf-dev)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(msg + "; CI installs them, so this skip would hide a test")
+        pytest.skip(msg)
+
+
+def bpf_target_arch() -> str:
+    """The __TARGET_ARCH_* name bpf_tracing.h wants for this host."""
+    return {"x86_64": "x86", "aarch64": "arm64", "riscv64": "riscv", "s390x": "s390"}.get(os.uname().machine,
+                                                                                     os.uname().machine)
+
+
+def compile_bpf(source: str | Path, out_dir: Path, *extra: str) -> Path:
+    """``clang -target bpf -g -O2 -c`` on tests/bpf_src/<source>, into ``out_dir``; the object's path."""
+    clang = need_tool("clang", "clang")
+    need_bpf_headers()
+    src = BPF_SRC / source if not Path(source).is_absolute() else Path(source)
+    obj = out_dir / (Path(src).stem + ".o")
+    cmd = [clang, "-target", "bpf", "-g", "-O2", f"-D__TARGET_ARCH_{bpf_target_arch()}", "-I", str(BPF_SRC),
+           "-c", str(src), "-o", str(obj), *extra]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if r.returncode != 0:
+        raise AssertionError(f"clang failed on {src}:\n{r.stderr}")
+    return obj
+
+
+def compile_host(source_text: str, out: Path, *flags: str) -> Path:
+    """A host executable or library from C text (clang, or cc), for the ELF reader's tests."""
+    cc = shutil.which("clang") or shutil.which("cc")
+    if cc is None:
+        need_tool("clang", "clang")
+    src = out.with_suffix(".c")
+    src.write_text(source_text)
+    r = subprocess.run([cc, "-O1", "-o", str(out), str(src), *flags], capture_output=True, text=True, timeout=120)
+    if r.returncode != 0:
+        raise AssertionError(f"{cc} failed:\n{r.stderr}")
+    return out
