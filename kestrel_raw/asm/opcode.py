@@ -96,6 +96,11 @@ BPF_CMPXCHG = 0xF0 | BPF_FETCH
 # src_reg of ld_imm64: how the verifier reads the constant.
 BPF_PSEUDO_MAP_FD = 1  # imm is a map fd; the register gets the map pointer
 BPF_PSEUDO_MAP_VALUE = 2  # imm is a map fd, the second imm an offset; the register gets &value[0] + offset
+BPF_PSEUDO_FUNC = 4  # imm is a subprogram's offset in instructions; the register gets its address (callbacks)
+
+# src_reg of BPF_JMP | BPF_CALL: what imm means.
+BPF_PSEUDO_CALL = 1  # a bpf-to-bpf call: imm is the callee's offset in instructions from the next one
+BPF_PSEUDO_KFUNC_CALL = 2  # a kernel function: imm is its BTF id
 
 
 def BPF_CLASS(code: int) -> int:
