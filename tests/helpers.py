@@ -164,8 +164,10 @@ def compile_bpf(source: str | Path, out_dir: Path, *extra: str) -> Path:
     need_bpf_headers()
     src = BPF_SRC / source if not Path(source).is_absolute() else Path(source)
     obj = out_dir / (Path(src).stem + ".o")
+    # linux/bpf.h includes asm/types.h, which Debian keeps under the host's multiarch directory.
+    multiarch = f"/usr/include/{os.uname().machine}-linux-gnu"
     cmd = [clang, "-target", "bpf", "-g", "-O2", f"-D__TARGET_ARCH_{bpf_target_arch()}", "-I", str(BPF_SRC),
-           "-c", str(src), "-o", str(obj), *extra]
+           "-I", multiarch, "-c", str(src), "-o", str(obj), *extra]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     if r.returncode != 0:
         raise AssertionError(f"clang failed on {src}:\n{r.stderr}")
@@ -183,3 +185,106 @@ def compile_host(source_text: str, out: Path, *flags: str) -> Path:
     if r.returncode != 0:
         raise AssertionError(f"{cc} failed:\n{r.stderr}")
     return out
+
+
+# --- BTF ------------------------------------------------------------------------------------------------
+
+BTF_INT, BTF_PTR, BTF_ARRAY, BTF_STRUCT, BTF_UNION, BTF_ENUM, BTF_FWD, BTF_TYPEDEF, BTF_VOLATILE, BTF_CONST = \
+    range(1, 11)
+BTF_FUNC, BTF_FUNC_PROTO, BTF_VAR, BTF_DATASEC, BTF_FLOAT, BTF_ENUM64 = 12, 13, 14, 15, 16, 19
+
+
+class BtfBuilder:
+    """Raw BTF written word by word (struct btf_type = name_off, info, size|type, then the kind's records),
+    ids from 1 in the order added.  Independent of kestrel_raw.btf, so tests check the reader against it."""
+
+    def __init__(self) -> None:
+        self.strs = StrTab()
+        self.words: list[int] = []
+        self.count = 0
+
+    def _add(self, name: str, kind: int, vlen: int, size_or_type: int, extra: list[int], kflag: int = 0) -> int:
+        self.words += [self.strs.add(name), kflag << 31 | kind << 24 | vlen, size_or_type, *extra]
+        self.count += 1
+        return self.count
+
+    def int(self, name: str, size: int, signed: bool = False, bits: int | None = None, offset: int = 0) -> int:
+        enc = (1 if signed else 0) << 24 | offset << 16 | (bits if bits is not None else size * 8)
+        return self._add(name, BTF_INT, 0, size, [enc])
+
+    def ptr(self, to: int) -> int:
+        return self._add("", BTF_PTR, 0, to, [])
+
+    def array(self, elem: int, index: int, n: int) -> int:
+        return self._add("", BTF_ARRAY, 0, 0, [elem, index, n])
+
+    def struct(self, name: str, size: int, members: list[tuple], union: bool = False, kflag: bool = False) -> int:
+        """members: (name, type id, bit offset[, bitfield size]) each."""
+        extra = []
+        for m in members:
+            off = m[2] | (m[3] << 24 if kflag and len(m) > 3 else 0)
+            extra += [self.strs.add(m[0]), m[1], off]
+        return self._add(name, BTF_UNION if union else BTF_STRUCT, len(members), size, extra, int(kflag))
+
+    def enum(self, name: str, values: list[tuple[str, int]], size: int = 4, signed: bool = False) -> int:
+        extra = []
+        for n, v in values:
+            extra += [self.strs.add(n), v & 0xFFFFFFFF]
+        return self._add(name, BTF_ENUM, len(values), size, extra, int(signed))
+
+    def enum64(self, name: str, values: list[tuple[str, int]], signed: bool = False) -> int:
+        extra = []
+        for n, v in values:
+            v &= (1 << 64) - 1
+            extra += [self.strs.add(n), v & 0xFFFFFFFF, v >> 32]
+        return self._add(name, BTF_ENUM64, len(values), 8, extra, int(signed))
+
+    def fwd(self, name: str, union: bool = False) -> int:
+        return self._add(name, BTF_FWD, 0, 0, [], int(union))
+
+    def typedef(self, name: str, to: int) -> int:
+        return self._add(name, BTF_TYPEDEF, 0, to, [])
+
+    def const(self, to: int) -> int:
+        return self._add("", BTF_CONST, 0, to, [])
+
+    def func_proto(self, ret: int, params: list[tuple[str, int]]) -> int:
+        extra = []
+        for n, t in params:
+            extra += [self.strs.add(n), t]
+        return self._add("", BTF_FUNC_PROTO, len(params), ret, extra)
+
+    def func(self, name: str, proto: int, linkage: int = 1) -> int:
+        return self._add(name, BTF_FUNC, linkage, proto, [])
+
+    def var(self, name: str, type_id: int, linkage: int = 1) -> int:
+        return self._add(name, BTF_VAR, 0, type_id, [linkage])
+
+    def datasec(self, name: str, size: int, vars_: list[tuple[int, int, int]]) -> int:
+        extra = []
+        for v in vars_:
+            extra += list(v)
+        return self._add(name, BTF_DATASEC, len(vars_), size, extra)
+
+    def string(self, s: str) -> int:
+        return self.strs.add(s)
+
+    def build(self) -> bytes:
+        types = struct.pack(f"<{len(self.words)}I", *self.words)
+        strs = bytes(self.strs.data)
+        return struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(types), len(types), len(strs)) + types + strs
+
+
+def btf_ext(sections: dict[str, list[tuple]], strs: StrTab, kind: str = "core") -> bytes:
+    """A .BTF.ext blob holding one table ("func", "line" or "core") of ``sections``: name -> records (tuples
+    of u32), with the section names added to ``strs`` (the .BTF string table they index)."""
+    sizes = {"func": 8, "line": 16, "core": 16}
+    body = struct.pack("<I", sizes[kind])
+    for name, recs in sections.items():
+        body += struct.pack("<II", strs.add(name), len(recs))
+        for r in recs:
+            body += struct.pack(f"<{len(r)}I", *r)
+    offs = {"func": (0, 0), "line": (0, 0), "core": (0, 0)}
+    offs[kind] = (0, len(body))
+    hdr = struct.pack("<HBBI", 0xEB9F, 1, 0, 32) + struct.pack("<6I", *offs["func"], *offs["line"], *offs["core"])
+    return hdr + body
