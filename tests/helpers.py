@@ -93,7 +93,6 @@ class ElfBuilder:
         shstr_name = shstr.add(".shstrtab")
         phoff = 64
         off = phoff + 56 * len(self.segments)
-        body = bytearray()
         for s in self.sections:
             off = (off + 7) & ~7
             s.offset = off

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import struct
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +26,7 @@ from kestrel_raw.kernel.uapi import (
 from tests.helpers import BPF_SRC, TESTS, compile_bpf, compile_host, need_tool
 
 DEBIAN_61_BTF = TESTS / "data" / "btf" / "debian-6.1.0-57-cloud-amd64.min.btf"
+DEBIAN_612_BTF = TESTS / "data" / "btf" / "debian-6.12.118-cloud-amd64.min.btf"
 INSN = struct.Struct("<BBhi")
 TP = "tracepoint/syscalls/sys_enter_getppid"
 
@@ -178,9 +178,10 @@ def _patched_values(p) -> dict[int, int]:
     return out
 
 
-@pytest.mark.parametrize("which", ["host", "debian-6.1"])
+@pytest.mark.parametrize("which", ["host", "debian-6.1", "debian-6.12"])
 def test_core_reads_of_task_struct(objs, which):
-    btf = host_btf() if which == "host" else BTF.load(str(DEBIAN_61_BTF))
+    saved = {"debian-6.1": DEBIAN_61_BTF, "debian-6.12": DEBIAN_612_BTF}
+    btf = host_btf() if which == "host" else BTF.load(str(saved[which]))
     o = BpfObject.load(str(objs["core_task"]))
     p = o.link(btf)["core_read_task"]
     values = _patched_values(p)
@@ -209,8 +210,10 @@ def test_core_offsets_differ_between_kernels(objs):
     o = BpfObject.load(str(objs["core_task"]))
     here = _patched_values(o.link(host_btf())["core_read_task"])
     there = _patched_values(o.link(BTF.load(str(DEBIAN_61_BTF)))["core_read_task"])
+    newer = _patched_values(o.link(BTF.load(str(DEBIAN_612_BTF)))["core_read_task"])
     assert [here[s] != there[s] for s in (28, 46, 61, 68, 119)] == [True] * 5
     assert there[28] == 2416 and there[46] == 2432 and there[68] == 312    # Debian 6.1 amd64, from its BTF
+    assert newer[46] == 2448 != there[46]                                  # 6.12: real_parent moved again
 
 
 def test_unresolvable_relocation_names_object_section_insn_and_access(objs, tmp_path):
@@ -296,8 +299,8 @@ def run_libbpf(ref: Path, obj: Path, btf: Path | None = None) -> tuple[dict[str,
 
 @pytest.mark.crosscheck
 @pytest.mark.parametrize("name, btf", [
-    ("core_task", None), ("core_task", DEBIAN_61_BTF), ("global_data", None), ("subprog", None),
-    ("maps_libbpf", None), ("seed", None), ("seed", DEBIAN_61_BTF),
+    ("core_task", None), ("core_task", DEBIAN_61_BTF), ("core_task", DEBIAN_612_BTF), ("global_data", None),
+    ("subprog", None), ("maps_libbpf", None), ("seed", None), ("seed", DEBIAN_61_BTF),
 ])
 def test_same_instructions_as_libbpf(objs, libbpf_ref, name, btf):
     maps, progs, log = run_libbpf(libbpf_ref, objs[name], btf)

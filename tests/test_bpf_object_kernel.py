@@ -15,12 +15,12 @@ import subprocess
 import time
 
 import pytest
-from construct import Bytes, Int8ul, Int32sl, Int32ul, Int64ul, PaddedString, Struct
+from construct import Bytes, Int32sl, Int32ul, Int64ul, PaddedString, Struct
 
 from kestrel_raw.bpfobj import BpfObject, LinkedProgram
 from kestrel_raw.btf import BTF, VMLINUX_BTF
 from kestrel_raw.kernel import bpf
-from kestrel_raw.kernel.attach import attach_raw_tracepoint, attach_tracepoint
+from kestrel_raw.kernel.attach import attach_tracepoint
 from kestrel_raw.kernel.uapi import (
     BPF_PROG_TYPE_RAW_TRACEPOINT, BPF_PROG_TYPE_TRACEPOINT, BPF_PROG_TYPE_TRACING, BPF_TRACE_RAW_TP,
 )
