@@ -287,3 +287,56 @@ def btf_ext(sections: dict[str, list[tuple]], strs: StrTab, kind: str = "core") 
     offs[kind] = (0, len(body))
     hdr = struct.pack("<HBBI", 0xEB9F, 1, 0, 32) + struct.pack("<6I", *offs["func"], *offs["line"], *offs["core"])
     return hdr + body
+
+
+# --- libbpf as the reference ----------------------------------------------------------------------------
+
+def build_libbpf_reference(out_dir: Path) -> Path:
+    """tests/bpf_src/libbpf_reference.c built against the system's libbpf (skips without the privilege to
+    create maps and load programs, which libbpf needs to get as far as relocating)."""
+    from tests.conftest import kernel_privilege_problem
+    problem = kernel_privilege_problem()
+    if problem:
+        pytest.skip(f"libbpf creates maps and loads programs: {problem}")
+    need_tool("clang", "clang")
+    need_bpf_headers()
+    return compile_host((BPF_SRC / "libbpf_reference.c").read_text(), out_dir / "libbpf_reference", "-lbpf")
+
+
+@dataclass
+class LibbpfResult:
+    maps: dict[str, int]          # libbpf's map name -> the fd it created
+    progs: dict[str, bytes]       # program -> the instructions libbpf gave the kernel
+    core_log: list[str]           # its CO-RE patch lines, "prog 'p': relo #3: patched insn #7 ..."
+    load: int                     # bpf_object__load's result
+    stderr: str
+
+    @property
+    def relocated(self) -> bool:
+        """Whether libbpf got as far as relocating: it creates the maps first, and stops at a map it cannot
+        create (a libbpf-tool sizes some maps at run time, before loading)."""
+        return "failed to create" not in self.stderr and "failed to open" not in self.stderr
+
+
+def run_libbpf(ref: Path, obj: Path, btf: Path | None = None) -> LibbpfResult:
+    args = [str(ref), str(obj)] + ([str(btf)] if btf else [])
+    r = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    maps, progs, load = {}, {}, None
+    for line in r.stdout.splitlines():
+        kind, *rest = line.split()
+        if kind == "map":
+            maps[rest[0]] = int(rest[1])
+        elif kind == "prog":
+            progs[rest[0]] = bytes.fromhex(rest[1]) if len(rest) > 1 else b""
+        elif kind == "load":
+            load = int(rest[0])
+    log = [ln.removeprefix("libbpf: ") for ln in r.stderr.splitlines()
+           if "patched insn" in ln or "substituting insn" in ln]
+    return LibbpfResult(maps, progs, log, load, r.stderr)
+
+
+def libbpf_fds(obj, maps: dict[str, int]) -> dict[str, int]:
+    """Our map names -> the fds libbpf created: libbpf logs a BTF or legacy map by its full name, a
+    global-data map by its internal name (our ``kernel_name``)."""
+    return {n: maps[m.kernel_name if m.is_global_data else m.name] for n, m in obj.maps.items()}

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import struct
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ from kestrel_raw.kernel.uapi import (
     BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_F_RDONLY_PROG, BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_HASH,
     BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_RINGBUF,
 )
-from tests.helpers import BPF_SRC, TESTS, compile_bpf, compile_host, need_tool
+from tests.helpers import TESTS, build_libbpf_reference, compile_bpf, libbpf_fds, run_libbpf
 
 DEBIAN_61_BTF = TESTS / "data" / "btf" / "debian-6.1.0-57-cloud-amd64.min.btf"
 DEBIAN_612_BTF = TESTS / "data" / "btf" / "debian-6.12.118-cloud-amd64.min.btf"
@@ -270,31 +269,7 @@ def test_not_a_bpf_object():
 
 @pytest.fixture(scope="module")
 def libbpf_ref(tmp_path_factory) -> Path:
-    from tests.conftest import kernel_privilege_problem
-    problem = kernel_privilege_problem()
-    if problem:
-        pytest.skip(f"libbpf creates maps and loads programs: {problem}")
-    need_tool("clang", "clang")
-    if not Path("/usr/include/bpf/libbpf.h").exists():
-        need_tool("libbpf-headers-missing", "libbpf-dev")
-    out = tmp_path_factory.mktemp("ref") / "libbpf_reference"
-    return compile_host((BPF_SRC / "libbpf_reference.c").read_text(), out, "-lbpf")
-
-
-def run_libbpf(ref: Path, obj: Path, btf: Path | None = None) -> tuple[dict[str, int], dict[str, bytes], list[str]]:
-    args = [str(ref), str(obj)] + ([str(btf)] if btf else [])
-    r = subprocess.run(args, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr[-2000:]
-    maps, progs = {}, {}
-    for line in r.stdout.splitlines():
-        kind, name, *rest = line.split()
-        if kind == "map":
-            maps[name] = int(rest[0])
-        elif kind == "prog":
-            progs[name] = bytes.fromhex(rest[0]) if rest else b""
-    log = [ln.removeprefix("libbpf: ") for ln in r.stderr.splitlines()
-           if "patched insn" in ln or "substituting insn" in ln]
-    return maps, progs, log
+    return build_libbpf_reference(tmp_path_factory.mktemp("ref"))
 
 
 @pytest.mark.crosscheck
@@ -303,11 +278,13 @@ def run_libbpf(ref: Path, obj: Path, btf: Path | None = None) -> tuple[dict[str,
     ("subprog", None), ("maps_libbpf", None), ("seed", None), ("seed", DEBIAN_61_BTF),
 ])
 def test_same_instructions_as_libbpf(objs, libbpf_ref, name, btf):
-    maps, progs, log = run_libbpf(libbpf_ref, objs[name], btf)
+    ref = run_libbpf(libbpf_ref, objs[name], btf)
+    maps, progs, log = ref.maps, ref.progs, ref.core_log
+    assert ref.relocated, ref.stderr[-2000:]
     o = BpfObject.load(str(objs[name]))
     linked = o.link(BTF.load(str(btf)) if btf else None)
     assert set(progs) == set(linked)
-    fds = {n: maps[m.kernel_name] for n, m in o.maps.items()}          # libbpf names maps as we do
+    fds = libbpf_fds(o, maps)
     for pname, p in linked.items():
         assert p.with_fds(fds) == progs[pname], pname
     # the CO-RE patches, line for line as libbpf logs them (a subprogram's once, as libbpf relocates it once)

@@ -268,7 +268,7 @@ class BpfObject:
                 raise self._error(f"section {sec.name!r} is {sec.size} bytes, not a whole number of 8-byte "
                                   "instructions")
             is_text = sec.name == TEXT_SEC
-            kind = None if is_text else parse_section(sec.name, self.source)
+            kind = None if is_text else parse_section(sec.name)
             data = elf.section_data(sec)
             funcs = sorted((s for s in elf.symbols() if s.shndx == sec.index and s.is_function),
                            key=lambda s: s.value)

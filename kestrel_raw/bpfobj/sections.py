@@ -41,52 +41,42 @@ class SectionKind:
     kind: str
     target: str
     sleepable: bool = False
+    name: str = ""      # the section name as written
+
+    def _bad(self, why: str) -> BpfObjectError:
+        return BpfObjectError(f"section {self.name!r}: {why}")
 
     @property
     def tracepoint(self) -> tuple[str, str]:
         """(group, name) of a tracepoint program: "syscalls/sys_enter_openat" -> ("syscalls", ...)."""
         group, _, name = self.target.partition("/")
+        if self.kind != TRACEPOINT or not group or not name or "/" in name:
+            raise self._bad("a tracepoint section is tracepoint/GROUP/NAME (or tp/GROUP/NAME), e.g. "
+                            "tracepoint/syscalls/sys_enter_openat; attach this program by hand")
         return group, name
 
     @property
     def uprobe(self) -> tuple[str, str, int]:
         """(binary path, function, offset) of a uprobe's target "path:function[+offset]"."""
-        path, _, func = self.target.rpartition(":")
-        func, _, off = func.partition("+")
-        return path, func, int(off, 0) if off else 0
+        path, colon, func = self.target.rpartition(":")
+        if self.kind not in (UPROBE, URETPROBE) or not colon or not path or not func:
+            raise self._bad(f"a {self.kind} section is {self.kind}/BINARY:FUNCTION[+OFFSET], e.g. "
+                            f"{self.kind}/libc.so.6:getaddrinfo; attach this program by hand")
+        func, plus, off = func.partition("+")
+        try:
+            return path, func, int(off, 0) if plus else 0
+        except ValueError:
+            raise self._bad(f"offset {off!r} after '+' is not a number") from None
 
 
-def parse_section(name: str, source: str = "<object>") -> SectionKind | None:
+def parse_section(name: str) -> SectionKind | None:
     """The kind of a program section, None when the name is not one this loader knows (libbpf's other
-    program types: xdp, tc, lsm...).  A known prefix with a malformed target raises ``BpfObjectError``."""
+    program types: xdp, tc, lsm...).  The target is not checked here: as with libbpf, a program whose
+    section names no usable target (``SEC("uretprobe/readline")``, attached by hand) still loads; asking for
+    its ``tracepoint`` or ``uprobe`` parts raises ``BpfObjectError``."""
     for prefix, kind, sleepable in _PREFIXES:
         if name == prefix:
-            return SectionKind(kind, "", sleepable)
+            return SectionKind(kind, "", sleepable, name)
         if name.startswith(prefix + "/"):
-            target = name[len(prefix) + 1:]
-            _check_target(kind, target, name, source)
-            return SectionKind(kind, target, sleepable)
+            return SectionKind(kind, name[len(prefix) + 1:], sleepable, name)
     return None
-
-
-def _check_target(kind: str, target: str, name: str, source: str) -> None:
-    def bad(why: str) -> BpfObjectError:
-        return BpfObjectError(f"{source}: section {name!r}: {why}")
-
-    if not target:
-        raise bad(f"the {kind} target after '/' is empty")
-    if kind == TRACEPOINT:
-        group, _, event = target.partition("/")
-        if not group or not event or "/" in event:
-            raise bad("a tracepoint section is tracepoint/GROUP/NAME (or tp/GROUP/NAME), e.g. "
-                      "tracepoint/syscalls/sys_enter_openat")
-    elif kind in (UPROBE, URETPROBE):
-        path, colon, func = target.rpartition(":")
-        if not colon or not path:
-            raise bad(f"a {kind} section is {kind}/BINARY:FUNCTION[+OFFSET], e.g. {kind}/libc.so.6:getaddrinfo")
-        func, plus, off = func.partition("+")
-        if plus:
-            try:
-                int(off, 0)
-            except ValueError:
-                raise bad(f"offset {off!r} after '+' is not a number") from None
