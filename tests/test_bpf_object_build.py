@@ -112,7 +112,10 @@ def test_global_data(objs):
     # every variable is reached through its section's map at its own offset; internal_counter, a static,
     # through the .bss section symbol with the offset (40) in the instruction's imm
     assert sorted(refs) == sorted([(".rodata", 0), (".data", 0), (".bss", 8), (".rodata", 8), (".bss", 40),
-                                   (".bss", 0), (".data", 8), (".rodata", 16)])
+                                   (".bss", 0), (".data", 8), (".rodata", 16), (".rodata.str1.1", 0)])
+    # the string literal's section is a map too, named by its section alone (libbpf's rule for a second dot)
+    strs = o.maps[".rodata.str1.1"]
+    assert (strs.kernel_name, strs.initial, strs.frozen) == (".rodata.str1.1", b"tgid %u\n\0", True)
     for ref in p.map_refs:
         code, dst, src, off, imm = insn(p.insns, ref.insn)
         assert (code, src, imm) == (op.LD_IMM64, op.BPF_PSEUDO_MAP_VALUE, 0)

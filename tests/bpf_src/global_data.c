@@ -24,6 +24,7 @@ int count_getpid(void *ctx)
 	zeros[tgid & 7] = 1;
 	internal_counter++;
 	bpf_printk("getpid from %u", tgid);
+	bpf_trace_printk("tgid %u\n", 9, tgid);    // a literal passed as is: clang puts it in .rodata.str1.1
 	return 0;
 }
 
