@@ -8,6 +8,7 @@ import re
 import shutil
 import struct
 import subprocess
+import sys
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -355,3 +356,17 @@ def test_non_pie_and_stripped_binaries(tmp_path):
     off = s.symbol_file_offset("kr_exported")
     sec = s.sections[exported.shndx]
     assert off == exported.value - sec.addr + sec.offset
+
+
+def test_public_names_and_purity():
+    import kestrel_raw.bpfobj as bpfobj
+    import kestrel_raw.elf as elf
+    for mod in (elf, bpfobj):
+        assert len(mod.__all__) == len(set(mod.__all__))
+        assert [n for n in mod.__all__ if not hasattr(mod, n)] == []
+    # the ELF reader, .BTF.ext and CO-RE are pure: neither ctypes nor trio comes with them
+    code = ("import sys, kestrel_raw.elf, kestrel_raw.btf.ext, kestrel_raw.btf.core; "
+            "print(sorted(m for m in ('ctypes', 'trio') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.stdout.strip() == "[]"
