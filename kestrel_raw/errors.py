@@ -30,6 +30,21 @@ class BTFError(KestrelError):
     """BTF data is malformed, or a type or member asked for is not in it."""
 
 
+class ElfError(KestrelError):
+    """An ELF file is not one this reader can use (truncated, corrupt, another class or byte order), or a
+    section, segment or symbol asked for is not in it.  The message names the file."""
+
+
+class BpfObjectError(ElfError):
+    """A BPF ELF object (clang -target bpf) cannot be turned into programs and maps: an unknown section or
+    map definition, a relocation that points nowhere.  The message names the object and the section."""
+
+
+class CoreRelocationError(BpfObjectError):
+    """A CO-RE relocation (.BTF.ext) cannot be applied: the message names the object, the section, the
+    instruction index and the access string, spelled out as a path (``struct task_struct.real_parent``)."""
+
+
 class RecordError(KestrelError):
     """A record read from a ring buffer is malformed.  The poller counts and skips it."""
 

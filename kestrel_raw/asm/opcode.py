@@ -96,13 +96,12 @@ BPF_CMPXCHG = 0xF0 | BPF_FETCH
 # src_reg of ld_imm64: how the verifier reads the constant.
 BPF_PSEUDO_MAP_FD = 1  # imm is a map fd; the register gets the map pointer
 BPF_PSEUDO_MAP_VALUE = 2  # imm is a map fd, the second imm an offset; the register gets &value[0] + offset
-BPF_PSEUDO_FUNC = 4  # imm is the relative address of a bpf function (this assembler does not build it)
+BPF_PSEUDO_FUNC = 4  # imm is a subprogram's offset in instructions; the register gets its address (callbacks)
 BPF_PSEUDO_MAP_IDX_VALUE = 5  # as MAP_VALUE, by index into the load's fd_array (not built here)
 
-# src_reg of BPF_JMP | BPF_CALL: a helper by id (0, the only one this assembler builds), a bpf-to-bpf call,
-# a kernel function (kfunc).
-BPF_PSEUDO_CALL = 1
-BPF_PSEUDO_KFUNC_CALL = 2
+# src_reg of BPF_JMP | BPF_CALL: what imm means.  0: a helper by id.
+BPF_PSEUDO_CALL = 1  # a bpf-to-bpf call: imm is the callee's offset in instructions from the next one
+BPF_PSEUDO_KFUNC_CALL = 2  # a kernel function: imm is its BTF id
 
 # Forms only the verifier writes, in the code the kernel keeps (include/linux/filter.h), decoded by
 # xlated.py: off of BPF_ALU64 | BPF_MOV | BPF_X that makes it the per-CPU address move

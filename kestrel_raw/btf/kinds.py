@@ -111,3 +111,38 @@ MODIFIER_KINDS = frozenset({BTF_KIND_TYPEDEF, BTF_KIND_VOLATILE, BTF_KIND_CONST,
 # Kinds whose btf_type's third word is a size; in the others it is a type id.
 SIZED_KINDS = frozenset({BTF_KIND_INT, BTF_KIND_STRUCT, BTF_KIND_UNION, BTF_KIND_ENUM, BTF_KIND_DATASEC,
                          BTF_KIND_FLOAT, BTF_KIND_ENUM64})
+
+# --- .BTF.ext (tools/lib/bpf/libbpf_internal.h: struct btf_ext_header) ------------------------------------
+# magic u16, version u8, flags u8, hdr_len u32, then func_info_off/len and line_info_off/len (u32 each);
+# core_relo_off/len follow in headers of 32 bytes.  Offsets count from the end of the header.
+BTF_EXT_HEADER_MIN = 24
+BTF_EXT_HEADER_CORE = 32
+# Smallest record of each info kind: struct bpf_func_info (insn_off, type_id), struct bpf_line_info
+# (insn_off, file_name_off, line_off, line_col), struct bpf_core_relo (insn_off, type_id, access_str_off, kind).
+BPF_FUNC_INFO_SIZE = 8
+BPF_LINE_INFO_SIZE = 16
+BPF_CORE_RELO_SIZE = 16
+
+# enum bpf_core_relo_kind (include/uapi/linux/bpf.h): what a CO-RE relocation computes.
+BPF_CORE_FIELD_BYTE_OFFSET = 0
+BPF_CORE_FIELD_BYTE_SIZE = 1
+BPF_CORE_FIELD_EXISTS = 2
+BPF_CORE_FIELD_SIGNED = 3
+BPF_CORE_FIELD_LSHIFT_U64 = 4
+BPF_CORE_FIELD_RSHIFT_U64 = 5
+BPF_CORE_TYPE_ID_LOCAL = 6
+BPF_CORE_TYPE_ID_TARGET = 7
+BPF_CORE_TYPE_EXISTS = 8
+BPF_CORE_TYPE_SIZE = 9
+BPF_CORE_ENUMVAL_EXISTS = 10
+BPF_CORE_ENUMVAL_VALUE = 11
+BPF_CORE_TYPE_MATCHES = 12
+# The names libbpf prints in its relocation log (core_relo_kind_str in tools/lib/bpf/relo_core.c).
+CORE_RELO_KIND_NAMES = {
+    BPF_CORE_FIELD_BYTE_OFFSET: "byte_off", BPF_CORE_FIELD_BYTE_SIZE: "byte_sz",
+    BPF_CORE_FIELD_EXISTS: "field_exists", BPF_CORE_FIELD_SIGNED: "signed",
+    BPF_CORE_FIELD_LSHIFT_U64: "lshift_u64", BPF_CORE_FIELD_RSHIFT_U64: "rshift_u64",
+    BPF_CORE_TYPE_ID_LOCAL: "local_type_id", BPF_CORE_TYPE_ID_TARGET: "target_type_id",
+    BPF_CORE_TYPE_EXISTS: "type_exists", BPF_CORE_TYPE_MATCHES: "type_matches", BPF_CORE_TYPE_SIZE: "type_size",
+    BPF_CORE_ENUMVAL_EXISTS: "enumval_exists", BPF_CORE_ENUMVAL_VALUE: "enumval_value",
+}
