@@ -21,17 +21,14 @@ import sys
 # ~190 ms on this VM (KERNEL-NOTES.md).
 import trio
 
+from kestrel_raw.cli.common import EXIT_OK, EXIT_SETUP, EXIT_USAGE, error as _error, one_line as _one_line
 from kestrel_raw.errors import ConfigError, KestrelError, PrivilegeError, SetupError
 
-EXIT_OK = 0
-EXIT_SETUP = 1
-EXIT_USAGE = 2
+NAME = "run"
+HELP = "collect events and print them as JSON lines"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kestrel-raw", description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="collect events and print them as JSON lines")
+def add_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument("--events", default="exec,open,connect,exit",
                      help="comma-separated event types: exec, open, connect, exit (default: all)")
     run.add_argument("--output", "-o", metavar="FILE",
@@ -65,7 +62,6 @@ def build_parser() -> argparse.ArgumentParser:
                      help="seconds between drains without a wakeup: the longest a lone event waits (0.1)")
     run.add_argument("--flush-interval", type=float, default=None,
                      help="seconds a written line may stay buffered (default 0.1)")
-    return p
 
 
 def _user_ids(user: str) -> tuple[int, int]:
@@ -80,8 +76,7 @@ def _user_ids(user: str) -> tuple[int, int]:
         raise ConfigError(f"--user {user!r}: no such user; give a user name or a numeric uid") from None
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(args: argparse.Namespace) -> int:
     from kestrel_raw.config import CollectorConfig, parse_event_types
 
     kwargs = {}
@@ -143,15 +138,6 @@ def _trio_run(fn, *args):
         if isinstance(leaf, BaseExceptionGroup):
             raise
         raise leaf from None
-
-
-def _error(message: str) -> None:
-    print(f"kestrel-raw: {message}", file=sys.stderr)
-
-
-def _one_line(text: str) -> str:
-    # Set-up errors may quote a tool's several lines (mount(8)); the user gets one.
-    return " ".join(text.split())
 
 
 async def _run(config, output: str | None, duration: float | None) -> int:
@@ -262,7 +248,3 @@ def _silence_stdout() -> None:
         os.close(devnull)
     except OSError:
         pass
-
-
-if __name__ == "__main__":
-    sys.exit(main())
