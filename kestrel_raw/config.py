@@ -11,6 +11,7 @@ from kestrel_raw.spec import EventType
 QUEUE_POLICIES = ("block", "drop")
 DELIVERIES = ("events", "json")
 LATENCIES = ("batch", "low")
+VERIFIER_LOG_LEVELS = (0, 1, 2, 4)  # none, BPF_LOG_LEVEL1, BPF_LOG_LEVEL2, BPF_LOG_STATS
 ALL_EVENT_TYPES: tuple[EventType, ...] = (EventType.EXEC, EventType.OPEN, EventType.CONNECT, EventType.EXIT)
 _VALID_NAMES = ", ".join(t.label for t in EventType)
 
@@ -106,6 +107,11 @@ class CollectorConfig:
         drains every ``poll_interval``.  "low": the programs never wake the reader, which instead polls
         the rings without sleeping (it keeps one CPU busy) and the CLI flushes every chunk: microseconds
         from syscall to user space, for latency-sensitive consumers.
+    pin: a ``kestrel_raw.audit.PinFile``: load() refuses, before it loads anything, any program whose
+        SHA-256 the file does not approve (``PinError``, naming the program); None: no check.
+    verifier_log_level, verifier_log_path: with a level (1, 2 or 4, the kernel's BPF_LOG_LEVEL1/2 and
+        BPF_LOG_STATS), the verifier's log of each program is written at load to
+        ``verifier_log_path``/NAME.log (a directory that must exist); 0: no log kept.
     """
 
     program_path: str | None = None
@@ -125,6 +131,9 @@ class CollectorConfig:
     drop_gid: int = 65534
     deliver: str = "events"
     latency: str = "batch"
+    pin: object | None = None
+    verifier_log_level: int = 0
+    verifier_log_path: str | None = None
 
     def __post_init__(self) -> None:
         if self.program_path is not None:
@@ -175,6 +184,15 @@ class CollectorConfig:
                 raise ConfigError("only_tgids is empty: nothing would be reported; give tgids or None")
             object.__setattr__(self, "only_tgids", tgids)
         _positive_seconds("peer_interval", self.peer_interval)
+        if self.verifier_log_level not in VERIFIER_LOG_LEVELS:
+            raise ConfigError(f"verifier_log_level must be one of {', '.join(map(str, VERIFIER_LOG_LEVELS))} "
+                              f"(0: none; 1: the instructions as verified; 2: every state; 4: statistics), "
+                              f"got {self.verifier_log_level!r}")
+        if self.verifier_log_level:
+            if self.verifier_log_path is None or not os.path.isdir(self.verifier_log_path):
+                raise ConfigError(f"verifier_log_path {self.verifier_log_path!r} is not a directory; create it "
+                                  f"(the verifier's log of each program is written there)")
+            object.__setattr__(self, "verifier_log_path", os.fspath(self.verifier_log_path))
         if not isinstance(self.drop_privileges, bool):
             raise ConfigError(f"drop_privileges must be True or False, got {self.drop_privileges!r}")
         for name in ("drop_uid", "drop_gid"):

@@ -47,9 +47,10 @@ def test_kill_9_leaves_nothing_in_the_kernel(tmp_path, clis):
     objects = kernel_objects(c.proc.pid)
     # 9 programs: exec, openat and openat2 and connect (each at entry and exit), exit, each with its link, and
     # the open programs' second half (reached by tail call: no link); rings (one per CPU, at most 4), their
-    # array, scratch, stats, self_runs, the filter, the entry copies (task storage), the tail-call array.
+    # array, scratch, stats, self_runs, the filter, the entry copies (task storage), the tail-call array, the
+    # collector's own tgid (self_tgid).
     assert len(objects["prog"]) == 9 and len(objects["link"]) == 8, objects
-    assert len(objects["map"]) == default_buffers() + 1 + 6, objects
+    assert len(objects["map"]) == default_buffers() + 1 + 7, objects
     live = live_objects()
     assert all(objects[k] <= live[k] for k in objects)
     c.proc.kill()

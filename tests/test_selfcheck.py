@@ -24,45 +24,56 @@ from kestrel_raw.programs.builder import ProgramBuilder
 NEVER_CALLED = "sys_exit_sethostname"
 
 
-def _prologue_and_epilogue(**kw) -> str:
-    b = ProgramBuilder("kr_t", self_tgid=1234, nrings=2, wakeup_threshold=0, **kw)
+def _prologue_and_epilogue(self_tgid: int | None = 1234, **kw) -> str:
+    b = ProgramBuilder("kr_t", self_tgid=self_tgid, nrings=2, wakeup_threshold=0, **kw)
     b.prologue()
     return format_program(b.epilogue())
 
 
 def test_own_runs_are_counted_after_the_exit_off_every_other_path():
     # The own-tgid test jumps past the exit, to the count; every other process takes the same
-    # instructions as without it.
-    assert _prologue_and_epilogue(self_index=3) == """\
+    # instructions as without it.  The collector's programs read their own tgid from a frozen map
+    # (self_tgid=None), so that their bytes are the same in every run (a pin file names them).
+    assert _prologue_and_epilogue(self_tgid=None, self_index=3) == """\
+; r6 = ctx (the tracepoint record); r7 = bpf_get_current_pid_tgid()
    0: (bf) r6 = r1
    1: (85) call bpf_get_current_pid_tgid#14
    2: (bf) r7 = r0
    3: (bf) r1 = r7
    4: (77) r1 >>= 32
-   5: (15) if r1 == 0x4d2 goto pc+9
-   6: (63) *(u32 *)(r10 -16) = r1
-   7: (18) r1 = map[kr_filter]
-   9: (bf) r2 = r10
-  10: (07) r2 += -16
-  11: (85) call bpf_map_lookup_elem#1
-  12: (55) if r0 != 0x0 goto pc+0
-  13: (b7) r0 = 0
-  14: (95) exit
-  15: (62) *(u32 *)(r10 -16) = 3
-  16: (18) r1 = map[self_runs]
-  18: (bf) r2 = r10
-  19: (07) r2 += -16
-  20: (85) call bpf_map_lookup_elem#1
-  21: (15) if r0 == 0x0 goto pc-9
-  22: (79) r1 = *(u64 *)(r0 +0)
-  23: (07) r1 += 1
-  24: (7b) *(u64 *)(r0 +0) = r1
-  25: (b7) r0 = 0
-  26: (95) exit"""
-    # Without a slot (bench/staircase.py's cut programs): the own tgid returns at once.
+; the collector's own tgid, from self_tgid (a frozen map): skip it
+   5: (18) r2 = map[self_tgid][0]+0
+   7: (61) r2 = *(u32 *)(r2 +0)
+   8: (1d) if r1 == r2 goto pc+9
+; skip the tgids in kr_filter
+   9: (63) *(u32 *)(r10 -16) = r1
+  10: (18) r1 = map[kr_filter]
+  12: (bf) r2 = r10
+  13: (07) r2 += -16
+  14: (85) call bpf_map_lookup_elem#1
+  15: (55) if r0 != 0x0 goto pc+0
+; return 0
+  16: (b7) r0 = 0
+  17: (95) exit
+; the collector's own run: self_runs[3] += 1 (this CPU), return 0
+  18: (62) *(u32 *)(r10 -16) = 3
+  19: (18) r1 = map[self_runs]
+  21: (bf) r2 = r10
+  22: (07) r2 += -16
+  23: (85) call bpf_map_lookup_elem#1
+  24: (15) if r0 == 0x0 goto pc-9
+  25: (79) r1 = *(u64 *)(r0 +0)
+  26: (07) r1 += 1
+  27: (7b) *(u64 *)(r0 +0) = r1
+  28: (b7) r0 = 0
+  29: (95) exit"""
+    # With the tgid as an immediate (bench/staircase.py's cut programs), one jump instead of three slots.
+    imm = _prologue_and_epilogue(self_index=3).splitlines()
+    assert imm[6:8] == ["; the collector's own tgid (1234): skip it", "   5: (15) if r1 == 0x4d2 goto pc+9"]
+    # Without a slot: the own tgid returns at once.
     plain = _prologue_and_epilogue()
-    assert "5: (15) if r1 == 0x4d2 goto pc+7" in plain and "self_runs" not in plain
-    assert plain.splitlines()[6:] == _prologue_and_epilogue(self_index=3).splitlines()[6:14]
+    assert "   5: (15) if r1 == 0x4d2 goto pc+7" in plain and "self_runs" not in plain
+    assert plain.splitlines()[8:] == imm[8:18]
 
 
 def test_every_tracepoint_but_execs_can_be_provoked():

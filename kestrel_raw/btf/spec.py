@@ -19,7 +19,7 @@ from kestrel_raw.btf.kinds import (
     KIND_BY_NAME, KIND_NAMES, MODIFIER_KINDS, SIZED_KINDS, WORDS_PER_VLEN, btf_int_bits, btf_int_encoding,
     btf_int_offset, btf_member_bit_offset, btf_member_bitfield_size,
 )
-from kestrel_raw.btf.types import VOID, ArrayInfo, Enumerator, IntEncoding, Member, Param, Type, VarSecinfo
+from kestrel_raw.btf.types import VOID, ArrayInfo, Enumerator, IntEncoding, Member, Param, PathHop, Type, VarSecinfo
 from kestrel_raw.errors import BTFError
 
 VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
@@ -472,33 +472,42 @@ class BTF:
         Members of embedded structs add their offsets to the current hop; a pointer ends the hop (its
         size is the pointer size) and the next member is read from where it points.  The last hop's size
         is the last member's.  A member that is neither a struct, union nor a pointer to one cannot be
-        gone through; a bitfield cannot be loaded by bytes: both raise ``BTFError``.
+        gone through; a bitfield cannot be loaded by bytes: both raise ``BTFError``.  ``path_hops`` says
+        which struct and members each hop reads.
         """
+        return [(hop.offset, hop.size) for hop in self.path_hops(dotted)]
+
+    def path_hops(self, dotted: str) -> list[PathHop]:
+        """The hops of ``path(dotted)``, each with the struct it reads in (name and type id) and the
+        members it goes through: where each offset came from."""
         parts = dotted.split(".")
         if len(parts) < 2 or not all(parts):
             raise BTFError(f"path {dotted!r} must be 'type.member[.member...]', e.g. 'task_struct.mm.arg_start'")
         current = self._aggregate(parts[0])
-        hops: list[tuple[int, int]] = []
+        hops: list[PathHop] = []
         offset = 0
         walked = parts[0]
+        start, members = current, []
         for k, name in enumerate(parts[1:], start=1):
             m = self.member(current, name)
             walked += "." + name
+            members.append(name)
             if m.bit_size:
                 raise BTFError(f"{walked} is a {m.bit_size}-bit bitfield: path() gives byte loads; read its "
                                f"storage and shift (bit offset {m.bit_offset} in {current.name or 'its struct'})")
             offset += m.offset
             if k == len(parts) - 1:
-                hops.append((offset, m.size))
+                hops.append(PathHop(offset, m.size, start.id, start.name, tuple(members)))
                 break
             target = self.resolve(m.type)
             if target.kind == BTF_KIND_PTR:
-                hops.append((offset, self.pointer_size))
+                hops.append(PathHop(offset, self.pointer_size, start.id, start.name, tuple(members)))
                 offset = 0
                 target = self.resolve(target.type)
                 if target.kind == BTF_KIND_FWD:
                     raise BTFError(f"{walked} points to {target.name!r}, which this BTF only declares "
                                    "(no members known)")
+                start, members = target, []
             if target.kind not in _AGGREGATES:
                 raise BTFError(f"{walked} has type {self.type_name(m.type)}: only a struct, a union or a pointer "
                                f"to one can be gone through to reach {parts[k + 1]!r}")

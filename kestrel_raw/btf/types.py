@@ -12,6 +12,23 @@ from kestrel_raw.btf.kinds import KIND_NAMES
 
 
 @dataclass(frozen=True, slots=True)
+class PathHop:
+    """One load of ``BTF.path_hops``: ``size`` bytes at ``offset`` in struct ``type_name`` (BTF id
+    ``type_id``), reached through ``members`` (the path's names this hop covers: embedded members, then
+    the member read)."""
+    offset: int
+    size: int
+    type_id: int
+    type_name: str
+    members: tuple[str, ...]
+
+    @property
+    def dotted(self) -> str:
+        """``"task_struct.real_parent"``: where the offset was read in BTF."""
+        return ".".join((self.type_name or f"(anon) [{self.type_id}]", *self.members))
+
+
+@dataclass(frozen=True, slots=True)
 class Member:
     """A struct or union member, or the answer of ``BTF.member``.
 

@@ -32,7 +32,9 @@ import trio
 from kestrel_raw import programs
 from kestrel_raw.collector.attach import attach_all, check_attached
 from kestrel_raw.collector.deliver import Delivery
-from kestrel_raw.collector.load import create_maps, fill_only, listing_text, load_btf, load_programs, write_listings
+from kestrel_raw.collector.load import (
+    build_programs, create_maps, fill_only, listing_text, load_btf, load_programs, write_listings,
+)
 from kestrel_raw.collector.peers import TGID, peer_tgids, prune_peers, register_with_peers
 from kestrel_raw.collector.poll import BATCH_RECORDS, drain_at_stop, poll_busy, poll_ring
 from kestrel_raw.collector.stats import CollectorStats, Counts, kernel_counters, snapshot
@@ -74,15 +76,21 @@ class KestrelCollector:
             return
         cfg = self.config
         specs = programs.specs([int(t) for t in cfg.event_types])
+        # Built first (no kernel object made): a pin file refuses a program before anything is loaded.
+        built = build_programs(cfg, specs)
+        if cfg.pin is not None:
+            from kestrel_raw.asm import program_digest
+
+            cfg.pin.check({spec.name: program_digest(insns).sha256 for spec, insns in built})
         try:
-            # Maps first, and registration with the other collectors, so that they stop reporting this
-            # one as early as possible.
+            # Maps, and registration with the other collectors, so that they stop reporting this one as
+            # early as possible.
             create_maps(cfg, len(specs), self._maps, self._rings)
             if cfg.only_tgids is None:
                 register_with_peers(self._maps[programs.MAP_FILTER])
             else:
                 fill_only(self._maps[programs.MAP_FILTER], cfg.only_tgids)
-            load_programs(cfg, specs, self._maps, self._programs, self._listing)
+            load_programs(cfg, built, self._maps, self._programs, self._listing)
             if cfg.program_path is not None:
                 write_listings(cfg.program_path, self._listing)
         except BaseException:
@@ -163,6 +171,14 @@ class KestrelCollector:
         ignoring = self.config.only_tgids is None
         return (kernel_counters(self._maps.get(programs.MAP_STATS), self._programs),
                 peer_tgids(self._maps.get(programs.MAP_FILTER) if ignoring else None))
+
+    def program_digests(self) -> dict[str, dict[str, str]]:
+        """Each loaded program's digests, by name: ``{"kr_exec": {"sha256": ..., "tag": ...}}`` (the SHA-256
+        a pin file approves, kestrel_raw/audit/pin.py; the tag the kernel reports, as bpftool shows it).
+        Empty before load()."""
+        from kestrel_raw.asm import program_digest
+
+        return {spec.name: program_digest(insns).to_json() for spec, insns in self._listing}
 
     def program_listing(self) -> str:
         """Every loaded program as text, as an auditor would read it."""

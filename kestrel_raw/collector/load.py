@@ -1,8 +1,13 @@
 """Loading: the maps, the kernel's BTF, and the programs, built for the running kernel (tracepoint formats
 from tracefs, struct layouts from BTF) and verified.  Nothing is attached here.
 
-Each function appends what it made to the caller's containers as it goes, so that the caller can close
-everything made so far when a later step fails.
+Building (``build_programs``) needs no privilege beyond reading tracefs and the kernel's BTF, and no map:
+``kestrel-raw disasm`` shows, digests and pins the programs from it exactly as ``load_programs`` loads
+them.  The programs read the collector's own tgid from a map (``self_tgid``), not from an immediate, so
+their bytes are the same in every run.
+
+Each function that makes kernel objects appends them to the caller's containers as it goes, so that the
+caller can close everything made so far when a later step fails.
 """
 from __future__ import annotations
 
@@ -18,8 +23,9 @@ from kestrel_raw.errors import BPFError, BTFError, SetupError
 from kestrel_raw.kernel import bpf
 from kestrel_raw.kernel.prog import Program
 from kestrel_raw.kernel.tracefs import find_tracefs, tracepoint_format
-from kestrel_raw.kernel.uapi import BPF_MAP_TYPE_ARRAY_OF_MAPS
-from kestrel_raw.maps import HashMap, Map, PerCPUArrayMap, ProgArrayMap, RingBuf, TaskStorageMap
+from kestrel_raw.kernel.uapi import BPF_F_RDONLY_PROG, BPF_MAP_TYPE_ARRAY_OF_MAPS
+from kestrel_raw.maps import ArrayMap, HashMap, Map, PerCPUArrayMap, ProgArrayMap, RingBuf, TaskStorageMap
+from kestrel_raw.programs.builder import MAP_SELF_TGID
 
 _U32 = struct.Struct("<I")  # the outer map's key (ring index) and value (ring fd)
 
@@ -57,8 +63,23 @@ def create_maps(cfg: CollectorConfig, nprograms: int, maps: dict[str, Map], ring
     maps[programs.MAP_SELF_RUNS] = PerCPUArrayMap(8, max(1, nprograms), name=programs.MAP_SELF_RUNS)
     maps[programs.MAP_ENTRY] = TaskStorageMap(programs.ENTRY_VALUE_SIZE, name=programs.MAP_ENTRY)
     maps[programs.MAP_TAILS] = ProgArrayMap(programs.TAILS, name=programs.MAP_TAILS)
+    maps[MAP_SELF_TGID] = self_tgid_map(os.getpid())
     maps[programs.MAP_FILTER] = HashMap(
         TGID.size, START.size, FILTER_ENTRIES, name=FILTER_MAP_NAME if cfg.only_tgids is None else ONLY_MAP_NAME)
+
+
+def self_tgid_map(tgid: int) -> ArrayMap:
+    """The map the programs read the collector's own tgid from: one u32, read-only for programs
+    (BPF_F_RDONLY_PROG) and frozen once written, so that nobody can change it afterwards (a tgid put there
+    would be hidden from the collector) and the verifier takes it as a constant."""
+    m = ArrayMap(TGID.size, 1, name=MAP_SELF_TGID, flags=BPF_F_RDONLY_PROG)
+    try:
+        m[0] = TGID.pack(tgid)
+        bpf.map_freeze(m.fileno())
+    except BaseException:
+        m.close()
+        raise
+    return m
 
 
 def fill_only(filter_map: HashMap, tgids: tuple[int, ...]) -> None:
@@ -82,35 +103,64 @@ def fill_outer(outer: Map, fds: list[int]) -> None:
         outer.update(_U32.pack(i), _U32.pack(fd))
 
 
-def load_programs(cfg: CollectorConfig, specs: list[programs.ProgramSpec], maps: dict[str, Map],
+def build_programs(cfg: CollectorConfig, specs: list[programs.ProgramSpec], *, mount_tracefs: bool = True,
+                   annotate: bool = True) -> list[tuple[programs.ProgramSpec, list]]:
+    """The instructions of every program of ``specs``, as ``load_programs`` loads them on this kernel.
+
+    Reads the tracepoint formats (tracefs; mounted when it is not and ``mount_tracefs``) and the kernel's
+    BTF (``cfg.btf_path``); makes no kernel object.  A program counts its runs for this process in
+    MAP_SELF_RUNS at its index in ``specs``; one reached by tail call (``spec.tail``) does not.
+    ``annotate``: the layout constants carry their provenance (False: plain ints; the bytes are the same).
+    """
+    filter_mode = programs.FILTER_IGNORE if cfg.only_tgids is None else programs.FILTER_ONLY
+    find_tracefs(mount=mount_tracefs)
+    formats = {s.name: tracepoint_format(s.group, s.tracepoint, annotate=annotate) for s in specs if s.tail is None}
+    layout = programs.KernelLayout.from_btf(load_btf(cfg.btf_path), annotate=annotate)
+    built = []
+    for index, spec in enumerate(specs):
+        insns = programs.build(spec, formats.get(spec.name), layout, self_tgid=None, nrings=cfg.buffers,
+                               wakeup_threshold=-1 if cfg.latency == "low" else cfg.wakeup_bytes,
+                               filter_mode=filter_mode, self_index=index if spec.tail is None else None)
+        built.append((spec, insns))
+    return built
+
+
+def load_programs(cfg: CollectorConfig, built: list[tuple[programs.ProgramSpec, list]], maps: dict[str, Map],
                   loaded: list[tuple[programs.ProgramSpec, Program]],
                   listing: list[tuple[programs.ProgramSpec, list]]) -> None:
-    """Build every program of ``specs`` for this kernel and load it (the verifier runs here).  A program
-    reached by tail call (``spec.tail``) goes into its slot of MAP_TAILS; the others count their runs for
-    this process in MAP_SELF_RUNS at their index in ``loaded``."""
-    filter_mode = programs.FILTER_IGNORE if cfg.only_tgids is None else programs.FILTER_ONLY
-    find_tracefs()
-    formats = {s.name: tracepoint_format(s.group, s.tracepoint) for s in specs if s.tail is None}
-    layout = programs.KernelLayout.from_btf(load_btf(cfg.btf_path))
-    for spec in specs:
-        insns = programs.build(spec, formats.get(spec.name), layout, self_tgid=os.getpid(),
-                               nrings=cfg.buffers,
-                               wakeup_threshold=-1 if cfg.latency == "low" else cfg.wakeup_bytes,
-                               filter_mode=filter_mode, self_index=len(loaded) if spec.tail is None else None)
-        prog = Program(insns, maps=maps, name=spec.name)
+    """Load every program of ``built`` (``build_programs``; the verifier runs here).  A program reached by
+    tail call (``spec.tail``) goes into its slot of MAP_TAILS.  With ``cfg.verifier_log_level``, the
+    verifier's log of each program is written to ``cfg.verifier_log_path``/NAME.log."""
+    for spec, insns in built:
+        prog = Program(insns, maps=maps, name=spec.name, log_level=cfg.verifier_log_level)
         loaded.append((spec, prog))
         listing.append((spec, insns))
+        if cfg.verifier_log_level:
+            write_verifier_log(cfg.verifier_log_path, spec.name, prog.verifier_log)
         if spec.tail is not None:
             maps[programs.MAP_TAILS][spec.tail] = prog
 
 
-def listing_text(spec: programs.ProgramSpec, insns: list) -> str:
-    """One program as text, as an auditor would read it: where it attaches, then its disassembly."""
-    from kestrel_raw.asm import format_program
+def write_verifier_log(directory: str, name: str, log: str) -> None:
+    """``directory``/``name``.log: the verifier's log of one program."""
+    with open(os.path.join(directory, f"{name}.log"), "w") as f:
+        f.write(log)
 
-    where = (f"tracepoint {spec.group}:{spec.tracepoint}" if spec.tail is None
-             else f"reached by tail call, slot {spec.tail} of {programs.MAP_TAILS}")
-    return f"; {spec.name}: {where}\n{format_program(insns)}"
+
+def attach_point(spec: programs.ProgramSpec) -> str:
+    """Where a program runs: ``tracepoint sched:sched_process_exec``, or the tail-call slot it sits in."""
+    return (f"tracepoint {spec.group}:{spec.tracepoint}" if spec.tail is None
+            else f"reached by tail call, slot {spec.tail} of {programs.MAP_TAILS}")
+
+
+def listing_text(spec: programs.ProgramSpec, insns: list) -> str:
+    """One program as text, as an auditor would read it: where it attaches, its digests (the SHA-256 a pin
+    file names, the tag the kernel will report), then its annotated disassembly."""
+    from kestrel_raw.asm import format_program, program_digest
+
+    digest = program_digest(insns)
+    return (f"; {spec.name}: {attach_point(spec)}\n; sha256 {digest.sha256}\n; tag {digest.tag}\n"
+            f"{format_program(insns)}")
 
 
 def write_listings(path: str, listing: list[tuple[programs.ProgramSpec, list]]) -> None:

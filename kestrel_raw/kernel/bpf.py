@@ -18,7 +18,7 @@ from kestrel_raw.errors import ConfigError, VerifierError, bpf_error
 from kestrel_raw.kernel.fd import FD
 from kestrel_raw.kernel.uapi import (
     BPF_BTF_LOAD, BPF_ENABLE_STATS, BPF_LINK_CREATE, BPF_LINK_GET_NEXT_ID, BPF_MAP_CREATE, BPF_MAP_DELETE_ELEM,
-    BPF_MAP_GET_NEXT_ID, BPF_MAP_GET_NEXT_KEY, BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_BATCH,
+    BPF_MAP_FREEZE, BPF_MAP_GET_NEXT_ID, BPF_MAP_GET_NEXT_KEY, BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_BATCH,
     BPF_MAP_UPDATE_ELEM, BPF_OBJ_GET_INFO_BY_FD, BPF_OBJ_NAME_LEN, BPF_PROG_GET_FD_BY_ID,
     BPF_PROG_GET_NEXT_ID, BPF_PROG_LOAD, BPF_RAW_TRACEPOINT_OPEN, BPF_ANY, BPF_CMD_NAMES, BpfLinkInfo,
     BpfMapInfo, BpfProgInfo, EnableStatsAttr, GetIdAttr, InfoByFdAttr, LinkCreateAttr, MapBatchAttr,
@@ -190,6 +190,19 @@ def map_delete_elem(map_fd: int, key: bytes) -> bool:
     return True
 
 
+def map_freeze(map_fd: int) -> None:
+    """BPF_MAP_FREEZE: no bpf(2) write to the map from user space from now on (the programs' own access is
+    the map's BPF_F_RDONLY_PROG/BPF_F_WRONLY_PROG flags); the contents of a frozen read-only map are
+    constants to the verifier."""
+    attr = MapElemAttr.pack(map_fd=map_fd)
+
+    def hint(err: int) -> str:
+        if err == errno.EBUSY:
+            return "the map is mapped writable, or already frozen"
+        return ""
+    _call(BPF_MAP_FREEZE, attr, MapElemAttr.offsetofend("map_fd"), hint)
+
+
 def map_get_next_key(map_fd: int, key: bytes | None, key_size: int) -> bytes | None:
     """The key after ``key`` (the first key when ``key`` is None), or None at the end."""
     key_buf = _arg(key, key_size, "key") if key is not None else None
@@ -219,8 +232,31 @@ def prog_load(prog_type: int, insns: bytes, license: str = "GPL", name: str = ""
 
     The first load runs with no log, as a log costs verifier time on every load.  The log load starts with
     a ``log_size`` buffer and grows it while the kernel answers ENOSPC (the log did not fit).
-    ``log_level`` > 0 asks for a log on the first load too (it is then discarded on success).
+    ``log_level`` > 0 asks for a log on the first load too (it is then discarded on success: to keep it,
+    ``prog_load_with_log``).
     """
+    fd, _log = _prog_load(prog_type, insns, license, name, expected_attach_type, attach_btf_id,
+                          attach_btf_obj_fd, prog_flags, kern_version, log_level, log_size, keep_log=False)
+    return fd
+
+
+def prog_load_with_log(prog_type: int, insns: bytes, log_level: int = 1, license: str = "GPL", name: str = "",
+                       expected_attach_type: int = 0, attach_btf_id: int = 0, attach_btf_obj_fd: int = 0,
+                       prog_flags: int = 0, kern_version: int = 0,
+                       log_size: int = LOG_BUF_START) -> tuple[FD, str]:
+    """Load a program with the verifier's log at ``log_level`` (1: the instructions as verified and the
+    states at branches; 2: the state after every instruction; 4: statistics only) and return the fd and the
+    whole log: what the verifier proved.  The buffer grows while the kernel answers ENOSPC (a log that did
+    not fit fails the load even of a valid program).  A refused program raises ``VerifierError``."""
+    if log_level <= 0:
+        raise ValueError(f"log_level must be 1 or more to keep a log, not {log_level}")
+    return _prog_load(prog_type, insns, license, name, expected_attach_type, attach_btf_id, attach_btf_obj_fd,
+                      prog_flags, kern_version, log_level, log_size, keep_log=True)
+
+
+def _prog_load(prog_type: int, insns: bytes, license: str, name: str, expected_attach_type: int,
+               attach_btf_id: int, attach_btf_obj_fd: int, prog_flags: int, kern_version: int, log_level: int,
+               log_size: int, keep_log: bool) -> tuple[FD, str]:
     raw_name = check_object_name(name, "program")
     if len(insns) % 8 or not insns:
         raise ValueError(f"a program is a non-empty sequence of 8-byte instructions, got {len(insns)} bytes")
@@ -234,16 +270,17 @@ def prog_load(prog_type: int, insns: bytes, license: str = "GPL", name: str = ""
                       expected_attach_type=expected_attach_type, attach_btf_id=attach_btf_id,
                       attach_btf_obj_fd=attach_btf_obj_fd)
         size = ProgLoadAttr.offsetofend(last)
-        fd, err, _ = _prog_load_once(fields, size, log_level, log_size if log_level else 0)
-        if fd >= 0:
-            return FD(fd)
-        # Load again with the log on to learn why; grow the buffer until the whole log fits.
+        if not keep_log:
+            fd, err, _ = _prog_load_once(fields, size, log_level, log_size if log_level else 0)
+            if fd >= 0:
+                return FD(fd), ""
+        # Load (again) with the log on, to keep it or to learn why; grow the buffer until the whole log fits.
         level = log_level or 1
         while True:
             fd, err, log = _prog_load_once(fields, size, level, log_size)
             if fd >= 0:
-                # Loaded the second time (a transient failure the first time): keep it.
-                return FD(fd)
+                # Loaded with the log (or the second time, after a transient failure): keep it.
+                return FD(fd), log
             if err == errno.ENOSPC and log_size < LOG_BUF_MAX:
                 log_size = min(log_size * 4, LOG_BUF_MAX)
                 continue

@@ -13,7 +13,8 @@ class Program(FDOwner):
 
     ``insns`` are asm ``Instruction`` values (and labels), assembled with ``maps`` (name -> ``Map``) filling
     the ``ld_map_fd`` references; already assembled bytes are accepted too.  Loading failures raise
-    ``VerifierError`` (with the verifier's log) or ``BPFError``.
+    ``VerifierError`` (with the verifier's log) or ``BPFError``.  ``log_level`` > 0 keeps the verifier's log
+    of a successful load in ``verifier_log``.
     """
 
     def __init__(self, insns: Iterable | bytes, maps: Mapping[str, object] | None = None,
@@ -33,9 +34,15 @@ class Program(FDOwner):
         # Keep the maps alive while the program is: an fd the program refers to must not be closed and reused
         # before the kernel took its own reference (it does at load; this just keeps ownership obvious).
         self.maps = dict(maps or {})
-        self._fd: FD = bpf.prog_load(prog_type, code, license=license, name=name,
-                                     expected_attach_type=expected_attach_type, attach_btf_id=attach_btf_id,
-                                     log_level=log_level)
+        # The verifier's log, kept when ``log_level`` asks for one ("" otherwise): what it proved.
+        self.verifier_log = ""
+        if log_level:
+            self._fd, self.verifier_log = bpf.prog_load_with_log(
+                prog_type, code, log_level, license=license, name=name, expected_attach_type=expected_attach_type,
+                attach_btf_id=attach_btf_id)
+        else:
+            self._fd = bpf.prog_load(prog_type, code, license=license, name=name,
+                                     expected_attach_type=expected_attach_type, attach_btf_id=attach_btf_id)
 
 
     def info(self) -> bpf.ProgInfo:

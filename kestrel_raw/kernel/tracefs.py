@@ -176,9 +176,15 @@ def tracepoint_id(group: str, name: str, tracefs: str | None = None) -> int:
     return int(_read_event_file(group, name, "id", tracefs))
 
 
-def tracepoint_format(group: str, name: str, tracefs: str | None = None) -> "TracepointFormat":
-    """The record layout of tracepoint ``group:name``, from its ``format`` file."""
-    return dataclasses.replace(parse_format(_read_event_file(group, name, "format", tracefs)), group=group)
+def tracepoint_format(group: str, name: str, tracefs: str | None = None, annotate: bool = True) -> "TracepointFormat":
+    """The record layout of tracepoint ``group:name``, from its ``format`` file.
+
+    With ``annotate`` each field's offset is a ``kestrel_raw.asm.Sourced`` int naming the tracefs field it
+    was read from, so that a program's listing can say where the constant came from; it is the plain int
+    everywhere else.
+    """
+    fmt = dataclasses.replace(parse_format(_read_event_file(group, name, "format", tracefs)), group=group)
+    return fmt.sourced() if annotate else fmt
 
 
 # -- format files --------------------------------------------------------------------------------------------
@@ -235,6 +241,15 @@ class TracepointFormat:
 
     def has_field(self, name: str) -> bool:
         return any(f.name == name for f in self.fields)
+
+    def sourced(self) -> "TracepointFormat":
+        """This format with each field's offset carrying its provenance (``tracefs GROUP:EVENT FIELD``)."""
+        from kestrel_raw.asm.annotate import Sourced, tracefs_field
+
+        fields = tuple(dataclasses.replace(f, offset=Sourced(int(f.offset), tracefs_field(self.group or "?", self.name,
+                                                                                          f.name)))
+                       for f in self.fields)
+        return dataclasses.replace(self, fields=fields)
 
     def field(self, name: str) -> Field:
         for f in self.fields:

@@ -39,8 +39,8 @@ from kestrel_raw import spec
 from kestrel_raw.spec import HEADER, Btf, Chars, Const, Helper, Kind, PidTgid, SyscallArg, TpField, Wire
 from kestrel_raw.asm import (
     BPF_ADD, BPF_B, BPF_DIV, BPF_DW, BPF_H, BPF_JEQ, BPF_JGT, BPF_JNE, BPF_MOD, BPF_OR, BPF_RSH, BPF_W, R0,
-    R1, R2, R3, R4, R6, R7, R8, R9, R10, alu64_imm, alu64_reg, call, exit_insn, jmp_imm, jmp_reg, label,
-    ld_map_fd, ldx_mem, mov64_imm, mov64_reg, st_mem, stx_mem,
+    R1, R2, R3, R4, R6, R7, R8, R9, R10, alu64_imm, alu64_reg, call, comment, exit_insn, jmp_imm, jmp_reg,
+    label, ld_map_fd, ld_map_value, ldx_mem, mov64_imm, mov64_reg, st_mem, stx_mem,
 )
 
 # Stack slots (see the module docstring).
@@ -72,6 +72,13 @@ MAP_SELF_RUNS = "self_runs"
 # report only the tgids listed.  The kernel name carries the kr_ prefix so that other collectors can
 # recognise the map (kestrel_raw/collector/).
 MAP_FILTER = "kr_filter"
+# BPF_MAP_TYPE_ARRAY of one u32, the collector's own tgid, created with BPF_F_RDONLY_PROG and frozen once
+# written (kestrel_raw/collector/load.py): the programs read it (``ProgramBuilder(self_tgid=None)``) rather
+# than carry the tgid as an immediate, so that a program's bytes, and its pinned digest, are the same in
+# every run.  The read is a direct load from the map's value (ld_imm64 of the value's address, then one
+# load: no helper call), and the verifier knows the value (a frozen read-only map's contents are constants
+# to it).
+MAP_SELF_TGID = "self_tgid"
 # BPF_MAP_TYPE_PROG_ARRAY: the programs reached by bpf_tail_call (ProgramSpec.tail), by slot.
 MAP_TAILS = "tails"
 TAIL_OPEN_FINISH = 0  # the open programs' second half: the opened file's path, then the submit
@@ -116,10 +123,24 @@ def put_imm(field: Wire, value: int):
     return st_mem(_LOAD_SIZES[field.size], R8, field.offset, value)
 
 
-class ProgramBuilder:
-    """Accumulates one program's instructions.  Every piece that jumps gets labels of its own."""
+_FLAG_NAMES = {value: name[len("FLAG_"):] for name, value in vars(spec).items()
+               if name.startswith("FLAG_") and isinstance(value, int)}
 
-    def __init__(self, name: str, self_tgid: int, nrings: int, wakeup_threshold: int,
+
+class ProgramBuilder:
+    """Accumulates one program's instructions.  Every piece that jumps gets labels of its own.
+
+    The pieces head what they emit with a comment (``kestrel_raw.asm.comment``) saying what it does, for
+    the listings of ``kestrel-raw disasm`` and ``--dump-programs``; comments are not bytes.  ``annotate``
+    False leaves them out (the check that they change no byte builds both ways).
+
+    ``self_tgid``: the collector's tgid, which the programs skip (counting the run, see ``self_index``):
+    None (what the collector uses) reads it from MAP_SELF_TGID, an int compares with it as an immediate.
+    """
+
+    annotate = True
+
+    def __init__(self, name: str, self_tgid: int | None, nrings: int, wakeup_threshold: int,
                  filter_mode: str = FILTER_IGNORE, self_index: int | None = None) -> None:
         if filter_mode not in (FILTER_IGNORE, FILTER_ONLY):
             raise ValueError(f"filter_mode must be {FILTER_IGNORE!r} or {FILTER_ONLY!r}, got {filter_mode!r}")
@@ -137,6 +158,20 @@ class ProgramBuilder:
     def emit(self, *insns) -> None:
         self.insns.extend(insns)
 
+    def note(self, text: str) -> None:
+        """Head the next instruction emitted with the comment ``text`` (when annotating)."""
+        if self.annotate:
+            self.insns.append(comment(text))
+
+    def _own_tgid(self, target: str) -> None:
+        """Jump to ``target`` when r1 (a tgid) is the collector's own; r2 is clobbered."""
+        if self.self_tgid is None:
+            self.note(f"the collector's own tgid, from {MAP_SELF_TGID} (a frozen map): skip it")
+            self.emit(ld_map_value(R2, MAP_SELF_TGID, 0), ldx_mem(BPF_W, R2, R2, 0), jmp_reg(BPF_JEQ, R1, R2, target))
+        else:
+            self.note(f"the collector's own tgid ({self.self_tgid}): skip it")
+            self.emit(jmp_imm(BPF_JEQ, R1, self.self_tgid, target))
+
     # -- prologue / epilogue ------------------------------------------------------------------------
 
     def prologue(self, filtered: bool = True) -> None:
@@ -144,6 +179,7 @@ class ProgramBuilder:
         tgids of the filter map (FILTER_IGNORE) or for every tgid not in it (FILTER_ONLY).  A program that
         reports nothing itself (one that copies a syscall's arguments at its entry) skips the filter: the
         lookup would cost every process more than the copy it saves."""
+        self.note("r6 = ctx (the tracepoint record); r7 = bpf_get_current_pid_tgid()")
         self.emit(
             mov64_reg(R6, R1),
             call("get_current_pid_tgid"),
@@ -152,16 +188,16 @@ class ProgramBuilder:
         if filtered:
             self.skip_filtered("out")
         else:
-            self.emit(mov64_reg(R1, R7), alu64_imm(BPF_RSH, R1, 32),
-                      jmp_imm(BPF_JEQ, R1, self.self_tgid, "self" if self.self_index is not None else "out"))
+            self.emit(mov64_reg(R1, R7), alu64_imm(BPF_RSH, R1, 32))
+            self._own_tgid("self" if self.self_index is not None else "out")
 
     def skip_filtered(self, target: str) -> None:
         """Jump to ``target`` for the tgids the filter map excludes, and for the collector's own tgid (by
         way of counting the run in MAP_SELF_RUNS, when the program has a slot there)."""
+        self.emit(mov64_reg(R1, R7), alu64_imm(BPF_RSH, R1, 32))
+        self._own_tgid("self" if self.self_index is not None else target)
+        self.note(f"skip the tgids {'in' if self.filter_mode == FILTER_IGNORE else 'not in'} {MAP_FILTER}")
         self.emit(
-            mov64_reg(R1, R7),
-            alu64_imm(BPF_RSH, R1, 32),
-            jmp_imm(BPF_JEQ, R1, self.self_tgid, "self" if self.self_index is not None else target),
             stx_mem(BPF_W, R10, R1, SLOT_ARRAY_KEY),
             ld_map_fd(R1, MAP_FILTER),
             mov64_reg(R2, R10),
@@ -171,10 +207,12 @@ class ProgramBuilder:
         )
 
     def epilogue(self) -> list:
+        self.note("return 0")
         self.emit(label("out"), mov64_imm(R0, 0), exit_insn())
         if self.self_index is not None:
             # The collector's own runs, counted after the exit: off every other process's path.
             self.emit(label("self"))
+            self.note(f"the collector's own run: {MAP_SELF_RUNS}[{self.self_index}] += 1 (this CPU), return 0")
             self.array_lookup(MAP_SELF_RUNS, self.self_index)
             self.emit(ldx_mem(BPF_DW, R1, R0, 0), alu64_imm(BPF_ADD, R1, 1), stx_mem(BPF_DW, R0, R1, 0),
                       mov64_imm(R0, 0), exit_insn())
@@ -198,12 +236,14 @@ class ProgramBuilder:
 
     def scratch(self) -> None:
         """r8 = this CPU's scratch record."""
+        self.note(f"r8 = this CPU's record being built ({MAP_SCRATCH}[0])")
         self.array_lookup(MAP_SCRATCH, 0)
         self.emit(mov64_reg(R8, R0))
 
     def count(self, kind: Kind, counter: int) -> None:
         """stats[kind][counter] += 1 on this CPU (per-CPU value: no atomic needed)."""
         done = self.label("counted")
+        self.note(f"{MAP_STATS}[{kind.label}.{STAT_NAMES[counter]}] += 1 (this CPU)")
         self.array_lookup(MAP_STATS, kind.id * STATS_PER_KIND + counter, missing=done)
         self.emit(
             ldx_mem(BPF_DW, R1, R0, 0),
@@ -224,6 +264,7 @@ class ProgramBuilder:
         One load per hop (r1 is clobbered).  A NULL pointer on the way (a kernel thread's mm, say) makes
         the fault-safe loads after it read 0, so a broken chain yields 0, not garbage.
         """
+        self.note("read " + " -> ".join(_hop_name(offset) for offset, _ in hops))
         self.emit(ldx_mem(BPF_DW, R1, R10, base_slot))
         for i, (offset, size) in enumerate(hops):
             if i < len(hops) - 1:
@@ -237,6 +278,7 @@ class ProgramBuilder:
 
     def pt_regs(self, dst: int = R9) -> None:
         """dst = the current task's saved user registers (BTF-typed struct pt_regs); needs ``header``."""
+        self.note(f"r{dst} = the task's saved user registers (bpf_task_pt_regs): the syscall's arguments")
         self.emit(ldx_mem(BPF_DW, R1, R10, SLOT_TASK), call("task_pt_regs"), mov64_reg(dst, R0))
 
     def header(self, kind: Kind, layout) -> None:
@@ -244,6 +286,7 @@ class ProgramBuilder:
         (kestrel_raw/spec.py HEADER), and keep the BTF-typed task pointer in SLOT_TASK."""
         fields = {w.name: w for w in kind.wire[:len(HEADER)]}
         kind_field, flags_field = fields["kind"], fields["header_flags"]
+        self.note(f"record header: kind = {kind.id} ({kind.label}), header_flags = 0")
         if flags_field.offset == kind_field.offset + 2 and (kind_field.size, flags_field.size) == (2, 2):
             # kind, and flags = 0, in one 32-bit store
             self.emit(st_mem(BPF_W, R8, kind_field.offset, kind.id))
@@ -255,6 +298,8 @@ class ProgramBuilder:
             src = w.source
             if w.name in ("kind", "header_flags"):
                 continue
+            if not isinstance(src, (Btf, Const)):  # store_imm says what a constant is
+                self.note(f"record.{w.name} = {src.describe()}")
             if isinstance(src, Helper):
                 self.emit(call(src.name))
                 self.store(w, R0)
@@ -270,6 +315,8 @@ class ProgramBuilder:
                 btf_reads.append(w)
             else:
                 raise ValueError(f"header field {w.name}: the builder cannot fill a {type(src).__name__} source")
+        self.note("the current task (BTF-typed: the verifier checks the loads from it), kept at r10 "
+                  f"{SLOT_TASK}")
         self.emit(call("get_current_task_btf"), stx_mem(BPF_DW, R10, R0, SLOT_TASK))
         self.read_btf(btf_reads, layout)
 
@@ -295,15 +342,18 @@ class ProgramBuilder:
         for pointers, members in groups.items():
             base = R1
             for i, off in enumerate(pointers):
+                self.note(f"r2 = {' -> '.join(('task', *(_hop_name(p) for p in pointers[:i + 1])))}")
                 self.emit(ldx_mem(BPF_DW, R2, base, off))
                 base = R2
             for w, (offset, size) in members:
+                self.note(f"record.{w.name} = {w.source.describe()} (BTF)")
                 for part in range(0, size, 8) if isinstance(w.type, Chars) else (0,):
                     width = min(8, size - part) if isinstance(w.type, Chars) else size
                     bpf_size = _LOAD_SIZES.get(width)
                     if bpf_size is None:
                         raise ValueError(f"{w.name}: cannot load {width} bytes with one instruction")
-                    self.emit(ldx_mem(bpf_size, R3, base, offset + part),
+                    # offset + 0 would be a plain int: keep the offset read from BTF, with its provenance
+                    self.emit(ldx_mem(bpf_size, R3, base, offset + part if part else offset),
                               stx_mem(bpf_size, R8, R3, w.offset + part))
 
     def store(self, field: Wire, reg: int) -> None:
@@ -312,12 +362,15 @@ class ProgramBuilder:
 
     def store_imm(self, field: Wire, value: int) -> None:
         """record.field = value (an immediate; a u64 field gets it sign-extended, as the ISA does)."""
+        self.note(f"record.{field.name} = {value}")
         self.emit(put_imm(field, value))
 
     def fill(self, field: Wire, fmt=None, layout=None, regs: int | None = None) -> None:
         """record.field = its spec source: a tracepoint field (``fmt``, the tracefs format), or a syscall
         argument (``regs``: the register holding the task's saved user registers, see ``pt_regs``)."""
         src = field.source
+        if not isinstance(src, Btf):
+            self.note(f"record.{field.name} = {src.describe()}")
         if isinstance(src, TpField):
             self.load_ctx(R1, fmt.field(src.name))
         elif isinstance(src, SyscallArg):
@@ -333,6 +386,8 @@ class ProgramBuilder:
     def probe_read_kernel(self, dst_slot: int, size: int, src: int, src_off: int = 0) -> None:
         """*(r10 + dst_slot) = ``size`` bytes at src + src_off (src a register holding a kernel address:
         a pointer the verifier cannot type, such as one read out of an array).  r0-r5 are clobbered."""
+        where = f"r{src} + {_hop_name(src_off)}" if src_off else f"r{src}"
+        self.note(f"r10 {dst_slot} = {size} bytes at {where} (bpf_probe_read_kernel)")
         self.emit(mov64_reg(R3, src))
         if src_off:
             self.emit(alu64_imm(BPF_ADD, R3, src_off))
@@ -342,12 +397,14 @@ class ProgramBuilder:
     def tail_call(self, slot: int) -> None:
         """Go on in the program at slot ``slot`` of MAP_TAILS (with the same ctx; registers and stack do not
         carry over: the scratch record does, on this CPU).  Returns here only if that slot is empty."""
+        self.note(f"go on in the program at {MAP_TAILS}[{slot}] (bpf_tail_call); past here only if it is empty")
         self.emit(mov64_reg(R1, R6), ld_map_fd(R2, MAP_TAILS), mov64_imm(R3, slot), call("tail_call"))
 
     def set_flag(self, flag: int) -> None:
         """header_flags |= flag on the record at r8 (clobbers r1)."""
         flags = spec.EXEC.header_flags
         size = _LOAD_SIZES[flags.size]
+        self.note(f"header_flags |= {_FLAG_NAMES.get(flag, hex(flag))}")
         self.emit(
             ldx_mem(size, R1, R8, flags.offset),
             alu64_imm(BPF_OR, R1, flag),
@@ -370,6 +427,7 @@ class ProgramBuilder:
         policy; a negative one never wakes the reader (it polls).
         """
         sent = self.label("sent")
+        self.note(f"send the record: r9 = {MAP_RINGS}[tgid % {self.nrings}]")
         self.emit(
             mov64_reg(R1, R7),
             alu64_imm(BPF_RSH, R1, 32),
@@ -379,9 +437,12 @@ class ProgramBuilder:
         self.emit(mov64_reg(R9, R0))  # the ring (r9 is no longer needed by any program at this point)
         if self.wakeup_threshold < 0:
             # The reader polls without sleeping (low-latency mode): a wakeup would only cost the syscall.
+            self.note("r4 = BPF_RB_NO_WAKEUP: the reader polls")
             self.emit(mov64_imm(R4, BPF_RB_NO_WAKEUP))
         elif self.wakeup_threshold > 0:
             wake = self.label("wake")
+            self.note(f"r4 = BPF_RB_FORCE_WAKEUP when the ring's unread bytes cross a multiple of "
+                      f"{self.wakeup_threshold}, else BPF_RB_NO_WAKEUP")
             self.emit(
                 mov64_reg(R1, R9),
                 mov64_imm(R2, BPF_RB_AVAIL_DATA),
@@ -396,7 +457,9 @@ class ProgramBuilder:
                 label(wake),
             )
         else:
+            self.note("r4 = 0: the kernel's own wakeup policy")
             self.emit(mov64_imm(R4, 0))
+        self.note(f"bpf_ringbuf_output(ring, record, size at r10 {SLOT_SIZE}, r4)")
         self.emit(
             mov64_reg(R1, R9),
             mov64_reg(R2, R8),
@@ -410,9 +473,16 @@ class ProgramBuilder:
 
     def size_from(self, reg: int, base: int) -> None:
         """SLOT_SIZE = base + reg (reg is clobbered)."""
+        self.note(f"record size = {base} + r{reg}, kept at r10 {SLOT_SIZE}")
         self.emit(alu64_imm(BPF_ADD, reg, base), stx_mem(BPF_DW, R10, reg, SLOT_SIZE))
 
     def size_const(self, size: int) -> None:
+        self.note(f"record size = {size}, kept at r10 {SLOT_SIZE}")
         self.emit(mov64_imm(R1, size), stx_mem(BPF_DW, R10, R1, SLOT_SIZE))
 
 
+def _hop_name(offset) -> str:
+    """What an offset reads, for a comment: its BTF member path when it carries one (``Sourced``), else
+    the number."""
+    provenance = getattr(offset, "provenance", None)
+    return provenance.name if provenance is not None else str(int(offset))

@@ -11,11 +11,17 @@ Debian's 6.1).
 pt_regs``, reached with ``bpf_task_pt_regs``) when the syscall returns: which register carries which
 argument is the architecture's syscall convention (libbpf's bpf_tracing.h encodes the same table as
 PT_REGS_PARMn_SYSCALL); the offsets of those registers come from BTF.
+
+Every offset given out carries where it was read (``kestrel_raw.asm.Sourced``: the BTF member path and the
+id of the struct it is in), so that a program's listing can say where each layout constant came from
+(``kestrel-raw disasm``).  A ``Sourced`` is the plain int everywhere else: the bytes do not change.
+``annotate=False`` gives plain ints (the check that annotations change no byte builds both ways).
 """
 from __future__ import annotations
 
 import os
 
+from kestrel_raw.asm.annotate import Sourced, btf_member
 from kestrel_raw.errors import BTFError
 
 Hops = tuple[tuple[int, int], ...]  # ((offset, size), ...): read `size` bytes at base + offset, per hop
@@ -54,16 +60,23 @@ def syscall_arg_offsets(btf, machine: str | None = None) -> tuple[int, ...]:
 
 class KernelLayout:
     """The running kernel's layouts, from its BTF: ``hops(path)`` for a BTF path (resolved once, kept),
-    ``syscall_args`` for the syscall argument registers."""
+    ``syscall_args`` for the syscall argument registers.  With ``annotate`` (the default) each offset is a
+    ``Sourced`` int naming the BTF member it was read from."""
 
-    def __init__(self, btf, machine: str | None = None) -> None:
+    def __init__(self, btf, machine: str | None = None, annotate: bool = True) -> None:
         self._btf = btf
         self._hops: dict[str, Hops] = {}
-        self.syscall_args: tuple[int, ...] = syscall_arg_offsets(btf, machine)
+        self.annotate = annotate
+        args = syscall_arg_offsets(btf, machine)
+        if annotate:
+            regs = SYSCALL_ARG_REGS[machine or os.uname().machine]
+            pt_regs = btf.find("pt_regs").id
+            args = tuple(Sourced(off, btf_member(f"pt_regs.{reg}", pt_regs)) for off, reg in zip(args, regs))
+        self.syscall_args: tuple[int, ...] = args
 
     @classmethod
-    def from_btf(cls, btf, machine: str | None = None) -> "KernelLayout":
-        return cls(btf, machine)
+    def from_btf(cls, btf, machine: str | None = None, annotate: bool = True) -> "KernelLayout":
+        return cls(btf, machine, annotate)
 
     def offset(self, path: str, size: int | None = None) -> int:
         """The byte offset of ``path``, a member reached without dereferencing a pointer
@@ -82,5 +95,10 @@ class KernelLayout:
         has no such member."""
         hops = self._hops.get(path)
         if hops is None:
-            hops = self._hops[path] = tuple(tuple(h) for h in self._btf.path(path))
+            if self.annotate:
+                hops = tuple((Sourced(h.offset, btf_member(h.dotted, h.type_id)), h.size)
+                             for h in self._btf.path_hops(path))
+            else:
+                hops = tuple(tuple(h) for h in self._btf.path(path))
+            self._hops[path] = hops
         return hops
