@@ -45,7 +45,7 @@ def start_ticks(tgid: int) -> int | None:
         return None
 
 
-def _bpf_fds(pid: int) -> tuple[list[int], list[int]]:
+def bpf_fds(pid: int) -> tuple[list[int], list[int]]:
     """The fds of ``pid`` that are BPF maps and BPF programs."""
     maps, progs = [], []
     fd_dir = f"/proc/{pid}/fd"
@@ -71,7 +71,7 @@ def _peer_filter(pid: int) -> int | None:
     A collector holds a hash map named kr_filter (u32 -> u64) and a tracepoint program named kr_*; making
     either needs CAP_BPF, so an unprivileged process cannot be taken for one.
     """
-    maps, progs = _bpf_fds(pid)
+    maps, progs = bpf_fds(pid)
     if not maps or not progs:
         return None
     try:
@@ -82,7 +82,7 @@ def _peer_filter(pid: int) -> int | None:
     try:
         is_collector = False
         for fd in progs:
-            dup = _dup_from(pidfd, fd)
+            dup = dup_from(pidfd, fd)
             if dup is None:
                 continue
             try:
@@ -97,7 +97,7 @@ def _peer_filter(pid: int) -> int | None:
         if not is_collector:
             return None
         for fd in maps:
-            dup = _dup_from(pidfd, fd)
+            dup = dup_from(pidfd, fd)
             if dup is None:
                 continue
             try:
@@ -115,7 +115,7 @@ def _peer_filter(pid: int) -> int | None:
     return found
 
 
-def _dup_from(pidfd: int, fd: int) -> int | None:
+def dup_from(pidfd: int, fd: int) -> int | None:
     try:
         return syscall.pidfd_getfd(pidfd, fd)
     except OSError:

@@ -18,7 +18,7 @@ from kestrel_raw.errors import ConfigError, VerifierError, bpf_error
 from kestrel_raw.kernel.fd import FD
 from kestrel_raw.kernel.uapi import (
     BPF_BTF_LOAD, BPF_ENABLE_STATS, BPF_LINK_CREATE, BPF_LINK_GET_NEXT_ID, BPF_MAP_CREATE, BPF_MAP_DELETE_ELEM,
-    BPF_MAP_FREEZE, BPF_MAP_GET_NEXT_ID, BPF_MAP_GET_NEXT_KEY, BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_BATCH,
+    BPF_MAP_FREEZE, BPF_MAP_GET_FD_BY_ID, BPF_MAP_GET_NEXT_ID, BPF_MAP_GET_NEXT_KEY, BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_BATCH,
     BPF_MAP_UPDATE_ELEM, BPF_OBJ_GET_INFO_BY_FD, BPF_OBJ_NAME_LEN, BPF_PROG_GET_FD_BY_ID,
     BPF_PROG_GET_NEXT_ID, BPF_PROG_LOAD, BPF_RAW_TRACEPOINT_OPEN, BPF_ANY, BPF_CMD_NAMES, BpfLinkInfo,
     BpfMapInfo, BpfProgInfo, EnableStatsAttr, GetIdAttr, InfoByFdAttr, LinkCreateAttr, MapBatchAttr,
@@ -452,6 +452,14 @@ def prog_get_fd_by_id(prog_id: int) -> FD:
     def hint(err: int) -> str:
         return f"no program has id {prog_id} (it was unloaded)" if err == errno.ENOENT else ""
     return FD(_call(BPF_PROG_GET_FD_BY_ID, attr, GetIdAttr.offsetofend("open_flags"), hint))
+
+
+def map_get_fd_by_id(map_id: int) -> FD:
+    attr = GetIdAttr.pack(map_id=map_id)
+
+    def hint(err: int) -> str:
+        return f"no map has id {map_id} (it was freed)" if err == errno.ENOENT else ""
+    return FD(_call(BPF_MAP_GET_FD_BY_ID, attr, GetIdAttr.offsetofend("open_flags"), hint))
 
 
 def enable_stats(stats_type: int) -> FD:
