@@ -75,11 +75,10 @@ class PinFile:
         """Why the program ``name`` with this digest may not be loaded, or None when it may."""
         approved = self.digests.get(name)
         if approved is None:
-            return f"program {name} (sha256 {sha256}) is not in the pin file {self.source}: nothing loaded"
+            return f"program {name} (sha256 {sha256}) is not in the pin file {self.source}"
         if sha256 not in approved:
             return (f"program {name} has sha256 {sha256}, which the pin file {self.source} does not approve "
-                    f"({len(approved)} digest{'s' if len(approved) > 1 else ''} listed for it): nothing loaded; "
-                    f"`kestrel-raw disasm` shows the program")
+                    f"({len(approved)} digest{'s' if len(approved) > 1 else ''} listed for it)")
         return None
 
     def check(self, digests: dict[str, str]) -> None:
@@ -88,7 +87,7 @@ class PinFile:
         for name, sha256 in digests.items():
             why = self.refusal(name, sha256)
             if why is not None:
-                raise PinError(why)
+                raise PinError(f"{why}: nothing loaded; `kestrel-raw disasm` shows the program")
 
 
 def format_pins(digests: dict[str, str], comment: str = "") -> str:

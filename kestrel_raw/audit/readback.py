@@ -231,3 +231,63 @@ def _frozen(pid: int, fd: int) -> bool:
     except OSError:
         pass
     return False
+
+
+def kinds_of(program_names) -> list[int]:
+    """The event types whose programs are all among ``program_names`` (a running collector's)."""
+    from kestrel_raw import programs
+
+    names = set(program_names)
+    return [kind for kind, specs in programs.SPECS.items() if all(s.name in names for s in specs)]
+
+
+def self_tgid_problems(rc: RunningCollector) -> list[str]:
+    """What is wrong with the collector's own-tgid map: it must hold its pid and be frozen (else a process
+    could be hidden from it by writing its tgid there)."""
+    from kestrel_raw.programs.builder import MAP_SELF_TGID
+
+    entry = rc.maps.get(MAP_SELF_TGID)
+    if entry is None:
+        return [f"the collector has no {MAP_SELF_TGID} map"]
+    fd, _info = entry
+    value = bpf.map_lookup_elem(fd, (0).to_bytes(4, "little"), 4)
+    problems = []
+    tgid = int.from_bytes(value or bytes(4), "little")
+    if tgid != rc.pid:
+        problems.append(f"{MAP_SELF_TGID} holds {tgid}, not the collector's pid {rc.pid}: the programs skip that "
+                        f"process")
+    if not rc.frozen.get(MAP_SELF_TGID):
+        problems.append(f"{MAP_SELF_TGID} is not frozen: anyone with its fd could change which process is skipped")
+    return problems
+
+
+def check_collector(rc: RunningCollector, configs, symbols: KernelSymbols | None = None) -> tuple[object, list[ProgramCheck]]:
+    """Check a running collector's programs against the programs this kestrel-raw builds on this kernel.
+
+    ``configs``: the CollectorConfig candidates it may have been started with (options that change the
+    programs' bytes: ring count, wakeup threshold, latency, filter mode); the one whose programs' tags all
+    match the kernel's is used (else the one with most matches, and the others are reported).  Returns it
+    and one ``ProgramCheck`` per program of the collector.
+    """
+    from kestrel_raw import programs
+    from kestrel_raw.collector.load import build_programs
+
+    tags = {name: bpf.prog_info(fd).tag.hex() for name, fd in rc.programs.items()}
+    best = None
+    for cfg in configs:
+        built = build_programs(cfg, programs.specs([int(t) for t in cfg.event_types]), mount_tracefs=False)
+        matches = sum(tags.get(spec.name) == prog_tag(insns).hex() for spec, insns in built)
+        if best is None or matches > best[0]:
+            best = (matches, cfg, built)
+        if matches == len(built) == len(rc.programs):
+            break
+    _matches, cfg, built = best
+    ids = {info.id: name for name, (_fd, info) in rc.maps.items()}
+    aliases = {programs.MAP_FILTER: "kr_only"} if "kr_only" in rc.maps else {}
+    checks = []
+    for spec, insns in built:
+        fd = rc.programs.get(spec.name)
+        if fd is None:
+            continue
+        checks.append(check_program(spec.name, insns, fd, id_names=ids, symbols=symbols, map_aliases=aliases))
+    return cfg, checks

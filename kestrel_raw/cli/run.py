@@ -22,6 +22,7 @@ import sys
 import trio
 
 from kestrel_raw.cli.common import EXIT_OK, EXIT_SETUP, EXIT_USAGE, error as _error, one_line as _one_line
+from kestrel_raw.cli.shaping import add_run_audit_arguments, run_audit_kwargs, verify_loaded
 from kestrel_raw.errors import ConfigError, KestrelError, PrivilegeError, SetupError
 
 NAME = "run"
@@ -62,6 +63,7 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
                      help="seconds between drains without a wakeup: the longest a lone event waits (0.1)")
     run.add_argument("--flush-interval", type=float, default=None,
                      help="seconds a written line may stay buffered (default 0.1)")
+    add_run_audit_arguments(run)
 
 
 def _user_ids(user: str) -> tuple[int, int]:
@@ -97,6 +99,7 @@ def main(args: argparse.Namespace) -> int:
         if args.duration is not None and not args.duration > 0:
             raise ConfigError(f"--duration must be a positive number of seconds, got {args.duration}")
         uid, gid = _user_ids(args.user)
+        kwargs.update(run_audit_kwargs(args))
         config = CollectorConfig(event_types=parse_event_types(args.events), program_path=args.dump_programs,
                                  drop_privileges=not args.keep_privileges, drop_uid=uid, drop_gid=gid,
                                  deliver="json", **kwargs)
@@ -104,7 +107,10 @@ def main(args: argparse.Namespace) -> int:
         _error(str(e))
         return EXIT_USAGE
     try:
-        return _trio_run(_run, config, args.output, args.duration)
+        return _trio_run(_run, config, args.output, args.duration, args.verify)
+    except ConfigError as e:  # a program the pin file does not approve: nothing was loaded
+        _error(str(e))
+        return EXIT_USAGE
     except PrivilegeError as e:
         _error(f"insufficient privilege: {e}")
         return EXIT_SETUP
@@ -140,7 +146,7 @@ def _trio_run(fn, *args):
         raise leaf from None
 
 
-async def _run(config, output: str | None, duration: float | None) -> int:
+async def _run(config, output: str | None, duration: float | None, verify: bool = False) -> int:
     from kestrel_raw.collector import BATCH_RECORDS, KestrelCollector
     from kestrel_raw.sinks.jsonl import JsonlSink
 
@@ -152,6 +158,12 @@ async def _run(config, output: str | None, duration: float | None) -> int:
         send, recv = trio.open_memory_channel(max(1, config.queue_size // BATCH_RECORDS))
         collector = KestrelCollector(send, config)
         collector.load()
+        if verify:
+            try:
+                verify_loaded(collector)
+            except BaseException:
+                collector.stop()
+                raise
         try:
             flush = {"flush_interval": config.flush_interval}
             sink = JsonlSink.open(output, **flush) if output else JsonlSink(sys.stdout.buffer, **flush)

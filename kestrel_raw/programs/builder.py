@@ -42,6 +42,7 @@ from kestrel_raw.asm import (
     R1, R2, R3, R4, R6, R7, R8, R9, R10, alu64_imm, alu64_reg, call, comment, exit_insn, jmp_imm, jmp_reg,
     label, ld_map_fd, ld_map_value, ldx_mem, mov64_imm, mov64_reg, st_mem, stx_mem,
 )
+from kestrel_raw.asm.annotate import Provenance, Sourced
 
 # Stack slots (see the module docstring).
 SLOT_ARRAY_KEY = -16
@@ -352,8 +353,7 @@ class ProgramBuilder:
                     bpf_size = _LOAD_SIZES.get(width)
                     if bpf_size is None:
                         raise ValueError(f"{w.name}: cannot load {width} bytes with one instruction")
-                    # offset + 0 would be a plain int: keep the offset read from BTF, with its provenance
-                    self.emit(ldx_mem(bpf_size, R3, base, offset + part if part else offset),
+                    self.emit(ldx_mem(bpf_size, R3, base, _plus(offset, part)),
                               stx_mem(bpf_size, R8, R3, w.offset + part))
 
     def store(self, field: Wire, reg: int) -> None:
@@ -486,3 +486,11 @@ def _hop_name(offset) -> str:
     the number."""
     provenance = getattr(offset, "provenance", None)
     return provenance.name if provenance is not None else str(int(offset))
+
+
+def _plus(offset, part: int):
+    """``offset + part``, still naming where ``offset`` was read (``task_struct.comm+8``) when it did."""
+    provenance = getattr(offset, "provenance", None)
+    if provenance is None or not part:
+        return offset + part if part else offset
+    return Sourced(offset + part, Provenance(provenance.source, f"{provenance.name}+{part}", provenance.type_id))
