@@ -303,6 +303,20 @@ def test_prog_load_failure_loads_again_with_a_growing_log(kernel):
     assert second.pointed[32] is not None and third.pointed[32] is not None
 
 
+def test_prog_load_with_log_keeps_the_log_of_a_valid_program_growing_the_buffer(kernel):
+    log = b"0: R1=ctx() R10=fp0\n0: (b7) r0 = 0\nprocessed 2 insns\n\0"
+    kernel.reply(err=errno.ENOSPC, read=PROG_LOAD_READ)    # valid, but the log did not fit in 1 MiB
+    kernel.reply(FD_RESULT, read=PROG_LOAD_READ, act=lambda a: poke(_ptr(a, 32), log))
+    fd, text = bpf.prog_load_with_log(uapi.BPF_PROG_TYPE_TRACEPOINT, RET0, 2, name="kr_golden")
+    fd.close()
+    assert text == log[:-1].decode()
+    first, second = kernel.calls
+    assert first.attr == _prog_load_attr(log_level="02000000", log_size="00001000")   # 1 << 20, level 2
+    assert second.attr == _prog_load_attr(log_level="02000000", log_size="00004000")  # 4 << 20
+    with pytest.raises(ValueError, match="log_level must be 1 or more to keep a log, not 0"):
+        bpf.prog_load_with_log(uapi.BPF_PROG_TYPE_TRACEPOINT, RET0, 0)
+
+
 # --- object info -------------------------------------------------------------------------------------------
 
 def _obj_info_attr(fd: str, info_len: str) -> bytes:
@@ -443,6 +457,20 @@ def test_prog_get_fd_by_id(kernel):
     bpf.prog_get_fd_by_id(9).close()
     [c] = kernel.calls
     assert (c.cmd, c.size, c.attr) == (uapi.BPF_PROG_GET_FD_BY_ID, 12, h("09000000", "00000000", "00000000"))
+
+
+def test_map_get_fd_by_id(kernel):
+    kernel.reply(FD_RESULT)
+    bpf.map_get_fd_by_id(7).close()
+    [c] = kernel.calls
+    assert (c.cmd, c.size, c.attr) == (uapi.BPF_MAP_GET_FD_BY_ID, 12, h("07000000", "00000000", "00000000"))
+
+
+def test_map_freeze(kernel):
+    kernel.reply()
+    bpf.map_freeze(5)
+    [c] = kernel.calls
+    assert (c.cmd, c.size, c.attr) == (uapi.BPF_MAP_FREEZE, 4, h("05000000"))
 
 
 def test_enable_stats(kernel):
