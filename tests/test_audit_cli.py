@@ -5,7 +5,6 @@ loaded; the CLI runs in a subprocess, as a user runs it.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -17,15 +16,13 @@ import trio
 from kestrel_raw import programs
 from kestrel_raw.asm import R0, assemble, disassemble, format_program, mov64_imm, prog_tag, program_digest, resolve
 from kestrel_raw.asm.digest import stable_bytes
-from kestrel_raw.audit import PinError, PinFile, format_pins
+from kestrel_raw.audit import PinError, PinFile
 from kestrel_raw.audit.readback import check_program
 from kestrel_raw.collector import KestrelCollector
 from kestrel_raw.collector import load as load_module
 from kestrel_raw.config import CollectorConfig
 from kestrel_raw.kernel import bpf
 from kestrel_raw.programs.builder import MAP_SELF_TGID, ProgramBuilder
-from kestrel_raw.programs.layout import KernelLayout
-from kestrel_raw.kernel.tracefs import tracepoint_format
 
 from helpers import ENV, REPO, Cli
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import struct
 
 from kestrel_raw.asm import (
-    BPF_ADD, BPF_DW, BPF_JEQ, BPF_JGT, BPF_LSH, BPF_W, R0, R1, R2, R10, KernelSymbols, alu64_imm, alu64_reg, call,
+    BPF_ADD, BPF_JEQ, BPF_JGT, BPF_LSH, BPF_W, R0, R1, R2, R10, KernelSymbols, alu64_imm, alu64_reg, call,
     disassemble_xlated, exit_insn, ja, jmp_imm, label, ld_map_fd, ldx_mem, mov64_imm, mov64_reg, resolve,
 )
 from kestrel_raw.audit.rewrites import compare

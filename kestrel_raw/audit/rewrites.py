@@ -120,6 +120,7 @@ class _Row:
     map_ref: str | None = None  # "fd:11" / "id:4242"
     helper: str | None = None  # a call's helper name, when it is one (loaded: its id; xlated: bpf_<name>)
     symbol: str | None = None  # an xlated call's function
+    percpu: bool = False  # the per-CPU address move
 
 
 def _loaded_rows(insns: list[Instruction], fd_names: Mapping[int, str]) -> list[_Row]:
@@ -165,7 +166,8 @@ def _xlated_rows(insns: list[XlatedInstruction], id_names: Mapping[int, str]) ->
             rows.append(_Row(x.slot, 1, ("jmp", code, x.dst, x.src, None if code == op.BPF_JMP32 | op.BPF_JA
                                          else x.imm), x.text, code, _jump_distance(code, x.off, x.imm)))
         else:
-            rows.append(_Row(x.slot, x.size, ("insn", code, x.dst, x.src, x.off, x.imm), x.text, code, None))
+            rows.append(_Row(x.slot, x.size, ("insn", code, x.dst, x.src, x.off, x.imm), x.text, code, None,
+                             percpu=x.kind == KIND_PERCPU_ADDR))
     return rows
 
 
@@ -277,7 +279,7 @@ def _classify(ls: list[_Row], xs: list[_Row], lrows: list[_Row], xrows: list[_Ro
         what = f"{ls[0].text}{_of_map(helper, lrows, i1)}"
         called = [r for r in xs if r.key[0] in ("call", "function")]
         extra = [r for r in xs if r.key[0] not in ("call", "function")]
-        percpu = any("&(void __percpu *)" in r.text for r in xs)
+        percpu = any(r.percpu for r in xs)
         if not called and xs:
             how = ", with the per-CPU address move" if percpu else ""
             return Rewrite(INLINED, span_l, span_x,

@@ -36,6 +36,7 @@ class Program(FDOwner):
         self.maps = dict(maps or {})
         # The verifier's log, kept when ``log_level`` asks for one ("" otherwise): what it proved.
         self.verifier_log = ""
+        self._fd: FD
         if log_level:
             self._fd, self.verifier_log = bpf.prog_load_with_log(
                 prog_type, code, log_level, license=license, name=name, expected_attach_type=expected_attach_type,
