@@ -35,7 +35,8 @@ def kestrel_raw(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-m", "kestrel_raw", *args], capture_output=True, text=True, env=ENV,
                           cwd=REPO, timeout=120)
     if check and proc.returncode != 0:
-        raise AssertionError(f"kestrel-raw {' '.join(args)}: exit {proc.returncode}: {proc.stderr}")
+        raise AssertionError(f"kestrel-raw {' '.join(args)}: exit {proc.returncode}: {proc.stderr}\n"
+                             f"{proc.stdout[-6000:]}")
     return proc
 
 
