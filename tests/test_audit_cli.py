@@ -35,8 +35,9 @@ def kestrel_raw(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-m", "kestrel_raw", *args], capture_output=True, text=True, env=ENV,
                           cwd=REPO, timeout=120)
     if check and proc.returncode != 0:
+        wrong = [ln for ln in proc.stdout.splitlines() if "problem" in ln or "unexplained" in ln or "NOT" in ln]
         raise AssertionError(f"kestrel-raw {' '.join(args)}: exit {proc.returncode}: {proc.stderr}\n"
-                             f"{proc.stdout[-6000:]}")
+                             + "\n".join(wrong[:40]))
     return proc
 
 
