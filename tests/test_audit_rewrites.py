@@ -81,6 +81,21 @@ def test_a_helper_replaced_by_another_function_with_instructions_added() -> None
         "calls another function; 2 added after it: if r0 == 0x0 goto pc+1; r0 += 56")
 
 
+def test_an_argument_added_before_a_helper_that_stays() -> None:
+    # Linux 6.1: bpf_task_storage_get keeps its function and gets the allocation flags in r5.
+    loaded = resolve([mov64_imm(R1, 0), call("task_storage_get"), exit_insn()], resolve_maps=False)
+    symbols = KernelSymbols.parse(f"{BASE:x} T __bpf_call_base\n{BASE + 0x300:x} T bpf_task_storage_get\n")
+    xlated = code(mov64_imm(R1, 0), mov64_imm(5, 2080), by_address(0x300), exit_insn())
+    result = compare(loaded, disassemble_xlated(xlated, symbols))
+    assert result.ok
+    assert [r.line() for r in result.rewrites] == [
+        "        1: call        r5 = 2080 added before call bpf_task_storage_get#156: an argument the kernel passes "
+        "to the function (the program does not)",
+        "        1: call        call bpf_task_storage_get#156 -> call bpf_task_storage_get#768: helper 156 resolved to "
+        "the address of its function, bpf_task_storage_get",
+    ]
+
+
 def test_branches_the_verifier_settled() -> None:
     # The first jump proven always taken (a goto), the bounds check proven never taken (removed), and the
     # code it skipped over never reached (removed).

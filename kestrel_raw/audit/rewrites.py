@@ -7,7 +7,8 @@ the dump is ``bpf_insn_prepare_dump``'s, decoded by ``kestrel_raw.asm.disassembl
 - ``call``: a helper id becomes the address of the function that implements it (named through
   /proc/kallsyms), which may be another function than the helper's own (``bpf_map_lookup_elem`` of a hash
   map calls ``__htab_map_lookup_elem``, and adds the value's offset after it), sometimes with arguments
-  added before it (``bpf_task_storage_get``: ``r5 = GFP flags``);
+  added before it (``bpf_task_storage_get``: ``r5 = GFP flags``, and on 6.2 and later a call of
+  ``bpf_task_storage_get_recur``);
 - ``inlined``: a helper call replaced by instructions (an array map's lookup: bounds check, index * value
   size, the array's address; for a per-CPU array, the per-CPU address move ``r0 = &(void __percpu *)(r0)``);
 - ``hardwired``: a conditional jump the verifier proved always taken, made a ``goto``;
@@ -195,6 +196,9 @@ def compare(loaded: list[Instruction], xlated: list[XlatedInstruction], *,
             x_of_l[i] = j1
         rewrites.append(_classify(lrows[i1:i2], xrows[j1:j2], lrows, xrows, i1, j1))
     x_of_l[len(lrows)] = len(xrows)
+    for tag, i1, i2, j1, _j2 in blocks:
+        if i1 == i2:  # instructions added before loaded instruction i1: a jump to i1 lands on the first of them
+            x_of_l[i1] = j1
     # Per-instruction rewrites inside the matched runs, and the jump targets of every jump.
     lindex = {r.slot: i for i, r in enumerate(lrows)} | {sum(r.size for r in lrows): len(lrows)}
     xindex = {r.slot: j for j, r in enumerate(xrows)} | {sum(r.size for r in xrows): len(xrows)}
@@ -294,6 +298,12 @@ def _classify(ls: list[_Row], xs: list[_Row], lrows: list[_Row], xrows: list[_Ro
             return Rewrite(CALL_RESOLVED, span_l, span_x, f"{what} -> call {fn}: the kernel calls "
                                                            f"{'another function' if called[0].symbol != f'bpf_{helper}' else 'the helper'}"
                                                            f"{added}")
+    if not ls and xs and i1 < len(lrows) and lrows[i1].helper is not None and all(
+            r.code == op.BPF_ALU64 | op.BPF_MOV | op.BPF_K and r.key[2] in range(1, 6) for r in xs):
+        # bpf_task_storage_get & co.: the allocation flags put in r5 before a call the program made as it was
+        return Rewrite(CALL_RESOLVED, span_l, span_x,
+                       f"{_texts(xs)} added before {lrows[i1].text}: an argument the kernel passes to the function "
+                       f"(the program does not)")
     if ls and not xs:
         if all(_is_cond_jump(r.code) for r in ls):
             return Rewrite(REMOVED, span_l, span_x,
