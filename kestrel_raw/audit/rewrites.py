@@ -204,7 +204,7 @@ def compare(loaded: list[Instruction], xlated: list[XlatedInstruction], *,
     xindex = {r.slot: j for j, r in enumerate(xrows)} | {sum(r.size for r in xrows): len(xrows)}
     for tag, i1, i2, j1, j2 in blocks:
         pairs = zip(range(i1, i2), range(j1, j2)) if tag == "equal" else (
-            [(i1, j1)] if i2 - i1 == 1 and j2 - j1 == 1 and rewrites_kind(rewrites, lrows[i1].slot) == HARDWIRED
+            [(i1, j1)] if i2 - i1 == 1 and j2 - j1 == 1 and _kind_at(rewrites, lrows[i1].slot) == HARDWIRED
             else [])
         for i, j in pairs:
             lr, xr = lrows[i], xrows[j]
@@ -231,7 +231,8 @@ def compare(loaded: list[Instruction], xlated: list[XlatedInstruction], *,
     return Comparison(tuple(rewrites), len(lrows), len(xrows))
 
 
-def rewrites_kind(rewrites: list[Rewrite], slot: int) -> str | None:
+def _kind_at(rewrites: list[Rewrite], slot: int) -> str | None:
+    """The kind of the rewrite that starts at loaded slot ``slot``, if any."""
     for r in rewrites:
         if r.loaded[0] == slot:
             return r.kind
