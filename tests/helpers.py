@@ -254,15 +254,17 @@ class Cli:
         """Every event so far (only whole lines; see JsonlTail)."""
         return self._tail.events()
 
-    def wait_for(self, pred, what, timeout=10.0):
-        """The events for which ``pred`` holds, as soon as there is one; AssertionError after ``timeout``."""
+    def wait_for(self, pred, what, timeout=10.0, count=1):
+        """The events for which ``pred`` holds, as soon as there are ``count``; AssertionError after
+        ``timeout``."""
         deadline = time.monotonic() + timeout
+        found = []
         while time.monotonic() < deadline:
             found = [e for e in self.events() if pred(e)]
-            if found:
+            if len(found) >= count:
                 return found
             time.sleep(0.05)
-        raise AssertionError(f"no event for {what} within {timeout}s")
+        raise AssertionError(f"{len(found)} of {count} events for {what} within {timeout}s")
 
     def stop(self, sig=signal.SIGTERM, timeout=10):
         if self.proc.poll() is None:
