@@ -121,10 +121,10 @@ def fake_proc(root, processes) -> str:
     for p in processes:
         d = root / str(p["pid"])
         d.mkdir(parents=True)
-        after_comm = ["S", p["ppid"], p["pid"], p["pid"], 0, -1, 4194304] + [0] * 10 + [20, 0, 1, 0,
-                                                                                        p["starttime"]]
-        after_comm += [3133440, 416] + [0] * 27
-        assert len(after_comm) == 50
+        after_comm = [0] * 50                   # fields 3..52: field n at index n - 3
+        for field, value in ((3, "S"), (4, p["ppid"]), (5, p["pid"]), (6, p["pid"]), (8, -1), (9, 4194304),
+                             (18, 20), (20, 1), (22, p["starttime"]), (23, 3133440), (24, 416)):
+            after_comm[field - 3] = value
         (d / "stat").write_text(f"{p['pid']} ({p['comm']}) " + " ".join(map(str, after_comm)) + "\n")
         uid, euid, gid, egid = (p.get(k, 0) for k in ("uid", "euid", "gid", "egid"))
         (d / "status").write_text(f"Name:\t{p['comm'][:15]}\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t{p['pid']}\n"
@@ -171,7 +171,7 @@ class unshared:
     ``with unshared(["sleep", "600"], pid=True, mnt=True, net=True) as child:`` -- ``child.pid`` is the
     host pid of the process running the command (unshare's child, pid 1 of a new pid namespace), once it has
     exec'd the command.  ``setup`` is shell run inside first (e.g. ``hostname x`` with ``uts=True``).  On
-    exit (or a failure while starting) the whole group is killed and reaped.
+    exit (or a failure while starting) the command is killed and reaped by unshare, which is reaped here.
     """
 
     def __init__(self, argv, *, pid=False, mnt=False, net=False, uts=False, setup: str = "",
@@ -203,13 +203,20 @@ class unshared:
     def __exit__(self, *exc) -> None:
         import os
         import signal
+        import subprocess
 
-        if self.proc is not None and self.proc.poll() is None:
+        if self.proc is None:
+            return
+        # Kill the command first: unshare reaps it and exits, so that nothing is left for init to reap.
+        if self.pid is not None:
             try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+                os.kill(self.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        if self.proc is not None:
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=10)
 
 
@@ -227,7 +234,7 @@ class veth_netns:
     ``with veth_netns() as ns:`` -- ``ns.name`` (the namespace, /run/netns/NAME, as ``ip netns`` makes it),
     ``ns.host_if``/``ns.peer_if`` (the pair's ends: here, and inside), ``ns.host_addr``/``ns.peer_addr``
     (IPv4 addresses of a /30 between them, both ends up), ``ns.inode`` (the namespace's inode number),
-    ``ns.popen(argv)`` runs a command inside (``ip netns exec``).  Everything made is removed on exit, and
+    ``ns.popen(argv)`` runs a command inside (util-linux ``nsenter``: the CI guests have no iproute2).  Everything made is removed on exit, and
     on a failure half-way through setting up.
     """
 
@@ -274,7 +281,7 @@ class veth_netns:
     def popen(self, argv, **kwargs):
         import subprocess
 
-        p = subprocess.Popen(["ip", "netns", "exec", self.name, *argv], **kwargs)
+        p = subprocess.Popen(["nsenter", f"--net=/var/run/netns/{self.name}", *argv], **kwargs)
         self._procs.append(p)
         return p
 
