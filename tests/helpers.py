@@ -234,8 +234,8 @@ class veth_netns:
     ``with veth_netns() as ns:`` -- ``ns.name`` (the namespace, /run/netns/NAME, as ``ip netns`` makes it),
     ``ns.host_if``/``ns.peer_if`` (the pair's ends: here, and inside), ``ns.host_addr``/``ns.peer_addr``
     (IPv4 addresses of a /30 between them, both ends up), ``ns.inode`` (the namespace's inode number),
-    ``ns.popen(argv)`` runs a command inside (util-linux ``nsenter``: the CI guests have no iproute2).  Everything made is removed on exit, and
-    on a failure half-way through setting up.
+    ``ns.popen(argv)`` runs a command inside (util-linux ``nsenter``: the CI guests have no iproute2).
+    Everything made is removed on exit, and on a failure half-way through setting up.
     """
 
     def __init__(self, subnet: int | None = None) -> None:

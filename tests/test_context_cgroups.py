@@ -15,6 +15,7 @@ import time
 import pytest
 
 from kestrel_raw.context.cgroups import CgroupPaths, Mount, cgroup2_mounts, find_cgroup2_mount, read_cgroup2_mount
+from kestrel_raw.context.containers import Container
 
 # This project's test machine: v1 controllers under a tmpfs at /sys/fs/cgroup, cgroup2 at .../unified.
 HYBRID = """\
@@ -93,6 +94,17 @@ def test_an_unknown_id_walks_again_at_most_once_per_interval(tmp_path):
     clock.now += 1
     assert paths.path(12345) is None and paths.walks == 3
     assert paths.path(new) is None                            # the walk dropped the removed cgroup
+
+
+def test_container_of_a_cgroup_id(tmp_path):
+    cid = "ab" * 32
+    ids = _tree(tmp_path, "/machine.slice", f"/machine.slice/libpod-{cid}.scope",
+                f"/machine.slice/libpod-{cid}.scope/container", "/system.slice")
+    paths = CgroupPaths(str(tmp_path), clock=Clock())
+    assert paths.container(ids[f"/machine.slice/libpod-{cid}.scope/container"]) == Container("podman", cid)
+    assert paths.container(ids[f"/machine.slice/libpod-{cid}.scope"]) == Container("podman", cid)
+    assert paths.container(ids["/system.slice"]) is None
+    assert paths.container(999_999_999) is None
 
 
 def test_the_walk_is_bounded_breadth_first(tmp_path):

@@ -138,7 +138,9 @@ def test_container_id_from_the_process_cgroup_is_podmans(container):
         path = v2_path(f.read())
     assert path == f"/libpod_parent/libpod-{container['id']}"
     paths = CgroupPaths(read_cgroup2_mount(), rescan_interval=0)
-    assert container_from_cgroup(paths.path(paths.id_of(path))) == Container("podman", container["id"])
+    cgroup_id = paths.id_of(path)
+    assert container_from_cgroup(paths.path(cgroup_id)) == Container("podman", container["id"])
+    assert paths.container(cgroup_id) == Container("podman", container["id"])
     # conmon, podman's monitor of the container, is a host process
     conmon = int(open(f"/proc/{container['pid']}/stat").read().rsplit(")", 1)[1].split()[1])
     assert open(f"/proc/{conmon}/comm").read().strip() == "conmon"

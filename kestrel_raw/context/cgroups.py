@@ -18,6 +18,8 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+from kestrel_raw.context.containers import Container, container_from_cgroup
+
 MOUNTINFO = "/proc/self/mountinfo"
 PREFERRED_MOUNTS = ("/sys/fs/cgroup", "/sys/fs/cgroup/unified")
 DEFAULT_MAX_ENTRIES = 65536
@@ -88,6 +90,7 @@ class CgroupPaths:
         self.rescan_interval = rescan_interval
         self._clock = clock
         self._by_id: dict[int, str] = {}
+        self._containers: dict[int, Container | None] = {}
         self._last_walk: float | None = None
         self.walks = 0
         self.truncated = False          # the last walk stopped at max_entries
@@ -107,6 +110,18 @@ class CgroupPaths:
             return None
         self.refresh()
         return self._by_id.get(cgroup_id)
+
+    def container(self, cgroup_id: int) -> Container | None:
+        """The container of the cgroup ``cgroup_id`` (None for a host cgroup, or an id not found), parsed
+        once per id.  On a hybrid host a runtime that uses only the v1 controllers leaves its containers in
+        the v2 root: ask ``containers.read_container(pid)`` (all hierarchies) for those, once per process."""
+        if cgroup_id in self._containers:
+            return self._containers[cgroup_id]
+        path = self.path(cgroup_id)
+        if path is None:
+            return None
+        found = self._containers[cgroup_id] = container_from_cgroup(path)
+        return found
 
     def refresh(self) -> None:
         """Walk the hierarchy now (breadth-first, at most ``max_entries`` cgroups)."""
@@ -128,6 +143,7 @@ class CgroupPaths:
                 if e.is_dir(follow_symlinks=False):
                     queue.append((rel.rstrip("/") + "/" + e.name, e.path))
         self._by_id = by_id
+        self._containers = {k: v for k, v in self._containers.items() if k in by_id}
         self._last_walk = self._clock()
         self.walks += 1
 

@@ -156,21 +156,19 @@ class ProcessTable:
     def ancestors(self, key: int, n: int) -> list[dict]:
         """Up to ``n`` ancestors of ``key``, nearest first, each ``{"pid", "entity_key", "exe", "argv"}``.
 
-        The chain stops at the first ancestor the table does not hold (never seen, or evicted)."""
+        The chain stops at the first ancestor the table does not hold (never seen, or evicted).  (A parent
+        starts before its child, so the chain cannot loop; ``n`` bounds it anyway.)"""
         out: list[dict] = []
-        p = self._entries.get(key)
-        seen = {key}
+        entries, touch = self._entries, self._live.move_to_end
+        p = entries.get(key)
         while p is not None and len(out) < n:
             parent_key = p.parent_key
-            if parent_key is None or parent_key in seen:
-                break
-            p = self._entries.get(parent_key)
+            p = entries.get(parent_key) if parent_key is not None else None
             if p is None:
                 break
-            seen.add(parent_key)
             if not p.exited:
-                self._live.move_to_end(parent_key)
-            out.append(p.summary())
+                touch(parent_key)
+            out.append(p._summary or p.summary())
         return out
 
     def stats(self) -> TableStats:
