@@ -120,10 +120,12 @@ def test_a_flipping_open_path_names_the_file_opened(collector, tmp_path):
             assert e["resolved_path"] == str(exists), e
     flagged = sum(e["toctou"] for e in opens)
     wrong = [e for e in opens if not e["toctou"] and (e["ret"] >= 0) != (e["path"] == str(exists))]
-    # The entry copy is made a few hundred ns before the kernel's own (getname() runs after the sys_enter
-    # tracepoint), and a flip inside that window is caught only if the exit read differs too: measured
-    # here 0 to 1 in 3000 with this flipper.  A successful open is exact whatever the path says (above).
-    assert len(wrong) <= n // 300, (f"{len(wrong)} of {n} unflagged events disagree with their result: "
+    # The entry copy is made a little before the kernel's own (getname() runs after the sys_enter
+    # tracepoint), and a flip inside that window is caught only if the exit read differs too.  Measured with
+    # this flipper: 0 in 3000 on this host; 14 in 3000 on Debian 6.1 under software emulation, where that
+    # window is tens of times longer.  A successful open is exact whatever the path says (resolved_path,
+    # above); a failed one cannot be checked against anything in the kernel without a kprobe or fentry.
+    assert len(wrong) <= n // 100, (f"{len(wrong)} of {n} unflagged events disagree with their result: "
                                     f"{wrong[:3]}")
     assert flagged < n // 2, f"{flagged} of {n} flagged"
 
