@@ -1,18 +1,41 @@
-"""What the subcommands share: the top-level parser, the exit statuses, and one-line errors on stderr.
+"""What the subcommands share: the top-level parser, the exit statuses, one-line errors on stderr, and the
+quiet handling of a signal that comes before a subcommand is ready for it.
 
 Exit status: 0 after a clean stop; 2 for a bad command line or configuration; 1 when the host cannot do
 what was asked (privilege, tracefs, BTF, kernel) or the output cannot be written, with one line on stderr
 that says what is wrong.
+
+Signals: ``main`` first replaces Python's SIGINT handler (which raises KeyboardInterrupt wherever the
+interpreter is: in an import, in argparse, in trio's start-up, and prints a traceback) and the default
+SIGTERM action with a handler that only records the signal; a subcommand asks ``stop_requested()`` at the
+points where it can stop cleanly, and opens its own handling (trio's signal receiver) when it runs.  A
+SIGHUP before then is ignored (the settings are read afterwards anyway).
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import textwrap
+
+from kestrel_raw import __version__
 
 EXIT_OK = 0
 EXIT_SETUP = 1
 EXIT_USAGE = 2
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_received: list[int] = []
+
+
+def _remember(signum, _frame) -> None:
+    _received.append(signum)
+
+
+def stop_requested() -> int | None:
+    """The first SIGINT or SIGTERM received since ``main`` started, or None."""
+    return _received[0] if _received else None
 
 
 def _subcommands():
@@ -21,21 +44,43 @@ def _subcommands():
     return [importlib.import_module(f"kestrel_raw.cli.{name}") for name in SUBCOMMANDS]
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse's help, wrapped at spaces only: "--poll-interval" stays whole at the end of a line."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False, break_long_words=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kestrel-raw",
+    p = argparse.ArgumentParser(prog="kestrel-raw", formatter_class=_Formatter,
                                 description="kestrel-raw: a Linux security event collector speaking eBPF "
                                             "from pure Python.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("--version", action="version", version=f"kestrel-raw {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in _subcommands():
-        sp = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
+        sp = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP, formatter_class=_Formatter)
         module.add_arguments(sp)
-        sp.set_defaults(_main=module.main)
+        sp.set_defaults(_main=module.main, _parser=sp)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args._main(args)
+    previous = {}
+    try:
+        for signum in _STOP_SIGNALS:
+            previous[signum] = signal.signal(signum, _remember)
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    except ValueError:
+        pass  # not the main thread (an embedding application): its handlers stay
+    _received.clear()
+    try:
+        args = build_parser().parse_args(argv)
+        if stop_requested():
+            return EXIT_OK
+        return args._main(args)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def error(message: str) -> None:
