@@ -8,6 +8,6 @@ from __future__ import annotations
 
 from kestrel_raw.cli.common import EXIT_OK, EXIT_SETUP, EXIT_USAGE, build_parser, main
 
-SUBCOMMANDS = ("run",)  # module names under kestrel_raw.cli, in the order --help lists them
+SUBCOMMANDS = ("run", "tail", "install_service")  # module names under kestrel_raw.cli, in the order --help lists them
 
 __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_SETUP", "EXIT_USAGE", "SUBCOMMANDS"]

@@ -87,6 +87,19 @@ def error(message: str) -> None:
     print(f"kestrel-raw: {message}", file=sys.stderr)
 
 
+def silence_stdout() -> None:
+    """Point stdout at /dev/null after its reader went away: Python would report the broken pipe again
+    when it flushes stdout at exit."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except OSError:
+        pass
+
+
 def one_line(text: str) -> str:
     # Set-up errors may quote a tool's several lines (mount(8)); the user gets one.
     return " ".join(text.split())

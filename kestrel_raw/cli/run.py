@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import trio
 
 from kestrel_raw.cli import common
-from kestrel_raw.cli.common import EXIT_OK, EXIT_SETUP, EXIT_USAGE, error, one_line
+from kestrel_raw.cli.common import EXIT_OK, EXIT_SETUP, EXIT_USAGE, error, one_line, silence_stdout
 from kestrel_raw.cli.settings import Settings, SettingError, load as load_settings
 from kestrel_raw.errors import ConfigError, KestrelError, PrivilegeError, SetupError
 
@@ -580,7 +580,7 @@ async def _run(plan: Plan, outputs: Outputs) -> int:
                                 await out.send(chunk)
                     except BrokenPipeError:
                         # The reader went away (`| head -1`): a normal end, not an error.
-                        _silence_stdout()
+                        silence_stdout()
                         writable = False
                     except OSError as e:
                         _write_error(e, plan)
@@ -628,7 +628,7 @@ async def _finish(plan: Plan, outputs: Outputs, outs: list, recv, writable: bool
                 for out in outs:
                     await out.send(chunk)
     except BrokenPipeError:
-        _silence_stdout()
+        silence_stdout()
     except OSError as e:
         if status == EXIT_OK:
             _write_error(e, plan)
@@ -637,7 +637,7 @@ async def _finish(plan: Plan, outputs: Outputs, outs: list, recv, writable: bool
         try:
             await out.aclose()
         except BrokenPipeError:
-            _silence_stdout()
+            silence_stdout()
         except OSError as e:
             if status == EXIT_OK:  # else the write already failed and said so
                 _write_error(e, plan)
@@ -673,13 +673,3 @@ def _write_error(e: OSError, plan: Plan) -> None:
     where = plan.output or "standard output"
     full = " (the disk is full)" if e.errno == errno.ENOSPC else ""
     error(f"cannot write events to {where}: {e.strerror or e}{full}; stopped, programs detached")
-
-
-def _silence_stdout() -> None:
-    # Python would report the broken pipe again when it flushes stdout at exit.
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except OSError:
-        pass

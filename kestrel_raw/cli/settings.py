@@ -149,9 +149,12 @@ def read_file(parser: argparse.ArgumentParser, path: str) -> tuple[dict, dict]:
         m = re.search(r"\(at line (\d+), column (\d+)\)$", msg)
         if m:
             msg = f"line {m.group(1)}: not valid TOML: {msg[:m.start()].strip()} (column {m.group(2)})"
+        elif msg.endswith("(at end of document)"):
+            msg = f"line {len(text.splitlines())}: not valid TOML: {msg[:-len('(at end of document)')].strip()} " \
+                  f"(at the end of the file)"
         else:
-            msg = f"not valid TOML: {msg}"
-        raise SettingError(f"{path} {msg}" if m else f"{path}: {msg}") from None
+            raise SettingError(f"{path}: not valid TOML: {msg}") from None
+        raise SettingError(f"{path} {msg}") from None
     lines = _key_lines(text)
     known = options(parser)
     values, where = {}, {}
