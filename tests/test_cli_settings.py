@@ -246,14 +246,15 @@ def test_install_service_writes_unit_config_and_log_directory(tmp_path):
     unit = tmp_path / "etc/systemd/system/kestrel-raw.service"
     config = tmp_path / "etc/kestrel-raw/config.toml"
     logs = tmp_path / "var/log/kestrel-raw"
-    assert out.splitlines() == [f"wrote {unit}", f"wrote {config}", f"made {logs} (owner nobody, mode 0700)"]
+    assert out.splitlines() == [f"wrote {unit}", f"wrote {config} (mode 0640, group 65534: the collector reads it "
+                                                 f"again as nobody)", f"made {logs} (owner nobody, mode 0700)"]
     text = unit.read_text()
     assert text == unit_text(f"{sys.executable} -m kestrel_raw")
     for line in ("Type=notify", f"ExecStart={sys.executable} -m kestrel_raw run --config /etc/kestrel-raw/config.toml",
                  "ExecReload=/bin/kill -HUP $MAINPID", "Restart=on-failure", "RestartPreventExitStatus=2",
                  "StandardError=journal", "WantedBy=multi-user.target"):
         assert line in text.splitlines(), line
-    assert oct(config.stat().st_mode & 0o777) == "0o600"
+    assert (config.stat().st_mode & 0o777, config.stat().st_uid, config.stat().st_gid) == (0o640, 0, 65534)
     assert config.read_text() == config_text("nobody")
     st = logs.stat()
     assert (st.st_uid, st.st_mode & 0o777) == (65534, 0o700)

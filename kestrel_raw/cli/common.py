@@ -5,37 +5,27 @@ Exit status: 0 after a clean stop; 2 for a bad command line or configuration; 1 
 what was asked (privilege, tracefs, BTF, kernel) or the output cannot be written, with one line on stderr
 that says what is wrong.
 
-Signals: ``main`` first replaces Python's SIGINT handler (which raises KeyboardInterrupt wherever the
-interpreter is: in an import, in argparse, in trio's start-up, and prints a traceback) and the default
-SIGTERM action with a handler that only records the signal; a subcommand asks ``stop_requested()`` at the
-points where it can stop cleanly, and opens its own handling (trio's signal receiver) when it runs.  A
-SIGHUP before then is ignored (the settings are read afterwards anyway).
+Signals: see ``_signals``: SIGINT and SIGTERM are only recorded until a subcommand takes them over; it asks
+``stop_requested()`` where it can stop cleanly.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
-import signal
 import sys
 import textwrap
 
 from kestrel_raw import __version__
+from kestrel_raw.cli import _signals
 
 EXIT_OK = 0
 EXIT_SETUP = 1
 EXIT_USAGE = 2
 
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-_received: list[int] = []
-
-
-def _remember(signum, _frame) -> None:
-    _received.append(signum)
-
 
 def stop_requested() -> int | None:
-    """The first SIGINT or SIGTERM received since ``main`` started, or None."""
-    return _received[0] if _received else None
+    """The first SIGINT or SIGTERM received since the command line started, or None."""
+    return _signals.received()
 
 
 def _subcommands():
@@ -65,22 +55,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    previous = {}
-    try:
-        for signum in _STOP_SIGNALS:
-            previous[signum] = signal.signal(signum, _remember)
-        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    except ValueError:
-        pass  # not the main thread (an embedding application): its handlers stay
-    _received.clear()
+    entry = bool(_signals._previous)  # installed at import: the program's start, with what came before
+    if not entry:
+        _signals.clear()
+        _signals.install()  # called in-process (a test, an application): restored at the end
     try:
         args = build_parser().parse_args(argv)
         if stop_requested():
             return EXIT_OK
         return args._main(args)
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        if not entry:
+            _signals.restore()
 
 
 def error(message: str) -> None:

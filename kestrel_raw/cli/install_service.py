@@ -6,7 +6,8 @@ Written under ``--root`` (default /, a directory for an image or a test):
                                              ExecStart naming this interpreter: python -m kestrel_raw
     etc/kestrel-raw/config.toml              only if absent: every setting of `kestrel-raw run`, listed
                                              as comments, and the service's own (output file, rotation,
-                                             user) set
+                                             user) set; mode 0640, group: the user's, who reads it again
+                                             on SIGHUP
     var/log/kestrel-raw/                     the output's directory, owned by the user the collector
                                              becomes (rotation renames files there after the drop)
 
@@ -111,8 +112,10 @@ def main(args: argparse.Namespace) -> int:
         if os.path.exists(config):
             print(f"kept {config} (it exists)")
         else:
-            _write(config, config_text(args.user), 0o600)
-            print(f"wrote {config}")
+            _write(config, config_text(args.user), 0o640)
+            # Readable by the user's group: SIGHUP reads it again after the collector became that user.
+            os.chown(config, 0, entry.pw_gid)
+            print(f"wrote {config} (mode 0640, group {entry.pw_gid}: the collector reads it again as {args.user})")
         os.makedirs(logs, mode=0o700, exist_ok=True)
         os.chown(logs, entry.pw_uid, entry.pw_gid)
         os.chmod(logs, 0o700)

@@ -256,9 +256,25 @@ def _plan_nats(settings: Settings, plan: Plan, v) -> None:
     plan.nats_flush_timeout = v("nats_flush_timeout")
 
 
+def _can_as(uid: int, gid: int, path: str, mode: int) -> bool:
+    """Whether user ``uid`` (group ``gid``, no other group) may access ``path`` with ``mode`` (os.W_OK...):
+    asked by a child that becomes that user (access(2) then counts ACLs and every directory above)."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups([])
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)
+            os._exit(0 if os.access(path, mode) else 1)
+        except BaseException:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 0
+
+
 def _check_rotation_directory(settings: Settings, output: str, uid: int, gid: int, user: str) -> None:
     """Rotation renames files in the output's directory after the privileges are dropped: that user must
-    be able to, which a child that becomes the user tries (access(2), so ACLs count too)."""
+    be able to."""
     import stat
 
     directory = os.path.dirname(os.path.abspath(output))
@@ -266,24 +282,26 @@ def _check_rotation_directory(settings: Settings, output: str, uid: int, gid: in
         st = os.stat(directory)
     except OSError as e:
         raise settings.error("output", f"{output}: its directory cannot be used: {e.strerror}") from None
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.setgroups([])
-            os.setresgid(gid, gid, gid)
-            os.setresuid(uid, uid, uid)
-            os._exit(0 if os.access(directory, os.W_OK | os.X_OK) else 1)
-        except BaseException:
-            os._exit(1)
-    _, status = os.waitpid(pid, 0)
     sticky = st.st_mode & stat.S_ISVTX and st.st_uid != uid
-    if os.waitstatus_to_exitcode(status) != 0 or sticky:
+    if sticky or not _can_as(uid, gid, directory, os.W_OK | os.X_OK):
         why = "a sticky directory (as /tmp) lets only a file's owner rename it" if sticky else \
             "it cannot write there"
         raise settings.error("rotate_size", (
             f"renames files in {directory} after the collector has become {user} (uid {uid}), and {why}: "
             f"give the output a directory of that user's (install -d -o {user} -m 0700 DIR), or "
             f"--keep-privileges"))
+
+
+def _warn_if_config_unreadable(plan: Plan) -> None:
+    """SIGHUP reads the config file as the user the collector became: say now if it will not be able to."""
+    s = plan.settings
+    if s.path is None or plan.also_owner is None:
+        return
+    gid = plan.config.drop_gid
+    if not _can_as(plan.also_owner, gid, os.path.abspath(s.path), os.R_OK):
+        error(f"--config {s.path}: the user the collector becomes (uid {plan.also_owner}) cannot read it, so "
+              f"SIGHUP will not be able to read it again: make it readable to that user (for example "
+              f"chgrp {gid} {s.path}; chmod 0640 {s.path})")
 
 
 # -- main ---------------------------------------------------------------------------------------------------
@@ -297,6 +315,7 @@ def main(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if common.stop_requested():
         return _stopped_before_start()
+    _warn_if_config_unreadable(plan)
     try:
         outputs = Outputs.open(plan)
     except _Refused as e:

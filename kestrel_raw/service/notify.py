@@ -2,8 +2,8 @@
 
 With ``Type=notify`` the unit is "started" only once the collector says ``READY=1`` (after its programs
 are attached and proven, not when the process starts), and ``STATUS=`` is the line ``systemctl status``
-shows.  Without $NOTIFY_SOCKET (not under systemd) every call does nothing.  The socket is opened when
-``Notifier`` is made, before the privileges are dropped; an abstract socket name starts with ``@``.
+shows.  Without $NOTIFY_SOCKET (not under systemd) every call does nothing.  The socket is opened and
+connected when ``Notifier`` is made, before the privileges are dropped; an abstract name starts with ``@``.
 """
 from __future__ import annotations
 
@@ -21,7 +21,11 @@ class Notifier:
         self._addr = "\0" + path[1:] if path[0] == "@" else path
         try:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            # Connected now, as root: the unprivileged user it becomes may not reach the path's directory.
+            self._sock.connect(self._addr)
         except OSError:
+            if self._sock is not None:
+                self._sock.close()
             self._sock = None
 
     def notify(self, **fields: str | int) -> bool:
@@ -30,7 +34,7 @@ class Notifier:
             return False
         data = "\n".join(f"{k.upper()}={v}" for k, v in fields.items()).encode()
         try:
-            self._sock.sendto(data, self._addr)
+            self._sock.send(data)
             return True
         except OSError:
             return False
