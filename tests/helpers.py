@@ -228,7 +228,7 @@ class NatsCluster:
         for i in range(n):
             routes = ", ".join(f"nats-route://127.0.0.1:{p}" for j, p in enumerate(self.cluster_ports) if j != i)
             store = root / f"n{i}"
-            store.mkdir(exist_ok=True)
+            store.mkdir(parents=True, exist_ok=True)
             (root / f"n{i}.conf").write_text(
                 f"server_name: n{i}\nlisten: 127.0.0.1:{self.ports[i]}\n"
                 f"jetstream {{ store_dir: \"{store}\", max_memory_store: 64MB, max_file_store: 2GB }}\n"
@@ -315,7 +315,15 @@ async def read_stream(nc, js, subject: str, idle: float = 3.0):
     import asyncio
 
     out = []
-    sub = await js.subscribe(subject, ordered_consumer=True)
+    deadline = asyncio.get_running_loop().time() + 60
+    while True:  # a cluster that just lost a node may take a few seconds to make the consumer
+        try:
+            sub = await js.subscribe(subject, ordered_consumer=True)
+            break
+        except Exception:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(1)
     try:
         while True:
             try:

@@ -40,8 +40,8 @@ from kestrel_raw.sinks.natsmsg import Batch, headers
 from kestrel_raw.sinks.spool import Spool
 
 QUEUE_BATCHES = 256  # batches between the collector and the NATS thread (up to 65,536 events)
-MAX_IN_FLIGHT = 256  # batches published and not yet acked, at most; more wait in the spool
-WINDOW = 64  # spooled batches sent at a time
+MAX_IN_FLIGHT = 1024  # batches published and not yet acked, at most; more wait in the spool
+WINDOW = 256  # spooled batches sent at a time
 ACK_TIMEOUT = 5.0  # seconds an ack may take before its batch goes (back) to the spool
 RETRY_EVERY = 0.5  # seconds between attempts to send the spool while nothing is acked
 CONNECT_TIMEOUT = 2  # seconds per attempt to reach a server
