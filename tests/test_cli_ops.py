@@ -168,6 +168,7 @@ def scrape(port: int) -> dict:
 
 @pytest.mark.kernel
 @pytest.mark.slow
+@pytest.mark.services  # prometheus-client, which the qemu guests lack
 def test_metrics_scraped_during_a_storm(tmp_path):
     pytest.importorskip("prometheus_client")
     from kestrel_raw.kernel import bpf
@@ -216,8 +217,7 @@ def test_metrics_scraped_during_a_storm(tmp_path):
     runs = after[("kestrel_bpf_program_runs_total", (("program", "kr_openat"),))]
     assert runs >= 60000
     assert 0 < after[("kestrel_bpf_program_ns_per_run", (("program", "kr_openat"),))] < 1_000_000
-    # The summary and the metrics agree on what was delivered.
-    assert summary_counts(err)["delivered_open"] == opens(after) + (summary_counts(err)["delivered_open"] - opens(after))
+    # The metrics never count more than the summary at the end says was delivered.
     assert opens(after) <= summary_counts(err)["delivered_open"]
 
 
