@@ -229,10 +229,11 @@ class NatsCluster:
             routes = ", ".join(f"nats-route://127.0.0.1:{p}" for j, p in enumerate(self.cluster_ports) if j != i)
             store = root / f"n{i}"
             store.mkdir(parents=True, exist_ok=True)
+            cluster = (f"cluster {{ name: kr, listen: 127.0.0.1:{self.cluster_ports[i]}, routes: [{routes}] }}\n"
+                       if n > 1 else "")
             (root / f"n{i}.conf").write_text(
                 f"server_name: n{i}\nlisten: 127.0.0.1:{self.ports[i]}\n"
-                f"jetstream {{ store_dir: \"{store}\", max_memory_store: 64MB, max_file_store: 2GB }}\n"
-                f"cluster {{ name: kr, listen: 127.0.0.1:{self.cluster_ports[i]}, routes: [{routes}] }}\n")
+                f"jetstream {{ store_dir: \"{store}\", max_memory_store: 64MB, max_file_store: 2GB }}\n" + cluster)
         for i in range(n):
             self.start(i)
 
