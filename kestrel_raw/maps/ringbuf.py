@@ -111,6 +111,7 @@ class RingBufReader:
                               f"omit size= to use the map's")
         check_ringbuf_size(size)
         self.size = size
+        self.wakeups = 0  # waits (wait_readable, wait_wakeup) that ended because the kernel woke the reader
         self._fd = FD(os.dup(fd))
         self._epoll: select.epoll | None = None
         self._edge: select.epoll | None = None
@@ -182,6 +183,7 @@ class RingBufReader:
     async def wait_readable(self) -> None:
         """Wait until the kernel reports data in the ring (returns at once if there is some)."""
         await trio.lowlevel.wait_readable(self.fileno())
+        self.wakeups += 1
 
     async def wait_wakeup(self) -> None:
         """Wait until a producer wakes the reader, not merely until the ring holds data.
@@ -202,6 +204,7 @@ class RingBufReader:
             self._edge.register(self.fileno(), select.EPOLLIN | select.EPOLLET)
         await trio.lowlevel.wait_readable(self._edge.fileno())
         self._edge.poll(0)  # take the edge: the instance is not readable again until the next wakeup
+        self.wakeups += 1
 
     async def wait_records(self, max_records: int | None = None) -> list[bytes]:
         """Wait for at least one record and return the batch that is there (at most ``max_records``).
