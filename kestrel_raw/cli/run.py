@@ -574,7 +574,7 @@ async def _run(plan: Plan, outputs: Outputs) -> int:
                 token = trio.lowlevel.current_trio_token()
                 outputs.start_threads(lambda: trio.from_thread.run_sync(snapshot, collector, outputs.by_name,
                                                                         trio_token=token))
-                outputs.notifier.notify(ready=1, status=f"attached, {len(collector._programs)} programs")
+                outputs.notifier.notify(ready=1, status=f"attached, {len(collector._links)} programs")
                 if common.stop_requested():
                     nursery.cancel_scope.cancel()
 
