@@ -95,6 +95,9 @@ class CollectorConfig:
         counters count their events alone, so delivered + lost = generated is exact).
     peer_interval: seconds between checks that the other collectors this one ignores still run (an entry
         whose pid now names another process is removed: a reused pid is hidden at most this long).
+    stop_timeout: seconds a stop may spend handing on what the rings still hold, waiting for the consumer
+        (the programs are detached first, so nothing new arrives); then the rest is handed on without
+        waiting and what the consumer cannot take is counted as dropped.
     drop_privileges: once attached and mapped, give up every capability and root's uid (kestrel_raw/kernel/caps.py).
         Irreversible for the whole process, so off for the library; the CLI turns it on.
     drop_uid, drop_gid: the identity a root process takes when it drops (default nobody, 65534).
@@ -120,6 +123,7 @@ class CollectorConfig:
     flush_interval: float = 0.1
     only_tgids: tuple[int, ...] | None = None
     peer_interval: float = 1.0
+    stop_timeout: float = 5.0
     drop_privileges: bool = False
     drop_uid: int = 65534
     drop_gid: int = 65534
@@ -175,6 +179,7 @@ class CollectorConfig:
                 raise ConfigError("only_tgids is empty: nothing would be reported; give tgids or None")
             object.__setattr__(self, "only_tgids", tgids)
         _positive_seconds("peer_interval", self.peer_interval)
+        _positive_seconds("stop_timeout", self.stop_timeout)
         if not isinstance(self.drop_privileges, bool):
             raise ConfigError(f"drop_privileges must be True or False, got {self.drop_privileges!r}")
         for name in ("drop_uid", "drop_gid"):
