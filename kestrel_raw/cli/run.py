@@ -55,7 +55,7 @@ CONFIG_NAMES = {
     "event_types": "events", "event types": "events", "program_path": "dump_programs", "buffers": "buffers",
     "buffer_size": "buffer_size", "queue_size": "queue_size", "queue_policy": "queue_policy", "btf_path": "btf",
     "wakeup_bytes": "wakeup_bytes", "poll_interval": "poll_interval", "flush_interval": "flush_interval",
-    "latency": "latency", "drop_uid": "user", "drop_gid": "user",
+    "latency": "latency", "drop_uid": "user", "drop_gid": "user", "stop_timeout": "stop_timeout",
 }
 
 
@@ -115,6 +115,9 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
       help="seconds between drains without a wakeup: the longest a lone event waits (default 0.1)")
     g("--flush-interval", type=float, metavar="SECONDS",
       help="seconds a written line may stay buffered (default 0.1)")
+    g("--stop-timeout", type=float, metavar="SECONDS",
+      help="seconds a stop may spend writing out what the rings still hold (default 5); the rest is counted "
+           "as dropped")
     g = run.add_argument_group("host and privileges").add_argument
     g("--btf", metavar="PATH",
       help="kernel BTF to take struct layouts from (default: $KESTREL_BTF, else /sys/kernel/btf/vmlinux)")
@@ -178,7 +181,8 @@ def make_plan(settings: Settings) -> Plan:
     try:
         uid, gid = _user_ids(settings, v("user"))
         kwargs = {name: v(name) for name in ("buffers", "buffer_size", "queue_size", "queue_policy", "latency",
-                                              "wakeup_bytes", "poll_interval", "flush_interval")
+                                              "wakeup_bytes", "poll_interval", "flush_interval",
+                                              "stop_timeout")
                   if v(name) is not None}
         if v("btf"):
             kwargs["btf_path"] = v("btf")
