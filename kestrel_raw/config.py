@@ -72,9 +72,11 @@ class CollectorConfig:
         CPU, at most 4 (more rings than CPUs that write at once spread no contention, and the memory serves
         better as depth).
     buffer_size: bytes of each ring buffer: a power of two and a multiple of the page size (the kernel's
-        BPF_MAP_TYPE_RINGBUF rule).  1 MiB by default: ~9,000 opens, ~28 ms of a 320k opens/s loop, so a
-        reader the scheduler sets aside for a few ms (measured here: up to 4-8 ms, when it shares a CPU
-        with the traced loop) loses nothing; with 256 KiB rings that loop lost 0.1-4% of its opens.
+        BPF_MAP_TYPE_RINGBUF rule).  8 MiB by default (Falco's per-CPU default too): a process's events all
+        go to one ring, and a burst from one process at full speed outruns the reader (one Python thread:
+        ~0.4-0.5 M records/s), so the ring holds what the reader has not yet taken: ~45,000 opens of ~180
+        bytes.  A 100,000-open burst at ~0.6 M/s leaves ~35,000 unread at its end.  With 1 MiB rings half
+        of such a burst was lost.
     event_types: which events to collect: EventType values or their names ("exec"...); stored as a tuple.
     queue_size: events buffered between the ring-buffer pollers and each consumer (with an EventBus for
         output, each subscriber's ``max_buffer`` instead).
@@ -113,7 +115,7 @@ class CollectorConfig:
 
     program_path: str | None = None
     buffers: int | None = None
-    buffer_size: int = 1 << 20
+    buffer_size: int = 8 << 20
     event_types: tuple[EventType, ...] = field(default=ALL_EVENT_TYPES)
     queue_size: int = 8192
     queue_policy: str = "block"

@@ -206,7 +206,7 @@ def test_metrics_scraped_during_a_storm(tmp_path):
     for m in during + [after]:
         for ring in ("0", "1"):
             assert 0 <= m[("kestrel_ring_buffer_fill_ratio", (("ring", ring),))] <= 1
-            assert m[("kestrel_ring_buffer_size_bytes", (("ring", ring),))] == 1 << 20
+            assert m[("kestrel_ring_buffer_size_bytes", (("ring", ring),))] == 8 << 20
     assert sum(after[("kestrel_poll_wakeups_total", (("ring", r),))] for r in "01") > 0
     assert after[("kestrel_programs_attached", ())] == 4  # openat and openat2, at entry and exit
     assert after[("kestrel_events_lost_total", (("cause", "ringbuf_full"), ("type", "open")))] >= 0

@@ -99,7 +99,7 @@ def test_no_error_message_names_an_internal_setting(tmp_path):
     internal = re.compile(r"\b(event_types|program_path|buffer_size|queue_size|queue_policy|btf_path|"
                           r"wakeup_bytes|poll_interval|flush_interval|drop_uid|drop_gid|drop_privileges)\b")
     cases = [["--buffers", "0"], ["--buffer-size", "12288"], ["--buffer-size", "1024"], ["--queue-size", "0"],
-             ["--wakeup-bytes", "4194304"], ["--wakeup-bytes", "-1"], ["--poll-interval", "0"],
+             ["--wakeup-bytes", "8388608"], ["--wakeup-bytes", "-1"], ["--poll-interval", "0"],
              ["--flush-interval", "-1"], ["--dump-programs", str(tmp_path / "none")], ["--user", "0"],
              ["--events", "fork"], ["--events", ","], ["--buffers", "100000"]]
     for args in cases:
@@ -196,10 +196,10 @@ def test_collector_errors_from_the_file_name_the_file_line_and_key(tmp_path):
     assert rc == 2
     assert one_error(err) == (f"kestrel-raw: {p} line 2: buffer-size 12288 is not a power of two; the kernel "
                               f"requires one for ring buffers (e.g. 16384)")
-    p = write(tmp_path, "wakeup-bytes = 4194304\n", "w.toml")
+    p = write(tmp_path, "wakeup-bytes = 8388608\n", "w.toml")
     rc, _out, err = cli("run", "--config", str(p))
-    assert one_error(err) == (f"kestrel-raw: {p} line 1: wakeup-bytes 4194304 must be at least 0 and below "
-                              f"--buffer-size (1048576), or the reader would never be woken")
+    assert one_error(err) == (f"kestrel-raw: {p} line 1: wakeup-bytes 8388608 must be at least 0 and below "
+                              f"--buffer-size (8388608), or the reader would never be woken")
     p = write(tmp_path, "buffers = 5000\n", "b.toml")
     rc, _out, err = cli("run", "--config", str(p))
     assert one_error(err).startswith(f"kestrel-raw: {p} line 1: buffers 5000 needs about 25095 file descriptors")

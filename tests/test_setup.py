@@ -58,8 +58,8 @@ def _kr_progs() -> set[int]:
     (["--buffer-size", "1024"], "kestrel-raw: --buffer-size 1024 is not a multiple of the page size"),
     (["--buffers", "0"], "kestrel-raw: --buffers must be at least 1, got 0"),
     (["--queue-size", "0"], "kestrel-raw: --queue-size must be at least 1, got 0"),
-    (["--wakeup-bytes", "2097152"], "kestrel-raw: --wakeup-bytes 2097152 must be at least 0 and below --buffer-size "
-                                    "(1048576)"),
+    (["--wakeup-bytes", "16777216"], "kestrel-raw: --wakeup-bytes 16777216 must be at least 0 and below "
+                                     "--buffer-size (8388608)"),
     (["--dump-programs", "/no/such/dir"], "kestrel-raw: --dump-programs '/no/such/dir' does not exist"),
     (["--user", "0"], "kestrel-raw: --user must be a non-root id (1 to 4294967294), got 0"),
     (["--duration", "-1"], "--duration must be a positive number of seconds, got -1.0"),

@@ -99,7 +99,7 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
     g = run.add_argument_group("ring buffers and delivery").add_argument
     g("--buffers", type=int, metavar="N", help="number of ring buffers (default: one per CPU, at most 4)")
     g("--buffer-size", type=int, metavar="BYTES",
-      help="bytes per ring buffer: a power of two, a multiple of the page size (default 1048576)")
+      help="bytes per ring buffer: a power of two, a multiple of the page size (default 8388608)")
     g("--queue-size", type=int, metavar="N", help="events held between the ring readers and the outputs (default 8192)")
     g("--queue-policy", choices=("block", "drop"),
       help="when the outputs are slower than the events: block (default) stops reading the rings, so the "

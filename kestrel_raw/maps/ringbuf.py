@@ -129,7 +129,8 @@ class RingBufReader:
             data = whole[PAGE_SIZE:]
             self._views.append(data)
             self._cursor = RingCursor(consumer, producer, data, size,
-                                      fence=fence_for_machine() if fence == "auto" else fence)
+                                      fence=fence_for_machine() if fence == "auto" else fence,
+                                      copy_from=producer, copy_base=PAGE_SIZE)
         except BaseException:
             self._unmap()
             self._fd.close()
