@@ -73,9 +73,11 @@ class CollectorConfig:
         CPU, at most 4 (more rings than CPUs that write at once spread no contention, and the memory serves
         better as depth).
     buffer_size: bytes of each ring buffer: a power of two and a multiple of the page size (the kernel's
-        BPF_MAP_TYPE_RINGBUF rule).  1 MiB by default: ~9,000 opens, ~28 ms of a 320k opens/s loop, so a
-        reader the scheduler sets aside for a few ms (measured here: up to 4-8 ms, when it shares a CPU
-        with the traced loop) loses nothing; with 256 KiB rings that loop lost 0.1-4% of its opens.
+        BPF_MAP_TYPE_RINGBUF rule).  8 MiB by default (Falco's per-CPU default too): a process's events all
+        go to one ring, and a burst from one process at full speed outruns the reader (one Python thread:
+        ~0.4-0.5 M records/s), so the ring holds what the reader has not yet taken: ~45,000 opens of ~180
+        bytes.  A 100,000-open burst at ~0.6 M/s leaves ~35,000 unread at its end.  With 1 MiB rings half
+        of such a burst was lost.
     event_types: which events to collect: EventType values or their names ("exec"...); stored as a tuple.
     queue_size: events buffered between the ring-buffer pollers and each consumer (with an EventBus for
         output, each subscriber's ``max_buffer`` instead).
@@ -96,6 +98,9 @@ class CollectorConfig:
         counters count their events alone, so delivered + lost = generated is exact).
     peer_interval: seconds between checks that the other collectors this one ignores still run (an entry
         whose pid now names another process is removed: a reused pid is hidden at most this long).
+    stop_timeout: seconds a stop may spend handing on what the rings still hold, waiting for the consumer
+        (the programs are detached first, so nothing new arrives); then the rest is handed on without
+        waiting and what the consumer cannot take is counted as dropped.
     drop_privileges: once attached and mapped, give up every capability and root's uid (kestrel_raw/kernel/caps.py).
         Irreversible for the whole process, so off for the library; the CLI turns it on.
     drop_uid, drop_gid: the identity a root process takes when it drops (default nobody, 65534).
@@ -116,7 +121,7 @@ class CollectorConfig:
 
     program_path: str | None = None
     buffers: int | None = None
-    buffer_size: int = 1 << 20
+    buffer_size: int = 8 << 20
     event_types: tuple[EventType, ...] = field(default=ALL_EVENT_TYPES)
     queue_size: int = 8192
     queue_policy: str = "block"
@@ -126,6 +131,7 @@ class CollectorConfig:
     flush_interval: float = 0.1
     only_tgids: tuple[int, ...] | None = None
     peer_interval: float = 1.0
+    stop_timeout: float = 5.0
     drop_privileges: bool = False
     drop_uid: int = 65534
     drop_gid: int = 65534
@@ -184,6 +190,7 @@ class CollectorConfig:
                 raise ConfigError("only_tgids is empty: nothing would be reported; give tgids or None")
             object.__setattr__(self, "only_tgids", tgids)
         _positive_seconds("peer_interval", self.peer_interval)
+        _positive_seconds("stop_timeout", self.stop_timeout)
         if self.verifier_log_level not in VERIFIER_LOG_LEVELS:
             raise ConfigError(f"verifier_log_level must be one of {', '.join(map(str, VERIFIER_LOG_LEVELS))} "
                               f"(0: none; 1: the instructions as verified; 2: every state; 4: statistics), "

@@ -71,8 +71,9 @@ def test_disasm_of_every_program_is_what_run_loads(recorded) -> None:
     finally:
         collector.stop()
     assert [p["name"] for p in shown["programs"]] == [name for name, _ in recorded] == ALL
-    assert shown["options"] == {"events": "exec,open,connect,exit", "buffers": 3, "buffer_size": 1048576,
-                                "wakeup_bytes": 131072, "latency": "batch"}
+    size = CollectorConfig().buffer_size  # run's defaults
+    assert shown["options"] == {"events": "exec,open,connect,exit", "buffers": 3, "buffer_size": size,
+                                "wakeup_bytes": size // 8, "latency": "batch"}
     for program, (name, code) in zip(shown["programs"], recorded):
         # The instructions shown, byte for byte, are the ones loaded (map fds, which change each run, as 0).
         assert bytes.fromhex("".join(i["bytes"] for i in program["insns"])) == stable_bytes(code), name

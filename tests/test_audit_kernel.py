@@ -84,9 +84,8 @@ def loaded() -> list[tuple[Loaded, list[str], bytes, dict]]:
     finally:
         mp.undo()
         collector.stop()
-    assert sorted(p.name for p, *_ in out) == [
-        "kr_connect", "kr_connect_e", "kr_exec", "kr_exit", "kr_open_fin", "kr_openat", "kr_openat2", "kr_openat2_e",
-        "kr_openat_e"]
+    assert sorted(p.name for p, *_ in out) == ["kr_connect", "kr_connect_e", "kr_exec", "kr_exit", "kr_open_fin",
+                                                "kr_openat", "kr_openat2", "kr_openat2_e", "kr_openat_e"]
     return out
 
 

@@ -75,6 +75,7 @@ ATTR_VIEWS = [
     ("RawTracepointAttr", ("named", "raw_tracepoint")),
     ("LinkCreateAttr", ("named", "link_create")),
     ("EnableStatsAttr", ("named", "enable_stats")),
+    ("IterCreateAttr", ("named", "iter_create")),
 ]
 # Our names that are nested in BTF.
 BTF_PATH = {("LinkCreateAttr", "bpf_cookie"): "perf_event.bpf_cookie"}
@@ -135,7 +136,7 @@ def test_uapi_enums_match_kernel_btf(btf, enum, prefix):
         ours = {name: v for v, name in uapi.BPF_CMD_NAMES.items()}
     elif enum == "bpf_attach_type":
         ours = {n: getattr(uapi, n) for n in ("BPF_TRACE_RAW_TP", "BPF_TRACE_FENTRY", "BPF_TRACE_FEXIT",
-                                              "BPF_PERF_EVENT")}
+                                              "BPF_TRACE_ITER", "BPF_PERF_EVENT")}
     else:
         ours = {n: getattr(uapi, n) for n in dir(uapi) if n.startswith(prefix)}
     assert ours

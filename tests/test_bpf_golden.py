@@ -419,6 +419,13 @@ def test_link_create(kernel):
     assert cookie.attr == plain.attr + h("8877665544332211")  # perf_event.bpf_cookie
 
 
+def test_iter_create(kernel):
+    kernel.reply(FD_RESULT)
+    bpf.iter_create(7).close()
+    [c] = kernel.calls
+    assert (c.cmd, c.size, c.attr) == (uapi.BPF_ITER_CREATE, 8, h("07000000", "00000000"))  # link_fd, flags
+
+
 def test_raw_tracepoint_open(kernel):
     kernel.reply(FD_RESULT, read={0: 10})
     bpf.raw_tracepoint_open("sys_enter", 4).close()

@@ -278,3 +278,48 @@ async def test_no_record_is_lost_while_the_ring_has_room():
         for p in children:
             p.kill()
             p.wait()
+
+
+@pytest.mark.kernel
+async def test_a_stop_hands_on_everything_the_rings_hold_to_a_slow_consumer(opener):
+    # 2,000 opens wait in the ring (no wakeup, no deadline for a minute) and the channel holds 16 events:
+    # a stop must wait for the consumer, not drop what it cannot take at once.
+    send, recv = trio.open_memory_channel(16)
+    c = KestrelCollector(send, CollectorConfig(event_types=["open"], buffers=1, wakeup_bytes=(1 << 20) - 8,
+                                               poll_interval=60.0, only_tgids=[opener.pid], stop_timeout=30))
+    got = []
+
+    async def consume():
+        async for ev in recv:
+            got.append(ev["path"])
+            await trio.sleep(0)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(c.start)
+        await trio.to_thread.run_sync(opener.ask, 2000)
+        c.stop()
+        async with trio.open_nursery() as consumer:
+            consumer.start_soon(consume)
+            await trio.sleep(0.5)  # the stop is under way while the consumer is slow
+            # once the pollers are done the collector is closed; end the consumer's loop then
+            while not c._closed:
+                await trio.sleep(0.05)
+            send.close()
+    stats = c.stats()
+    assert got == opener.paths(2000)
+    assert (stats.delivered["open"], stats.user_dropped) == (2000, 0)
+
+
+@pytest.mark.kernel
+async def test_a_stop_cut_short_counts_what_it_could_not_hand_on(opener):
+    # The same, but nobody reads and the stop may wait 0.5 s: every record is delivered or counted.
+    send, recv = trio.open_memory_channel(16)
+    c = KestrelCollector(send, CollectorConfig(event_types=["open"], buffers=1, wakeup_bytes=(1 << 20) - 8,
+                                               poll_interval=60.0, only_tgids=[opener.pid], stop_timeout=0.5))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(c.start)
+        await trio.to_thread.run_sync(opener.ask, 2000)
+        c.stop()
+    stats = c.stats()
+    assert stats.records == 2000
+    assert stats.delivered["open"] == 16 and stats.user_dropped == 2000 - 16

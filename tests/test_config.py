@@ -15,9 +15,9 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 def test_defaults():
     c = CollectorConfig()
     assert (c.program_path, c.buffers, c.buffer_size, c.queue_size, c.queue_policy, c.btf_path) == (
-        None, min(4, os.cpu_count()), 1 << 20, 8192, "block", "/sys/kernel/btf/vmlinux")
+        None, min(4, os.cpu_count()), 8 << 20, 8192, "block", "/sys/kernel/btf/vmlinux")
     assert c.event_types == (EventType.EXEC, EventType.OPEN, EventType.CONNECT, EventType.EXIT)
-    assert (c.wakeup_bytes, c.poll_interval, c.flush_interval) == (128 * 1024, 0.1, 0.1)
+    assert (c.wakeup_bytes, c.poll_interval, c.flush_interval) == (1 << 20, 0.1, 0.1)
     assert CollectorConfig(buffer_size=256 * 1024).wakeup_bytes == 32 * 1024
     assert CollectorConfig(wakeup_bytes=0).wakeup_bytes == 0
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -45,7 +45,7 @@ def test_event_types_by_name_or_value():
     (dict(queue_size=0), "queue_size must be at least 1"),
     (dict(flush_interval=0), "flush_interval must be a positive number of seconds, got 0"),
     (dict(poll_interval=-1.0), "poll_interval must be a positive number of seconds, got -1.0"),
-    (dict(wakeup_bytes=1 << 20), "wakeup_bytes 1048576 must be at least 0 and below buffer_size \\(1048576\\)"),
+    (dict(wakeup_bytes=8 << 20), "wakeup_bytes 8388608 must be at least 0 and below buffer_size \\(8388608\\)"),
     (dict(wakeup_bytes=-1), "wakeup_bytes -1 must be at least 0"),
     (dict(wakeup_bytes="1k"), "wakeup_bytes must be an integer, got '1k'"),
 ])

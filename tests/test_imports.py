@@ -1,8 +1,8 @@
 """Import rules of the package (issue 11).
 
 - Only kestrel_raw/kernel/syscall.py imports ctypes: every other module talks to the kernel in bytes.
-- The pure modules (assembler, BTF, codec, ring cursor, event spec, BPF programs, and the kernel's layouts and
-  constants) import neither ctypes nor trio, directly or through anything they import: each is imported alone
+- The pure modules (assembler, BTF, codec, ring cursor, event spec, BPF programs, the process context, and the
+  kernel's layouts and constants) import neither ctypes nor trio, directly or through anything they import: each is imported alone
   in a fresh interpreter.  The modules are enumerated, not listed, so a module added later is checked too.
 - The public namespace: every name in ``kestrel_raw.__all__`` imports, once, from the one module defining it.
 """
@@ -25,7 +25,8 @@ REPO = ROOT.parent
 SYSCALL_MODULE = ROOT / "kernel" / "syscall.py"
 
 # The pure zone: these packages (every module in them) and modules.
-PURE_PACKAGES = ["kestrel_raw.asm", "kestrel_raw.btf", "kestrel_raw.codec", "kestrel_raw.programs"]
+PURE_PACKAGES = ["kestrel_raw.asm", "kestrel_raw.btf", "kestrel_raw.codec", "kestrel_raw.programs",
+                 "kestrel_raw.context"]   # context: its I/O runs on threads; tasks.py loads kernel/ when called
 PURE_MODULES = ["kestrel_raw.maps.ring", "kestrel_raw.spec", "kestrel_raw.kernel.layout", "kestrel_raw.kernel.uapi"]
 
 

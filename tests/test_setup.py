@@ -51,12 +51,17 @@ def _kr_progs() -> set[int]:
 # -- configuration (no kernel needed: refused before anything is loaded) ------------------------------------
 
 @pytest.mark.parametrize("args, needle", [
-    (["--events", "exec,fork"], "event_types: unknown event type 'fork'; valid: exec, open, connect, exit"),
-    (["--events", ","], "event types: none given in ','"),
-    (["--buffer-size", "12288"], "buffer_size 12288 is not a power of two"),
-    (["--buffer-size", "1024"], "is not a multiple of the page size"),
-    (["--buffers", "0"], "buffers must be at least 1, got 0"),
-    (["--queue-size", "0"], "queue_size must be at least 1, got 0"),
+    (["--events", "exec,fork"], "kestrel-raw: --events: unknown event type 'fork'; valid: exec, open, connect, exit"),
+    (["--events", ","], "kestrel-raw: --events: none given in ','"),
+    (["--buffer-size", "12288"], "kestrel-raw: --buffer-size 12288 is not a power of two; the kernel requires one "
+                                 "for ring buffers (e.g. 16384)"),
+    (["--buffer-size", "1024"], "kestrel-raw: --buffer-size 1024 is not a multiple of the page size"),
+    (["--buffers", "0"], "kestrel-raw: --buffers must be at least 1, got 0"),
+    (["--queue-size", "0"], "kestrel-raw: --queue-size must be at least 1, got 0"),
+    (["--wakeup-bytes", "16777216"], "kestrel-raw: --wakeup-bytes 16777216 must be at least 0 and below "
+                                     "--buffer-size (8388608)"),
+    (["--dump-programs", "/no/such/dir"], "kestrel-raw: --dump-programs '/no/such/dir' does not exist"),
+    (["--user", "0"], "kestrel-raw: --user must be a non-root id (1 to 4294967294), got 0"),
     (["--duration", "-1"], "--duration must be a positive number of seconds, got -1.0"),
     (["--user", "no-such-user-kr"], "--user 'no-such-user-kr': no such user"),
 ])
@@ -175,5 +180,5 @@ def test_output_file_that_cannot_be_created(tmp_path):
     target = tmp_path / "no-such-dir" / "events.jsonl"
     rc, out, err = run_cli(["--output", str(target)])
     assert rc == 1
-    assert one_line(err) == f"kestrel-raw: cannot run: {target}: No such file or directory"
+    assert one_line(err) == f"kestrel-raw: --output {target}: No such file or directory"
     assert _kr_progs() <= before

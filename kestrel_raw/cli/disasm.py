@@ -23,14 +23,14 @@ from kestrel_raw.cli.common import EXIT_OK, EXIT_SETUP, EXIT_USAGE, error, one_l
 from kestrel_raw.cli.shaping import add_shaping_arguments, shaping_kwargs
 
 NAME = "disasm"
-HELP = ("print every program exactly as `run` would load it on this kernel, annotated, with its digests "
+HELP = ("print every program exactly as run would load it on this kernel, annotated, with its digests "
         "(loads nothing; reads tracefs, which needs root on most systems, and BTF)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_shaping_arguments(p)
     p.add_argument("--pin-file", metavar="FILE",
-                   help="also write a pin file approving these programs (for `run --pin FILE`)")
+                   help="also write a pin file approving these programs (for run --pin FILE)")
 
 
 def build(args: argparse.Namespace):

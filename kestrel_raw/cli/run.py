@@ -1,13 +1,20 @@
-"""``kestrel-raw run``: watch the whole host and print one JSON object per event.
+"""``kestrel-raw run``: watch the whole host and write one JSON object per event.
+
+Outputs: standard output (the default), a file (``--output``, rotated with ``--rotate-size``), syslog
+(``--syslog``), a NATS JetStream stream (``--nats``), any of them at once; ``--metrics`` serves Prometheus
+metrics.  Every setting can also come from a TOML file (``--config``; cli/settings.py), and SIGHUP reads it
+again.
 
 Exit status: 0 after a clean stop (SIGINT, SIGTERM, --duration, or the output pipe closing); 2 for a bad
 command line or configuration; 1 when the host cannot run the collector (privilege, tracefs, BTF, kernel)
-or the output cannot be written (a full disk), with one line on stderr that says what is wrong.
+or an output cannot be opened or written (a full disk), with one line on stderr that says what is wrong.
 
 Privileges: set-up needs root, or CAP_BPF + CAP_PERFMON + CAP_SYS_ADMIN (tracefs, other collectors'
 maps).  Once the programs are attached and the rings mapped, the collector becomes ``--user`` (default
 nobody), empties its capability sets and bounding set and sets no_new_privs (``--keep-privileges`` turns
-this off); the JSON lines, the stats and stopping work on the fds it already holds.
+this off); the outputs, the stats and stopping work on the fds it already holds.  So every output is
+opened first, as root: files, the NATS spool, the metrics socket.  Rotation renames files after the drop,
+as that user: the output's directory must be writable by it (checked before anything is loaded).
 """
 from __future__ import annotations
 
@@ -16,57 +23,144 @@ import errno
 import os
 import signal
 import sys
+from dataclasses import dataclass, field
 
 # trio is imported before anything is attached: importing it afterwards delayed the first events by
 # ~190 ms on this VM (KERNEL-NOTES.md).
 import trio
 
-from kestrel_raw.cli.common import EXIT_OK, EXIT_SETUP, EXIT_USAGE, error as _error, one_line as _one_line
+from kestrel_raw.cli import common
+from kestrel_raw.cli.common import EXIT_OK, EXIT_SETUP, EXIT_USAGE, error, one_line, silence_stdout
+from kestrel_raw.cli.settings import Settings, SettingError, load as load_settings
 from kestrel_raw.cli.shaping import add_run_audit_arguments, run_audit_kwargs, verify_loaded
 from kestrel_raw.errors import ConfigError, KestrelError, PrivilegeError, SetupError
 
 NAME = "run"
-HELP = "collect events and print them as JSON lines"
+HELP = "collect events and write them as JSON lines (standard output, a file, syslog, NATS)"
+
+MIB = 1 << 20
+# Defaults applied after the command line and the config file are merged (argparse's are all None, so
+# that which source gave a value stays known); the collector's own come from CollectorConfig.
+DEFAULTS = {
+    "events": "exec,open,connect,exit",
+    "user": "nobody",
+    "keep_privileges": False,
+    "rotate_keep": 5,
+    "syslog_facility": "daemon",
+    "nats_buffer": "/var/lib/kestrel-raw/nats.spool",
+    "nats_buffer_size": 256 * MIB,
+    "nats_flush_timeout": 5.0,
+}
+# CollectorConfig's (and limits.py's) names for the settings, for its error messages: internal -> dest.
+CONFIG_NAMES = {
+    "event_types": "events", "event types": "events", "program_path": "dump_programs", "buffers": "buffers",
+    "buffer_size": "buffer_size", "queue_size": "queue_size", "queue_policy": "queue_policy", "btf_path": "btf",
+    "wakeup_bytes": "wakeup_bytes", "poll_interval": "poll_interval", "flush_interval": "flush_interval",
+    "latency": "latency", "drop_uid": "user", "drop_gid": "user", "stop_timeout": "stop_timeout",
+}
 
 
 def add_arguments(run: argparse.ArgumentParser) -> None:
-    run.add_argument("--events", default="exec,open,connect,exit",
-                     help="comma-separated event types: exec, open, connect, exit (default: all)")
-    run.add_argument("--output", "-o", metavar="FILE",
-                     help="write JSON lines to FILE (created with mode 0600) instead of stdout")
-    run.add_argument("--duration", type=float, metavar="SECONDS", help="stop after SECONDS")
-    run.add_argument("--buffers", type=int, default=None, help="number of ring buffers (default: one per CPU, at most 4)")
-    run.add_argument("--buffer-size", type=int, default=None, help="bytes per ring buffer (default 1048576)")
-    run.add_argument("--dump-programs", metavar="DIR",
-                     help="write the disassembly of every program loaded into DIR (for audit)")
-    run.add_argument("--queue-size", type=int, default=None,
-                     help="events held between the ring readers and the output (default 8192)")
-    run.add_argument("--queue-policy", choices=("block", "drop"), default=None,
-                     help="when the output is slower than the events: 'block' (default) stops reading the "
-                          "rings, so the kernel drops and counts what does not fit; 'drop' keeps reading "
-                          "and drops, counting them, the events the queue cannot take")
-    run.add_argument("--btf", metavar="PATH", default=os.environ.get("KESTREL_BTF"),
-                     help="kernel BTF to take struct layouts from (default $KESTREL_BTF, else "
-                          "/sys/kernel/btf/vmlinux)")
-    run.add_argument("--user", metavar="USER", default="nobody",
-                     help="user (name or uid) to become once attached, when run as root (default nobody)")
-    run.add_argument("--keep-privileges", action="store_true",
-                     help="do not drop capabilities and root's uid once attached (debugging only)")
-    run.add_argument("--latency", choices=("batch", "low"), default=None,
-                     help="'batch' (default): the kernel wakes the reader once per --wakeup-bytes, the reader "
-                          "also drains every --poll-interval, lines are flushed every --flush-interval; "
-                          "'low': the reader polls without sleeping (one busy CPU) and flushes every batch")
-    run.add_argument("--wakeup-bytes", type=int, default=None,
-                     help="bytes a ring holds before the kernel wakes the reader (default buffer size / 8; "
-                          "0: every record)")
-    run.add_argument("--poll-interval", type=float, default=None,
-                     help="seconds between drains without a wakeup: the longest a lone event waits (0.1)")
-    run.add_argument("--flush-interval", type=float, default=None,
-                     help="seconds a written line may stay buffered (default 0.1)")
-    add_run_audit_arguments(run)
+    from kestrel_raw.sinks.syslog import DEFAULT_ADDRESS, FACILITIES
+
+    a = run.add_argument
+    a("--config", metavar="FILE",
+      help="read settings from FILE (TOML): its keys are these flags without the dashes (buffer-size = 4194304); "
+           "a flag given here overrides the file; SIGHUP reads it again")
+    g = run.add_argument_group("events").add_argument
+    g("--events", metavar="TYPES", help="comma-separated event types: exec, open, connect, exit (default: all)"
+      ).comma_list = True
+    g("--duration", type=float, metavar="SECONDS", help="stop after SECONDS")
+    g = run.add_argument_group("outputs (standard output when none is given)").add_argument
+    g("--output", "-o", metavar="FILE",
+      help="append JSON lines to FILE (created with mode 0600; a symbolic link, or an existing file that is "
+           "another user's or that others can write, is refused); - is standard output")
+    g("--rotate-size", type=int, metavar="BYTES",
+      help="start a new --output file when it would exceed BYTES: FILE becomes FILE.1, FILE.1 becomes FILE.2...")
+    g("--rotate-keep", type=int, metavar="N", help="rotated files kept: FILE.1 to FILE.N (default 5)")
+    g("--syslog", nargs="?", const=DEFAULT_ADDRESS, metavar="ADDR",
+      help=f"send each event to syslog as an RFC 5424 message: a local socket (default {DEFAULT_ADDRESS}), "
+           f"udp://HOST:PORT or tcp://HOST:PORT")
+    g("--syslog-facility", choices=sorted(FACILITIES, key=FACILITIES.get), metavar="NAME",
+      help="syslog facility (default daemon)")
+    g("--nats", metavar="URL",
+      help="publish events to a NATS JetStream stream: nats://HOST:PORT, several separated by commas "
+           "(needs pip install 'kestrel-raw[nats]')")
+    g("--subject", metavar="SUBJECT", help="the subject to publish to (a stream must take it); needed with --nats")
+    g("--nats-buffer", metavar="FILE",
+      help="file that keeps events while no NATS server answers, and across restarts "
+           "(default /var/lib/kestrel-raw/nats.spool)")
+    g("--nats-buffer-size", type=int, metavar="BYTES",
+      help="size of --nats-buffer; events that do not fit are dropped and counted (default 268435456)")
+    g("--nats-flush-timeout", type=float, metavar="SECONDS",
+      help="at stop, how long to keep sending before leaving the rest in --nats-buffer (default 5)")
+    g("--metrics", metavar="ADDR",
+      help="serve Prometheus metrics at http://ADDR/metrics, for example 127.0.0.1:9464 "
+           "(needs pip install 'kestrel-raw[metrics]')")
+    g = run.add_argument_group("ring buffers and delivery").add_argument
+    g("--buffers", type=int, metavar="N", help="number of ring buffers (default: one per CPU, at most 4)")
+    g("--buffer-size", type=int, metavar="BYTES",
+      help="bytes per ring buffer: a power of two, a multiple of the page size (default 8388608)")
+    g("--queue-size", type=int, metavar="N", help="events held between the ring readers and the outputs (default 8192)")
+    g("--queue-policy", choices=("block", "drop"),
+      help="when the outputs are slower than the events: block (default) stops reading the rings, so the "
+           "kernel drops and counts what does not fit; drop keeps reading and drops, counting them, the "
+           "events the queue cannot take")
+    g("--latency", choices=("batch", "low"),
+      help="batch (default): the kernel wakes the reader once per --wakeup-bytes, the reader also drains "
+           "every --poll-interval, lines are flushed every --flush-interval; low: the reader polls without "
+           "sleeping (one busy CPU) and flushes every batch")
+    g("--wakeup-bytes", type=int, metavar="BYTES",
+      help="bytes a ring holds before the kernel wakes the reader (default: buffer size / 8; 0: every record)")
+    g("--poll-interval", type=float, metavar="SECONDS",
+      help="seconds between drains without a wakeup: the longest a lone event waits (default 0.1)")
+    g("--flush-interval", type=float, metavar="SECONDS",
+      help="seconds a written line may stay buffered (default 0.1)")
+    g("--stop-timeout", type=float, metavar="SECONDS",
+      help="seconds a stop may spend writing out what the rings still hold (default 5); the rest is counted "
+           "as dropped")
+    g = run.add_argument_group("host and privileges").add_argument
+    g("--btf", metavar="PATH",
+      help="kernel BTF to take struct layouts from (default: $KESTREL_BTF, else /sys/kernel/btf/vmlinux)")
+    g("--dump-programs", metavar="DIR", help="write the disassembly of every program loaded into DIR (for audit)")
+    g("--user", metavar="USER",
+      help="user (name or uid) to become once attached, when run as root (default nobody)")
+    g("--keep-privileges", action=argparse.BooleanOptionalAction,
+      help="do not drop capabilities and root's uid once attached (debugging only)")
+    add_run_audit_arguments(run.add_argument_group("audit (docs/audit.md)"))
 
 
-def _user_ids(user: str) -> tuple[int, int]:
+# -- from settings to a plan ----------------------------------------------------------------------------------
+
+@dataclass
+class Plan:
+    settings: Settings
+    config: object  # CollectorConfig
+    duration: float | None
+    output: str | None  # a path, or None for standard output (when it is an output at all)
+    stdout: bool
+    rotate_size: int | None
+    rotate_keep: int
+    syslog: object | None  # sinks.syslog.Address
+    syslog_facility: str
+    metrics: str | None
+    nats: list[str] = field(default_factory=list)
+    subject: str | None = None
+    nats_buffer: str = ""
+    nats_buffer_size: int = 0
+    nats_flush_timeout: float = 5.0
+    also_owner: int | None = None  # the uid the collector becomes, or None when it keeps its own
+    verify: bool = False  # --verify: each program read back and checked after loading
+
+
+def _value(settings: Settings, dest: str):
+    v = getattr(settings.values, dest, None)
+    if v is None and dest == "btf":
+        v = os.environ.get("KESTREL_BTF") or None
+    return DEFAULTS.get(dest) if v is None else v
+
+
+def _user_ids(settings: Settings, user: str) -> tuple[int, int]:
     import pwd
 
     try:
@@ -75,57 +169,201 @@ def _user_ids(user: str) -> tuple[int, int]:
     except KeyError:
         if user.isdigit():
             return int(user), int(user)
-        raise ConfigError(f"--user {user!r}: no such user; give a user name or a numeric uid") from None
+        raise settings.error("user", f"{user!r}: no such user; give a user name or a numeric uid") from None
 
+
+def make_plan(settings: Settings) -> Plan:
+    """Check every setting (nothing is opened or loaded); SettingError/ConfigError name the setting."""
+    from kestrel_raw.config import CollectorConfig, parse_event_types
+    from kestrel_raw.limits import check_rings
+
+    v = lambda dest: _value(settings, dest)  # noqa: E731
+    duration = v("duration")
+    if duration is not None and not duration > 0:
+        raise settings.error("duration", f"must be a positive number of seconds, got {duration}")
+    try:
+        uid, gid = _user_ids(settings, v("user"))
+        kwargs = {name: v(name) for name in ("buffers", "buffer_size", "queue_size", "queue_policy", "latency",
+                                              "wakeup_bytes", "poll_interval", "flush_interval",
+                                              "stop_timeout")
+                  if v(name) is not None}
+        if v("btf"):
+            kwargs["btf_path"] = v("btf")
+        kwargs.update(run_audit_kwargs(settings.values))
+        keep = v("keep_privileges")
+        config = CollectorConfig(event_types=parse_event_types(v("events")), program_path=v("dump_programs"),
+                                 drop_privileges=not keep, drop_uid=uid, drop_gid=gid, deliver="json", **kwargs)
+        check_rings(config.buffers, config.buffer_size)
+    except SettingError:
+        raise
+    except ConfigError as e:
+        raise SettingError(settings.rename(str(e), CONFIG_NAMES)) from None
+    dropping = not keep and os.geteuid() == 0
+    plan = Plan(settings=settings, config=config, duration=duration, output=None, stdout=False,
+                rotate_size=v("rotate_size"), rotate_keep=v("rotate_keep"), syslog=None,
+                syslog_facility=v("syslog_facility"), metrics=v("metrics"),
+                also_owner=uid if dropping else None, verify=bool(v("verify")))
+    output = v("output")
+    if output == "-":
+        plan.stdout = True
+    elif output is not None:
+        plan.output = output
+    if plan.rotate_size is not None:
+        if plan.rotate_size <= 0:
+            raise settings.error("rotate_size", f"must be a positive number of bytes, got {plan.rotate_size}")
+        if plan.output is None:
+            raise settings.error("rotate_size", "rotates the --output file: give --output FILE")
+    if plan.rotate_keep < 1:
+        raise settings.error("rotate_keep", f"must be at least 1, got {plan.rotate_keep}")
+    if v("syslog") is not None:
+        from kestrel_raw.sinks.syslog import parse_address
+
+        try:
+            plan.syslog = parse_address(v("syslog"))
+        except ValueError as e:
+            raise settings.error("syslog", str(e)) from None
+    if plan.metrics is not None:
+        from kestrel_raw.metrics import import_prometheus, parse_address as metrics_address
+
+        try:
+            metrics_address(plan.metrics)
+            import_prometheus()
+        except (ValueError, ImportError) as e:
+            raise settings.error("metrics", str(e)) from None
+    _plan_nats(settings, plan, v)
+    if not (plan.output or plan.syslog or plan.nats):
+        plan.stdout = True
+    if plan.rotate_size is not None and dropping:
+        _check_rotation_directory(settings, plan.output, uid, gid, v("user"))
+    return plan
+
+
+def _plan_nats(settings: Settings, plan: Plan, v) -> None:
+    if v("nats") is None:
+        if v("subject") is not None:
+            raise settings.error("subject", "names the subject to publish to on --nats: give --nats URL too")
+        return
+    servers = [s.strip() for s in v("nats").split(",") if s.strip()]
+    bad = [s for s in servers if not s.startswith(("nats://", "tls://"))]
+    if not servers or bad:
+        raise settings.error("nats", f"{(bad or [v('nats')])[0]!r} is not a nats://HOST:PORT URL")
+    if not v("subject"):
+        raise settings.error("nats", "needs --subject SUBJECT (the subject the stream takes)")
+    try:
+        from kestrel_raw.sinks.nats import import_nats
+
+        import_nats()
+    except ImportError as e:
+        raise settings.error("nats", str(e)) from None
+    if v("nats_buffer_size") < 1 * MIB:
+        raise settings.error("nats_buffer_size", f"must be at least 1048576 bytes, got {v('nats_buffer_size')}")
+    if not v("nats_flush_timeout") >= 0:
+        raise settings.error("nats_flush_timeout", f"must be 0 or more seconds, got {v('nats_flush_timeout')}")
+    plan.nats, plan.subject = servers, v("subject")
+    plan.nats_buffer, plan.nats_buffer_size = v("nats_buffer"), v("nats_buffer_size")
+    plan.nats_flush_timeout = v("nats_flush_timeout")
+
+
+def _can_as(uid: int, gid: int, path: str, mode: int) -> bool:
+    """Whether user ``uid`` (group ``gid``, no other group) may access ``path`` with ``mode`` (os.W_OK...):
+    asked by a child that becomes that user (access(2) then counts ACLs and every directory above)."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups([])
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)
+            os._exit(0 if os.access(path, mode) else 1)
+        except BaseException:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 0
+
+
+def _check_rotation_directory(settings: Settings, output: str, uid: int, gid: int, user: str) -> None:
+    """Rotation renames files in the output's directory after the privileges are dropped: that user must
+    be able to."""
+    import stat
+
+    directory = os.path.dirname(os.path.abspath(output))
+    try:
+        st = os.stat(directory)
+    except OSError as e:
+        raise settings.error("output", f"{output}: its directory cannot be used: {e.strerror}") from None
+    sticky = st.st_mode & stat.S_ISVTX and st.st_uid != uid
+    if sticky or not _can_as(uid, gid, directory, os.W_OK | os.X_OK):
+        why = "a sticky directory (as /tmp) lets only a file's owner rename it" if sticky else \
+            "it cannot write there"
+        raise settings.error("rotate_size", (
+            f"renames files in {directory} after the collector has become {user} (uid {uid}), and {why}: "
+            f"give the output a directory of that user's (install -d -o {user} -m 0700 DIR), or "
+            f"--keep-privileges"))
+
+
+def _warn_if_config_unreadable(plan: Plan) -> None:
+    """SIGHUP reads the config file as the user the collector became: say now if it will not be able to."""
+    s = plan.settings
+    if s.path is None or plan.also_owner is None:
+        return
+    gid = plan.config.drop_gid
+    if not _can_as(plan.also_owner, gid, os.path.abspath(s.path), os.R_OK):
+        error(f"--config {s.path}: the user the collector becomes (uid {plan.also_owner}) cannot read it, so "
+              f"SIGHUP will not be able to read it again: make it readable to that user (for example "
+              f"chgrp {gid} {s.path}; chmod 0640 {s.path})")
+
+
+# -- main ---------------------------------------------------------------------------------------------------
 
 def main(args: argparse.Namespace) -> int:
-    from kestrel_raw.config import CollectorConfig, parse_event_types
-
-    kwargs = {}
-    if args.buffers is not None:
-        kwargs["buffers"] = args.buffers
-    if args.buffer_size is not None:
-        kwargs["buffer_size"] = args.buffer_size
-    if args.queue_size is not None:
-        kwargs["queue_size"] = args.queue_size
-    if args.queue_policy is not None:
-        kwargs["queue_policy"] = args.queue_policy
-    if args.btf:
-        kwargs["btf_path"] = args.btf
-    for name in ("latency", "wakeup_bytes", "poll_interval", "flush_interval"):
-        if getattr(args, name) is not None:
-            kwargs[name] = getattr(args, name)
     try:
-        if args.duration is not None and not args.duration > 0:
-            raise ConfigError(f"--duration must be a positive number of seconds, got {args.duration}")
-        uid, gid = _user_ids(args.user)
-        kwargs.update(run_audit_kwargs(args))
-        config = CollectorConfig(event_types=parse_event_types(args.events), program_path=args.dump_programs,
-                                 drop_privileges=not args.keep_privileges, drop_uid=uid, drop_gid=gid,
-                                 deliver="json", **kwargs)
+        settings = load_settings(args._parser, args)
+        plan = make_plan(settings)
     except ConfigError as e:
-        _error(str(e))
+        error(str(e))
         return EXIT_USAGE
+    if common.stop_requested():
+        return _stopped_before_start()
+    _warn_if_config_unreadable(plan)
     try:
-        return _trio_run(_run, config, args.output, args.duration, args.verify)
+        outputs = Outputs.open(plan)
+    except _Refused as e:
+        error(str(e))
+        return EXIT_SETUP
+    try:
+        return _trio_run(_run, plan, outputs)
     except ConfigError as e:  # a program the pin file does not approve: nothing was loaded
-        _error(str(e))
+        error(str(e))
         return EXIT_USAGE
     except PrivilegeError as e:
-        _error(f"insufficient privilege: {e}")
+        error(f"insufficient privilege: {e}")
         return EXIT_SETUP
     except SetupError as e:
-        _error(_one_line(str(e)))
+        error(one_line(str(e)))
+        return EXIT_SETUP
+    except _Refused as e:
+        error(str(e))
         return EXIT_SETUP
     except KestrelError as e:
-        _error(str(e))
+        error(str(e))
         return EXIT_SETUP
-    except OSError as e:  # the output file cannot be created, say
-        where = f" {e.filename}" if e.filename else ""
-        _error(f"cannot run:{where}: {e.strerror or e}")
+    except OSError as e:
+        reason = e.strerror or str(e)
+        error(f"cannot run: {e.filename}: {reason}" if e.filename else f"cannot run: {reason}")
         return EXIT_SETUP
-    except KeyboardInterrupt:
-        return EXIT_OK
+    except Exception as e:
+        # A bug.  The user still gets one line, not a traceback (KESTREL_DEBUG=1 shows it).
+        if os.environ.get("KESTREL_DEBUG") == "1":
+            raise
+        error(f"stopped by an unexpected error, a bug (KESTREL_DEBUG=1 shows where): "
+              f"{type(e).__name__}: {one_line(str(e))}")
+        return EXIT_SETUP
+    finally:
+        outputs.close_now()
+
+
+def _stopped_before_start() -> int:
+    error("stopped before anything was loaded")
+    return EXIT_OK
 
 
 def _trio_run(fn, *args):
@@ -146,117 +384,328 @@ def _trio_run(fn, *args):
         raise leaf from None
 
 
-async def _run(config, output: str | None, duration: float | None, verify: bool = False) -> int:
-    from kestrel_raw.collector import BATCH_RECORDS, KestrelCollector
-    from kestrel_raw.sinks.jsonl import JsonlSink
+class _Refused(Exception):
+    """An output cannot be opened or reached; str() is the line for the user."""
 
+
+# -- the outputs ----------------------------------------------------------------------------------------------
+
+class _FileOutput:
+    """JSON lines to a file or standard output (JsonlSink), as an output of the writer."""
+
+    def __init__(self, sink, low_latency: bool) -> None:
+        self.sink = sink
+        self._low = low_latency
+
+    async def send(self, chunk: bytes) -> None:
+        self.sink.write(chunk)
+        if self._low:
+            self.sink.flush()
+
+    def flush_if_due(self) -> None:
+        self.sink.flush_if_due()
+
+    async def aclose(self) -> None:
+        self.sink.close()
+
+    def counters(self) -> dict[str, int]:
+        return {"written": self.sink.lines_written}
+
+
+class Outputs:
+    """The event outputs (by name: file, stdout, syslog, nats), the metrics server and the notifier,
+    opened before anything is loaded (and before the privileges are dropped)."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.by_name: dict[str, object] = {}
+        self.metrics = None
+        from kestrel_raw.service.notify import Notifier
+
+        self.notifier = Notifier()
+
+    @classmethod
+    def open(cls, plan: Plan) -> "Outputs":
+        self = cls(plan)
+        try:
+            self._open()
+        except BaseException:
+            self.close_now()
+            raise
+        return self
+
+    def _open(self) -> None:
+        from kestrel_raw.sinks.files import OutputError
+        from kestrel_raw.sinks.jsonl import JsonlSink
+
+        plan, s = self.plan, self.plan.settings
+        flush = {"flush_interval": plan.config.flush_interval}
+        low = plan.config.latency == "low"
+        if plan.output is not None:
+            try:
+                sink = JsonlSink(plan.output, rotate_size=plan.rotate_size, rotate_keep=plan.rotate_keep,
+                                 also_owner=plan.also_owner, **flush)
+            except OutputError as e:
+                raise _Refused(f"{s.describe('output')} {e}") from None
+            self.by_name["file"] = _FileOutput(sink, low)
+        if plan.stdout:
+            self.by_name["stdout"] = _FileOutput(JsonlSink(sys.stdout.buffer, **flush), low)
+        if plan.syslog is not None:
+            from kestrel_raw.sinks.syslog import SyslogSink
+
+            self.by_name["syslog"] = SyslogSink(plan.syslog, plan.syslog_facility)
+        if plan.nats:
+            self._open_nats()
+        if plan.metrics is not None:
+            from kestrel_raw.metrics import MetricsServer
+
+            try:
+                self.metrics = MetricsServer(plan.metrics, None)
+            except OSError as e:
+                raise _Refused(f"{s.describe('metrics')} {plan.metrics}: cannot listen there: "
+                               f"{e.strerror or e}") from None
+
+    def _open_nats(self) -> None:
+        import asyncio
+
+        from kestrel_raw.sinks.files import OutputError
+        from kestrel_raw.sinks.nats import NatsSink, find_stream, preload
+        from kestrel_raw.sinks.natsmsg import host_identity
+        from kestrel_raw.sinks.spool import Spool
+
+        preload()
+
+        plan, s = self.plan, self.plan.settings
+        directory = os.path.dirname(os.path.abspath(plan.nats_buffer))
+        try:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            spool = Spool(plan.nats_buffer, plan.nats_buffer_size, also_owner=plan.also_owner)
+        except (OutputError, OSError) as e:
+            raise _Refused(f"{s.describe('nats_buffer')} {plan.nats_buffer}: {e.strerror or e}") from None
+        host_id, host = host_identity()
+        sink = NatsSink(plan.nats, plan.subject, spool, host_id=host_id, host=host,
+                        flush_timeout=plan.nats_flush_timeout, report=error)
+        self.by_name["nats"] = sink
+        reached, stream, why = asyncio.run(find_stream(plan.nats, plan.subject))
+        if reached and stream is None:
+            raise _Refused(f"{s.describe('nats')} {','.join(plan.nats)}: no JetStream stream takes subject "
+                           f"{plan.subject!r}{': ' + why if why else ''}; create one (a stream whose subjects "
+                           f"include it) first")
+        if not reached:
+            error(f"NATS: no server answers at {','.join(plan.nats)} ({why}): events wait in "
+                  f"{plan.nats_buffer} until one does")
+        if spool.used:
+            error(f"NATS: {sink.spool_events} events from an earlier run wait in {plan.nats_buffer}: sent first")
+
+    async def connect(self) -> None:
+        syslog = self.by_name.get("syslog")
+        if syslog is not None:
+            try:
+                await syslog.connect()
+            except OSError as e:
+                raise _Refused(f"{self.plan.settings.describe('syslog')} {syslog.address}: cannot send there: "
+                               f"{e.strerror or e}") from None
+
+            def changed(why):
+                if why is None:
+                    error(f"syslog: sending to {syslog.address} again")
+                else:
+                    error(f"syslog: cannot send to {syslog.address}: {why}; events are dropped and counted "
+                          f"until it answers")
+
+            syslog.on_change = changed
+
+    def start_threads(self, get_snapshot) -> None:
+        """Once privileges are dropped: the metrics server's and the NATS client's threads."""
+        if self.metrics is not None:
+            self.metrics.get_snapshot = get_snapshot
+            self.metrics.start()
+        nats = self.by_name.get("nats")
+        if nats is not None:
+            nats.start()
+
+    def flush_if_due(self) -> None:
+        for out in self.by_name.values():
+            out.flush_if_due()
+
+    def summary(self) -> str | None:
+        parts = []
+        for name in ("syslog", "nats"):
+            out = self.by_name.get(name)
+            if out is not None:
+                counts = out.counters()
+                counts.pop("connected", None)
+                parts.append(f"{name}[" + " ".join(f"{k}={v}" for k, v in counts.items()) + "]")
+        return "kestrel-raw: outputs " + " ".join(parts) if parts else None
+
+    def close_now(self) -> None:
+        """Close what needs no event loop (after a failure, or after aclose)."""
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
+        nats = self.by_name.get("nats")
+        if nats is not None and not nats.spool.closed and (nats._thread is None or not nats._thread.is_alive()):
+            nats.spool.close()
+        self.notifier.close()
+
+
+# -- running --------------------------------------------------------------------------------------------------
+
+async def _run(plan: Plan, outputs: Outputs) -> int:
+    from kestrel_raw.collector import BATCH_RECORDS, KestrelCollector
+
+    config = plan.config
     # The signal receiver comes first: a SIGINT or SIGTERM that arrives while the programs load is kept
     # for on_signal, not lost (a shell's background job inherits SIGINT ignored, and Python installs no
     # KeyboardInterrupt handler over that) and not a KeyboardInterrupt in the middle of the load.
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        if common.stop_requested():
+            return _stopped_before_start()
+        await outputs.connect()
+        from kestrel_raw.metrics import snapshot  # (nothing may be imported once privileges are dropped)
+
         # The collector sends chunks of JSON lines, one per ring-buffer drain (config.deliver == "json").
         send, recv = trio.open_memory_channel(max(1, config.queue_size // BATCH_RECORDS))
         collector = KestrelCollector(send, config)
         collector.load()
-        if verify:
+        if plan.verify:
             try:
                 verify_loaded(collector)
             except BaseException:
                 collector.stop()
                 raise
-        try:
-            flush = {"flush_interval": config.flush_interval}
-            sink = JsonlSink.open(output, **flush) if output else JsonlSink(sys.stdout.buffer, **flush)
-        except BaseException:
-            collector.stop()
-            raise
+        outs = list(outputs.by_name.values())
         status = EXIT_OK
         writable = True
-        low_latency = config.latency == "low"
+        settings = plan.settings
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(collector.start)
                 if collector.reattached:
-                    _error(f"re-attached {', '.join(collector.reattached)}: the first attachment did not fire "
-                           f"when the collector provoked it")
+                    error(f"re-attached {', '.join(collector.reattached)}: the first attachment did not fire "
+                          f"when the collector provoked it")
                 if collector.privileges is not None:
-                    _error(f"attached; privileges dropped: {collector.privileges.describe()}")
+                    error(f"attached; privileges dropped: {collector.privileges.describe()}")
+                else:
+                    error("attached; privileges kept (--keep-privileges)")
+                token = trio.lowlevel.current_trio_token()
+                outputs.start_threads(lambda: trio.from_thread.run_sync(snapshot, collector, outputs.by_name,
+                                                                        trio_token=token))
+                outputs.notifier.notify(ready=1, status=f"attached, {len(collector._links)} programs")
+                if common.stop_requested():
+                    nursery.cancel_scope.cancel()
 
                 async def on_signal():
-                    async for _ in signals:
+                    nonlocal settings
+                    async for signum in signals:
+                        if signum == signal.SIGHUP:
+                            settings = _reload(settings)
+                            continue
                         nursery.cancel_scope.cancel()
                         return
 
                 async def stop_after():
-                    await trio.sleep(duration)
+                    await trio.sleep(plan.duration)
                     nursery.cancel_scope.cancel()
 
                 async def write_events():
                     nonlocal status, writable
                     try:
                         async for chunk in recv:
-                            sink.write(chunk)
-                            if low_latency:
-                                sink.flush()
+                            for out in outs:
+                                await out.send(chunk)
                     except BrokenPipeError:
                         # The reader went away (`| head -1`): a normal end, not an error.
-                        _silence_stdout()
+                        silence_stdout()
                         writable = False
                     except OSError as e:
-                        _write_error(e, output)
+                        _write_error(e, plan)
                         status = EXIT_SETUP
                         writable = False
                     nursery.cancel_scope.cancel()
 
                 async def flush_when_idle():
-                    # The sink flushes on a write once flush_interval has passed; this covers the last
+                    # The file sinks flush on a write once flush_interval has passed; this covers the last
                     # lines before a quiet spell.
                     try:
                         while True:
                             await trio.sleep(config.flush_interval)
-                            sink.flush_if_due()
+                            outputs.flush_if_due()
                     except OSError:
                         return  # reported by the writer's next write, or by the final close
 
                 nursery.start_soon(on_signal)
                 nursery.start_soon(write_events)
                 nursery.start_soon(flush_when_idle)
-                if duration is not None:
+                if plan.duration is not None:
                     nursery.start_soon(stop_after)
         finally:
+            outputs.notifier.notify(stopping=1)
             collector.stop()
-            try:
-                if writable:
-                    # The events already taken from the rings are written too, so that the summary's
-                    # delivered count is what the output holds.
-                    while True:
-                        try:
-                            chunk = recv.receive_nowait()
-                        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                            break
-                        sink.write(chunk)
-                sink.close()
-            except BrokenPipeError:
-                _silence_stdout()
-            except OSError as e:
-                if status == EXIT_OK:  # else the write already failed and said so
-                    _write_error(e, output)
-                    status = EXIT_SETUP
+            status = await _finish(plan, outputs, outs, recv, writable, status)
             print(collector.stats().summary(), file=sys.stderr)
+            line = outputs.summary()
+            if line:
+                print(line, file=sys.stderr)
         return status
 
 
-def _write_error(e: OSError, output: str | None) -> None:
-    where = output or "standard output"
-    full = " (the disk is full)" if e.errno == errno.ENOSPC else ""
-    _error(f"cannot write events to {where}: {e.strerror or e}{full}; stopped, programs detached")
-
-
-def _silence_stdout() -> None:
-    # Python would report the broken pipe again when it flushes stdout at exit.
+async def _finish(plan: Plan, outputs: Outputs, outs: list, recv, writable: bool, status: int) -> int:
+    """Write what the collector took from the rings before it stopped, then close every output."""
     try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except OSError:
-        pass
+        if writable:
+            # The events already taken from the rings are written too, so that the summary's delivered
+            # count is what the outputs hold.
+            while True:
+                try:
+                    chunk = recv.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                    break
+                for out in outs:
+                    await out.send(chunk)
+    except BrokenPipeError:
+        silence_stdout()
+    except OSError as e:
+        if status == EXIT_OK:
+            _write_error(e, plan)
+            status = EXIT_SETUP
+    for out in outs:
+        try:
+            await out.aclose()
+        except BrokenPipeError:
+            silence_stdout()
+        except OSError as e:
+            if status == EXIT_OK:  # else the write already failed and said so
+                _write_error(e, plan)
+                status = EXIT_SETUP
+    outputs.close_now()
+    return status
+
+
+def _reload(settings: Settings) -> Settings:
+    """SIGHUP: read the config file again.  Nothing loaded can change while running yet (the filters will:
+    issue 15); the new file is checked, and what it changes is named.  Returns the settings in force."""
+    if settings.path is None:
+        error("SIGHUP: no --config file to read again; nothing changed")
+        return settings
+    try:
+        new = settings.reload()
+        make_plan(new)
+    except ConfigError as e:
+        error(f"SIGHUP: {e}; the running settings are kept")
+        return settings
+    from kestrel_raw.cli.settings import options
+
+    changed = [key for key, action in options(new.parser).items()
+               if getattr(new.values, action.dest, None) != getattr(settings.values, action.dest, None)]
+    if changed:
+        error(f"SIGHUP: read {settings.path}: {', '.join(changed)} changed, which takes effect at the next start")
+    else:
+        error(f"SIGHUP: read {settings.path}: nothing changed")
+    return settings
+
+
+def _write_error(e: OSError, plan: Plan) -> None:
+    where = plan.output or "standard output"
+    full = " (the disk is full)" if e.errno == errno.ENOSPC else ""
+    error(f"cannot write events to {where}: {e.strerror or e}{full}; stopped, programs detached")

@@ -22,7 +22,7 @@ def add_shaping_arguments(p: argparse.ArgumentParser, *, events_default: str | N
                         ("all" if events_default else "those of the collector checked") + ")")
     p.add_argument("--buffers", type=int, default=None,
                    help="number of ring buffers, as given to run (default: run's, one per CPU, at most 4)")
-    p.add_argument("--buffer-size", type=int, default=None, help="bytes per ring buffer, as given to run (1048576)")
+    p.add_argument("--buffer-size", type=int, default=None, help="bytes per ring buffer, as given to run (default: run's)")
     p.add_argument("--wakeup-bytes", type=int, default=None, help="as given to run (default buffer size / 8)")
     p.add_argument("--latency", choices=("batch", "low"), default=None, help="as given to run (default batch)")
     p.add_argument("--btf", metavar="PATH", default=os.environ.get("KESTREL_BTF"),
@@ -47,27 +47,30 @@ def shaping_kwargs(args: argparse.Namespace) -> dict:
 
 # --- run's audit options -------------------------------------------------------------------------------------
 
-def add_run_audit_arguments(run: argparse.ArgumentParser) -> None:
+def add_run_audit_arguments(run) -> None:
+    """run's audit options, on ``run`` (a parser or an argument group); every default None (cli/settings.py:
+    a value not given)."""
     run.add_argument("--pin", metavar="FILE",
-                     help="load nothing unless every program's SHA-256 is approved in FILE (`kestrel-raw disasm "
-                          "--pin-file FILE` writes one; docs/audit.md); a program not approved: exit 2")
-    run.add_argument("--verify", action="store_true",
+                     help="load nothing unless every program's SHA-256 is approved in FILE (kestrel-raw disasm "
+                          "--pin-file FILE writes one; docs/audit.md); a program not approved: exit 2")
+    run.add_argument("--verify", action="store_true", default=None,
                      help="after loading, read every program back from the kernel and check that it is the one "
-                          "loaded, rewrites named (`kestrel-raw verify` shows them all); one line each on stderr")
+                          "loaded, rewrites named (kestrel-raw verify shows them all); one line each on stderr")
     run.add_argument("--verifier-log", nargs=2, metavar=("LEVEL", "DIR"),
                      help="write the verifier's log of each program to DIR/NAME.log (LEVEL 1: the instructions "
                           "as verified; 2: every state; 4: statistics)")
 
 
 def run_audit_kwargs(args: argparse.Namespace) -> dict:
-    """CollectorConfig keyword arguments for --pin and --verifier-log; ConfigError (PinError) when bad."""
+    """CollectorConfig keyword arguments for --pin and --verifier-log (from ``args``, the parsed options or
+    the merged settings); ConfigError (PinError) when bad."""
     from kestrel_raw.audit import PinFile
     from kestrel_raw.errors import ConfigError
 
     kwargs: dict = {}
-    if args.pin:
+    if getattr(args, "pin", None):
         kwargs["pin"] = PinFile.load(args.pin)
-    if args.verifier_log:
+    if getattr(args, "verifier_log", None):
         level, directory = args.verifier_log
         try:
             kwargs["verifier_log_level"] = int(level)

@@ -36,7 +36,7 @@ from kestrel_raw.collector.load import (
     build_programs, create_maps, fill_only, listing_text, load_btf, load_programs, write_listings,
 )
 from kestrel_raw.collector.peers import TGID, peer_tgids, prune_peers, register_with_peers
-from kestrel_raw.collector.poll import BATCH_RECORDS, drain_at_stop, poll_busy, poll_ring
+from kestrel_raw.collector.poll import BATCH_RECORDS, Stopping, drain_at_stop, poll_busy, poll_ring
 from kestrel_raw.collector.stats import CollectorStats, Counts, kernel_counters, snapshot
 from kestrel_raw.btf import BTF
 from kestrel_raw.config import CollectorConfig
@@ -59,6 +59,7 @@ class KestrelCollector:
         self._links: dict = {}  # index in self._programs -> its attachment
         self._readers: list[RingBufReader] = []
         self._cancel: trio.CancelScope | None = None
+        self._stopping = Stopping()  # set by stop(): the pollers drain to the end and return
         self._loaded = False
         self._closed = False
         self._counts = Counts()
@@ -126,24 +127,39 @@ class KestrelCollector:
                     register_with_peers(self._maps[programs.MAP_FILTER])
                 if cfg.drop_privileges:
                     self.privileges = caps.drop_privileges(keep, cfg.drop_uid, cfg.drop_gid)
-                async with trio.open_nursery() as nursery:
-                    if cfg.latency == "low":
-                        nursery.start_soon(poll_busy, self._readers, self._delivery)
-                    else:
-                        for reader in self._readers:
-                            nursery.start_soon(poll_ring, reader, self._delivery, cfg)
+                async with trio.open_nursery() as background:
                     if cfg.only_tgids is None:
-                        nursery.start_soon(prune_peers, self._maps[programs.MAP_FILTER], cfg.peer_interval)
-                    task_status.started()
+                        background.start_soon(prune_peers, self._maps[programs.MAP_FILTER], cfg.peer_interval)
+                    # The pollers return by themselves once stop() has detached the programs and they
+                    # have drained their rings; the background tasks are cancelled then.
+                    async with trio.open_nursery() as pollers:
+                        if cfg.latency == "low":
+                            pollers.start_soon(poll_busy, self._readers, self._delivery, self._stopping)
+                        else:
+                            for reader in self._readers:
+                                pollers.start_soon(poll_ring, reader, self._delivery, cfg, self._stopping)
+                        task_status.started()
+                    background.cancel_scope.cancel()
         finally:
             self._close_all()
 
     def stop(self) -> None:
-        """Detach every program and close every fd; idempotent, callable from any task."""
-        if self._cancel is not None:
-            self._cancel.cancel()
-        else:
+        """Detach every program, hand on what the rings still hold, close every fd; idempotent, callable
+        from any task.
+
+        The programs are detached at once; the pollers then drain their rings to the end, waiting for the
+        consumer as usual, for up to ``config.stop_timeout`` seconds; then whatever is left is handed on
+        without waiting (what the consumer cannot take is counted as dropped) and every fd is closed, as
+        ``start()`` returns."""
+        if self._cancel is None:
             self._close_all()
+            return
+        if self._stopping.is_set:
+            return
+        for link in self._links.values():
+            link.close()
+        self._stopping.set()
+        self._cancel.deadline = min(self._cancel.deadline, trio.current_time() + self.config.stop_timeout)
 
     def _capabilities_to_keep(self) -> int:
         """The capability mask to keep once attached: none, or CAP_BPF alone where this kernel needs it."""

@@ -5,7 +5,12 @@ process stay in order in one ring.  With ``latency="batch"`` there is one task p
 the programs write without waking the reader until a ring holds ``wakeup_bytes``, and the poller also
 drains every ``poll_interval`` seconds, so a lone event waits at most that.  With ``latency="low"`` one
 task spins over every ring (``poll_busy``), warming the delivery path between passes (``warm_up``).
-When the collector stops, ``drain_at_stop`` hands on what the rings still hold.
+Stopping.  ``stop()`` detaches the programs first, so that no record can arrive any more, then sets
+``stopping``: each poller drains its ring to the end, waiting for the consumer as it always does, and
+returns.  The collector bounds that with ``stop_timeout``; what is still in a ring then is handed on by
+``drain_at_stop`` without waiting, and what the consumer cannot take is counted as dropped.  A delivery cut
+short by a cancellation counts what it had not handed on as dropped (``deliver_counted``): a stop can lose
+records only with a count.
 """
 from __future__ import annotations
 
@@ -29,39 +34,85 @@ BUSY_SPIN_NS = 1_000_000  # latency="low": longest the spinning poller goes with
 WARM_EVERY_NS = 30_000  # latency="low": how often the spinning poller runs its warm-up (warm_up)
 
 
-async def poll_ring(reader: RingBufReader, delivery: Delivery, config: CollectorConfig) -> None:
-    """One ring: wait for a wakeup (or poll_interval), drain, deliver, yield."""
+class Stopping:
+    """What stop() tells the pollers: ``is_set`` once the programs are detached; ``cancel_waits`` wakes a
+    poller asleep in a wait (never one in the middle of a delivery)."""
+
+    def __init__(self) -> None:
+        self.is_set = False
+        self._waits: set[trio.CancelScope] = set()
+
+    def set(self) -> None:
+        self.is_set = True
+        for scope in self._waits:
+            scope.cancel()
+
+    def wait_scope(self, seconds: float) -> trio.CancelScope:
+        scope = trio.move_on_after(seconds)
+        if self.is_set:
+            scope.cancel()
+        return scope
+
+    def register(self, scope: trio.CancelScope) -> None:
+        self._waits.add(scope)
+
+    def unregister(self, scope: trio.CancelScope) -> None:
+        self._waits.discard(scope)
+
+
+async def deliver_counted(deliver, batch: list[bytes], counts) -> None:
+    """``await deliver(batch)``; if it is cancelled, what it had not handed on is counted as dropped."""
+    before = counts.handled()
+    try:
+        await deliver(batch)
+    except trio.Cancelled:
+        counts.user_dropped += max(0, len(batch) - (counts.handled() - before))
+        raise
+
+
+async def poll_ring(reader: RingBufReader, delivery: Delivery, config: CollectorConfig,
+                    stopping: Stopping | None = None) -> None:
+    """One ring: wait for a wakeup (or poll_interval), drain, deliver, yield; once ``stopping`` is set,
+    drain to the end and return."""
+    stopping = stopping or Stopping()
     interval = config.poll_interval
     deliver = delivery.deliver
     counts = delivery.counts
     checkpoint = trio.lowlevel.checkpoint
     until_empty = config.wakeup_bytes == 0
     while True:
-        if until_empty:
-            # The kernel's own policy: it wakes the reader only for a record written once the reader
-            # has caught up, so the reader drains until it finds the ring empty, as libbpf does.
-            if not reader.available():
-                with trio.move_on_after(interval):
-                    await reader.wait_readable()
-        else:
-            # A threshold: sleep until the programs' next wakeup (every wakeup_bytes of unread records)
-            # or the deadline, then take what is there.  Going back to the ring while anything was
-            # unread drained a busy ring ~11 records at a time, and the per-drain cost (trio, the
-            # channel, the writer) came to more than the records' own.
-            with trio.move_on_after(interval):
-                await reader.wait_wakeup()
+        with stopping.wait_scope(interval) as scope:
+            stopping.register(scope)
+            try:
+                if until_empty:
+                    # The kernel's own policy: it wakes the reader only for a record written once the
+                    # reader has caught up, so the reader drains until it finds the ring empty, as
+                    # libbpf does.
+                    if not reader.available():
+                        await reader.wait_readable()
+                else:
+                    # A threshold: sleep until the programs' next wakeup (every wakeup_bytes of unread
+                    # records) or the deadline, then take what is there.  Going back to the ring while
+                    # anything was unread drained a busy ring ~11 records at a time, and the per-drain
+                    # cost (trio, the channel, the writer) came to more than the records' own.
+                    await reader.wait_wakeup()
+            finally:
+                stopping.unregister(scope)
+        last = stopping.is_set  # detached before it was set: this drain takes everything there will be
         while True:
             batch = reader.drain(BATCH_RECORDS)
             if batch:
                 counts.records += len(batch)
-                await deliver(batch)
+                await deliver_counted(deliver, batch, counts)
             if len(batch) < BATCH_RECORDS:
                 break
             await checkpoint()
+        if last:
+            return
         await checkpoint()
 
 
-async def poll_busy(readers: list[RingBufReader], delivery: Delivery) -> None:
+async def poll_busy(readers: list[RingBufReader], delivery: Delivery, stopping: Stopping | None = None) -> None:
     """latency="low": one task spins over every ring's positions (one busy CPU, no wakeups).
 
     A pass over the rings is two loads per ring; yielding to trio after each pass would cost ~5 us of
@@ -81,7 +132,14 @@ async def poll_busy(readers: list[RingBufReader], delivery: Delivery) -> None:
     threads = threading.active_count
     warm = warm_up(delivery)
     next_warm = 0
+    stopping = stopping or Stopping()
     while True:
+        if stopping.is_set:  # detached: one last pass over every ring, to the end
+            for reader in readers:
+                while batch := reader.drain(BATCH_RECORDS):
+                    counts.records += len(batch)
+                    await deliver_counted(deliver, batch, counts)
+            return
         give_up = clock() + BUSY_SPIN_NS
         found = False
         while not found:
@@ -92,11 +150,16 @@ async def poll_busy(readers: list[RingBufReader], delivery: Delivery) -> None:
                         found = True
                         counts.records += len(batch)
                         if send_events is None:
-                            await deliver(batch)
+                            await deliver_counted(deliver, batch, counts)
                         else:
+                            before = counts.handled()
                             blocked = send_events(batch)
                             if blocked is not None:
-                                await send_blocked(blocked)
+                                try:
+                                    await send_blocked(blocked)
+                                except trio.Cancelled:
+                                    counts.user_dropped += max(0, len(batch) - (counts.handled() - before))
+                                    raise
             now = clock()
             if now > give_up:
                 if threads() > 1:

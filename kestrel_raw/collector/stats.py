@@ -23,6 +23,10 @@ class Counts:
         self.user_dropped = 0  # events (with an EventBus: subscribers' copies) dropped for a slow consumer
         self.delivered = {kind: 0 for kind in kspec.KINDS}  # events handed on, by kind id
 
+    def handled(self) -> int:
+        """Records accounted for so far: delivered, dropped or malformed."""
+        return sum(self.delivered.values()) + self.user_dropped + self.parse_errors
+
 
 @dataclass(frozen=True)
 class CollectorStats:

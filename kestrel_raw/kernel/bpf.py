@@ -17,12 +17,13 @@ from kestrel_raw.kernel import syscall
 from kestrel_raw.errors import ConfigError, VerifierError, bpf_error
 from kestrel_raw.kernel.fd import FD
 from kestrel_raw.kernel.uapi import (
-    BPF_BTF_LOAD, BPF_ENABLE_STATS, BPF_LINK_CREATE, BPF_LINK_GET_NEXT_ID, BPF_MAP_CREATE, BPF_MAP_DELETE_ELEM,
-    BPF_MAP_FREEZE, BPF_MAP_GET_FD_BY_ID, BPF_MAP_GET_NEXT_ID, BPF_MAP_GET_NEXT_KEY, BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_BATCH,
+    BPF_BTF_LOAD, BPF_ENABLE_STATS, BPF_ITER_CREATE, BPF_LINK_CREATE, BPF_LINK_GET_NEXT_ID, BPF_MAP_CREATE,
+    BPF_MAP_DELETE_ELEM, BPF_MAP_FREEZE, BPF_MAP_GET_FD_BY_ID, BPF_MAP_GET_NEXT_ID, BPF_MAP_GET_NEXT_KEY,
+    BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_BATCH,
     BPF_MAP_UPDATE_ELEM, BPF_OBJ_GET_INFO_BY_FD, BPF_OBJ_NAME_LEN, BPF_PROG_GET_FD_BY_ID,
     BPF_PROG_GET_NEXT_ID, BPF_PROG_LOAD, BPF_RAW_TRACEPOINT_OPEN, BPF_ANY, BPF_CMD_NAMES, BpfLinkInfo,
-    BpfMapInfo, BpfProgInfo, EnableStatsAttr, GetIdAttr, InfoByFdAttr, LinkCreateAttr, MapBatchAttr,
-    BtfLoadAttr, MapCreateAttr, MapElemAttr, ProgLoadAttr, RawTracepointAttr,
+    BpfMapInfo, BpfProgInfo, BtfLoadAttr, EnableStatsAttr, GetIdAttr, InfoByFdAttr, IterCreateAttr,
+    LinkCreateAttr, MapBatchAttr, MapCreateAttr, MapElemAttr, ProgLoadAttr, RawTracepointAttr,
 )
 from kestrel_raw.kernel.layout import Layout
 
@@ -388,6 +389,13 @@ def link_create(prog_fd: int, target_fd: int, attach_type: int, flags: int = 0, 
                                bpf_cookie=bpf_cookie)
     size = LinkCreateAttr.offsetofend("bpf_cookie" if bpf_cookie else "flags")
     return FD(_call(BPF_LINK_CREATE, attr, size))
+
+
+def iter_create(link_fd: int) -> FD:
+    """A new read-only fd of the iterator behind ``link_fd`` (a BPF_TRACE_ITER link): each ``read()`` runs
+    the program over the next objects and returns what it wrote with ``bpf_seq_write``; 0 at the end."""
+    attr = IterCreateAttr.pack(link_fd=link_fd)
+    return FD(_call(BPF_ITER_CREATE, attr, IterCreateAttr.offsetofend("flags")))
 
 
 def raw_tracepoint_open(name: str, prog_fd: int) -> FD:

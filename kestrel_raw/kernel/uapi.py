@@ -46,6 +46,7 @@ BPF_LINK_UPDATE = 29
 BPF_LINK_GET_FD_BY_ID = 30
 BPF_LINK_GET_NEXT_ID = 31
 BPF_ENABLE_STATS = 32
+BPF_ITER_CREATE = 33
 BPF_LINK_DETACH = 34
 
 BPF_CMD_NAMES = {
@@ -92,6 +93,7 @@ BPF_PROG_TYPE_LSM = 29
 BPF_TRACE_RAW_TP = 23
 BPF_TRACE_FENTRY = 24
 BPF_TRACE_FEXIT = 25
+BPF_TRACE_ITER = 28
 BPF_PERF_EVENT = 41
 
 # --- enum bpf_link_type -----------------------------------------------------------------------------------
@@ -324,6 +326,11 @@ GetIdAttr = Layout("union bpf_attr: BPF_*_GET_NEXT_ID, BPF_*_GET_FD_BY_ID", [
 
 EnableStatsAttr = Layout("union bpf_attr: BPF_ENABLE_STATS (enable_stats)", [
     ("type", U32),
+])
+
+IterCreateAttr = Layout("union bpf_attr: BPF_ITER_CREATE (iter_create)", [
+    ("link_fd", U32),
+    ("flags", U32),
 ])
 
 # --- what BPF_OBJ_GET_INFO_BY_FD fills ---------------------------------------------------------------------

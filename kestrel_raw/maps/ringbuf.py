@@ -111,6 +111,7 @@ class RingBufReader:
                               f"omit size= to use the map's")
         check_ringbuf_size(size)
         self.size = size
+        self.wakeups = 0  # waits (wait_readable, wait_wakeup) that ended because the kernel woke the reader
         self._fd = FD(os.dup(fd))
         self._epoll: select.epoll | None = None
         self._edge: select.epoll | None = None
@@ -128,7 +129,8 @@ class RingBufReader:
             data = whole[PAGE_SIZE:]
             self._views.append(data)
             self._cursor = RingCursor(consumer, producer, data, size,
-                                      fence=fence_for_machine() if fence == "auto" else fence)
+                                      fence=fence_for_machine() if fence == "auto" else fence,
+                                      copy_from=producer, copy_base=PAGE_SIZE)
         except BaseException:
             self._unmap()
             self._fd.close()
@@ -182,6 +184,7 @@ class RingBufReader:
     async def wait_readable(self) -> None:
         """Wait until the kernel reports data in the ring (returns at once if there is some)."""
         await trio.lowlevel.wait_readable(self.fileno())
+        self.wakeups += 1
 
     async def wait_wakeup(self) -> None:
         """Wait until a producer wakes the reader, not merely until the ring holds data.
@@ -202,6 +205,7 @@ class RingBufReader:
             self._edge.register(self.fileno(), select.EPOLLIN | select.EPOLLET)
         await trio.lowlevel.wait_readable(self._edge.fileno())
         self._edge.poll(0)  # take the edge: the instance is not readable again until the next wakeup
+        self.wakeups += 1
 
     async def wait_records(self, max_records: int | None = None) -> list[bytes]:
         """Wait for at least one record and return the batch that is there (at most ``max_records``).

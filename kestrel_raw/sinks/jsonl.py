@@ -1,6 +1,8 @@
 """``JsonlSink``: writes JSON lines (kestrel_raw.codec.jsonl) to a file.
 
-It creates the file with mode 0600 (events reveal what users run and open), appends, and flushes at least
+It opens a path safely (kestrel_raw/sinks/files.py: no symlink followed, created with mode 0600 since events
+reveal what users run and open, an existing file appended to only if it is this user's and no one else
+can write it), optionally rotates it at a size between whole lines, and flushes at least
 every ``flush_interval`` seconds while events flow: on a write once the interval has passed, or when the
 owner calls ``flush_if_due()`` from a timer.  Not per line: a flush is a write(2), and at 100k events/s
 that would be the bottleneck.
@@ -14,24 +16,28 @@ from typing import BinaryIO, Callable
 
 from kestrel_raw.codec.event import KestrelEvent
 from kestrel_raw.codec.jsonl import encode_event
+from kestrel_raw.sinks.files import RotatingFile
 
 
 class JsonlSink:
-    """Writes events as JSON lines to ``file``: a path (created 0600, appended to) or a binary file.
+    """Writes events as JSON lines to ``file``: a path (opened safely, appended to) or a binary file.
 
-    A path is opened with ``os.open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)``: a new file
-    is readable by its owner only (an existing file keeps its mode).  A file object passed in is written to
-    and flushed but not closed.  ``flush_interval`` (seconds) bounds how long a line stays buffered while
-    events flow; ``clock`` is for tests.
+    A path is opened by ``RotatingFile`` (kestrel_raw/sinks/files.py: O_NOFOLLOW, created 0600, an
+    existing file checked before it is appended to; ``OutputError`` says why one is refused), rotated at
+    ``rotate_size`` bytes keeping ``rotate_keep`` old files when ``rotate_size`` is set; ``also_owner`` is
+    a uid besides this process's whose existing file may be appended to (the user the collector drops
+    to).  A file object passed in is written to and flushed but not closed.  ``flush_interval`` (seconds)
+    bounds how long a line stays buffered while events flow; ``clock`` is for tests.
     """
 
     def __init__(self, file: str | os.PathLike | BinaryIO, *, flush_interval: float = 0.1,
-                 clock: Callable[[], float] = time.monotonic, buffer_size: int = 1 << 16) -> None:
+                 clock: Callable[[], float] = time.monotonic, buffer_size: int = 1 << 16,
+                 rotate_size: int | None = None, rotate_keep: int = 5, also_owner: int | None = None) -> None:
         if flush_interval <= 0:
             raise ValueError(f"flush_interval must be positive seconds, got {flush_interval!r}")
         if isinstance(file, (str, bytes, os.PathLike)):
-            fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-            self._file: BinaryIO = os.fdopen(fd, "wb", buffering=buffer_size)
+            self._file = RotatingFile(os.fsdecode(file), rotate_size=rotate_size, keep=rotate_keep,
+                                      buffer_size=buffer_size, also_owner=also_owner)
             self._owns = True
         else:
             self._file = file.buffer if isinstance(file, io.TextIOBase) else file
@@ -45,7 +51,7 @@ class JsonlSink:
 
     @classmethod
     def open(cls, path: str | os.PathLike, **kwargs) -> "JsonlSink":
-        """A sink appending to ``path``, created with mode 0600 (same as ``JsonlSink(path)``)."""
+        """A sink appending to ``path``, created with mode 0600 (same as ``JsonlSink(path, ...)``)."""
         if not isinstance(path, (str, bytes, os.PathLike)):
             raise TypeError(f"JsonlSink.open takes a path, got {type(path).__name__}")
         return cls(path, **kwargs)
