@@ -285,7 +285,7 @@ def test_prog_load_with_btf_func_and_line_info(kernel):
     bpf.prog_load(uapi.BPF_PROG_TYPE_TRACEPOINT, RET0, name="kr_golden", prog_btf_fd=7, func_info=func_info,
                   line_info=line_info).close()
     [c] = kernel.calls
-    assert (c.cmd, c.size) == (uapi.BPF_PROG_LOAD, 112)                 # up to line_info_cnt
+    assert (c.cmd, c.size) == (uapi.BPF_PROG_LOAD, 108)                 # up to line_info_cnt
     assert c.attr == _prog_load_attr() + h(
         "07000000",            # prog_btf_fd
         "08000000",            # func_info_rec_size
