@@ -174,7 +174,8 @@ def test_kprobes_and_fentry_where_the_kernel_has_them(tmp_path):
         # (openat2_exit: openat2_entry's typed __ksym needs CONFIG_KALLSYMS_ALL, which such a kernel may lack)
         with LoadedObject(path, programs=["openat2_exit"]) as obj:
             with pytest.raises(SetupError, match=r"^this kernel has no kprobe PMU \(/sys/bus/event_source/devices/"
-                                                 r"kprobe is absent\): kprobe programs cannot be attached here"):
+                                                 r"kprobe/type is absent\): kprobe programs cannot be attached here \(the kernel needs "
+                                                 r"CONFIG_KPROBE_EVENTS\)$"):
                 obj.attach()
     else:
         with LoadedObject(path, programs=["openat2_entry", "openat2_exit"]) as obj:
