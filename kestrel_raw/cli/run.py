@@ -29,8 +29,13 @@ HELP = "collect events and print them as JSON lines"
 
 
 def add_arguments(run: argparse.ArgumentParser) -> None:
-    run.add_argument("--events", default="exec,open,connect,exit",
-                     help="comma-separated event types: exec, open, connect, exit (default: all)")
+    run.add_argument("--events", default=None,
+                     help="comma-separated event types: exec, open, connect, exit (default: all; none with "
+                          "--object)")
+    run.add_argument("--object", metavar="FILE",
+                     help="also load the BPF object FILE (clang -target bpf, libbpf style): its programs are "
+                          "attached where their SEC() names say and each record of its ring buffers printed as "
+                          '{"object", "map", "len", "hex"}; the built-in programs run only if --events is given')
     run.add_argument("--output", "-o", metavar="FILE",
                      help="write JSON lines to FILE (created with mode 0600) instead of stdout")
     run.add_argument("--duration", type=float, metavar="SECONDS", help="stop after SECONDS")
@@ -76,6 +81,13 @@ def _user_ids(user: str) -> tuple[int, int]:
         raise ConfigError(f"--user {user!r}: no such user; give a user name or a numeric uid") from None
 
 
+def _event_types(args: argparse.Namespace, parse) -> tuple:
+    """--events as given; without it every built-in type, or none when --object names a BPF object."""
+    if args.events is None:
+        return () if args.object else parse("all")
+    return parse(args.events)
+
+
 def main(args: argparse.Namespace) -> int:
     from kestrel_raw.config import CollectorConfig, parse_event_types
 
@@ -97,7 +109,8 @@ def main(args: argparse.Namespace) -> int:
         if args.duration is not None and not args.duration > 0:
             raise ConfigError(f"--duration must be a positive number of seconds, got {args.duration}")
         uid, gid = _user_ids(args.user)
-        config = CollectorConfig(event_types=parse_event_types(args.events), program_path=args.dump_programs,
+        config = CollectorConfig(event_types=_event_types(args, parse_event_types), program_path=args.object,
+                                 dump_dir=args.dump_programs,
                                  drop_privileges=not args.keep_privileges, drop_uid=uid, drop_gid=gid,
                                  deliver="json", **kwargs)
     except ConfigError as e:
