@@ -16,6 +16,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import struct
@@ -24,7 +25,7 @@ from kestrel_raw.bpfobj import BpfObject, LinkedProgram, MapDef
 from kestrel_raw.bpfobj import btffix
 from kestrel_raw.bpfobj.externs import ExternValues, HostFacts
 from kestrel_raw.bpfobj.sections import (
-    FENTRY, FEXIT, KPROBE, KRETPROBE, RAW_TRACEPOINT, TP_BTF, TRACEPOINT, UPROBE, URETPROBE, USDT,
+    FENTRY, FEXIT, KPROBE, KRETPROBE, PERF_EVENT, RAW_TRACEPOINT, TP_BTF, TRACEPOINT, UPROBE, URETPROBE, USDT,
 )
 from kestrel_raw.btf import BTF
 from kestrel_raw.btf.kinds import BTF_KIND_DATASEC, BTF_KIND_FUNC, BTF_KIND_TYPEDEF
@@ -35,7 +36,7 @@ from kestrel_raw.kernel.uapi import (
     BPF_F_SLEEPABLE, BPF_MAP_TYPE_ARRAY_OF_MAPS, BPF_MAP_TYPE_CGROUP_ARRAY, BPF_MAP_TYPE_CPUMAP,
     BPF_MAP_TYPE_DEVMAP, BPF_MAP_TYPE_DEVMAP_HASH, BPF_MAP_TYPE_HASH_OF_MAPS, BPF_MAP_TYPE_PERF_EVENT_ARRAY,
     BPF_MAP_TYPE_QUEUE, BPF_MAP_TYPE_RINGBUF, BPF_MAP_TYPE_SOCKHASH, BPF_MAP_TYPE_SOCKMAP, BPF_MAP_TYPE_STACK,
-    BPF_MAP_TYPE_STACK_TRACE, BPF_MAP_TYPE_XSKMAP, BPF_OBJ_NAME_LEN, BPF_PROG_TYPE_KPROBE,
+    BPF_MAP_TYPE_STACK_TRACE, BPF_MAP_TYPE_XSKMAP, BPF_OBJ_NAME_LEN, BPF_PROG_TYPE_KPROBE, BPF_PROG_TYPE_PERF_EVENT,
     BPF_PROG_TYPE_RAW_TRACEPOINT, BPF_PROG_TYPE_TRACEPOINT, BPF_PROG_TYPE_TRACING, BPF_TRACE_FENTRY,
     BPF_TRACE_FEXIT, BPF_TRACE_RAW_TP,
 )
@@ -62,6 +63,7 @@ PROGRAM_TYPES = {
     UPROBE: (BPF_PROG_TYPE_KPROBE, 0),
     URETPROBE: (BPF_PROG_TYPE_KPROBE, 0),
     USDT: (BPF_PROG_TYPE_KPROBE, 0),
+    PERF_EVENT: (BPF_PROG_TYPE_PERF_EVENT, 0),
 }
 
 
@@ -90,14 +92,16 @@ class LoadedObject:
     """An object's maps and programs in the kernel.  ``LoadedObject(path_or_object)`` loads everything
     (nothing is attached until ``attach()``); ``close()`` detaches and closes every fd.
 
-    ``programs`` limits what is loaded to those names (the maps are all created).  ``max_entries``
-    sets a map's size where the object leaves it to the loader (libbpf-tools size some maps at run time:
-    ``__uint(max_entries, 0)``).  ``target_btf`` is the kernel BTF CO-RE relocations and attach ids come from
+    ``programs`` limits what is loaded to those names (the maps are all created).  ``max_entries`` and
+    ``value_size`` (map name -> value) set a map's sizes, as libbpf's bpf_map__set_max_entries and
+    bpf_map__set_value_size do before a load (libbpf-tools size some maps at run time:
+    ``__uint(max_entries, 0)``, a stack map's value size from the stack depth asked for).  ``target_btf`` is the kernel BTF CO-RE relocations and attach ids come from
     (the running kernel's by default).  ``log_level`` > 0 keeps the verifier's log of every load.
     """
 
     def __init__(self, source: str | BpfObject, *, programs: list[str] | None = None,
-                 max_entries: dict[str, int] | None = None, target_btf: BTF | None = None,
+                 max_entries: dict[str, int] | None = None, value_size: dict[str, int] | None = None,
+                 target_btf: BTF | None = None,
                  log_level: int = 0) -> None:
         self.obj = source if isinstance(source, BpfObject) else BpfObject.load(os.fspath(source))
         self.name = self.obj.name
@@ -120,7 +124,7 @@ class LoadedObject:
                 raise BpfObjectError(f"{self.obj.source}: no program {', '.join(map(repr, unknown))} (it has "
                                      f"{', '.join(self.linked) or 'none'})")
             self._load_btf()
-            self._create_maps(max_entries or {})
+            self._create_maps(max_entries or {}, value_size or {})
             for name in programs if programs is not None else list(self.linked):
                 self.progs[name] = self._load_program(self.linked[name], log_level)
         except BaseException:
@@ -162,9 +166,14 @@ class LoadedObject:
         except BTFError:
             return 0
 
-    def _create_maps(self, max_entries: dict[str, int]) -> None:
+    def _create_maps(self, max_entries: dict[str, int], value_size: dict[str, int]) -> None:
+        unknown = sorted((set(max_entries) | set(value_size)) - set(self.obj.maps))
+        if unknown:
+            raise BpfObjectError(f"{self.obj.source}: no map {', '.join(map(repr, unknown))} to size (it has "
+                                 f"{', '.join(self.obj.maps)})")
         for m in self.obj.maps.values():
             entries = max_entries.get(m.name, m.max_entries)
+            vsize = value_size.get(m.name, m.value_size)
             if m.type == BPF_MAP_TYPE_PERF_EVENT_ARRAY and entries == 0:
                 entries = possible_cpus()
             elif m.type == BPF_MAP_TYPE_RINGBUF:
@@ -182,17 +191,17 @@ class LoadedObject:
             kw = dict(name=m.kernel_name[:BPF_OBJ_NAME_LEN - 1], flags=m.map_flags)
             try:
                 if use_btf:
-                    fd = bpf.map_create(m.type, m.key_size, m.value_size, entries, btf_fd=self.btf_fd.fd,
+                    fd = bpf.map_create(m.type, m.key_size, vsize, entries, btf_fd=self.btf_fd.fd,
                                         btf_key_type_id=key_id, btf_value_type_id=value_id, **kw)
                 else:
-                    fd = bpf.map_create(m.type, m.key_size, m.value_size, entries, **kw)
+                    fd = bpf.map_create(m.type, m.key_size, vsize, entries, **kw)
             except BPFError as e:
                 if not use_btf:
                     raise BPFError(e.op, e.errno, f"map {m.name!r} of {self.obj.source}: {e.hint or e}") from None
                 self.notes.append(f"map {m.name!r}: created without BTF, the kernel refused it with ({e})")
-                fd = bpf.map_create(m.type, m.key_size, m.value_size, entries, **kw)
+                fd = bpf.map_create(m.type, m.key_size, vsize, entries, **kw)
             self.maps[m.name] = fd
-            self.map_defs[m.name] = m
+            self.map_defs[m.name] = dataclasses.replace(m, max_entries=entries, value_size=vsize)
             if m.is_global_data:
                 value = self.externs.kconfig if m.name == ".kconfig" and self.externs is not None else m.initial
                 bpf.map_update_elem(fd.fileno(), bytes(4), value)
@@ -275,7 +284,7 @@ class LoadedObject:
 
     def ringbufs(self) -> dict[str, tuple[FD, int]]:
         """The object's ring buffers: map name -> (fd, size in bytes)."""
-        return {n: (self.maps[n], ringbuf_size(m.max_entries)) for n, m in self.map_defs.items()
+        return {n: (self.maps[n], m.max_entries) for n, m in self.map_defs.items()
                 if m.type == BPF_MAP_TYPE_RINGBUF}
 
     def xlated(self, name: str) -> bytes:
