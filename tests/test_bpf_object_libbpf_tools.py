@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from kestrel_raw.asm import Instruction
 from kestrel_raw.bpfobj import BpfObject
 from kestrel_raw.btf import BTF, VMLINUX_BTF
 from kestrel_raw.errors import BpfObjectError
@@ -91,6 +92,10 @@ def test_every_tool_object_reads_and_links(tool_objects, host_btf):
         assert bool(o.externs) == (name in USES_EXTERNS), name
         linked[name] = o.link(host_btf, externs=_externs(o))
         assert linked[name], name
+        for p in linked[name].values():     # what disasm shows: every instruction decodes (pseudo calls too)
+            slot = 0
+            while slot < len(p.insns) // 8:
+                slot += Instruction.decode(p.insns, slot).size
     assert {"execsnoop", "opensnoop", "tcpconnect", "bashreadline", "runqslower"} <= set(linked)
     # execsnoop: two tracepoints on execve, its ring/perf buffer and its .rodata knobs
     e = linked["execsnoop"]
