@@ -15,7 +15,7 @@ import subprocess
 import time
 
 import pytest
-from construct import Bytes, Int32sl, Int32ul, Int64ul, PaddedString, Struct
+from construct import Bytes, CString, Int32sl, Int32ul, Int64ul, Padded, PaddedString, Struct
 
 from kestrel_raw.bpfobj import BpfObject, LinkedProgram
 from kestrel_raw.btf import BTF, VMLINUX_BTF
@@ -27,12 +27,19 @@ from kestrel_raw.kernel.uapi import (
 from kestrel_raw.maps.ringbuf import RingBufReader
 from tests.helpers import compile_bpf
 
-# The seed's records (tests/bpf_src/seed_events.h), byte for byte.
+# The seed's records (tests/bpf_src/seed_events.h), byte for byte.  A path is a C string in a padded field:
+# bpf_probe_read_user_str leaves the reserved ring memory past its NUL as it was.
+
+
+def CStr(size: int):
+    return Padded(size, CString("utf8"))
+
+
 EventHeader = Struct("type" / Int32ul, "pid" / Int32ul, "tid" / Int32ul, "uid" / Int32ul, "ts_ns" / Int64ul,
                      "comm" / PaddedString(16, "utf8"))
-ExecveEvent = Struct("hdr" / EventHeader, "ppid" / Int32ul, "fault" / Int32sl, "filename" / PaddedString(256, "utf8"))
+ExecveEvent = Struct("hdr" / EventHeader, "ppid" / Int32ul, "fault" / Int32sl, "filename" / CStr(256))
 OpenEvent = Struct("hdr" / EventHeader, "dfd" / Int32sl, "flags" / Int32sl, "mode" / Int32ul, "fault" / Int32sl,
-                   "path" / PaddedString(256, "utf8"))
+                   "path" / CStr(256))
 ConnectEvent = Struct("hdr" / EventHeader, "fd" / Int32sl, "addrlen" / Int32ul, "addr" / Bytes(28),
                       "fault" / Int32sl)
 SCHEMAS = {1: ExecveEvent, 2: OpenEvent, 3: ConnectEvent}

@@ -8,6 +8,17 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 
+#if defined(__TARGET_ARCH_arm64)
+// bpf_tracing.h reads arm64 registers through the uapi struct user_pt_regs, whose header (asm/ptrace.h
+// for arm64) a host of another architecture does not have: its layout, from arch/arm64's uapi ptrace.h.
+struct user_pt_regs {
+	__u64 regs[31];
+	__u64 sp;
+	__u64 pc;
+	__u64 pstate;
+};
+#endif
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, __u32);                    // tgid << 2 | which probe (0 kprobe, 1 kretprobe, 2 fentry)

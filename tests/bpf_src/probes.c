@@ -8,6 +8,17 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 
+#if defined(__TARGET_ARCH_arm64)
+// bpf_tracing.h reads arm64 registers through the uapi struct user_pt_regs, whose header (asm/ptrace.h
+// for arm64) a host of another architecture does not have: its layout, from arch/arm64's uapi ptrace.h.
+struct user_pt_regs {
+	__u64 regs[31];
+	__u64 sp;
+	__u64 pc;
+	__u64 pstate;
+};
+#endif
+
 
 extern int LINUX_KERNEL_VERSION __kconfig;
 extern _Bool CONFIG_BPF_SYSCALL __kconfig;
