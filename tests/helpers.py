@@ -870,3 +870,16 @@ class tempfile_path:
 
     def __exit__(self, *exc: object) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def maps_as_bpftool_shows(map_ids) -> dict[str, dict]:
+    """``bpftool map show`` of each map, by name, without what differs between two loads (the ids, the
+    memory charged); whether the map has BTF is kept (``btf``)."""
+    out = {}
+    for map_id in map_ids:
+        m = bpftool_json("map", "show", "id", str(map_id))
+        m["btf"] = "btf_id" in m
+        for key in ("id", "btf_id", "bytes_memlock", "pids"):
+            m.pop(key, None)
+        out[m["name"]] = m
+    return out

@@ -26,7 +26,9 @@ from kestrel_raw.errors import BPFError, SetupError
 from kestrel_raw.kernel import bpf
 from kestrel_raw.loader import LoadedObject, object_programs
 from kestrel_raw.maps.ringbuf import RingBufReader
-from tests.helpers import BPFTOOL, Bpffs, bpf_object, bpftool_loadall, xlated_as_bpftool_shows
+from tests.helpers import (
+    BPFTOOL, Bpffs, bpf_object, bpftool_json, bpftool_loadall, maps_as_bpftool_shows, xlated_as_bpftool_shows,
+)
 
 pytestmark = pytest.mark.kernel
 
@@ -67,6 +69,14 @@ def test_same_xlated_code_as_bpftool(source, tmp_path):
             mine = xlated_as_bpftool_shows(bpf.prog_info(fd.fileno()).id)
             assert mine == xlated_as_bpftool_shows(theirs[name]), f"{source}: {name}"
             assert "; " in mine[1], "no source line: the line info did not reach the kernel"
+        # the maps: types, sizes, flags, frozen (.rodata, .kconfig) and BTF as libbpf made them
+        their_maps = {i for pid in theirs.values() for i in bpftool_json("prog", "show", "id", str(pid)).get("map_ids", ())}
+        mine = maps_as_bpftool_shows(bpf.map_info(fd.fileno()).id for fd in ours.maps.values())
+        assert mine == maps_as_bpftool_shows(their_maps), source
+        for name, fd in ours.maps.items():       # and with the key and value types of the object's BTF
+            info, m = bpf.map_info(fd.fileno()), ours.map_defs[name]
+            want = (0, ours._datasec_id(m.section)) if m.is_global_data else (m.key_type_id, m.value_type_id)
+            assert (info.btf_key_type_id, info.btf_value_type_id) == want, (source, name)
         for p in pins.iterdir():
             p.unlink()
 

@@ -57,6 +57,9 @@ class MapInfo:
     value_size: int
     max_entries: int
     map_flags: int
+    btf_id: int = 0             # the BTF the map was created with (0: none), and its key and value types there
+    btf_key_type_id: int = 0
+    btf_value_type_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -382,7 +385,8 @@ def map_info(fd: int) -> MapInfo:
     info = _info(fd, BpfMapInfo)
     return MapInfo(id=info["id"], type=info["type"], name=info["name"].decode("ascii", "replace"),
                    key_size=info["key_size"], value_size=info["value_size"], max_entries=info["max_entries"],
-                   map_flags=info["map_flags"])
+                   map_flags=info["map_flags"], btf_id=info["btf_id"], btf_key_type_id=info["btf_key_type_id"],
+                   btf_value_type_id=info["btf_value_type_id"])
 
 
 def link_info(fd: int) -> LinkInfo:
