@@ -14,7 +14,7 @@ from kestrel_raw.bpfobj.externs import (
 )
 from kestrel_raw.btf import BTF
 from kestrel_raw.btf.kinds import (
-    BTF_KIND_CONST, BTF_KIND_DATASEC, BTF_KIND_ENUM, BTF_KIND_FLOAT, BTF_KIND_FUNC, BTF_KIND_INT,
+    BTF_KIND_CONST, BTF_KIND_DATASEC, BTF_KIND_ENUM, BTF_KIND_FUNC, BTF_KIND_INT,
     BTF_KIND_STRUCT, BTF_KIND_TYPEDEF, BTF_KIND_UNION, BTF_KIND_VAR,
 )
 from kestrel_raw.errors import BpfObjectError

@@ -29,7 +29,7 @@ from typing import Callable, Protocol
 from kestrel_raw.btf import BTF
 from kestrel_raw.btf.core import types_are_compat
 from kestrel_raw.btf.kinds import (
-    BTF_FUNC_EXTERN, BTF_INT_BOOL, BTF_INT_CHAR, BTF_INT_SIGNED, BTF_KIND_ARRAY, BTF_KIND_DATASEC,
+    BTF_FUNC_EXTERN, BTF_INT_BOOL, BTF_INT_SIGNED, BTF_KIND_ARRAY, BTF_KIND_DATASEC,
     BTF_KIND_ENUM, BTF_KIND_ENUM64, BTF_KIND_FUNC, BTF_KIND_INT, BTF_KIND_VAR, BTF_VAR_GLOBAL_EXTERN,
 )
 from kestrel_raw.elf import ElfFile
