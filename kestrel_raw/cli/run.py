@@ -180,6 +180,7 @@ async def _run(config, output: str | None, duration: float | None) -> int:
                 if collector.reattached:
                     _error(f"re-attached {', '.join(collector.reattached)}: the first attachment did not fire "
                            f"when the collector provoked it")
+                _report_object(collector)
                 if collector.privileges is not None:
                     _error(f"attached; privileges dropped: {collector.privileges.describe()}")
 
@@ -245,6 +246,15 @@ async def _run(config, output: str | None, duration: float | None) -> int:
                     status = EXIT_SETUP
             print(collector.stats().summary(), file=sys.stderr)
         return status
+
+
+def _report_object(collector) -> None:
+    """What the --object loader did differently from the object's wishes (a program left unattached, a
+    weak extern left zero), one line each."""
+    obj = collector.bpf_object
+    if obj is not None:
+        for note in obj.notes:
+            _error(f"{obj.name}: {note}")
 
 
 def _write_error(e: OSError, output: str | None) -> None:
