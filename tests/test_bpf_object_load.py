@@ -22,7 +22,7 @@ import pytest
 from construct import Int32sl, Int32ul, Int64ul, PaddedString, Struct
 
 from kestrel_raw.btf import BTF
-from kestrel_raw.errors import BPFError, SetupError
+from kestrel_raw.errors import BPFError, SetupError, VerifierError
 from kestrel_raw.kernel import bpf
 from kestrel_raw.loader import LoadedObject, object_programs
 from kestrel_raw.maps.ringbuf import RingBufReader
@@ -180,23 +180,31 @@ def test_externs_and_uprobes(tmp_path):
 
 def test_kprobes_and_fentry_where_the_kernel_has_them(tmp_path):
     path = bpf_object("kprobes.c", tmp_path)
+    # openat2_entry's typed __ksym (bpf_prog_active, a per-CPU variable) is placed by the kernel through
+    # kallsyms, which holds data symbols only with CONFIG_KALLSYMS_ALL (Debian's amd64 kernels; not this
+    # host's, nor Debian's arm64 6.1): where it is absent the kernel refuses the program, not the loader.
+    with open("/proc/kallsyms") as f:
+        data_symbols = any(line.split()[2] == "bpf_prog_active" for line in f)
+    if not data_symbols:
+        with pytest.raises(VerifierError, match="failed to find the address for kernel symbol 'bpf_prog_active'"):
+            LoadedObject(path, programs=["openat2_entry"])
     if not os.path.exists("/sys/bus/event_source/devices/kprobe"):
-        # (openat2_exit: openat2_entry's typed __ksym needs CONFIG_KALLSYMS_ALL, which such a kernel may lack)
         with LoadedObject(path, programs=["openat2_exit"]) as obj:
             with pytest.raises(SetupError, match=r"^this kernel has no kprobe PMU \(/sys/bus/event_source/devices/"
                                                  r"kprobe/type is absent\): kprobe programs cannot be attached here \(the kernel needs "
                                                  r"CONFIG_KPROBE_EVENTS\)$"):
                 obj.attach()
     else:
-        with LoadedObject(path, programs=["openat2_entry", "openat2_exit"]) as obj:
+        with LoadedObject(path, programs=["openat2_exit", *(["openat2_entry"] if data_symbols else [])]) as obj:
             obj.attach()
             fd = os.open("/dev/null", os.O_RDONLY)
             os.close(fd)
             me = os.getpid()
-            assert U64.unpack(_lookup(obj, "hits", U32.pack(me << 2 | 0)))[0] >= 1
             assert U64.unpack(_lookup(obj, "hits", U32.pack(me << 2 | 1)))[0] >= 1
             assert _lookup(obj, "last_fd", U32.pack(me)) is not None
-            assert struct.unpack("<q", _lookup(obj, "prog_active", U32.pack(me)))[0] == 1
+            if data_symbols:
+                assert U64.unpack(_lookup(obj, "hits", U32.pack(me << 2 | 0)))[0] >= 1
+                assert struct.unpack("<q", _lookup(obj, "prog_active", U32.pack(me)))[0] == 1
     try:
         obj = LoadedObject(path, programs=["openat2_fentry"])
     except SetupError as e:
