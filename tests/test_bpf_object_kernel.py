@@ -1,11 +1,12 @@
-"""The linked programs of the clang-built objects, loaded into this kernel with the existing bpf(2) calls
-(phase 1 has no object loader yet: this test creates the maps and picks the program types itself), attached,
+"""The linked programs of the clang-built objects, loaded into this kernel with the bare bpf(2) calls (this
+test creates the maps and picks the program types itself, apart from kestrel_raw.loader, which
+tests/test_bpf_object_load.py tests against bpftool's load), attached,
 and run: the verifier accepts what kestrel_raw.bpfobj produced, the CO-RE reads return this process's own
 pid, tgid, parent and comm, and the seed-shaped object's ExecveEvent/OpenEvent/ConnectEvent records arrive in
 its ring buffer and parse with a construct schema of those structs.
 
 Needs clang (tests/helpers.compile_bpf) and the privilege to load programs; it is not marked ``kernel``
-because the kernel matrix's guests have no clang to build the objects with.
+(test_bpf_object_load.py, which is, runs in the guests on objects tools/kmx-tests.sh builds for them).
 """
 from __future__ import annotations
 
