@@ -213,7 +213,13 @@ def test_kprobes_and_fentry_where_the_kernel_has_them(tmp_path):
                                "CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS)")
         return
     with obj:
-        obj.attach()
+        try:
+            obj.attach()
+        except SetupError as e:      # loaded, but no trampoline to attach it with (Debian's arm64 6.1)
+            assert str(e) == ("this kernel cannot attach fentry programs (ENOTSUPP from BPF_RAW_TRACEPOINT_OPEN: "
+                              "no BPF trampoline on this kernel or architecture): program 'openat2_fentry' "
+                              "(fentry/do_sys_openat2)"), e
+            return
         fd = os.open("/dev/null", os.O_RDONLY)
         os.close(fd)
         assert U64.unpack(_lookup(obj, "hits", U32.pack(os.getpid() << 2 | 2)))[0] >= 1

@@ -10,6 +10,7 @@ one.  usdt: not attached here (a USDT note's address and argument spec are neede
 """
 from __future__ import annotations
 
+import errno
 import os
 
 from kestrel_raw.bpfobj import LinkedProgram
@@ -17,12 +18,15 @@ from kestrel_raw.bpfobj.sections import (
     FENTRY, FEXIT, KPROBE, KRETPROBE, RAW_TRACEPOINT, TP_BTF, TRACEPOINT, UPROBE, URETPROBE, SectionKind,
 )
 from kestrel_raw.elf import ElfFile
-from kestrel_raw.errors import BpfObjectError
+from kestrel_raw.errors import BPFError, BpfObjectError, SetupError
 from kestrel_raw.kernel.attach import (
-    Link, attach_btf_program, attach_kprobe, attach_raw_tracepoint, attach_tracepoint, attach_uprobe,
+    ENOTSUPP, Link, attach_btf_program, attach_kprobe, attach_raw_tracepoint, attach_tracepoint, attach_uprobe,
 )
 
 _LIB_DIRS = ("/lib64", "/usr/lib64", "/lib", "/usr/lib")
+# What BPF_RAW_TRACEPOINT_OPEN answers for a fentry/fexit where the kernel loads it but has no trampoline to
+# attach it with (Debian's arm64 6.1: ENOTSUPP).
+_NO_TRAMPOLINE = (ENOTSUPP, errno.EOPNOTSUPP, errno.EPERM)
 
 
 def auto_target(p: LinkedProgram) -> str | None:
@@ -72,7 +76,14 @@ def attach_program(prog, p: LinkedProgram, target: str | None = None) -> Link:
     if p.kind == RAW_TRACEPOINT:
         return attach_raw_tracepoint(prog, target)
     if p.kind in (TP_BTF, FENTRY, FEXIT):
-        return attach_btf_program(prog, f"{p.kind}:{target}")
+        try:
+            return attach_btf_program(prog, f"{p.kind}:{target}")
+        except BPFError as e:
+            if p.kind == TP_BTF or e.errno not in _NO_TRAMPOLINE:
+                raise
+            raise SetupError(f"this kernel cannot attach {p.kind} programs ({errno.errorcode.get(e.errno, 'ENOTSUPP')}"
+                             f" from BPF_RAW_TRACEPOINT_OPEN: no BPF trampoline on this kernel or architecture): "
+                             f"program {p.name!r} ({p.section})") from None
     if p.kind in (UPROBE, URETPROBE):
         binary, function, off = sk.uprobe
         path = find_binary(binary)
