@@ -56,11 +56,13 @@ def test_kconfig_values_of_every_type():
 
 @pytest.mark.parametrize("ext, line, message", [
     (_ext("CONFIG_A", KCFG_BOOL, 1), "CONFIG_A=m", "extern (kcfg) 'CONFIG_A': value 'm' implies tristate or char type"),
-    (_ext("CONFIG_A", KCFG_INT, 1 << 1), "CONFIG_A=70000", "extern (kcfg) 'CONFIG_A': value '70000' doesn't fit in 2 bytes"),
+    (_ext("CONFIG_A", KCFG_INT, 2), "CONFIG_A=70000",
+     "extern (kcfg) 'CONFIG_A': value '70000' doesn't fit in 2 bytes"),
     (_ext("CONFIG_A", KCFG_INT, 4), "CONFIG_A=12abc", "extern (kcfg) 'CONFIG_A': value '12abc' isn't a valid integer"),
     (_ext("CONFIG_A", KCFG_BOOL, 1), "CONFIG_A=5", "extern (kcfg) 'CONFIG_A': value '5' implies integer type"),
     (_ext("CONFIG_A", KCFG_INT, 4), 'CONFIG_A="x"', "extern (kcfg) 'CONFIG_A': value '\"x\"' implies char array type"),
-    (_ext("CONFIG_A", KCFG_INT, 4), "CONFIG_A=y", "extern (kcfg) 'CONFIG_A': value 'y' implies bool, tristate, or char type"),
+    (_ext("CONFIG_A", KCFG_INT, 4), "CONFIG_A=y",
+     "extern (kcfg) 'CONFIG_A': value 'y' implies bool, tristate, or char type"),
     (_ext("CONFIG_A", KCFG_INT, 4), "CONFIG_A", "kernel config line 'CONFIG_A': no separator"),
 ])
 def test_kconfig_refusals_say_what_libbpf_says(ext, line, message):

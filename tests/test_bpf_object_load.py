@@ -70,7 +70,8 @@ def test_same_xlated_code_as_bpftool(source, tmp_path):
             assert mine == xlated_as_bpftool_shows(theirs[name]), f"{source}: {name}"
             assert "; " in mine[1], "no source line: the line info did not reach the kernel"
         # the maps: types, sizes, flags, frozen (.rodata, .kconfig) and BTF as libbpf made them
-        their_maps = {i for pid in theirs.values() for i in bpftool_json("prog", "show", "id", str(pid)).get("map_ids", ())}
+        their_maps = {i for pid in theirs.values()
+                      for i in bpftool_json("prog", "show", "id", str(pid)).get("map_ids", ())}
         mine = maps_as_bpftool_shows(bpf.map_info(fd.fileno()).id for fd in ours.maps.values())
         assert mine == maps_as_bpftool_shows(their_maps), source
         for name, fd in ours.maps.items():       # and with the key and value types of the object's BTF
@@ -191,8 +192,8 @@ def test_kprobes_and_fentry_where_the_kernel_has_them(tmp_path):
     if not os.path.exists("/sys/bus/event_source/devices/kprobe"):
         with LoadedObject(path, programs=["openat2_exit"]) as obj:
             with pytest.raises(SetupError, match=r"^this kernel has no kprobe PMU \(/sys/bus/event_source/devices/"
-                                                 r"kprobe/type is absent\): kprobe programs cannot be attached here \(the kernel needs "
-                                                 r"CONFIG_KPROBE_EVENTS\)$"):
+                                                 r"kprobe/type is absent\): kprobe programs cannot be attached "
+                                                 r"here \(the kernel needs CONFIG_KPROBE_EVENTS\)$"):
                 obj.attach()
     else:
         with LoadedObject(path, programs=["openat2_exit", *(["openat2_entry"] if data_symbols else [])]) as obj:

@@ -95,14 +95,14 @@ class LoadedObject:
     ``programs`` limits what is loaded to those names (the maps are all created).  ``max_entries`` and
     ``value_size`` (map name -> value) set a map's sizes, as libbpf's bpf_map__set_max_entries and
     bpf_map__set_value_size do before a load (libbpf-tools size some maps at run time:
-    ``__uint(max_entries, 0)``, a stack map's value size from the stack depth asked for).  ``target_btf`` is the kernel BTF CO-RE relocations and attach ids come from
-    (the running kernel's by default).  ``log_level`` > 0 keeps the verifier's log of every load.
+    ``__uint(max_entries, 0)``, a stack map's value size from the stack depth asked for).  ``target_btf`` is
+    the kernel BTF CO-RE relocations and attach ids come from (the running kernel's by default).
+    ``log_level`` > 0 keeps the verifier's log of every load.
     """
 
     def __init__(self, source: str | BpfObject, *, programs: list[str] | None = None,
                  max_entries: dict[str, int] | None = None, value_size: dict[str, int] | None = None,
-                 target_btf: BTF | None = None,
-                 log_level: int = 0) -> None:
+                 target_btf: BTF | None = None, log_level: int = 0) -> None:
         self.obj = source if isinstance(source, BpfObject) else BpfObject.load(os.fspath(source))
         self.name = self.obj.name
         self.maps: dict[str, FD] = {}
@@ -153,7 +153,8 @@ class LoadedObject:
         have = features.btf_features()
         if btffix.needs_sanitizing(have):
             blob = btffix.sanitize(blob, have)
-            self.notes.append(f"BTF kinds this kernel lacks replaced ({', '.join(sorted(btffix.ALL_BTF_FEATURES - have))})")
+            lacks = ", ".join(sorted(btffix.ALL_BTF_FEATURES - have))
+            self.notes.append(f"BTF kinds this kernel lacks replaced ({lacks})")
         try:
             self.btf_fd = bpf.btf_load(blob)
         except BPFError as e:
