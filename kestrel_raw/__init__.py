@@ -23,6 +23,8 @@ _EXPORTS = {
     "KestrelCollector": "kestrel_raw.collector",
     "CollectorStats": "kestrel_raw.collector",
     "CollectorConfig": "kestrel_raw.config",
+    "ObjectRecord": "kestrel_raw.collector.objects",
+    "LoadedObject": "kestrel_raw.loader.objload",
     "EventType": "kestrel_raw.spec",
     "FieldId": "kestrel_raw.spec",
     "FieldType": "kestrel_raw.spec",

@@ -67,8 +67,17 @@ def default_buffers() -> int:
 class CollectorConfig:
     """What the collector loads and how it moves events.
 
-    program_path: a directory (must exist) where the collector writes the disassembly of every program it
-        loads, one ``<name>.txt`` each, for audit; None: none written.
+    program_path: a BPF ELF object (``clang -target bpf -g -O2 -c``, libbpf style) to load besides, or instead
+        of, the built-in programs: its programs attached where their SEC() names say, its ring buffers
+        (BPF_MAP_TYPE_RINGBUF maps) read by the same pollers (kestrel_raw/loader, kestrel_raw/collector/
+        objects.py).  Its records come out as ``ObjectRecord`` values (or, with deliver="json", JSON lines
+        {"object", "map", "len", "hex"}), parsed by ``record_schema`` when given.  None: no object.
+        (This option used to name the listing directory, which is now ``dump_dir``.)
+    record_schema: how the object's records are parsed: a construct ``Struct`` (every ring), or a dict of
+        ring map name -> construct; each parsed record is handed on as plain dicts and lists
+        (``ObjectRecord.value``).  None: records stay bytes.
+    dump_dir: a directory (must exist) where the collector writes the disassembly of every built-in program
+        it loads, one ``<name>.txt`` each, for audit; None: none written.
     buffers: number of ring buffers; each process writes into ring tgid % buffers.  Default (None): one per
         CPU, at most 4 (more rings than CPUs that write at once spread no contention, and the memory serves
         better as depth).
@@ -120,6 +129,8 @@ class CollectorConfig:
     """
 
     program_path: str | None = None
+    record_schema: object = None
+    dump_dir: str | None = None
     buffers: int | None = None
     buffer_size: int = 8 << 20
     event_types: tuple[EventType, ...] = field(default=ALL_EVENT_TYPES)
@@ -144,9 +155,26 @@ class CollectorConfig:
     def __post_init__(self) -> None:
         if self.program_path is not None:
             path = os.fspath(self.program_path)
+            if os.path.isdir(path):
+                raise ConfigError(f"program_path {path!r} is a directory: program_path is now the BPF object file to "
+                                  f"load; the directory for program listings is named dump_dir (CLI: --dump-programs)")
             if not os.path.exists(path):
-                raise ConfigError(f"program_path {path!r} does not exist; create it or leave it unset")
+                raise ConfigError(f"program_path {path!r} does not exist; give the path of a BPF object file "
+                                  "(clang -target bpf -g -O2 -c) or leave it unset")
             object.__setattr__(self, "program_path", path)
+        if self.dump_dir is not None:
+            path = os.fspath(self.dump_dir)
+            if not os.path.isdir(path):
+                raise ConfigError(f"dump_dir {path!r} is not a directory; create it or leave it unset")
+            object.__setattr__(self, "dump_dir", path)
+        if self.record_schema is not None:
+            if self.program_path is None:
+                raise ConfigError("record_schema parses the records of a BPF object: give program_path too")
+            schemas = self.record_schema.values() if isinstance(self.record_schema, dict) else [self.record_schema]
+            for schema in schemas:
+                if not callable(getattr(schema, "parse", None)):
+                    raise ConfigError(f"record_schema must be a construct (with .parse) or a dict of ring name -> "
+                                      f"construct, got {schema!r}")
         if self.buffers is None:
             object.__setattr__(self, "buffers", default_buffers())
         _positive_int("buffers", self.buffers)
@@ -162,8 +190,9 @@ class CollectorConfig:
         if isinstance(types, (str, EventType)):
             types = [types]
         types = _dedupe(_event_type(t) for t in types)
-        if not types:
-            raise ConfigError(f"event_types is empty; give at least one of: {_VALID_NAMES}")
+        if not types and self.program_path is None:
+            raise ConfigError(f"event_types is empty; give at least one of: {_VALID_NAMES} (or a BPF object as "
+                              "program_path)")
         object.__setattr__(self, "event_types", types)
         _positive_int("queue_size", self.queue_size)
         if self.queue_policy not in QUEUE_POLICIES:

@@ -1251,3 +1251,111 @@ template(name="kr" type="string" string="%PRI% %TIMESTAMP:::date-rfc3339% %HOSTN
             except _subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+# --- BPF objects: built here, or shipped into a guest without clang -------------------------------------
+
+# tools/kmx-tests.sh builds the objects of tests/bpf_src on the host (for the guest's architecture) into this
+# untracked directory of the copy the guest sees: the guests have no clang.
+PREBUILT_OBJECTS = TESTS / "data" / "bpfobj"
+# The sources of the objects the kernel-marked tests load (what kmx-tests.sh builds).
+KERNEL_TEST_OBJECTS = ("core_task.c", "global_data.c", "subprog.c", "seed.c", "probes.c", "kprobes.c")
+
+
+def bpf_object(source: str, out_dir: Path) -> Path:
+    """tests/bpf_src/<source> as a BPF object: built with clang when it is here, else the one tools/kmx-tests.sh
+    built on the host and shipped (tests/data/bpfobj/); neither is a skip (a failure under CI)."""
+    if shutil.which("clang") and Path("/usr/include/bpf/bpf_helpers.h").exists():
+        return compile_bpf(source, out_dir)
+    prebuilt = PREBUILT_OBJECTS / (Path(source).stem + ".o")
+    if prebuilt.exists():
+        return prebuilt
+    return compile_bpf(source, out_dir)     # says what is missing
+
+
+class Bpffs:
+    """A bpf file system mounted on a fresh directory (for ``bpftool prog loadall``), unmounted on close."""
+
+    def __init__(self, where: Path) -> None:
+        self.path = where / "bpffs"
+        self.path.mkdir()
+        subprocess.run(["mount", "-t", "bpf", "bpf", str(self.path)], check=True, capture_output=True)
+
+    def close(self) -> None:
+        subprocess.run(["umount", str(self.path)], capture_output=True)
+
+    def __enter__(self) -> "Bpffs":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def bpftool_json(*args: str):
+    r = subprocess.run([BPFTOOL, "-j", *args], capture_output=True, text=True, timeout=120)
+    if r.returncode != 0:
+        raise AssertionError(f"bpftool {' '.join(args)} failed: {r.stderr or r.stdout}")
+    return json.loads(r.stdout) if r.stdout.strip() else None
+
+
+def bpftool_loadall(obj: Path, pin_dir: Path) -> dict[str, int]:
+    """``bpftool prog loadall OBJ DIR`` (libbpf loads the object): program name -> its id."""
+    r = subprocess.run([BPFTOOL, "prog", "loadall", str(obj), str(pin_dir)], capture_output=True, text=True,
+                       timeout=120)
+    if r.returncode != 0:
+        raise AssertionError(f"bpftool prog loadall {obj} failed:\n{r.stderr}")
+    return {p.name: bpftool_json("prog", "show", "pinned", str(p))["id"] for p in pin_dir.iterdir()}
+
+
+def xlated_as_bpftool_shows(prog_id: int) -> tuple[bytes, str]:
+    """A loaded program's xlated code, comparable between two loads of one object: the raw instructions
+    with each map reference's id (which differs per load) replaced by the map's name, and bpftool's
+    ``dump xlated linum`` text (source lines from the line info, function headers from the func info and
+    BTF) with ``map[id:N]`` replaced the same way."""
+    import re
+    names: dict[int, str] = {}
+
+    def name_of(map_id: int) -> str:
+        if map_id not in names:
+            names[map_id] = bpftool_json("map", "show", "id", str(map_id))["name"]
+        return names[map_id]
+
+    with tempfile_path() as raw_path:
+        subprocess.run([BPFTOOL, "prog", "dump", "xlated", "id", str(prog_id), "file", str(raw_path)], check=True,
+                       capture_output=True, timeout=120)
+        raw = bytearray(raw_path.read_bytes())
+    for slot in range(len(raw) // 8):
+        code, regs = raw[slot * 8], raw[slot * 8 + 1]
+        if code == 0x18 and regs >> 4 in (1, 2):   # ld_imm64 BPF_PSEUDO_MAP_FD / _VALUE: imm is the map's id
+            (map_id,) = struct.unpack_from("<I", raw, slot * 8 + 4)
+            tag = name_of(map_id).encode()[:4].ljust(4, b"\0")
+            raw[slot * 8 + 4:slot * 8 + 8] = tag
+    r = subprocess.run([BPFTOOL, "prog", "dump", "xlated", "id", str(prog_id), "linum"], capture_output=True,
+                       text=True, timeout=120, check=True)
+    text = re.sub(r"map\[id:(\d+)\]", lambda m: f"map[{name_of(int(m.group(1)))}]", r.stdout)
+    return bytes(raw), text
+
+
+class tempfile_path:
+    def __enter__(self) -> Path:
+        import tempfile
+        fd, name = tempfile.mkstemp(prefix="kr-xlated-")
+        os.close(fd)
+        self.path = Path(name)
+        return self.path
+
+    def __exit__(self, *exc: object) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def maps_as_bpftool_shows(map_ids) -> dict[str, dict]:
+    """``bpftool map show`` of each map, by name, without what differs between two loads (the ids, the
+    memory charged); whether the map has BTF is kept (``btf``)."""
+    out = {}
+    for map_id in map_ids:
+        m = bpftool_json("map", "show", "id", str(map_id))
+        m["btf"] = "btf_id" in m
+        for key in ("id", "btf_id", "bytes_memlock", "pids"):
+            m.pop(key, None)
+        out[m["name"]] = m
+    return out

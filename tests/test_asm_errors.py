@@ -184,9 +184,9 @@ def test_unknown_helper_id(helper_id) -> None:
      "opcode 0x20 (BPF_LD | BPF_W | BPF_ABS): legacy packet loads (BPF_ABS, BPF_IND) are not supported"),
     (lambda: Instruction(BPF_LD | BPF_W | BPF_IMM),
      "opcode 0x00 (BPF_LD | BPF_W | BPF_IMM): the only BPF_LD instruction is BPF_LD | BPF_IMM | BPF_DW (ld_imm64)"),
-    (lambda: Instruction(BPF_LD | BPF_IMM | BPF_DW, 1, 3),
-     "opcode 0x18 (BPF_LD | BPF_DW | BPF_IMM): ld_imm64 src 3 is not supported "
-     "(0, BPF_PSEUDO_MAP_FD 1, BPF_PSEUDO_MAP_VALUE 2)"),
+    (lambda: Instruction(BPF_LD | BPF_IMM | BPF_DW, 1, 5),
+     "opcode 0x18 (BPF_LD | BPF_DW | BPF_IMM): ld_imm64 src 5 is not supported "
+     "(0, BPF_PSEUDO_MAP_FD 1, BPF_PSEUDO_MAP_VALUE 2, BPF_PSEUDO_BTF_ID 3, BPF_PSEUDO_FUNC 4)"),
     (lambda: Instruction(BPF_LD | BPF_IMM | BPF_DW, 1, BPF_PSEUDO_MAP_FD, 0, 1 << 32 | 5),
      "opcode 0x18 (BPF_LD | BPF_DW | BPF_IMM): ld_imm64 with BPF_PSEUDO_MAP_FD holds a map fd: "
      "the high 32 bits must be 0"),
@@ -196,9 +196,13 @@ def test_unknown_helper_id(helper_id) -> None:
      "opcode 0x1d (BPF_JMP | BPF_JEQ | BPF_X): imm must be 0, is 3"),
     (lambda: Instruction(BPF_JMP | BPF_JA, 0, 0, 0, 5),
      "opcode 0x05 (BPF_JMP | BPF_JA | BPF_K): imm must be 0, is 5"),
-    (lambda: Instruction(BPF_JMP | BPF_CALL, 0, 1, 0, 5),
-     "opcode 0x85 (BPF_JMP | BPF_CALL | BPF_K): src must be 0, is 1; only helper calls are supported "
-     "(no bpf-to-bpf or kfunc calls)"),
+    (lambda: Instruction(BPF_JMP | BPF_CALL, 0, 3, 0, 5),
+     "opcode 0x85 (BPF_JMP | BPF_CALL | BPF_K): src 3 of a call is none of: 0 (a helper), BPF_PSEUDO_CALL 1 "
+     "(a bpf-to-bpf call), BPF_PSEUDO_KFUNC_CALL 2 (a kfunc)"),
+    (lambda: Instruction(BPF_JMP | BPF_CALL, 1, 1, 0, 5),
+     "opcode 0x85 (BPF_JMP | BPF_CALL | BPF_K): dst must be 0, is 1"),
+    (lambda: Instruction(BPF_JMP | BPF_CALL, 0, 2, 0, -1),
+     "opcode 0x85 (BPF_JMP | BPF_CALL | BPF_K): a kfunc call's imm is a BTF id, which is not negative; is -1"),
     (lambda: Instruction(BPF_ALU64 | BPF_MOV | BPF_X, 11, 1),
      "opcode 0xbf (BPF_ALU64 | BPF_MOV | BPF_X): dst register 11 is not a register (r0..r10)"),
     (lambda: Instruction(BPF_ALU64 | BPF_MOV | BPF_X, 1, 11),
@@ -306,3 +310,19 @@ def test_format_program_reports_label_errors_too() -> None:
         format_program([ja("nowhere")])
     with pytest.raises(InvalidInstructionError):
         format_program(struct.pack("<BBhi", 0xFF, 0, 0, 0))
+
+
+def test_linked_object_calls_and_loads_decode_and_print():
+    """What a linked BPF object holds (kestrel_raw.bpfobj): bpf-to-bpf calls, kfunc calls, a callback's
+    subprogram address and a typed ksym's BTF id; printed as the kernel's disassembler prints them."""
+    from kestrel_raw.asm import opcode as op
+    raw = (bytes([0x85, 0x10, 0, 0]) + (-7).to_bytes(4, "little", signed=True)        # call pc-7
+           + bytes([0x85, 0x20, 0, 0]) + (1234).to_bytes(4, "little")                  # kfunc btf id 1234
+           + bytes([0x18, 0x42, 0, 0]) + (3).to_bytes(4, "little") + bytes(8)          # r2 = subprog[+3]
+           + bytes([0x18, 0x31, 0, 0]) + (99).to_bytes(4, "little") + bytes(8))        # r1 = btf_id[99]
+    insns = [Instruction.decode(raw, 0), Instruction.decode(raw, 1), Instruction.decode(raw, 2),
+             Instruction.decode(raw, 4)]
+    assert [str(i) for i in insns] == ["call pc-7", "call kernel-function#1234", "r2 = subprog[+3]",
+                                       "r1 = btf_id[99]"]
+    assert insns[0].src == op.BPF_PSEUDO_CALL and insns[2].src == op.BPF_PSEUDO_FUNC
+    assert b"".join(i.encode() for i in insns) == raw

@@ -278,6 +278,60 @@ def test_prog_load_with_attach_btf_id_passes_up_to_attach_btf_obj_fd(kernel):
     assert c.pointed == {8: RET0, 16: b"Dual BSD/GPL\0", 32: None}
 
 
+def test_prog_load_with_btf_func_and_line_info(kernel):
+    func_info = h("00000000 05000000", "02000000 07000000")            # two bpf_func_info: insn_off, type_id
+    line_info = h("00000000 01000000 02000000 03040000")              # one bpf_line_info
+    kernel.reply(FD_RESULT, read={**PROG_LOAD_READ, 80: 16, 96: 16})
+    bpf.prog_load(uapi.BPF_PROG_TYPE_TRACEPOINT, RET0, name="kr_golden", prog_btf_fd=7, func_info=func_info,
+                  line_info=line_info).close()
+    [c] = kernel.calls
+    assert (c.cmd, c.size) == (uapi.BPF_PROG_LOAD, 108)                 # up to line_info_cnt
+    assert c.attr == _prog_load_attr() + h(
+        "07000000",            # prog_btf_fd
+        "08000000",            # func_info_rec_size
+        "0000000000000000",    # func_info (pointer)
+        "02000000",            # func_info_cnt
+        "10000000",            # line_info_rec_size
+        "0000000000000000",    # line_info (pointer)
+        "01000000",            # line_info_cnt
+    )
+    assert c.pointed == {8: RET0, 16: b"GPL\0", 32: None, 80: func_info, 96: line_info}
+
+
+def test_prog_load_with_btf_alone_stops_at_prog_btf_fd(kernel):
+    kernel.reply(FD_RESULT, read=PROG_LOAD_READ)
+    bpf.prog_load(uapi.BPF_PROG_TYPE_TRACEPOINT, RET0, name="kr_golden", prog_btf_fd=7).close()
+    [c] = kernel.calls
+    assert (c.cmd, c.size) == (uapi.BPF_PROG_LOAD, 76)
+    assert c.attr == _prog_load_attr() + h("07000000")
+
+
+def test_prog_load_refuses_info_without_btf_or_cut_records():
+    with pytest.raises(ValueError, match="func_info refers to the program's BTF: pass its fd as prog_btf_fd"):
+        bpf.prog_load(uapi.BPF_PROG_TYPE_TRACEPOINT, RET0, func_info=bytes(8))
+    with pytest.raises(ValueError, match="line_info is 15 bytes, not a whole number of 16-byte records"):
+        bpf.prog_load(uapi.BPF_PROG_TYPE_TRACEPOINT, RET0, prog_btf_fd=3, line_info=bytes(15))
+
+
+def test_map_freeze(kernel):
+    kernel.reply(0)
+    kernel.reply(err=errno.EBUSY)
+    bpf.map_freeze(9)
+    with pytest.raises(BPFError, match="BPF_MAP_FREEZE.*mapped writable"):
+        bpf.map_freeze(9)
+    first, _ = kernel.calls
+    assert (first.cmd, first.size, first.attr) == (uapi.BPF_MAP_FREEZE, 4, h("09000000"))
+
+
+def test_raw_tracepoint_open_without_a_name_for_btf_programs(kernel):
+    kernel.reply(FD_RESULT, read={0: 1})
+    bpf.raw_tracepoint_open(None, 4).close()
+    [c] = kernel.calls
+    assert (c.cmd, c.size) == (uapi.BPF_RAW_TRACEPOINT_OPEN, 12)
+    assert c.attr == h("0000000000000000", "04000000")
+    assert c.pointed == {0: None}                                     # name NULL: where attach_btf_id says
+
+
 def test_prog_load_retries_eagain(kernel):
     for _ in range(2):
         kernel.reply(err=errno.EAGAIN, read=PROG_LOAD_READ)

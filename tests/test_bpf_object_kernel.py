@@ -1,11 +1,12 @@
-"""The linked programs of the clang-built objects, loaded into this kernel with the existing bpf(2) calls
-(phase 1 has no object loader yet: this test creates the maps and picks the program types itself), attached,
+"""The linked programs of the clang-built objects, loaded into this kernel with the bare bpf(2) calls (this
+test creates the maps and picks the program types itself, apart from kestrel_raw.loader, which
+tests/test_bpf_object_load.py tests against bpftool's load), attached,
 and run: the verifier accepts what kestrel_raw.bpfobj produced, the CO-RE reads return this process's own
 pid, tgid, parent and comm, and the seed-shaped object's ExecveEvent/OpenEvent/ConnectEvent records arrive in
 its ring buffer and parse with a construct schema of those structs.
 
 Needs clang (tests/helpers.compile_bpf) and the privilege to load programs; it is not marked ``kernel``
-because the kernel matrix's guests have no clang to build the objects with.
+(test_bpf_object_load.py, which is, runs in the guests on objects tools/kmx-tests.sh builds for them).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import subprocess
 import time
 
 import pytest
-from construct import Bytes, Int32sl, Int32ul, Int64ul, PaddedString, Struct
+from construct import Bytes, CString, Int32sl, Int32ul, Int64ul, Padded, PaddedString, Struct
 
 from kestrel_raw.bpfobj import BpfObject, LinkedProgram
 from kestrel_raw.btf import BTF, VMLINUX_BTF
@@ -27,12 +28,19 @@ from kestrel_raw.kernel.uapi import (
 from kestrel_raw.maps.ringbuf import RingBufReader
 from tests.helpers import compile_bpf
 
-# The seed's records (tests/bpf_src/seed_events.h), byte for byte.
+# The seed's records (tests/bpf_src/seed_events.h), byte for byte.  A path is a C string in a padded field:
+# bpf_probe_read_user_str leaves the reserved ring memory past its NUL as it was.
+
+
+def CStr(size: int):
+    return Padded(size, CString("utf8"))
+
+
 EventHeader = Struct("type" / Int32ul, "pid" / Int32ul, "tid" / Int32ul, "uid" / Int32ul, "ts_ns" / Int64ul,
                      "comm" / PaddedString(16, "utf8"))
-ExecveEvent = Struct("hdr" / EventHeader, "ppid" / Int32ul, "fault" / Int32sl, "filename" / PaddedString(256, "utf8"))
+ExecveEvent = Struct("hdr" / EventHeader, "ppid" / Int32ul, "fault" / Int32sl, "filename" / CStr(256))
 OpenEvent = Struct("hdr" / EventHeader, "dfd" / Int32sl, "flags" / Int32sl, "mode" / Int32ul, "fault" / Int32sl,
-                   "path" / PaddedString(256, "utf8"))
+                   "path" / CStr(256))
 ConnectEvent = Struct("hdr" / EventHeader, "fd" / Int32sl, "addrlen" / Int32ul, "addr" / Bytes(28),
                       "fault" / Int32sl)
 SCHEMAS = {1: ExecveEvent, 2: OpenEvent, 3: ConnectEvent}

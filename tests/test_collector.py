@@ -51,7 +51,7 @@ def test_config_validation(tmp_path):
         CollectorConfig(event_types=["exec", "fork"])
     with pytest.raises(ConfigError, match="program_path"):
         CollectorConfig(program_path=str(tmp_path / "missing"))
-    ok = CollectorConfig(buffers=1, buffer_size=page * 4, event_types=["exec"], program_path=str(tmp_path))
+    ok = CollectorConfig(buffers=1, buffer_size=page * 4, event_types=["exec"], dump_dir=str(tmp_path))
     assert ok.event_types == (EventType.EXEC,)
 
 

@@ -40,7 +40,10 @@ def test_event_types_by_name_or_value():
     (dict(event_types=["exec", "fork"]), "event_types: unknown event type 'fork'; valid: exec, open, connect, exit"),
     (dict(event_types=[9]), "unknown event type 9"),
     (dict(event_types=[]), "event_types is empty"),
-    (dict(program_path="/nonexistent/kestrel.bin"), "program_path '/nonexistent/kestrel.bin' does not exist"),
+    (dict(program_path="/nonexistent/kestrel.o"), "program_path '/nonexistent/kestrel.o' does not exist; give the "
+                                                  "path of a BPF object file"),
+    (dict(dump_dir="/nonexistent/dir"), "dump_dir '/nonexistent/dir' is not a directory"),
+    (dict(record_schema=object()), "record_schema parses the records of a BPF object: give program_path too"),
     (dict(queue_policy="fifo"), "queue_policy 'fifo' is unknown; valid: block, drop"),
     (dict(queue_size=0), "queue_size must be at least 1"),
     (dict(flush_interval=0), "flush_interval must be a positive number of seconds, got 0"),
@@ -55,9 +58,32 @@ def test_invalid(kwargs, message):
 
 
 def test_program_path_that_exists(tmp_path):
-    p = tmp_path / "prog.bin"
+    p = tmp_path / "prog.o"
     p.write_bytes(b"")
     assert CollectorConfig(program_path=p).program_path == str(p)
+    # with an object, no built-in event type is needed
+    assert CollectorConfig(program_path=p, event_types=()).event_types == ()
+
+
+def test_program_path_directory_says_it_was_renamed(tmp_path):
+    """program_path used to be the listing directory; a directory given there says where it went."""
+    with pytest.raises(ConfigError) as e:
+        CollectorConfig(program_path=tmp_path)
+    assert str(e.value) == (f"program_path {str(tmp_path)!r} is a directory: program_path is now the BPF object "
+                            "file to load; the directory for program listings is named dump_dir (CLI: "
+                            "--dump-programs)")
+    assert CollectorConfig(dump_dir=tmp_path).dump_dir == str(tmp_path)
+
+
+def test_record_schema(tmp_path):
+    from construct import Int32ul, Struct
+    p = tmp_path / "prog.o"
+    p.write_bytes(b"")
+    s = Struct("x" / Int32ul)
+    assert CollectorConfig(program_path=p, record_schema=s).record_schema is s
+    assert CollectorConfig(program_path=p, record_schema={"events": s}).record_schema == {"events": s}
+    with pytest.raises(ConfigError, match="record_schema must be a construct"):
+        CollectorConfig(program_path=p, record_schema={"events": 5})
 
 
 def test_power_of_two_page_multiples_accepted():

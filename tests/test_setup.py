@@ -60,7 +60,7 @@ def _kr_progs() -> set[int]:
     (["--queue-size", "0"], "kestrel-raw: --queue-size must be at least 1, got 0"),
     (["--wakeup-bytes", "16777216"], "kestrel-raw: --wakeup-bytes 16777216 must be at least 0 and below "
                                      "--buffer-size (8388608)"),
-    (["--dump-programs", "/no/such/dir"], "kestrel-raw: --dump-programs '/no/such/dir' does not exist"),
+    (["--dump-programs", "/no/such/dir"], "kestrel-raw: --dump-programs '/no/such/dir' is not a directory; create it or leave it unset"),
     (["--user", "0"], "kestrel-raw: --user must be a non-root id (1 to 4294967294), got 0"),
     (["--duration", "-1"], "--duration must be a positive number of seconds, got -1.0"),
     (["--user", "no-such-user-kr"], "--user 'no-such-user-kr': no such user"),

@@ -94,6 +94,26 @@ for w in sys.argv[2:]:
   log "vendored: $(for w in "${want[@]}"; do basename "$w"; done | tr '\n' ' ')"
 fi
 
+# ------------------------------------------------------ BPF objects ---
+# The guests have no clang: the BPF objects the kernel tests load (tests/helpers.py KERNEL_TEST_OBJECTS, from
+# tests/bpf_src) are built here, for the guest's architecture, into the copy's tests/data/bpfobj/, where
+# tests/helpers.bpf_object finds them.  Without clang here they are not built, and those tests fail in the
+# guest saying what is missing.
+objs="$stage/project/tests/data/bpfobj"
+if command -v clang >/dev/null && [ -f /usr/include/bpf/bpf_helpers.h ]; then
+  case ${KMX_ARCH:-amd64} in arm64) tarch=arm64 ;; *) tarch=x86 ;; esac
+  mkdir -p "$objs"
+  srcs=$(cd "$root" && python3 -c 'import sys; sys.path.insert(0, "."); from tests.helpers import KERNEL_TEST_OBJECTS as o; print(" ".join(o))' 2>/dev/null) \
+    || die "cannot read KERNEL_TEST_OBJECTS from tests/helpers.py"
+  for src in $srcs; do
+    clang -target bpf -g -O2 "-D__TARGET_ARCH_$tarch" -I "$root/tests/bpf_src" -I "/usr/include/$(uname -m)-linux-gnu" \
+      -c "$root/tests/bpf_src/$src" -o "$objs/${src%.c}.o" || die "clang failed on tests/bpf_src/$src"
+  done
+  log "built for the guest (__TARGET_ARCH_$tarch): $srcs"
+else
+  log "no clang (or libbpf-dev) here: the BPF objects of the kernel tests are not built for the guest"
+fi
+
 # ----------------------------------------------------------------- run ---
 log "kernel $kernel (${KMX_ARCH:-amd64}): pytest $*"
 # 125 is the matrix's "the VM ended without a result" (qemu died, the guest never booted, a download

@@ -12,7 +12,10 @@ need the program's context (division by a zero constant, shift amounts, writes t
 
 Not supported (rejected with a message saying so): legacy packet loads (BPF_LD | BPF_ABS/BPF_IND), and the
 cpu v4 extensions other than bswap and gotol (sign-extending loads and moves, signed division), the
-may_goto pseudo jump, bpf-to-bpf and kfunc calls, and ld_imm64 forms other than plain, map fd and map value.
+may_goto pseudo jump, and ld_imm64 forms other than plain, map fd, map value, BTF id (a typed ``__ksym``) and
+function (a callback's subprogram: BPF_PSEUDO_FUNC).  Calls are helper calls, bpf-to-bpf calls
+(BPF_PSEUDO_CALL: imm is the callee's distance in slots) and kfunc calls (BPF_PSEUDO_KFUNC_CALL: imm is a
+BTF id), as a linked BPF object's programs hold them (kestrel_raw.bpfobj).
 """
 from __future__ import annotations
 
@@ -288,14 +291,25 @@ def _check_jmp(insn: Instruction, bad) -> None:
             raise bad(f"{name} exists only in class BPF_JMP")
         if op.BPF_SRC(code) != op.BPF_K:
             raise bad(f"{name} takes no source operand (must be BPF_K)")
-        _zero(insn, bad, "dst", "off")
-        _zero(insn, bad, "src", why="only helper calls are supported (no bpf-to-bpf or kfunc calls)")
         if jmp_op == op.BPF_EXIT:
-            _zero(insn, bad, "imm")
-        elif insn.imm <= 0:
-            raise bad(f"helper id (imm) must be positive, is {insn.imm}; in the kernel's xlated code a "
-                      "call's imm is the function's address minus __bpf_call_base: decode that with "
-                      "kestrel_raw.asm.disassemble_xlated")
+            _zero(insn, bad, "dst", "off", "src", "imm")
+        elif insn.src == op.BPF_PSEUDO_CALL:
+            # a bpf-to-bpf call: imm is the distance to the callee (any sign), no other field
+            _zero(insn, bad, "dst", "off")
+        elif insn.src == op.BPF_PSEUDO_KFUNC_CALL:
+            # a kfunc: imm its BTF id, off the index of its module's BTF fd in the load's fd_array
+            _zero(insn, bad, "dst")
+            if insn.imm < 0:
+                raise bad(f"a kfunc call's imm is a BTF id, which is not negative; is {insn.imm}")
+        elif insn.src != 0:
+            raise bad(f"src {insn.src} of a call is none of: 0 (a helper), BPF_PSEUDO_CALL 1 (a bpf-to-bpf call), "
+                      f"BPF_PSEUDO_KFUNC_CALL 2 (a kfunc)")
+        else:
+            _zero(insn, bad, "dst", "off")
+            if insn.imm <= 0:
+                raise bad(f"helper id (imm) must be positive, is {insn.imm}; in the kernel's xlated code a "
+                          "call's imm is the function's address minus __bpf_call_base: decode that with "
+                          "kestrel_raw.asm.disassemble_xlated")
     elif op.BPF_SRC(code) == op.BPF_X:
         _need_reg(insn, bad)
         _zero(insn, bad, "imm")
@@ -311,12 +325,18 @@ def _check_ld(insn: Instruction, bad) -> None:
     if code != op.LD_IMM64:
         raise bad("the only BPF_LD instruction is BPF_LD | BPF_IMM | BPF_DW (ld_imm64)")
     _zero(insn, bad, "off")
-    if insn.src not in (0, op.BPF_PSEUDO_MAP_FD, op.BPF_PSEUDO_MAP_VALUE):
-        raise bad(f"ld_imm64 src {insn.src} is not supported (0, BPF_PSEUDO_MAP_FD 1, BPF_PSEUDO_MAP_VALUE 2)")
+    if insn.src not in _LD_IMM64_SRCS:
+        raise bad(f"ld_imm64 src {insn.src} is not supported (0, BPF_PSEUDO_MAP_FD 1, BPF_PSEUDO_MAP_VALUE 2, "
+                  "BPF_PSEUDO_BTF_ID 3, BPF_PSEUDO_FUNC 4)")
+    if insn.src in (op.BPF_PSEUDO_BTF_ID, op.BPF_PSEUDO_FUNC):
+        return   # a BTF id and its BTF object's fd, or a subprogram's distance: no map fd to check
     if insn.src == op.BPF_PSEUDO_MAP_FD and insn.imm >> 32 != 0:
         raise bad("ld_imm64 with BPF_PSEUDO_MAP_FD holds a map fd: the high 32 bits must be 0")
     if insn.src != 0 and to_signed(insn.imm, 32) < 0:
         raise bad(f"the map fd (low 32 bits of imm) must not be negative, is {to_signed(insn.imm, 32)}")
+
+
+_LD_IMM64_SRCS = (0, op.BPF_PSEUDO_MAP_FD, op.BPF_PSEUDO_MAP_VALUE, op.BPF_PSEUDO_BTF_ID, op.BPF_PSEUDO_FUNC)
 
 
 def _check_mem(insn: Instruction, bad) -> None:
@@ -373,6 +393,10 @@ def text(insn: Instruction) -> str:
         return f"{r}{dst} {_ALU_TEXT[alu_op]} {imm}"
     if cls in (op.BPF_JMP, op.BPF_JMP32):
         jmp_op = op.BPF_OP(code)
+        if jmp_op == op.BPF_CALL and src == op.BPF_PSEUDO_CALL:
+            return f"call pc{imm:+d}"
+        if jmp_op == op.BPF_CALL and src == op.BPF_PSEUDO_KFUNC_CALL:
+            return f"call kernel-function#{imm}"
         if jmp_op == op.BPF_CALL:
             name = HELPER_NAMES.get(imm)
             return f"call {'bpf_' + name if name else 'unknown'}#{imm}"
@@ -387,6 +411,10 @@ def text(insn: Instruction) -> str:
         value = imm & U64_MASK
         if src == 0:
             return f"r{dst} = 0x{value:x}"
+        if src == op.BPF_PSEUDO_FUNC:
+            return f"r{dst} = subprog[{to_signed(value, 32):+d}]"
+        if src == op.BPF_PSEUDO_BTF_ID:
+            return f"r{dst} = btf_id[{value & U32_MASK}]"
         ref = f"map[{insn.map_name}]" if insn.map_name is not None else f"map[fd:{value & U32_MASK}]"
         if src == op.BPF_PSEUDO_MAP_VALUE:
             ref += f"[0]+{value >> 32}"

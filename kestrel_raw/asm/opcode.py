@@ -96,6 +96,7 @@ BPF_CMPXCHG = 0xF0 | BPF_FETCH
 # src_reg of ld_imm64: how the verifier reads the constant.
 BPF_PSEUDO_MAP_FD = 1  # imm is a map fd; the register gets the map pointer
 BPF_PSEUDO_MAP_VALUE = 2  # imm is a map fd, the second imm an offset; the register gets &value[0] + offset
+BPF_PSEUDO_BTF_ID = 3  # imm is a kernel variable's BTF id, the second imm its BTF object's fd (0: vmlinux)
 BPF_PSEUDO_FUNC = 4  # imm is a subprogram's offset in instructions; the register gets its address (callbacks)
 BPF_PSEUDO_MAP_IDX_VALUE = 5  # as MAP_VALUE, by index into the load's fd_array (not built here)
 

@@ -25,8 +25,12 @@ from dataclasses import dataclass, field
 
 from kestrel_raw.asm import opcode as op
 from kestrel_raw.bpfobj import corepatch
+from kestrel_raw.bpfobj.externs import (
+    EXT_KCFG, KCONFIG_SEC, ExternValues, HostFacts, KernelFacts, collect_externs, kconfig_size, resolve_externs,
+)
 from kestrel_raw.bpfobj.maps import (
-    BTF_MAPS_SEC, LEGACY_MAPS_SEC, MapDef, btf_maps, data_maps, data_section_kind, legacy_maps,
+    BTF_MAPS_SEC, LEGACY_MAPS_SEC, MapDef, btf_maps, data_maps, data_section_kind, internal_map_name,
+    legacy_maps,
 )
 from kestrel_raw.bpfobj.sections import SectionKind, parse_section
 from kestrel_raw.btf import BTF
@@ -36,6 +40,7 @@ from kestrel_raw.btf.kinds import CORE_RELO_KIND_NAMES
 from kestrel_raw.elf import ElfFile, Section, Symbol
 from kestrel_raw.elf.abi import EM_BPF, ET_REL, R_BPF_64_32, R_BPF_64_64, SHT_REL, STB_GLOBAL, STT_SECTION
 from kestrel_raw.errors import BpfObjectError, BTFError, CoreRelocationError
+from kestrel_raw.kernel.uapi import BPF_F_MMAPABLE, BPF_F_RDONLY_PROG, BPF_MAP_TYPE_ARRAY
 
 INSN_SIZE = 8
 _INSN = struct.Struct("<BBhi")
@@ -46,6 +51,8 @@ RELO_CALL = "call"             # a bpf-to-bpf call to a subprogram in .text
 RELO_SUBPROG_ADDR = "subprog"  # ld_imm64 of a subprogram's address (a callback)
 RELO_MAP = "map"               # ld_imm64 of a map (.maps or maps)
 RELO_DATA = "data"             # ld_imm64 of an address in a global-data section
+RELO_EXTERN_VAR = "extern_var"    # ld_imm64 of a __kconfig or __ksym extern variable
+RELO_EXTERN_FUNC = "extern_func"  # a call of a __ksym extern function (a kfunc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +211,13 @@ class BpfObject:
                 raise BpfObjectError(f"{source}: two maps are named {m.name!r} (in {self.maps[m.name].section!r} "
                                      f"and {m.section!r})")
             self.maps[m.name] = m
+        self.externs = collect_externs(self.elf, self.btf, source)
+        if size := kconfig_size(self.externs):
+            # The __kconfig values' map (libbpf's LIBBPF_MAP_KCONFIG): filled when the externs are resolved.
+            self.maps[KCONFIG_SEC] = MapDef(
+                name=KCONFIG_SEC, kernel_name=internal_map_name(self.name, KCONFIG_SEC), type=BPF_MAP_TYPE_ARRAY,
+                key_size=4, value_size=size, max_entries=1, map_flags=BPF_F_MMAPABLE | BPF_F_RDONLY_PROG,
+                section=KCONFIG_SEC, section_index=-1, initial=bytes(size), frozen=True)
         self.programs: dict[str, ProgramDef] = {}
         self.subprograms: dict[str, ProgramDef] = {}
         self._functions: dict[int, list[ProgramDef]] = {}   # section index -> its functions by offset
@@ -334,6 +348,13 @@ class BpfObject:
         if not name and sym.shndx < len(self.elf.sections):
             name = self.elf.section_by_index(sym.shndx).name   # a section symbol: name it by its section
         where = f"{where} (program {prog.name!r}, instruction {slot}, symbol {name!r})"
+        if code != op.BPF_JMP | op.BPF_CALL and code != op.LD_IMM64:
+            raise self._error(f"{where}: relocation of instruction code 0x{code:02x}, neither ld_imm64 nor a call")
+        if not sym.defined:
+            if not any(e.name == name for e in self.externs):
+                raise self._error(f"{where}: the symbol is undefined and no __kconfig or __ksym extern of the "
+                                  ".BTF declares it")
+            return Reloc(slot, RELO_EXTERN_FUNC if code == op.BPF_JMP | op.BPF_CALL else RELO_EXTERN_VAR, name)
         if code == op.BPF_JMP | op.BPF_CALL:
             if regs >> 4 != op.BPF_PSEUDO_CALL:
                 raise self._error(f"{where}: a call relocation on an instruction that is not a bpf-to-bpf call")
@@ -348,8 +369,6 @@ class BpfObject:
             raise self._error(f"{where}: relocation of instruction code 0x{code:02x}, neither ld_imm64 nor a call")
         if rtype != R_BPF_64_64:
             raise self._error(f"{where}: ld_imm64 relocation of type {rtype}, expected R_BPF_64_64 ({R_BPF_64_64})")
-        if not sym.defined:
-            raise self._error(f"{where}: extern symbols (__ksym, __kconfig) are not supported")
         if sym.shndx == self.text_index and (sym.type == STT_SECTION or (sym.is_function and sym.is_global)):
             return Reloc(slot, RELO_SUBPROG_ADDR, name, sym_off=sym.value)
         sec = self.elf.section_by_index(sym.shndx)
@@ -367,16 +386,25 @@ class BpfObject:
 
     # --- linking ------------------------------------------------------------------------------------
 
-    def link(self, target_btf: BTF | None = None, *, strict: bool = False) -> dict[str, LinkedProgram]:
+    def resolve_externs(self, facts: KernelFacts | None = None) -> ExternValues:
+        """The values of the object's __kconfig and __ksym externs, from ``facts`` (by default the running
+        kernel's files, ``HostFacts``: an extern that needs a feature probe then raises)."""
+        return resolve_externs(self.externs, self.btf, facts or HostFacts(), self.source)
+
+    def link(self, target_btf: BTF | None = None, *, strict: bool = False,
+             externs: ExternValues | None = None) -> dict[str, LinkedProgram]:
         """Every program, relocated and linked (see the module's docstring).
 
         ``target_btf`` is what CO-RE relocations resolve against (the running kernel's, by default loaded
         from /sys/kernel/btf/vmlinux when the object has any).  With ``strict`` a relocation that finds no
-        target is an error instead of a poisoned instruction.
+        target is an error instead of a poisoned instruction.  ``externs`` are the values of the object's
+        externs (``resolve_externs``; resolved from the running kernel when not given).
         """
+        if self.externs and externs is None:
+            externs = self.resolve_externs(HostFacts(btf=target_btf))
         code = {f.name: bytearray(f.insns) for f in (*self.programs.values(), *self.subprograms.values())}
         core = self._apply_core(code, target_btf, strict)
-        return {name: self._link_one(prog, code, core) for name, prog in self.programs.items()}
+        return {name: self._link_one(prog, code, core, externs) for name, prog in self.programs.items()}
 
     def _apply_core(self, code: dict[str, bytearray], target_btf: BTF | None,
                     strict: bool) -> dict[str, list[CoreApplied]]:
@@ -422,8 +450,8 @@ class BpfObject:
                 f"relocation #{index} ({CORE_RELO_KIND_NAMES.get(rec.kind, rec.kind)} of {what}, access "
                 f"\"{rec.access}\")")
 
-    def _link_one(self, main: ProgramDef, code: dict[str, bytearray],
-                  core: dict[str, list[CoreApplied]]) -> LinkedProgram:
+    def _link_one(self, main: ProgramDef, code: dict[str, bytearray], core: dict[str, list[CoreApplied]],
+                  externs: ExternValues | None) -> LinkedProgram:
         buf = bytearray(code[main.name])
         placed: dict[str, int] = {main.name: 0}      # function -> its first slot in this program (sub_insn_off)
         order: list[ProgramDef] = []
@@ -439,6 +467,8 @@ class BpfObject:
                 c, regs, off, imm = _INSN.unpack_from(buf, at)
                 is_call = c == op.BPF_JMP | op.BPF_CALL and regs >> 4 == op.BPF_PSEUDO_CALL
                 relo = by_slot.get(slot)
+                if relo is not None and relo.type == RELO_EXTERN_FUNC:
+                    continue    # a kfunc: written with the data relocations
                 is_func = c == op.LD_IMM64 and relo is not None and relo.type == RELO_SUBPROG_ADDR
                 if not is_call and not is_func:
                     continue
@@ -474,12 +504,17 @@ class BpfObject:
         reloc_code(main)
 
         refs = []
+        ext_by_name = {e.name: e for e in self.externs}
         for r in relocs:
-            if r.type not in (RELO_MAP, RELO_DATA):
+            if r.type not in (RELO_MAP, RELO_DATA, RELO_EXTERN_VAR, RELO_EXTERN_FUNC):
                 continue
             at = r.insn * INSN_SIZE
             c, regs, off, imm = _INSN.unpack_from(buf, at)
-            if r.type == RELO_MAP:
+            if r.type in (RELO_EXTERN_VAR, RELO_EXTERN_FUNC):
+                ref = self._extern(buf, r, ext_by_name[r.symbol], externs)
+                if ref is not None:
+                    refs.append(ref)
+            elif r.type == RELO_MAP:
                 _INSN.pack_into(buf, at, c, (regs & 0x0F) | op.BPF_PSEUDO_MAP_FD << 4, off, 0)
                 refs.append(MapRef(r.insn, r.map, op.BPF_PSEUDO_MAP_FD))
             else:
@@ -496,6 +531,32 @@ class BpfObject:
         return LinkedProgram(main.name, main.section, main.kind, main.target, bool(sk and sk.sleepable),
                              self.license, self.kern_version, bytes(buf), tuple(refs),
                              tuple(f.name for f in order), funcs, lines, applied)
+
+    @staticmethod
+    def _extern(buf: bytearray, r: Reloc, ext, values: ExternValues) -> MapRef | None:
+        """Write an extern's value into its instruction, as libbpf's bpf_object__relocate_data does."""
+        at = r.insn * INSN_SIZE
+        c, regs, off, _imm = _INSN.unpack_from(buf, at)
+        dst = regs & 0x0F
+        if r.type == RELO_EXTERN_FUNC:
+            ks = values.ksyms.get(ext.name)
+            _INSN.pack_into(buf, at, c, dst | op.BPF_PSEUDO_KFUNC_CALL << 4, ks.btf_fd_idx if ks else 0,
+                            ks.kernel_btf_id if ks else 0)
+            return None
+        c2, regs2, off2, _ = _INSN.unpack_from(buf, at + INSN_SIZE)
+        if ext.type == EXT_KCFG:
+            _INSN.pack_into(buf, at, c, dst | op.BPF_PSEUDO_MAP_VALUE << 4, off, 0)
+            _INSN.pack_into(buf, at + INSN_SIZE, c2, regs2, off2, ext.data_off)
+            return MapRef(r.insn, KCONFIG_SEC, op.BPF_PSEUDO_MAP_VALUE, ext.data_off)
+        ks = values.ksyms.get(ext.name)
+        if ext.type_id and ks is not None:
+            _INSN.pack_into(buf, at, c, dst | op.BPF_PSEUDO_BTF_ID << 4, off, ks.kernel_btf_id)
+            _INSN.pack_into(buf, at + INSN_SIZE, c2, regs2, off2, ks.kernel_btf_obj_fd)
+        else:
+            addr = ks.addr if ks is not None else 0
+            _INSN.pack_into(buf, at, c, regs, off, _s32(addr))
+            _INSN.pack_into(buf, at + INSN_SIZE, c2, regs2, off2, _s32(addr >> 32))
+        return None
 
     def _ext_info(self, main: ProgramDef, order: list[ProgramDef],
                   placed: dict[str, int]) -> tuple[tuple[FuncInfoRec, ...], tuple[LineInfoRec, ...]]:
@@ -516,3 +577,8 @@ class BpfObject:
                     lines.append(LineInfoRec(r.insn_off // INSN_SIZE + shift, r.file_name_off, r.line_off,
                                              r.line_col))
         return tuple(funcs), tuple(lines)
+
+
+def _s32(v: int) -> int:
+    v &= 0xFFFFFFFF
+    return v - (1 << 32) if v >> 31 else v

@@ -20,6 +20,8 @@ KPROBE = "kprobe"
 KRETPROBE = "kretprobe"
 UPROBE = "uprobe"
 URETPROBE = "uretprobe"
+USDT = "usdt"
+PERF_EVENT = "perf_event"
 
 # prefix -> (kind, sleepable).  Longest prefixes first, so "uprobe.s" is not read as "uprobe" + ".s".
 _PREFIXES: tuple[tuple[str, str, bool], ...] = (
@@ -30,6 +32,7 @@ _PREFIXES: tuple[tuple[str, str, bool], ...] = (
     ("kretprobe", KRETPROBE, False), ("kprobe", KPROBE, False),
     ("uretprobe.s", URETPROBE, True), ("uretprobe", URETPROBE, False),
     ("uprobe.s", UPROBE, True), ("uprobe", UPROBE, False),
+    ("usdt", USDT, False), ("perf_event", PERF_EVENT, False),
 )
 KNOWN_PREFIXES = tuple(p for p, _, _ in _PREFIXES)
 

@@ -42,7 +42,6 @@ MIB = 1 << 20
 # Defaults applied after the command line and the config file are merged (argparse's are all None, so
 # that which source gave a value stays known); the collector's own come from CollectorConfig.
 DEFAULTS = {
-    "events": "exec,open,connect,exit",
     "user": "nobody",
     "keep_privileges": False,
     "rotate_keep": 5,
@@ -53,7 +52,8 @@ DEFAULTS = {
 }
 # CollectorConfig's (and limits.py's) names for the settings, for its error messages: internal -> dest.
 CONFIG_NAMES = {
-    "event_types": "events", "event types": "events", "program_path": "dump_programs", "buffers": "buffers",
+    "event_types": "events", "event types": "events", "program_path": "object", "dump_dir": "dump_programs",
+    "buffers": "buffers",
     "buffer_size": "buffer_size", "queue_size": "queue_size", "queue_policy": "queue_policy", "btf_path": "btf",
     "wakeup_bytes": "wakeup_bytes", "poll_interval": "poll_interval", "flush_interval": "flush_interval",
     "latency": "latency", "drop_uid": "user", "drop_gid": "user", "stop_timeout": "stop_timeout",
@@ -68,8 +68,12 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
       help="read settings from FILE (TOML): its keys are these flags without the dashes (buffer-size = 4194304); "
            "a flag given here overrides the file; SIGHUP reads it again")
     g = run.add_argument_group("events").add_argument
-    g("--events", metavar="TYPES", help="comma-separated event types: exec, open, connect, exit (default: all)"
-      ).comma_list = True
+    g("--events", metavar="TYPES", help="comma-separated event types: exec, open, connect, exit (default: all; "
+      "none with --object)").comma_list = True
+    g("--object", metavar="FILE",
+      help="also load the BPF object FILE (clang -target bpf, libbpf style): its programs are attached where "
+           "their SEC() names say and each record of its ring buffers written as {\"object\", \"map\", \"len\", "
+           "\"hex\"}; the built-in programs run only if --events is given")
     g("--duration", type=float, metavar="SECONDS", help="stop after SECONDS")
     g = run.add_argument_group("outputs (standard output when none is given)").add_argument
     g("--output", "-o", metavar="FILE",
@@ -191,7 +195,12 @@ def make_plan(settings: Settings) -> Plan:
             kwargs["btf_path"] = v("btf")
         kwargs.update(run_audit_kwargs(settings.values))
         keep = v("keep_privileges")
-        config = CollectorConfig(event_types=parse_event_types(v("events")), program_path=v("dump_programs"),
+        events = v("events")
+        if events is None:  # every built-in type; none when a BPF object is what the user asked for
+            event_types = () if v("object") else parse_event_types("all")
+        else:
+            event_types = parse_event_types(events)
+        config = CollectorConfig(event_types=event_types, program_path=v("object"), dump_dir=v("dump_programs"),
                                  drop_privileges=not keep, drop_uid=uid, drop_gid=gid, deliver="json", **kwargs)
         check_rings(config.buffers, config.buffer_size)
     except SettingError:
@@ -584,6 +593,7 @@ async def _run(plan: Plan, outputs: Outputs) -> int:
                 if collector.reattached:
                     error(f"re-attached {', '.join(collector.reattached)}: the first attachment did not fire "
                           f"when the collector provoked it")
+                _report_object(collector)
                 if collector.privileges is not None:
                     error(f"attached; privileges dropped: {collector.privileges.describe()}")
                 else:
@@ -648,6 +658,15 @@ async def _run(plan: Plan, outputs: Outputs) -> int:
             if line:
                 print(line, file=sys.stderr)
         return status
+
+
+def _report_object(collector) -> None:
+    """What the --object loader did differently from the object's wishes (a program left unattached, a
+    weak extern left zero), one line each."""
+    obj = collector.bpf_object
+    if obj is not None:
+        for note in obj.notes:
+            error(f"{obj.name}: {note}")
 
 
 async def _finish(plan: Plan, outputs: Outputs, outs: list, recv, writable: bool, status: int) -> int:

@@ -8,7 +8,9 @@
         collector.stop()                  # detaches everything and closes every fd; start() returns
 
 The events go into a trio memory channel, or into an EventBus (kestrel_raw/sinks/bus.py) that fans them out
-to several subscribers: ``KestrelCollector(bus, config)``.
+to several subscribers: ``KestrelCollector(bus, config)``.  With ``config.program_path`` the collector also
+loads that BPF object, attaches its programs and reads its ring buffers (objects.py): its records come as
+``ObjectRecord`` values; with no ``event_types`` the object is all it runs.
 
 The class holds the collector's state and its life cycle (load, start, stop); each job is a module here:
 
@@ -17,6 +19,7 @@ The class holds the collector's state and its life cycle (load, start, stop); ea
     poll.py       the pollers (one task per ring, or one spinning task), their warm-up, the drain at stop
     deliver.py    records to Kestrel Events or JSON lines, into a channel or an EventBus, per queue_policy
     peers.py      recognising the other collectors, registering with them, pruning them
+    objects.py    the user's BPF object (program_path): loading, its rings, its records
     stats.py      the counters and the kernel's counters, CollectorStats
 
 Privileges: with ``drop_privileges`` the collector gives up every capability and root's uid once its
@@ -35,6 +38,9 @@ from kestrel_raw.collector.deliver import Delivery
 from kestrel_raw.collector.load import (
     build_programs, create_maps, fill_only, listing_text, load_btf, load_programs, write_listings,
 )
+from kestrel_raw.collector.objects import (
+    ObjectDelivery, ObjectRecord, load_object, object_poll_config, object_readers,
+)
 from kestrel_raw.collector.peers import TGID, peer_tgids, prune_peers, register_with_peers
 from kestrel_raw.collector.poll import BATCH_RECORDS, Stopping, drain_at_stop, poll_busy, poll_ring
 from kestrel_raw.collector.stats import CollectorStats, Counts, kernel_counters, snapshot
@@ -46,7 +52,7 @@ from kestrel_raw.kernel.prog import Program
 from kestrel_raw.maps import Map, RingBuf, RingBufReader
 from kestrel_raw.sinks.bus import EventBus
 
-__all__ = ["KestrelCollector", "CollectorStats", "BATCH_RECORDS"]
+__all__ = ["KestrelCollector", "CollectorStats", "ObjectRecord", "BATCH_RECORDS"]
 
 
 class KestrelCollector:
@@ -68,6 +74,9 @@ class KestrelCollector:
         # Tracepoints whose attachment did not fire when provoked and was made again (selfcheck.py).
         self.reattached: list[str] = []
         self._final: tuple[dict, tuple[int, ...]] | None = None  # stats() of the maps, taken as they close
+        self._event_tx = event_tx
+        self._object = None          # the LoadedObject of config.program_path (objects.py)
+        self._object_readers: list[tuple[RingBufReader, ObjectDelivery]] = []
 
     # -- load ----------------------------------------------------------------------------------------
 
@@ -84,20 +93,44 @@ class KestrelCollector:
 
             cfg.pin.check({spec.name: program_digest(insns).sha256 for spec, insns in built})
         try:
-            # Maps, and registration with the other collectors, so that they stop reporting this one as
-            # early as possible.
-            create_maps(cfg, len(specs), self._maps, self._rings)
-            if cfg.only_tgids is None:
-                register_with_peers(self._maps[programs.MAP_FILTER])
-            else:
-                fill_only(self._maps[programs.MAP_FILTER], cfg.only_tgids)
-            load_programs(cfg, built, self._maps, self._programs, self._listing)
+            if specs:
+                self._load_builtin(specs, built)
             if cfg.program_path is not None:
-                write_listings(cfg.program_path, self._listing)
+                self._load_object()
         except BaseException:
             self._close_all()
             raise
         self._loaded = True
+
+    def _load_builtin(self, specs: list, built: list) -> None:
+        cfg = self.config
+        # Maps first, and registration with the other collectors, so that they stop reporting this
+        # one as early as possible.
+        create_maps(cfg, len(specs), self._maps, self._rings)
+        if cfg.only_tgids is None:
+            register_with_peers(self._maps[programs.MAP_FILTER])
+        else:
+            fill_only(self._maps[programs.MAP_FILTER], cfg.only_tgids)
+        load_programs(cfg, built, self._maps, self._programs, self._listing)
+        if cfg.dump_dir is not None:
+            write_listings(cfg.dump_dir, self._listing)
+
+    def _load_object(self) -> None:
+        """The user's BPF object (program_path): maps created, programs verified, nothing attached."""
+        self._object = load_object(self.config, self._load_btf())
+
+    def _start_object(self) -> None:
+        """Attach the object's programs and open a reader per ring of it (objects.py)."""
+        obj = self._object
+        obj.attach()
+        self._object_readers = [
+            (reader, ObjectDelivery(self._event_tx, self.config, self._counts, obj.name, ring))
+            for ring, reader in object_readers(obj)]
+
+    @property
+    def bpf_object(self):
+        """The LoadedObject of config.program_path (its maps, programs, links and notes), or None."""
+        return self._object
 
     def _load_btf(self) -> BTF:
         """The kernel BTF the programs take their layouts from (bench/staircase.py builds with it too)."""
@@ -115,20 +148,24 @@ class KestrelCollector:
             with trio.CancelScope() as self._cancel:
                 # What to keep once attached is learnt before attaching: the probe forks a child, whose
                 # exit the programs would otherwise report as an event of someone else.
-                keep = self._capabilities_to_keep() if cfg.drop_privileges else 0
+                builtin = bool(self._programs)
+                keep = self._capabilities_to_keep() if cfg.drop_privileges and builtin else 0
                 attach_all(self._programs, self._links)
-                await check_attached(self._programs, self._links, self._maps[programs.MAP_SELF_RUNS],
-                                     self.reattached)
+                if builtin:
+                    await check_attached(self._programs, self._links, self._maps[programs.MAP_SELF_RUNS],
+                                         self.reattached)
+                if self._object is not None:
+                    self._start_object()
                 self._readers = [RingBufReader(ring, cfg.buffer_size) for ring in self._rings]
                 self._delivery.wall_offset = time.time_ns() - time.monotonic_ns()
-                if cfg.only_tgids is None:
+                if cfg.only_tgids is None and builtin:
                     # Again, now that this collector's programs are loaded: a collector that started
                     # at the same moment had none when load() looked, so it was not recognised then.
                     register_with_peers(self._maps[programs.MAP_FILTER])
                 if cfg.drop_privileges:
                     self.privileges = caps.drop_privileges(keep, cfg.drop_uid, cfg.drop_gid)
                 async with trio.open_nursery() as background:
-                    if cfg.only_tgids is None:
+                    if cfg.only_tgids is None and builtin:
                         background.start_soon(prune_peers, self._maps[programs.MAP_FILTER], cfg.peer_interval)
                     # The pollers return by themselves once stop() has detached the programs and they
                     # have drained their rings; the background tasks are cancelled then.
@@ -138,6 +175,9 @@ class KestrelCollector:
                         else:
                             for reader in self._readers:
                                 pollers.start_soon(poll_ring, reader, self._delivery, cfg, self._stopping)
+                        object_config = object_poll_config(cfg)
+                        for reader, delivery in self._object_readers:
+                            pollers.start_soon(poll_ring, reader, delivery, object_config, self._stopping)
                         task_status.started()
                     background.cancel_scope.cancel()
         finally:
@@ -158,6 +198,9 @@ class KestrelCollector:
             return
         for link in self._links.values():
             link.close()
+        if self._object is not None:
+            for link in self._object.links.values():
+                link.close()
         self._stopping.set()
         self._cancel.deadline = min(self._cancel.deadline, trio.current_time() + self.config.stop_timeout)
 
@@ -206,6 +249,12 @@ class KestrelCollector:
         # Links first (detach), then the last counts, then programs, readers (munmap) and maps.
         for link in self._links.values():
             link.close()
+        if self._object is not None:
+            for link in self._object.links.values():
+                link.close()
+            for reader, delivery in self._object_readers:
+                if not reader.closed:
+                    drain_at_stop(reader, delivery)
         # Detached: no record can arrive any more.  Hand on what the rings still hold, so that stopping
         # loses nothing (the channel must take it now: what it cannot take is counted as dropped).
         for reader in self._readers:
@@ -224,6 +273,11 @@ class KestrelCollector:
             m.close()
         for ring in self._rings:
             ring.close()
+        for reader, _delivery in self._object_readers:
+            reader.close()
+        self._object_readers = []
+        if self._object is not None:
+            self._object.close()
         self._links.clear()
         self._readers.clear()
         self._closed = self._loaded or self._closed

@@ -66,7 +66,8 @@ class CollectorStats:
 def snapshot(counts: Counts, kernel: dict[str, dict[str, list[int]]], peers: tuple[int, ...]) -> CollectorStats:
     return CollectorStats(
         records=counts.records,
-        delivered={KIND_NAMES[k]: v for k, v in counts.delivered.items()},
+        # a BPF object's records are counted under "<object>:<ring>" (collector/objects.py)
+        delivered={KIND_NAMES.get(k, k): v for k, v in counts.delivered.items()},
         parse_errors=counts.parse_errors,
         user_dropped=counts.user_dropped,
         kernel=kernel,

@@ -1,7 +1,9 @@
-"""Attaching programs: classic tracepoints through perf_event_open, raw tracepoints through bpf(2)."""
+"""Attaching programs: classic tracepoints, kprobes and uprobes through perf_event_open, raw tracepoints and
+BTF-typed programs (tp_btf, fentry, fexit) through bpf(2)."""
 from __future__ import annotations
 
 import errno
+import os
 
 from kestrel_raw.kernel import bpf, perf
 from kestrel_raw.errors import BPFError
@@ -95,6 +97,51 @@ def attach_tracepoint(program, group: str, name: str, tracefs: str | None = None
     except BaseException:
         event.close()
         raise
+
+
+def _attach_perf(program, event: FD, kind: str, target: str) -> Link:
+    """Link ``program`` to an open perf event (BPF_LINK_CREATE, else the ioctls), enabling it."""
+    try:
+        try:
+            link = bpf.link_create(program.fileno(), event.fileno(), BPF_PERF_EVENT)
+        except BPFError as e:
+            if e.errno not in _LINK_CREATE_REFUSED:
+                raise
+            perf.ioc_set_bpf(event.fileno(), program.fileno())
+            perf.ioc_enable(event.fileno())
+            return Link("perf_ioctl", perf_fd=event, target=target)
+        try:
+            perf.ioc_enable(event.fileno())
+        except BaseException:
+            link.close()
+            raise
+        return Link("perf_link", link_fd=link, perf_fd=event, target=target)
+    except BaseException:
+        event.close()
+        raise
+
+
+def attach_uprobe(program, binary: str, offset: int, retprobe: bool = False, pid: int = -1) -> Link:
+    """Attach ``program`` (BPF_PROG_TYPE_KPROBE) at file offset ``offset`` of ``binary`` (an executable or
+    shared library; kestrel_raw.elf's ``symbol_file_offset`` gives a function's), for every process (pid
+    -1) or one; ``retprobe`` at the function's return instead."""
+    event = perf.probe_event("uprobe", os.fsencode(binary), offset, retprobe, pid)
+    kind = "uretprobe" if retprobe else "uprobe"
+    return _attach_perf(program, event, kind, f"{kind}:{binary}+0x{offset:x}")
+
+
+def attach_kprobe(program, function: str, offset: int = 0, retprobe: bool = False) -> Link:
+    """Attach ``program`` (BPF_PROG_TYPE_KPROBE) to kernel function ``function`` (+ ``offset``), or to its
+    return.  SetupError on a kernel without kprobes (no kprobe PMU)."""
+    event = perf.probe_event("kprobe", function.encode(), offset, retprobe)
+    kind = "kretprobe" if retprobe else "kprobe"
+    return _attach_perf(program, event, kind, f"{kind}:{function}" + (f"+0x{offset:x}" if offset else ""))
+
+
+def attach_btf_program(program, target: str = "") -> Link:
+    """Attach a BTF-typed program (tp_btf, fentry, fexit: BPF_PROG_TYPE_TRACING, loaded with the target's
+    attach_btf_id) where it was loaded for: BPF_RAW_TRACEPOINT_OPEN with no name."""
+    return Link("tracing", link_fd=bpf.raw_tracepoint_open(None, program.fileno()), target=target)
 
 
 def attach_raw_tracepoint(program, name: str) -> Link:

@@ -19,11 +19,10 @@ from kestrel_raw.kernel.fd import FD
 from kestrel_raw.kernel.uapi import (
     BPF_BTF_LOAD, BPF_ENABLE_STATS, BPF_ITER_CREATE, BPF_LINK_CREATE, BPF_LINK_GET_NEXT_ID, BPF_MAP_CREATE,
     BPF_MAP_DELETE_ELEM, BPF_MAP_FREEZE, BPF_MAP_GET_FD_BY_ID, BPF_MAP_GET_NEXT_ID, BPF_MAP_GET_NEXT_KEY,
-    BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_BATCH,
-    BPF_MAP_UPDATE_ELEM, BPF_OBJ_GET_INFO_BY_FD, BPF_OBJ_NAME_LEN, BPF_PROG_GET_FD_BY_ID,
-    BPF_PROG_GET_NEXT_ID, BPF_PROG_LOAD, BPF_RAW_TRACEPOINT_OPEN, BPF_ANY, BPF_CMD_NAMES, BpfLinkInfo,
-    BpfMapInfo, BpfProgInfo, BtfLoadAttr, EnableStatsAttr, GetIdAttr, InfoByFdAttr, IterCreateAttr,
-    LinkCreateAttr, MapBatchAttr, MapCreateAttr, MapElemAttr, ProgLoadAttr, RawTracepointAttr,
+    BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_BATCH, BPF_MAP_UPDATE_ELEM, BPF_OBJ_GET_INFO_BY_FD, BPF_OBJ_NAME_LEN,
+    BPF_PROG_GET_FD_BY_ID, BPF_PROG_GET_NEXT_ID, BPF_PROG_LOAD, BPF_RAW_TRACEPOINT_OPEN, BPF_ANY, BPF_CMD_NAMES,
+    BpfLinkInfo, BpfMapInfo, BpfProgInfo, BtfLoadAttr, EnableStatsAttr, GetIdAttr, InfoByFdAttr, IterCreateAttr,
+    LinkCreateAttr, MapBatchAttr, MapCreateAttr, MapElemAttr, MapFreezeAttr, ProgLoadAttr, RawTracepointAttr,
 )
 from kestrel_raw.kernel.layout import Layout
 
@@ -58,6 +57,9 @@ class MapInfo:
     value_size: int
     max_entries: int
     map_flags: int
+    btf_id: int = 0             # the BTF the map was created with (0: none), and its key and value types there
+    btf_key_type_id: int = 0
+    btf_value_type_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,18 @@ def map_create(map_type: int, key_size: int, value_size: int, max_entries: int, 
     last = "btf_value_type_id" if btf_fd else "map_name" if name else "numa_node"
     size = MapCreateAttr.offsetofend(last)
     return FD(_call(BPF_MAP_CREATE, attr, size, _map_create_hint(map_type, key_size, value_size, max_entries)))
+
+
+def map_freeze(map_fd: int) -> None:
+    """BPF_MAP_FREEZE: no bpf(2) write to the map from user space from now on (a .rodata map once its values
+    are in; the programs' own access is the map's BPF_F_RDONLY_PROG/BPF_F_WRONLY_PROG flags); the contents of
+    a frozen read-only map are constants to the verifier."""
+    def hint(err: int) -> str:
+        if err == errno.EBUSY:
+            return "the map is mapped writable (mmap), already frozen, or being written; unmap it first"
+        return ""
+    attr = MapFreezeAttr.pack(map_fd=map_fd)
+    _call(BPF_MAP_FREEZE, attr, MapFreezeAttr.offsetofend("map_fd"), hint)
 
 
 def btf_load(blob: bytes, log_size: int = 64 * 1024) -> FD:
@@ -191,19 +205,6 @@ def map_delete_elem(map_fd: int, key: bytes) -> bool:
     return True
 
 
-def map_freeze(map_fd: int) -> None:
-    """BPF_MAP_FREEZE: no bpf(2) write to the map from user space from now on (the programs' own access is
-    the map's BPF_F_RDONLY_PROG/BPF_F_WRONLY_PROG flags); the contents of a frozen read-only map are
-    constants to the verifier."""
-    attr = MapElemAttr.pack(map_fd=map_fd)
-
-    def hint(err: int) -> str:
-        if err == errno.EBUSY:
-            return "the map is mapped writable, or already frozen"
-        return ""
-    _call(BPF_MAP_FREEZE, attr, MapElemAttr.offsetofend("map_fd"), hint)
-
-
 def map_get_next_key(map_fd: int, key: bytes | None, key_size: int) -> bytes | None:
     """The key after ``key`` (the first key when ``key`` is None), or None at the end."""
     key_buf = _arg(key, key_size, "key") if key is not None else None
@@ -225,26 +226,38 @@ LOG_BUF_START = 1 << 20
 LOG_BUF_MAX = 1 << 30  # the kernel's own limit on log_size (UINT_MAX >> 2)
 
 
+# Sizes of the records BPF_PROG_LOAD takes for func_info and line_info (struct bpf_func_info: insn_off,
+# type_id; struct bpf_line_info: insn_off, file_name_off, line_off, line_col), as .BTF.ext holds them.
+BPF_FUNC_INFO_REC_SIZE = 8
+BPF_LINE_INFO_REC_SIZE = 16
+
+
 def prog_load(prog_type: int, insns: bytes, license: str = "GPL", name: str = "",
               expected_attach_type: int = 0, attach_btf_id: int = 0, attach_btf_obj_fd: int = 0,
               prog_flags: int = 0, kern_version: int = 0, log_level: int = 0,
-              log_size: int = LOG_BUF_START) -> FD:
+              log_size: int = LOG_BUF_START, prog_btf_fd: int = 0, func_info: bytes = b"",
+              line_info: bytes = b"") -> FD:
     """Load a program; on failure load it again with the verifier log on and raise ``VerifierError``.
 
     The first load runs with no log, as a log costs verifier time on every load.  The log load starts with
     a ``log_size`` buffer and grows it while the kernel answers ENOSPC (the log did not fit).
     ``log_level`` > 0 asks for a log on the first load too (it is then discarded on success: to keep it,
     ``prog_load_with_log``).
+
+    ``prog_btf_fd`` is the program's own BTF (BPF_BTF_LOAD), which ``func_info`` (packed struct
+    bpf_func_info records, instruction offsets in slots) and ``line_info`` (struct bpf_line_info) refer
+    to: with them the verifier's log and ``bpftool prog dump`` show the source lines.
     """
     fd, _log = _prog_load(prog_type, insns, license, name, expected_attach_type, attach_btf_id,
-                          attach_btf_obj_fd, prog_flags, kern_version, log_level, log_size, keep_log=False)
+                          attach_btf_obj_fd, prog_flags, kern_version, log_level, log_size, keep_log=False,
+                          prog_btf_fd=prog_btf_fd, func_info=func_info, line_info=line_info)
     return fd
 
 
 def prog_load_with_log(prog_type: int, insns: bytes, log_level: int = 1, license: str = "GPL", name: str = "",
                        expected_attach_type: int = 0, attach_btf_id: int = 0, attach_btf_obj_fd: int = 0,
-                       prog_flags: int = 0, kern_version: int = 0,
-                       log_size: int = LOG_BUF_START) -> tuple[FD, str]:
+                       prog_flags: int = 0, kern_version: int = 0, log_size: int = LOG_BUF_START,
+                       prog_btf_fd: int = 0, func_info: bytes = b"", line_info: bytes = b"") -> tuple[FD, str]:
     """Load a program with the verifier's log at ``log_level`` (1: the instructions as verified and the
     states at branches; 2: the state after every instruction; 4: statistics only) and return the fd and the
     whole log: what the verifier proved.  The buffer grows while the kernel answers ENOSPC (a log that did
@@ -252,24 +265,51 @@ def prog_load_with_log(prog_type: int, insns: bytes, log_level: int = 1, license
     if log_level <= 0:
         raise ValueError(f"log_level must be 1 or more to keep a log, not {log_level}")
     return _prog_load(prog_type, insns, license, name, expected_attach_type, attach_btf_id, attach_btf_obj_fd,
-                      prog_flags, kern_version, log_level, log_size, keep_log=True)
+                      prog_flags, kern_version, log_level, log_size, keep_log=True, prog_btf_fd=prog_btf_fd,
+                      func_info=func_info, line_info=line_info)
 
 
 def _prog_load(prog_type: int, insns: bytes, license: str, name: str, expected_attach_type: int,
                attach_btf_id: int, attach_btf_obj_fd: int, prog_flags: int, kern_version: int, log_level: int,
-               log_size: int, keep_log: bool) -> tuple[FD, str]:
+               log_size: int, keep_log: bool, prog_btf_fd: int = 0, func_info: bytes = b"",
+               line_info: bytes = b"") -> tuple[FD, str]:
     raw_name = check_object_name(name, "program")
     if len(insns) % 8 or not insns:
         raise ValueError(f"a program is a non-empty sequence of 8-byte instructions, got {len(insns)} bytes")
+    for what, blob, rec in (("func_info", func_info, BPF_FUNC_INFO_REC_SIZE),
+                            ("line_info", line_info, BPF_LINE_INFO_REC_SIZE)):
+        if len(blob) % rec:
+            raise ValueError(f"{what} is {len(blob)} bytes, not a whole number of {rec}-byte records")
+        if blob and not prog_btf_fd:
+            raise ValueError(f"{what} refers to the program's BTF: pass its fd as prog_btf_fd")
     code = bytearray(insns)
     lic = bytearray(license.encode("ascii") + b"\0")
-    # attach_btf_id and attach_btf_obj_fd (5.5/5.10) only when used, so that the others need less of the attr.
-    last = "attach_btf_obj_fd" if attach_btf_id or attach_btf_obj_fd else "expected_attach_type"
-    with syscall.pinned(code) as insns_ptr, syscall.pinned(lic) as license_ptr:
+    funcs = bytearray(func_info) if func_info else None
+    lines = bytearray(line_info) if line_info else None
+    # attach_btf_id and attach_btf_obj_fd (5.5/5.10) only when used, the BTF fields (5.0/5.1) only when a
+    # BTF is given, so that the others need less of the attr.
+    if attach_btf_id or attach_btf_obj_fd:
+        last = "attach_btf_obj_fd"
+    elif lines is not None:
+        last = "line_info_cnt"
+    elif funcs is not None:
+        last = "func_info_cnt"
+    elif prog_btf_fd:
+        last = "prog_btf_fd"
+    else:
+        last = "expected_attach_type"
+    with syscall.pinned(code) as insns_ptr, syscall.pinned(lic) as license_ptr, \
+            syscall.pinned(funcs) as func_ptr, syscall.pinned(lines) as line_ptr:
         fields = dict(prog_type=prog_type, insn_cnt=len(insns) // 8, insns=insns_ptr, license=license_ptr,
                       kern_version=kern_version, prog_flags=prog_flags, prog_name=raw_name,
                       expected_attach_type=expected_attach_type, attach_btf_id=attach_btf_id,
-                      attach_btf_obj_fd=attach_btf_obj_fd)
+                      attach_btf_obj_fd=attach_btf_obj_fd, prog_btf_fd=prog_btf_fd)
+        if funcs is not None:
+            fields.update(func_info_rec_size=BPF_FUNC_INFO_REC_SIZE, func_info=func_ptr,
+                          func_info_cnt=len(funcs) // BPF_FUNC_INFO_REC_SIZE)
+        if lines is not None:
+            fields.update(line_info_rec_size=BPF_LINE_INFO_REC_SIZE, line_info=line_ptr,
+                          line_info_cnt=len(lines) // BPF_LINE_INFO_REC_SIZE)
         size = ProgLoadAttr.offsetofend(last)
         if not keep_log:
             fd, err, _ = _prog_load_once(fields, size, log_level, log_size if log_level else 0)
@@ -374,7 +414,8 @@ def map_info(fd: int) -> MapInfo:
     info = _info(fd, BpfMapInfo)
     return MapInfo(id=info["id"], type=info["type"], name=info["name"].decode("ascii", "replace"),
                    key_size=info["key_size"], value_size=info["value_size"], max_entries=info["max_entries"],
-                   map_flags=info["map_flags"])
+                   map_flags=info["map_flags"], btf_id=info["btf_id"], btf_key_type_id=info["btf_key_type_id"],
+                   btf_value_type_id=info["btf_value_type_id"])
 
 
 def link_info(fd: int) -> LinkInfo:
@@ -398,13 +439,17 @@ def iter_create(link_fd: int) -> FD:
     return FD(_call(BPF_ITER_CREATE, attr, IterCreateAttr.offsetofend("flags")))
 
 
-def raw_tracepoint_open(name: str, prog_fd: int) -> FD:
+def raw_tracepoint_open(name: str | None, prog_fd: int) -> FD:
+    """BPF_RAW_TRACEPOINT_OPEN.  ``name`` None (a NULL name) attaches a BTF-typed program (tp_btf, fentry,
+    fexit) where its attach_btf_id says, as libbpf's bpf_program__attach_trace does."""
     def hint(err: int) -> str:
+        if name is None:
+            return ""
         if err == errno.ENOENT:
             return (f"the kernel has no raw tracepoint {name!r} (per-syscall events such as sys_enter_openat "
                     f"are not raw tracepoints; use sys_enter with the syscall number)")
         return ""
-    with syscall.pinned(bytearray(name.encode("ascii") + b"\0")) as name_ptr:
+    with syscall.pinned(None if name is None else bytearray(name.encode("ascii") + b"\0")) as name_ptr:
         attr = RawTracepointAttr.pack(name=name_ptr, prog_fd=prog_fd)
         return FD(_call(BPF_RAW_TRACEPOINT_OPEN, attr, RawTracepointAttr.offsetofend("prog_fd"), hint))
 

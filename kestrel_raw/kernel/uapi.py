@@ -71,6 +71,12 @@ BPF_MAP_TYPE_ARRAY_OF_MAPS = 12
 BPF_MAP_TYPE_HASH_OF_MAPS = 13
 BPF_MAP_TYPE_QUEUE = 22
 BPF_MAP_TYPE_STACK = 23
+BPF_MAP_TYPE_DEVMAP = 14
+BPF_MAP_TYPE_SOCKMAP = 15
+BPF_MAP_TYPE_CPUMAP = 16
+BPF_MAP_TYPE_XSKMAP = 17
+BPF_MAP_TYPE_SOCKHASH = 18
+BPF_MAP_TYPE_DEVMAP_HASH = 25
 BPF_MAP_TYPE_RINGBUF = 27
 BPF_MAP_TYPE_TASK_STORAGE = 29
 # map_create for local storage (task, inode, socket): created empty, an entry per object on demand
@@ -89,12 +95,17 @@ BPF_PROG_TYPE_RAW_TRACEPOINT = 17
 BPF_PROG_TYPE_TRACING = 26
 BPF_PROG_TYPE_LSM = 29
 
+BPF_PROG_TYPE_EXT = 28
+
 # --- enum bpf_attach_type ---------------------------------------------------------------------------------
 BPF_TRACE_RAW_TP = 23
 BPF_TRACE_FENTRY = 24
 BPF_TRACE_FEXIT = 25
+BPF_MODIFY_RETURN = 26
+BPF_LSM_MAC = 27
 BPF_TRACE_ITER = 28
 BPF_PERF_EVENT = 41
+BPF_TRACE_KPROBE_MULTI = 42
 
 # --- enum bpf_link_type -----------------------------------------------------------------------------------
 BPF_LINK_TYPE_UNSPEC = 0
@@ -189,6 +200,9 @@ PERF_EVENT_IOC_ENABLE = _IO("$", 0)
 PERF_EVENT_IOC_DISABLE = _IO("$", 1)
 PERF_EVENT_IOC_SET_BPF = _IOW("$", 8, 4)  # argument: __u32 program fd
 
+
+# --- dynamic PMUs (kprobe, uprobe): their type and config bits are read from sysfs, not fixed ------------
+PMU_DEVICES = "/sys/bus/event_source/devices"   # <pmu>/type; <pmu>/format/retprobe ("config:0")
 
 # --- struct perf_event_attr ------------------------------------------------------------------------------
 # Up to config3 (PERF_ATTR_SIZE_VER8).  A kernel that knows a smaller revision accepts it as long as the bytes
@@ -297,6 +311,10 @@ ProgLoadAttr = Layout("union bpf_attr: BPF_PROG_LOAD", [
     ("line_info_cnt", U32),
     ("attach_btf_id", U32),
     (("attach_prog_fd", "attach_btf_obj_fd"), U32),
+])
+
+MapFreezeAttr = Layout("union bpf_attr: BPF_MAP_FREEZE", [
+    ("map_fd", U32),
 ])
 
 InfoByFdAttr = Layout("union bpf_attr: BPF_OBJ_GET_INFO_BY_FD (info)", [
