@@ -11,7 +11,12 @@ from kestrel_raw.spec import EventType
 QUEUE_POLICIES = ("block", "drop")
 DELIVERIES = ("events", "json")
 LATENCIES = ("batch", "low")
-ALL_EVENT_TYPES: tuple[EventType, ...] = (EventType.EXEC, EventType.OPEN, EventType.CONNECT, EventType.EXIT)
+# Every type the collector can collect ("all" on the command line), and what it collects when not told.  The
+# uprobe events (shell_command, dns_query) are off by default: each call of the probed function costs a trap
+# into the kernel (README, Performance).
+ALL_EVENT_TYPES: tuple[EventType, ...] = (EventType.EXEC, EventType.OPEN, EventType.CONNECT, EventType.EXIT,
+                                          EventType.SHELL_COMMAND, EventType.DNS_QUERY)
+DEFAULT_EVENT_TYPES: tuple[EventType, ...] = (EventType.EXEC, EventType.OPEN, EventType.CONNECT, EventType.EXIT)
 _VALID_NAMES = ", ".join(t.label for t in EventType)
 
 
@@ -85,6 +90,7 @@ class CollectorConfig:
         reader the scheduler sets aside for a few ms (measured here: up to 4-8 ms, when it shares a CPU
         with the traced loop) loses nothing; with 256 KiB rings that loop lost 0.1-4% of its opens.
     event_types: which events to collect: EventType values or their names ("exec"...); stored as a tuple.
+        Default: exec, open, connect, exit; shell_command and dns_query (uprobes) only when named.
     queue_size: events buffered between the ring-buffer pollers and each consumer (with an EventBus for
         output, each subscriber's ``max_buffer`` instead).
     queue_policy: what happens when the consumer is slow and the queue is full.  "block": the pollers wait
@@ -122,7 +128,7 @@ class CollectorConfig:
     dump_dir: str | None = None
     buffers: int | None = None
     buffer_size: int = 1 << 20
-    event_types: tuple[EventType, ...] = field(default=ALL_EVENT_TYPES)
+    event_types: tuple[EventType, ...] = field(default=DEFAULT_EVENT_TYPES)
     queue_size: int = 8192
     queue_policy: str = "block"
     btf_path: str = "/sys/kernel/btf/vmlinux"

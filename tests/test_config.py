@@ -95,7 +95,9 @@ def test_parse_event_types():
     assert parse_event_types("exec,open") == (EventType.EXEC, EventType.OPEN)
     assert parse_event_types(" exit , EXEC ") == (EventType.EXIT, EventType.EXEC)
     assert parse_event_types("all") == tuple(EventType)
-    with pytest.raises(ConfigError, match="unknown event type 'fork'; valid: exec, open, connect, exit"):
+    assert CollectorConfig().event_types == (EventType.EXEC, EventType.OPEN, EventType.CONNECT, EventType.EXIT)
+    with pytest.raises(ConfigError, match="unknown event type 'fork'; valid: exec, open, connect, exit, "
+                                          "shell_command, dns_query"):
         parse_event_types("exec,fork")
     with pytest.raises(ConfigError, match="none given"):
         parse_event_types(" , ")

@@ -30,8 +30,8 @@ HELP = "collect events and print them as JSON lines"
 
 def add_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument("--events", default=None,
-                     help="comma-separated event types: exec, open, connect, exit (default: all; none with "
-                          "--object)")
+                     help="comma-separated event types: exec, open, connect, exit, shell_command, dns_query, "
+                          "or all (default: exec, open, connect, exit; none with --object)")
     run.add_argument("--object", metavar="FILE",
                      help="also load the BPF object FILE (clang -target bpf, libbpf style): its programs are "
                           "attached where their SEC() names say and each record of its ring buffers printed as "
@@ -82,9 +82,11 @@ def _user_ids(user: str) -> tuple[int, int]:
 
 
 def _event_types(args: argparse.Namespace, parse) -> tuple:
-    """--events as given; without it every built-in type, or none when --object names a BPF object."""
+    """--events as given; without it the default types, or none when --object names a BPF object."""
+    from kestrel_raw.config import DEFAULT_EVENT_TYPES
+
     if args.events is None:
-        return () if args.object else parse("all")
+        return () if args.object else DEFAULT_EVENT_TYPES
     return parse(args.events)
 
 

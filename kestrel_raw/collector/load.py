@@ -18,8 +18,9 @@ from kestrel_raw.errors import BPFError, BTFError, SetupError
 from kestrel_raw.kernel import bpf
 from kestrel_raw.kernel.prog import Program
 from kestrel_raw.kernel.tracefs import find_tracefs, tracepoint_format
-from kestrel_raw.kernel.uapi import BPF_MAP_TYPE_ARRAY_OF_MAPS
-from kestrel_raw.maps import HashMap, Map, PerCPUArrayMap, ProgArrayMap, RingBuf, TaskStorageMap
+from kestrel_raw.kernel.uapi import BPF_MAP_TYPE_ARRAY_OF_MAPS, BPF_PROG_TYPE_KPROBE
+from kestrel_raw.maps import ArrayMap, HashMap, Map, PerCPUArrayMap, ProgArrayMap, RingBuf, TaskStorageMap
+from kestrel_raw.programs import dns, shell
 
 _U32 = struct.Struct("<I")  # the outer map's key (ring index) and value (ring fd)
 
@@ -61,6 +62,16 @@ def create_maps(cfg: CollectorConfig, nprograms: int, maps: dict[str, Map], ring
         TGID.size, START.size, FILTER_ENTRIES, name=FILTER_MAP_NAME if cfg.only_tgids is None else ONLY_MAP_NAME)
 
 
+def create_probe_maps(specs: list[programs.ProgramSpec], maps: dict[str, Map]) -> None:
+    """The maps only the uprobe programs use, when they are loaded: dns_query's per-thread slot joining a
+    getaddrinfo call to its return, and the shell check's tgid (kestrel_raw/collector/shellcheck.py)."""
+    names = {s.name for s in specs}
+    if {"kr_dns_call", "kr_dns_ret"} & names:
+        maps[dns.MAP_DNS] = TaskStorageMap(dns.DNS_VALUE_SIZE, name=dns.MAP_DNS)
+    if "kr_shell" in names:
+        maps[shell.MAP_CHECK] = ArrayMap(4, 1, name=shell.MAP_CHECK)
+
+
 def fill_only(filter_map: HashMap, tgids: tuple[int, ...]) -> None:
     """An only-mode filter: the programs report these tgids alone."""
     for tgid in tgids:
@@ -90,14 +101,18 @@ def load_programs(cfg: CollectorConfig, specs: list[programs.ProgramSpec], maps:
     this process in MAP_SELF_RUNS at their index in ``loaded``."""
     filter_mode = programs.FILTER_IGNORE if cfg.only_tgids is None else programs.FILTER_ONLY
     find_tracefs()
-    formats = {s.name: tracepoint_format(s.group, s.tracepoint) for s in specs if s.tail is None}
+    formats = {s.name: tracepoint_format(s.group, s.tracepoint) for s in specs
+               if s.tail is None and s.probe is None}
     layout = programs.KernelLayout.from_btf(load_btf(cfg.btf_path))
     for spec in specs:
+        if spec.probe is not None:
+            spec.probe.locate()  # the file and the symbol exist: say so now, not at the attach
         insns = programs.build(spec, formats.get(spec.name), layout, self_tgid=os.getpid(),
                                nrings=cfg.buffers,
                                wakeup_threshold=-1 if cfg.latency == "low" else cfg.wakeup_bytes,
                                filter_mode=filter_mode, self_index=len(loaded) if spec.tail is None else None)
-        prog = Program(insns, maps=maps, name=spec.name)
+        prog = Program(insns, maps=maps, name=spec.name,
+                       **({"prog_type": BPF_PROG_TYPE_KPROBE} if spec.probe is not None else {}))
         loaded.append((spec, prog))
         listing.append((spec, insns))
         if spec.tail is not None:
@@ -108,8 +123,13 @@ def listing_text(spec: programs.ProgramSpec, insns: list) -> str:
     """One program as text, as an auditor would read it: where it attaches, then its disassembly."""
     from kestrel_raw.asm import format_program
 
-    where = (f"tracepoint {spec.group}:{spec.tracepoint}" if spec.tail is None
-             else f"reached by tail call, slot {spec.tail} of {programs.MAP_TAILS}")
+    if spec.probe is not None:
+        path, offset = spec.probe.locate()
+        where = f"{spec.probe.kind} {path}:{spec.probe.symbol} (file offset 0x{offset:x})"
+    elif spec.tail is None:
+        where = f"tracepoint {spec.group}:{spec.tracepoint}"
+    else:
+        where = f"reached by tail call, slot {spec.tail} of {programs.MAP_TAILS}"
     return f"; {spec.name}: {where}\n{format_program(insns)}"
 
 
