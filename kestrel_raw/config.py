@@ -77,6 +77,9 @@ class CollectorConfig:
         objects.py).  Its records come out as ``ObjectRecord`` values (or, with deliver="json", JSON lines
         {"object", "map", "len", "hex"}), parsed by ``record_schema`` when given.  None: no object.
         (This option used to name the listing directory, which is now ``dump_dir``.)
+    asm_object: programs of your own assembled with kestrel_raw.asm, and their maps
+        (kestrel_raw.probes.user.AsmObject): loaded, attached and read as a BPF object of program_path is,
+        their records handed on as ``ObjectRecord`` values.  At most one of program_path and asm_object.
     record_schema: how the object's records are parsed: a construct ``Struct`` (every ring), or a dict of
         ring map name -> construct; each parsed record is handed on as plain dicts and lists
         (``ObjectRecord.value``).  None: records stay bytes.
@@ -124,6 +127,7 @@ class CollectorConfig:
     """
 
     program_path: str | None = None
+    asm_object: object = None
     record_schema: object = None
     dump_dir: str | None = None
     buffers: int | None = None
@@ -158,9 +162,18 @@ class CollectorConfig:
             if not os.path.isdir(path):
                 raise ConfigError(f"dump_dir {path!r} is not a directory; create it or leave it unset")
             object.__setattr__(self, "dump_dir", path)
+        if self.asm_object is not None:
+            from kestrel_raw.probes.user import AsmObject
+
+            if not isinstance(self.asm_object, AsmObject):
+                raise ConfigError(f"asm_object must be a kestrel_raw.probes.user.AsmObject, got {self.asm_object!r}")
+            if self.program_path is not None:
+                raise ConfigError("program_path and asm_object are both given: the collector loads one object; "
+                                  "give one of them")
         if self.record_schema is not None:
-            if self.program_path is None:
-                raise ConfigError("record_schema parses the records of a BPF object: give program_path too")
+            if self.program_path is None and self.asm_object is None:
+                raise ConfigError("record_schema parses the records of a BPF object: give program_path (or "
+                                  "asm_object) too")
             schemas = self.record_schema.values() if isinstance(self.record_schema, dict) else [self.record_schema]
             for schema in schemas:
                 if not callable(getattr(schema, "parse", None)):
@@ -181,9 +194,9 @@ class CollectorConfig:
         if isinstance(types, (str, EventType)):
             types = [types]
         types = _dedupe(_event_type(t) for t in types)
-        if not types and self.program_path is None:
+        if not types and self.program_path is None and self.asm_object is None:
             raise ConfigError(f"event_types is empty; give at least one of: {_VALID_NAMES} (or a BPF object as "
-                              "program_path)")
+                              "program_path, or asm_object)")
         object.__setattr__(self, "event_types", types)
         _positive_int("queue_size", self.queue_size)
         if self.queue_policy not in QUEUE_POLICIES:

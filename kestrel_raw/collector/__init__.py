@@ -91,7 +91,7 @@ class KestrelCollector:
         try:
             if specs:
                 self._load_builtin(specs)
-            if cfg.program_path is not None:
+            if cfg.program_path is not None or cfg.asm_object is not None:
                 self._load_object()
         except BaseException:
             self._close_all()
@@ -143,7 +143,8 @@ class KestrelCollector:
             check.reap()
 
     def _load_object(self) -> None:
-        """The user's BPF object (program_path): maps created, programs verified, nothing attached."""
+        """The user's BPF object (program_path) or assembled programs (asm_object): maps created, programs
+        verified, nothing attached."""
         self._object = load_object(self.config, self._load_btf())
 
     def _start_object(self) -> None:
