@@ -57,16 +57,14 @@ def call_arg_offsets(btf, machine: str | None = None) -> tuple[int, ...]:
 
 def call_ret_offset(btf, machine: str | None = None) -> int:
     """Offset in struct pt_regs of a function's return value on ``machine`` (default: this one)."""
-    machine = machine or os.uname().machine
-    return _reg_offsets(btf, {machine: (CALL_RET_REG[machine],)} if machine in CALL_RET_REG else {},
-                        "function return", machine)[0]
+    return _reg_offsets(btf, {m: (reg,) for m, reg in CALL_RET_REG.items()}, "function return", machine)[0]
 
 
 def _reg_offsets(btf, table: dict[str, tuple[str, ...]], what: str, machine: str | None) -> tuple[int, ...]:
     machine = machine or os.uname().machine
     regs = table.get(machine)
     if regs is None:
-        raise BTFError(f"no {what} register table for {machine!r} (known: {', '.join(sorted(table)) or 'none'}); "
+        raise BTFError(f"no {what} register table for {machine!r} (known: {', '.join(sorted(table))}); "
                        "add its calling convention to kestrel_raw/programs/layout.py")
     offsets = []
     for reg in regs:
