@@ -73,6 +73,14 @@ class Pty:
     def type(self, text: bytes) -> None:
         os.write(self.master, text)
 
+    def wait_output(self, what: bytes, count: int = 1, timeout: float = 30.0) -> None:
+        """Until the program has written ``what`` ``count`` times (a prompt: then it reads the next line)."""
+        deadline = time.monotonic() + timeout
+        while bytes(self.output).count(what) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what!r} not written {count} times in {timeout} s: {bytes(self.output)[-200:]!r}")
+            time.sleep(0.01)
+
     def close(self) -> int:
         try:
             rc = self.proc.wait(timeout=30)
@@ -85,26 +93,31 @@ class Pty:
         return rc
 
 
+PROMPT = b"kr-prompt$ "
+
+
 def bash_i() -> Pty:
     return Pty(["bash", "--norc", "--noprofile", "-i"],
-               {"PATH": "/usr/bin:/bin", "TERM": "dumb", "PS1": "$ ", "HISTFILE": "/dev/null"})
+               {"PATH": "/usr/bin:/bin", "TERM": "dumb", "PS1": PROMPT.decode(), "HISTFILE": "/dev/null"})
 
 
 def test_shell_command_is_the_line_an_interactive_bash_read(collector):
     marker = f"kr-shell-{uuid.uuid4().hex}"
     long_line = "echo " + "x" * 5000
     shell = bash_i()
-    shell.type(f"echo {marker}\n".encode())
-    shell.type(b"\n")                       # an empty line: read, but nothing to report
-    shell.type(long_line.encode() + b"\n")
-    shell.type(b"exit 3\n")
+    # Each line typed at its prompt, as a person types: bash is then in readline, the terminal in raw mode
+    # (a line typed earlier would meet the terminal's canonical mode and its 4096-byte line limit).
+    lines = [f"echo {marker}", "", long_line, "exit 3"]   # "": read, but nothing to report
+    for n, line in enumerate(lines, 1):
+        shell.wait_output(PROMPT, n)
+        shell.type(line.encode() + b"\n")
     assert shell.close() == 3
     assert marker.encode() in shell.output
     pid = shell.proc.pid
     collector.wait_for(lambda e: e["type"] == "shell_command" and e["pid"] == pid and e["command"] == "exit 3",
                        "the last line of the interactive bash", timeout=30)
     got = [e for e in collector.events() if e["type"] == "shell_command" and e["pid"] == pid]
-    assert [list(e) for e in got] == [spec.json_keys(spec.SHELL_COMMAND)] * 3
+    assert [list(e) for e in got] == [spec.json_keys(spec.SHELL_COMMAND)] * 3, [e["command"][:40] for e in got]
     base = {"type": "shell_command", "event_type_id": 50, **common(pid, "bash")}
     assert [own_fields(e) for e in got] == [
         {**base, "command": f"echo {marker}", "truncated": False, "fault": False},
@@ -159,8 +172,6 @@ def test_dns_query_of_a_name_in_etc_hosts_and_the_connect_it_led_to(collector):
     expected = [addr for _family, socktype, addr in entries if socktype == entries[0][1]]
     assert sorted(expected) == ["127.88.7.1", "127.88.7.2", "::1"]
     first = entries[0][2]
-    connects = collector.wait_for(lambda e: e["type"] == "connect" and e["pid"] == pid and e["daddr"] == first,
-                                  "the connect")
     (query,) = collector.wait_for(lambda e: e["type"] == "dns_query" and e["pid"] == pid, "the dns_query")
     assert list(query) == spec.json_keys(spec.DNS_QUERY)
     duration = query.pop("duration_ns")
@@ -172,9 +183,11 @@ def test_dns_query_of_a_name_in_etc_hosts_and_the_connect_it_led_to(collector):
     # asked for before it (one thread, one ring: in order).  glibc's getaddrinfo itself connects a UDP
     # socket to each answer, to sort them by source address (RFC 3484): those connects come before its
     # return, where the record is made; the child's own connect comes after.
-    inside = [e for e in connects if e["ts_mono_ns"] < query["ts_mono_ns"]]
-    after = [e for e in connects if e["ts_mono_ns"] > query["ts_mono_ns"]]
+    after = collector.wait_for(lambda e: e["type"] == "connect" and e["pid"] == pid and e["daddr"] == first
+                               and e["ts_mono_ns"] > query["ts_mono_ns"], "the child's connect")
     assert len(after) == 1 and after[0]["daddr"] in query["addresses"]
+    inside = [e for e in collector.events() if e["type"] == "connect" and e["pid"] == pid
+              and e["ts_mono_ns"] < query["ts_mono_ns"]]
     assert all(e["ts_mono_ns"] > query["ts_mono_ns"] - duration for e in inside)
 
 

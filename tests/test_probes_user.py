@@ -18,7 +18,7 @@ from construct import Int32ul, Int64sl, Struct
 
 from kestrel_raw import CollectorConfig, KestrelCollector
 from kestrel_raw.asm import (
-    BPF_ADD, BPF_DW, BPF_JNE, BPF_RSH, BPF_W, R0, R1, R2, R3, R4, R6, R10, alu64_imm, call, exit_insn, jmp_imm,
+    BPF_ADD, BPF_ARSH, BPF_DW, BPF_JNE, BPF_LSH, BPF_RSH, BPF_W, R0, R1, R2, R3, R4, R6, R10, alu64_imm, call, exit_insn, jmp_imm,
     label, ld_map_fd, ldx_mem, mov64_imm, mov64_reg, st_mem, stx_mem,
 )
 from kestrel_raw.elf import ElfFile
@@ -55,6 +55,12 @@ def record_program(which: int, load_value: list, tgid: int | None = None) -> lis
 def reg(offset: int) -> list:
     """r1 = the u64 at ctx + offset (a register of the ctx's pt_regs, or an fentry/fexit argument slot)."""
     return [ldx_mem(BPF_DW, R1, R6, offset)]
+
+
+def int_reg(offset: int) -> list:
+    """r1 = the C int at ctx + offset, sign-extended: an int argument or return value fills the low half of its
+    register or slot alone (the upper half is not defined to be its sign)."""
+    return [*reg(offset), alu64_imm(BPF_LSH, R1, 32), alu64_imm(BPF_ARSH, R1, 32)]
 
 
 def events(*programs: AsmProgram) -> AsmObject:
@@ -191,7 +197,7 @@ async def test_records_go_through_the_collector_parsed_by_the_schema(tmp_path):
 @pytest.mark.kernel
 def test_kprobe_and_kretprobe_where_the_kernel_has_them():
     regs, me = call_registers(), os.getpid()
-    obj = events(AsmProgram("k_call", record_program(0, reg(regs.args[0]), me), "kprobe/do_sys_openat2"),
+    obj = events(AsmProgram("k_call", record_program(0, int_reg(regs.args[0]), me), "kprobe/do_sys_openat2"),
                  AsmProgram("k_ret", record_program(1, reg(regs.ret), me), "kretprobe/do_sys_openat2"))
     with obj.load() as loaded:
         if not os.path.exists(KPROBE_PMU):
@@ -213,7 +219,7 @@ def test_fentry_and_fexit_where_the_kernel_has_trampolines():
     me = os.getpid()
     # fentry/fexit: the ctx is the function's arguments as u64s, then (fexit) its return value:
     # do_sys_openat2(int dfd, const char __user *filename, struct open_how *how).
-    obj = events(AsmProgram("f_entry", record_program(2, reg(0), me), "fentry/do_sys_openat2"),
+    obj = events(AsmProgram("f_entry", record_program(2, int_reg(0), me), "fentry/do_sys_openat2"),
                  AsmProgram("f_exit", record_program(3, reg(24), me), "fexit/do_sys_openat2"))
     try:
         loaded = obj.load()
