@@ -12,7 +12,12 @@ QUEUE_POLICIES = ("block", "drop")
 DELIVERIES = ("events", "json")
 LATENCIES = ("batch", "low")
 VERIFIER_LOG_LEVELS = (0, 1, 2, 4)  # none, BPF_LOG_LEVEL1, BPF_LOG_LEVEL2, BPF_LOG_STATS
-ALL_EVENT_TYPES: tuple[EventType, ...] = (EventType.EXEC, EventType.OPEN, EventType.CONNECT, EventType.EXIT)
+# Every type the collector can collect ("all" on the command line), and what it collects when not told.  The
+# uprobe events (shell_command, dns_query) are off by default: each call of the probed function costs a trap
+# into the kernel (README, Performance).
+ALL_EVENT_TYPES: tuple[EventType, ...] = (EventType.EXEC, EventType.OPEN, EventType.CONNECT, EventType.EXIT,
+                                          EventType.SHELL_COMMAND, EventType.DNS_QUERY)
+DEFAULT_EVENT_TYPES: tuple[EventType, ...] = (EventType.EXEC, EventType.OPEN, EventType.CONNECT, EventType.EXIT)
 _VALID_NAMES = ", ".join(t.label for t in EventType)
 
 
@@ -73,6 +78,9 @@ class CollectorConfig:
         objects.py).  Its records come out as ``ObjectRecord`` values (or, with deliver="json", JSON lines
         {"object", "map", "len", "hex"}), parsed by ``record_schema`` when given.  None: no object.
         (This option used to name the listing directory, which is now ``dump_dir``.)
+    asm_object: programs of your own assembled with kestrel_raw.asm, and their maps
+        (kestrel_raw.probes.user.AsmObject): loaded, attached and read as a BPF object of program_path is,
+        their records handed on as ``ObjectRecord`` values.  At most one of program_path and asm_object.
     record_schema: how the object's records are parsed: a construct ``Struct`` (every ring), or a dict of
         ring map name -> construct; each parsed record is handed on as plain dicts and lists
         (``ObjectRecord.value``).  None: records stay bytes.
@@ -88,6 +96,7 @@ class CollectorConfig:
         bytes.  A 100,000-open burst at ~0.6 M/s leaves ~35,000 unread at its end.  With 1 MiB rings half
         of such a burst was lost.
     event_types: which events to collect: EventType values or their names ("exec"...); stored as a tuple.
+        Default: exec, open, connect, exit; shell_command and dns_query (uprobes) only when named.
     queue_size: events buffered between the ring-buffer pollers and each consumer (with an EventBus for
         output, each subscriber's ``max_buffer`` instead).
     queue_policy: what happens when the consumer is slow and the queue is full.  "block": the pollers wait
@@ -129,11 +138,12 @@ class CollectorConfig:
     """
 
     program_path: str | None = None
+    asm_object: object = None
     record_schema: object = None
     dump_dir: str | None = None
     buffers: int | None = None
     buffer_size: int = 8 << 20
-    event_types: tuple[EventType, ...] = field(default=ALL_EVENT_TYPES)
+    event_types: tuple[EventType, ...] = field(default=DEFAULT_EVENT_TYPES)
     queue_size: int = 8192
     queue_policy: str = "block"
     btf_path: str = "/sys/kernel/btf/vmlinux"
@@ -167,9 +177,18 @@ class CollectorConfig:
             if not os.path.isdir(path):
                 raise ConfigError(f"dump_dir {path!r} is not a directory; create it or leave it unset")
             object.__setattr__(self, "dump_dir", path)
+        if self.asm_object is not None:
+            from kestrel_raw.probes.user import AsmObject
+
+            if not isinstance(self.asm_object, AsmObject):
+                raise ConfigError(f"asm_object must be a kestrel_raw.probes.user.AsmObject, got {self.asm_object!r}")
+            if self.program_path is not None:
+                raise ConfigError("program_path and asm_object are both given: the collector loads one object; "
+                                  "give one of them")
         if self.record_schema is not None:
-            if self.program_path is None:
-                raise ConfigError("record_schema parses the records of a BPF object: give program_path too")
+            if self.program_path is None and self.asm_object is None:
+                raise ConfigError("record_schema parses the records of a BPF object: give program_path (or "
+                                  "asm_object) too")
             schemas = self.record_schema.values() if isinstance(self.record_schema, dict) else [self.record_schema]
             for schema in schemas:
                 if not callable(getattr(schema, "parse", None)):
@@ -190,9 +209,9 @@ class CollectorConfig:
         if isinstance(types, (str, EventType)):
             types = [types]
         types = _dedupe(_event_type(t) for t in types)
-        if not types and self.program_path is None:
+        if not types and self.program_path is None and self.asm_object is None:
             raise ConfigError(f"event_types is empty; give at least one of: {_VALID_NAMES} (or a BPF object as "
-                              "program_path)")
+                              "program_path, or asm_object)")
         object.__setattr__(self, "event_types", types)
         _positive_int("queue_size", self.queue_size)
         if self.queue_policy not in QUEUE_POLICIES:

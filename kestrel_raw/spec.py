@@ -45,6 +45,9 @@ class EventType(enum.IntEnum):
     OPEN = 2
     CONNECT = 3
     EXIT = 4
+    # Issue 17: events from uprobes on user-space functions, off unless asked for (EventType 50-59).
+    SHELL_COMMAND = 50
+    DNS_QUERY = 51
 
     @property
     def label(self) -> str:
@@ -114,6 +117,12 @@ class FieldId(enum.IntEnum):
     CORE_DUMPED = 27
     RESOLVE = 28
     LATE_READ = 29
+    # Issue 17 (uprobe events): 130-139.
+    COMMAND = 130
+    QUERY = 131
+    SERVICE = 132
+    ADDRESSES = 133
+    DURATION_NS = 134
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -169,6 +178,27 @@ class SyscallArg:
 
 
 @dataclass(frozen=True)
+class CallArg:
+    """Argument ``index`` (0-based) of a probed function, from the caller's registers at the function's first
+    instruction (a uprobe: the program's ctx is the registers, struct pt_regs; the calling convention's
+    table is in kestrel_raw/programs/layout.py)."""
+    index: int
+    name: str
+
+    def describe(self) -> str:
+        return f"function argument {self.index} ({self.name}), at the call"
+
+
+@dataclass(frozen=True)
+class CallRet:
+    """The probed function's return value, from the registers at its return (a uretprobe)."""
+    what: str
+
+    def describe(self) -> str:
+        return f"the function's return value ({self.what})"
+
+
+@dataclass(frozen=True)
 class Const:
     """A value the program writes as an immediate (per program: the record kind, the syscall number)."""
     what: str
@@ -186,7 +216,7 @@ class Computed:
         return self.how
 
 
-Source = Helper | Btf | PidTgid | TpField | SyscallArg | Const | Computed
+Source = Helper | Btf | PidTgid | TpField | SyscallArg | CallArg | CallRet | Const | Computed
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -344,6 +374,17 @@ MAX_PATH = 4096  # open path bytes kept, without the NUL; a longer path is cut h
 MAX_FILENAME = 4096  # exec file name bytes (PATH_MAX, counting the NUL the kernel stores)
 MAX_ARGS = 4096  # bytes of the exec argument area copied
 MAX_SOCKADDR = 128  # sizeof(struct sockaddr_storage)
+
+# shell_command: bytes of the line kept, without its NUL; a longer line is cut here and flagged TRUNCATED.
+MAX_COMMAND = 4096
+# dns_query: bytes of the name (getaddrinfo's node) and of the service kept, without the NUL (a DNS name has
+# at most 253; node may be any string, an address literal too); longer ones are cut and flagged TRUNCATED.
+MAX_QUERY = 256
+MAX_SERVICE = 32
+# dns_query: the result list's first distinct addresses kept, each in a slot of DNS_ADDR_SIZE bytes: the
+# sockaddr's family (u16), port (u16, network order), then the address (4 or 16 bytes, zero-padded).
+DNS_ADDRS = 8
+DNS_ADDR_SIZE = 20
 
 # open record "syscall" values, and their names in the Kestrel field
 OPEN_SYSCALLS = {0: "openat", 1: "openat2"}
@@ -581,7 +622,69 @@ EXIT = Kind(
     doc="each process exit (the last thread of the group; sched:sched_process_exit)",
 )
 
-KINDS: dict[int, Kind] = {k.id: k for k in (EXEC, OPEN, CONNECT, EXIT)}
+SHELL_COMMAND = Kind(
+    EventType.SHELL_COMMAND,
+    wire=[
+        Wire("line_len", U32, Computed("bytes of the line copied, without its NUL")),
+        Wire("_pad1", U32, Const("0")),
+        Wire("line", Var("line_len", MAX_COMMAND, cstr=True),
+             CallRet("char *: the line, bash's own memory, copied with bpf_probe_read_user_str"),
+             "the command line bash's readline returned"),
+    ],
+    values=[
+        text("line", FieldId.COMMAND, doc="the line as typed (after readline's editing), without its newline; up "
+                                          "to 4096 bytes"),
+        flag(FLAG_TRUNCATED, FieldId.TRUNCATED, doc="the line was longer than 4096 bytes and is cut there"),
+        flag(FLAG_FAULT, FieldId.FAULT),
+    ],
+    doc="each non-empty line an interactive bash read (a uretprobe on bash's readline)",
+)
+
+DNS_QUERY = Kind(
+    EventType.DNS_QUERY,
+    wire=[
+        Wire("ret", I32, CallRet("int"), "0, or an EAI_* code (negative)"),
+        Wire("family", I32, Computed("hints->ai_family (function argument 2), copied at the call; 0 without hints"),
+             "the address family asked for"),
+        Wire("duration_ns", U64, Computed("bpf_ktime_get_ns() at the return minus at the call")),
+        Wire("naddrs", U32, Computed(f"addresses kept in addrs (at most {DNS_ADDRS})")),
+        Wire("query_len", U32, Computed("bytes of the name copied, without its NUL")),
+        Wire("service_len", U32, Computed("bytes of the service copied, without its NUL")),
+        Wire("_pad1", U32, Const("0")),
+        Wire("addrs", Chars(DNS_ADDRS * DNS_ADDR_SIZE, cstr=False),
+             Computed("the result list (*res, the pointer saved at the call) walked at the return: each distinct "
+                      "address of its first 16 entries, family u16, port u16, address"),
+             f"{DNS_ADDRS} slots of {DNS_ADDR_SIZE} bytes"),
+        Wire("query", Var("query_len", MAX_QUERY, cstr=True),
+             CallArg(0, "node, copied at the call into the thread's kr_dns task storage slot"),
+             "the name asked for"),
+        Wire("service", Var("service_len", MAX_SERVICE, cstr=True),
+             CallArg(1, "service, copied at the call with the name"),
+             "the service asked for"),
+    ],
+    locals_=[Local("dns_addrs", "dns_addresses(addrs, naddrs)")],
+    values=[
+        Value(FieldId.QUERY, "query.decode('utf-8', 'surrogateescape')", raw="query", null="not query",
+              doc="the name asked for (getaddrinfo's node, copied at the call), up to 256 bytes; `null` when none "
+                  "was given"),
+        Value(FieldId.SERVICE, "service.decode('utf-8', 'surrogateescape')", raw="service", null="not service",
+              doc="the service asked for (`\"https\"`, `\"443\"`), `null` when none was given"),
+        Value(FieldId.FAMILY, "family_name(family)",
+              doc='the family asked for (hints): `"AF_UNSPEC"` (either), `"AF_INET"`, `"AF_INET6"`'),
+        raw_int("ret", FieldId.RET, doc="getaddrinfo's return: 0, or an EAI_* code (-2 EAI_NONAME, -3 EAI_AGAIN...)"),
+        Value(FieldId.ADDRESSES, "tuple([a.decode('ascii') for a in dns_addrs])", raw="dns_addrs",
+              doc=f"the first {DNS_ADDRS} distinct addresses of the result, in its order (`[]` when it failed): "
+                  "what a later connect's `daddr` is compared with"),
+        raw_int("duration_ns", FieldId.DURATION_NS, doc="from the call to its return"),
+        Value(FieldId.TRUNCATED, f"(header_flags & {FLAG_TRUNCATED}) != 0",
+              doc=f"the name or service was cut, or the result had more than {DNS_ADDRS} distinct addresses in its "
+                  "first 16 entries"),
+        flag(FLAG_FAULT, FieldId.FAULT),
+    ],
+    doc="each getaddrinfo call of the C library (a uprobe at the call, a uretprobe at its return)",
+)
+
+KINDS: dict[int, Kind] = {k.id: k for k in (EXEC, OPEN, CONNECT, EXIT, SHELL_COMMAND, DNS_QUERY)}
 # The largest record a program can emit: exec with a full file name and a full argument area.
 MAX_RECORD = max(k.fixed_size + sum(v.type.max for v in k.var) for k in KINDS.values())
 
@@ -620,6 +723,11 @@ _FIELD_DEFS: dict[FieldId, tuple[str, FieldType, str]] = {
     FieldId.CORE_DUMPED: ("core_dumped", FieldType.BOOL, "the process dumped core (code & 0x80)"),
     FieldId.RESOLVE: ("resolve", FieldType.U64, "openat2 RESOLVE_* flags"),
     FieldId.LATE_READ: ("late_read", FieldType.BOOL, "the argument was read at the syscall's exit, not its entry"),
+    FieldId.COMMAND: ("command", FieldType.STRING, "the command line an interactive shell read"),
+    FieldId.QUERY: ("query", FieldType.STRING, "the host name a process asked the resolver for"),
+    FieldId.SERVICE: ("service", FieldType.STRING, "the service (port name or number) asked for"),
+    FieldId.ADDRESSES: ("addresses", FieldType.STRING_LIST, "the addresses a name resolved to"),
+    FieldId.DURATION_NS: ("duration_ns", FieldType.U64, "how long the call took, ns"),
 }
 
 

@@ -89,6 +89,30 @@ def exit_bytes(code=0x0300, **hdr):
     return header(KIND_EXIT, **hdr) + struct.pack("<iI", code, 0)
 
 
+KIND_SHELL_COMMAND, KIND_DNS_QUERY = 50, 51
+
+
+def shell_bytes(line=b"ls -l /tmp", flags=0, pad=b"", **hdr):
+    """shell_command: u32 line_len, u32 pad, line."""
+    return header(KIND_SHELL_COMMAND, flags, **hdr) + struct.pack("<II", len(line), 0) + line + pad
+
+
+def dns_slot(family: int, port: int, addr: bytes) -> bytes:
+    """One of dns_query's 20-byte address slots: u16 family, u16 port (network order), 16 address bytes."""
+    return struct.pack("<H", family) + struct.pack(">H", port) + addr.ljust(16, b"\0")
+
+
+def dns_bytes(query=b"example.test", service=b"443", ret=0, family=0, duration=12_345, slots=(), naddrs=None,
+              flags=0, pad=b"", **hdr):
+    """dns_query: i32 ret, i32 family, u64 duration_ns, u32 naddrs, u32 query_len, u32 service_len, u32 pad,
+    u8 addrs[160] (8 slots of 20), query, service."""
+    area = b"".join(slots).ljust(160, b"\0")
+    return (header(KIND_DNS_QUERY, flags, **hdr)
+            + struct.pack("<iiQIIII", ret, family, duration, len(slots) if naddrs is None else naddrs, len(query),
+                          len(service), 0)
+            + area + query + service + pad)
+
+
 # --- records from the spec, for hypothesis ------------------------------------------------------------
 
 def _int(t: spec.Int):
@@ -1260,6 +1284,36 @@ template(name="kr" type="string" string="%PRI% %TIMESTAMP:::date-rfc3339% %HOSTN
 PREBUILT_OBJECTS = TESTS / "data" / "bpfobj"
 # The sources of the objects the kernel-marked tests load (what kmx-tests.sh builds).
 KERNEL_TEST_OBJECTS = ("core_task.c", "global_data.c", "subprog.c", "seed.c", "probes.c", "kprobes.c")
+
+
+# Host programs the kernel tests probe (uprobes), from tests/c_src: name -> (source, compiler flags).  Built
+# here with the C compiler, or (in the qemu guests, which have none) built by tools/kmx-tests.sh on the host
+# for the guest's architecture into PREBUILT_BINARIES.
+C_SRC = TESTS / "c_src"
+PREBUILT_BINARIES = TESTS / "data" / "bin"
+KERNEL_TEST_BINARIES = {
+    "uprobe_target": ("uprobe_target.c", ("-O1", "-rdynamic")),
+    "uprobe_target_stripped": ("uprobe_target.c", ("-O1", "-rdynamic", "-s")),   # .dynsym only
+}
+
+
+def probe_binary(name: str, out_dir: Path) -> Path:
+    """The program ``name`` of KERNEL_TEST_BINARIES: compiled now when a C compiler is here (cc, gcc or clang),
+    else the one tools/kmx-tests.sh shipped; neither is a failure that says what is missing."""
+    source, flags = KERNEL_TEST_BINARIES[name]
+    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if cc is not None:
+        out = out_dir / name
+        r = subprocess.run([cc, *flags, "-o", str(out), str(C_SRC / source)], capture_output=True, text=True,
+                           timeout=120)
+        if r.returncode != 0:
+            raise AssertionError(f"{cc} failed on {source}:\n{r.stderr}")
+        return out
+    prebuilt = PREBUILT_BINARIES / name
+    if prebuilt.exists():
+        return prebuilt
+    raise AssertionError(f"no C compiler here and no {prebuilt} (tools/kmx-tests.sh builds it for the qemu guests "
+                         "on a host with a C compiler: apt-get install gcc, and gcc-aarch64-linux-gnu for arm64)")
 
 
 def bpf_object(source: str, out_dir: Path) -> Path:

@@ -43,7 +43,9 @@ def test_event_types_by_name_or_value():
     (dict(program_path="/nonexistent/kestrel.o"), "program_path '/nonexistent/kestrel.o' does not exist; give the "
                                                   "path of a BPF object file"),
     (dict(dump_dir="/nonexistent/dir"), "dump_dir '/nonexistent/dir' is not a directory"),
-    (dict(record_schema=object()), "record_schema parses the records of a BPF object: give program_path too"),
+    (dict(record_schema=object()), "record_schema parses the records of a BPF object: give program_path \\(or "
+                                   "asm_object\\) too"),
+    (dict(asm_object="probe.o"), "asm_object must be a kestrel_raw.probes.user.AsmObject, got 'probe.o'"),
     (dict(queue_policy="fifo"), "queue_policy 'fifo' is unknown; valid: block, drop"),
     (dict(queue_size=0), "queue_size must be at least 1"),
     (dict(flush_interval=0), "flush_interval must be a positive number of seconds, got 0"),
@@ -63,6 +65,20 @@ def test_program_path_that_exists(tmp_path):
     assert CollectorConfig(program_path=p).program_path == str(p)
     # with an object, no built-in event type is needed
     assert CollectorConfig(program_path=p, event_types=()).event_types == ()
+
+
+def test_asm_object_is_one_object_and_needs_no_event_type(tmp_path):
+    from kestrel_raw.asm import exit_insn, mov64_imm
+    from kestrel_raw.probes import AsmMap, AsmObject, AsmProgram
+
+    obj = AsmObject("t", [AsmProgram("p", [mov64_imm(0, 0), exit_insn()], "tracepoint/syscalls/sys_enter_getpid")],
+                    maps={"events": AsmMap.ringbuf(PAGE)})
+    assert CollectorConfig(asm_object=obj, event_types=()).asm_object is obj
+    p = tmp_path / "prog.o"
+    p.write_bytes(b"")
+    with pytest.raises(ConfigError, match="program_path and asm_object are both given: the collector loads one "
+                                          "object; give one of them"):
+        CollectorConfig(asm_object=obj, program_path=p)
 
 
 def test_program_path_directory_says_it_was_renamed(tmp_path):
@@ -95,7 +111,9 @@ def test_parse_event_types():
     assert parse_event_types("exec,open") == (EventType.EXEC, EventType.OPEN)
     assert parse_event_types(" exit , EXEC ") == (EventType.EXIT, EventType.EXEC)
     assert parse_event_types("all") == tuple(EventType)
-    with pytest.raises(ConfigError, match="unknown event type 'fork'; valid: exec, open, connect, exit"):
+    assert CollectorConfig().event_types == (EventType.EXEC, EventType.OPEN, EventType.CONNECT, EventType.EXIT)
+    with pytest.raises(ConfigError, match="unknown event type 'fork'; valid: exec, open, connect, exit, "
+                                          "shell_command, dns_query"):
         parse_event_types("exec,fork")
     with pytest.raises(ConfigError, match="none given"):
         parse_event_types(" , ")

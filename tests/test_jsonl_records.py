@@ -67,7 +67,8 @@ def test_hostile_strings_every_kind(comm, s1, s2, flags):
 @given(records(), st.data())
 def test_fails_where_the_event_path_fails(data, draw):
     b = bytearray(data)
-    offsets = {KIND_EXEC: (64, 68), KIND_OPEN: (84,), KIND_CONNECT: (76,), KIND_EXIT: ()}[b[KIND_AT]]
+    offsets = {KIND_EXEC: (64, 68), KIND_OPEN: (84,), KIND_CONNECT: (76,), KIND_EXIT: (), 50: (64,),
+               51: (80, 84, 88)}[b[KIND_AT]]
     for off in offsets:
         struct.pack_into("<I", b, off, draw.draw(st.integers(0, 2**32 - 1)))
     cut = draw.draw(st.integers(0, len(b)))

@@ -8,7 +8,9 @@ from types import SimpleNamespace
 import pytest
 
 from kestrel_raw.errors import BTFError
-from kestrel_raw.programs.layout import SYSCALL_ARG_REGS, KernelLayout, syscall_arg_offsets
+from kestrel_raw.programs.layout import (
+    CALL_ARG_REGS, SYSCALL_ARG_REGS, KernelLayout, call_arg_offsets, call_ret_offset, syscall_arg_offsets,
+)
 
 
 class _PtRegs:
@@ -41,7 +43,23 @@ def test_arm64_first_argument_is_orig_x0_not_x0():
     assert syscall_arg_offsets(ARM64, "aarch64") == (272, 8, 16, 24, 32, 40)
 
 
+def test_x86_64_function_arguments_are_di_si_dx_cx_r8_r9_and_ax_returns():
+    # The C calling convention: the fourth argument is in rcx (the syscall convention's r10 holds it there).
+    assert call_arg_offsets(X86_64, "x86_64") == (112, 104, 96, 88, 72, 64)
+    assert call_ret_offset(X86_64, "x86_64") == 80
+
+
+def test_arm64_function_arguments_are_x0_to_x5_and_x0_returns():
+    # At a uprobe x0 still holds the first argument (no syscall has overwritten it); at the return, the result.
+    assert call_arg_offsets(ARM64, "aarch64") == (0, 8, 16, 24, 32, 40)
+    assert call_ret_offset(ARM64, "aarch64") == 0
+
+
 def test_unknown_machine_says_what_to_add():
+    with pytest.raises(BTFError, match=r"no function call register table for 'riscv64' \(known: aarch64, x86_64\)"):
+        call_arg_offsets(X86_64, "riscv64")
+    with pytest.raises(BTFError, match=r"no function return register table for 'riscv64' \(known: aarch64, x86_64\)"):
+        call_ret_offset(X86_64, "riscv64")
     with pytest.raises(BTFError, match=r"no syscall register table for 'riscv64' \(known: aarch64, x86_64\)"):
         syscall_arg_offsets(X86_64, "riscv64")
 
@@ -64,3 +82,5 @@ def test_this_kernel_has_its_registers_in_btf():
     layout = KernelLayout.from_btf(btf)
     assert len(layout.syscall_args) == 6 and len(set(layout.syscall_args)) == 6
     assert all(off % 8 == 0 and off + 8 <= btf.size_of("pt_regs") for off in layout.syscall_args)
+    assert machine in CALL_ARG_REGS and len(set(layout.call_args)) == 6
+    assert all(off % 8 == 0 and off + 8 <= btf.size_of("pt_regs") for off in (*layout.call_args, layout.call_ret))

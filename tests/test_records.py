@@ -13,13 +13,15 @@ from kestrel_raw.codec.schema import RECORD_STRUCTS, build_record, parse_record_
 from kestrel_raw.errors import RecordError
 
 KIND_EXEC, KIND_OPEN, KIND_CONNECT, KIND_EXIT = 1, 2, 3, 4
+KIND_SHELL_COMMAND, KIND_DNS_QUERY = 50, 51
 PARSERS = [parse_record, parse_record_construct]
 BUILDERS = [build_record, pack_record]
 
 
 def test_fixed_part_sizes_follow_the_table():
     assert {k: f.size for k, f in FIXED_FORMATS.items()} == {KIND_EXEC: 80, KIND_OPEN: 112, KIND_CONNECT: 104,
-                                                            KIND_EXIT: 72}
+                                                            KIND_EXIT: 72, KIND_SHELL_COMMAND: 72,
+                                                            KIND_DNS_QUERY: 256}
     assert FIXED_FORMATS[KIND_OPEN].format == "<QHHLQLLLLLL16sllQQQLLLL"
     assert FIXED_FORMATS[KIND_CONNECT].format == "<QHHLQLLLLLL16sllLLHH4s16s"
 
@@ -124,7 +126,8 @@ def test_memoryview_and_bytearray_inputs():
     (b"", "too short to hold its kind"),
     (b"\x02", "too short to hold its kind"),
     (bytes(9), "too short to hold its kind"),
-    (header(9), "record kind 9 is unknown \\(known: 1 exec, 2 open, 3 connect, 4 exit\\)"),
+    (header(9), "record kind 9 is unknown \\(known: 1 exec, 2 open, 3 connect, 4 exit, 50 shell_command, "
+               "51 dns_query\\)"),
     (header(0), "record kind 0 is unknown"),
 ])
 def test_malformed_header(parse, data, message):
@@ -189,4 +192,4 @@ def test_length_field_beyond_record(parse):
 
 
 def test_all_kinds_have_a_struct():
-    assert sorted(RECORD_STRUCTS) == [1, 2, 3, 4]
+    assert sorted(RECORD_STRUCTS) == [1, 2, 3, 4, 50, 51]

@@ -6,7 +6,8 @@ import pytest
 from kestrel_raw.spec import FIELDS, FIELD_IDS, EventType, FieldType, field, fields_of
 
 E, O, C, X = "exec", "open", "connect", "exit"
-ALL = {E, O, C, X}
+SH, DNS = "shell_command", "dns_query"
+ALL = {E, O, C, X, SH, DNS}
 
 # (id, name, type, event types): changing any of these breaks stored events.  Append, never edit.
 PINNED = [
@@ -20,15 +21,15 @@ PINNED = [
     (8, "cpu", "u64", ALL),
     (9, "filename", "string", {E}),
     (10, "argv", "list of strings", {E}),
-    (11, "truncated", "bool", {E, O}),
+    (11, "truncated", "bool", {E, O, SH, DNS}),
     (12, "path", "string", {O}),
     (13, "flags", "u64", {O}),
     (14, "mode", "u64", {O}),
-    (15, "ret", "i64", {O, C}),
+    (15, "ret", "i64", {O, C, DNS}),
     (16, "dfd", "i64", {O}),
     (17, "syscall", "string", {O}),
-    (18, "fault", "bool", {E, O, C}),
-    (19, "family", "string", {C}),
+    (18, "fault", "bool", {E, O, C, SH, DNS}),
+    (19, "family", "string", {C, DNS}),
     (20, "daddr", "string", {C}),
     (21, "dport", "u64", {C}),
     (22, "fd", "i64", {C}),
@@ -39,6 +40,11 @@ PINNED = [
     (27, "core_dumped", "bool", {X}),
     (28, "resolve", "u64", {O}),
     (29, "late_read", "bool", {O, C}),
+    (130, "command", "string", {SH}),
+    (131, "query", "string", {DNS}),
+    (132, "service", "string", {DNS}),
+    (133, "addresses", "list of strings", {DNS}),
+    (134, "duration_ns", "u64", {DNS}),
 ]
 
 
@@ -53,9 +59,11 @@ def test_ids_and_names_unique():
 
 
 def test_event_types():
-    assert [(int(t), t.label) for t in EventType] == [(1, "exec"), (2, "open"), (3, "connect"), (4, "exit")]
+    assert [(int(t), t.label) for t in EventType] == [(1, "exec"), (2, "open"), (3, "connect"), (4, "exit"),
+                                                      (50, "shell_command"), (51, "dns_query")]
     assert EventType.from_label(" Connect ") is EventType.CONNECT
-    with pytest.raises(ValueError, match="unknown event type 'fork'; valid: exec, open, connect, exit"):
+    with pytest.raises(ValueError, match="unknown event type 'fork'; valid: exec, open, connect, exit, "
+                                         "shell_command, dns_query"):
         EventType.from_label("fork")
 
 

@@ -114,6 +114,27 @@ else
   log "no clang (or libbpf-dev) here: the BPF objects of the kernel tests are not built for the guest"
 fi
 
+# ---------------------------------------------------- probed programs ---
+# The uprobe tests probe a small C program (tests/helpers.py KERNEL_TEST_BINARIES, from tests/c_src); the
+# guests have no C compiler, so it is built here for the guest's architecture (cc for amd64,
+# aarch64-linux-gnu-gcc for arm64: apt-get install gcc-aarch64-linux-gnu) into the copy's tests/data/bin/,
+# where tests/helpers.probe_binary finds it.  Debian 12 here and in the guest: the same C library.
+bins="$stage/project/tests/data/bin"
+case ${KMX_ARCH:-amd64} in arm64) cc=aarch64-linux-gnu-gcc ;; *) cc=cc ;; esac
+if command -v "$cc" >/dev/null; then
+  mkdir -p "$bins"
+  specs=$(cd "$root" && python3 -c 'import sys; sys.path.insert(0, "."); from tests.helpers import KERNEL_TEST_BINARIES as b
+for name, (src, flags) in b.items(): print(name, src, " ".join(flags))' 2>/dev/null) \
+    || die "cannot read KERNEL_TEST_BINARIES from tests/helpers.py"
+  while read -r name src flags; do
+    # shellcheck disable=SC2086  # the flags are words
+    "$cc" $flags -o "$bins/$name" "$root/tests/c_src/$src" || die "$cc failed on tests/c_src/$src"
+  done <<<"$specs"
+  log "built for the guest with $cc: $(echo "$specs" | cut -d' ' -f1 | tr '\n' ' ')"
+else
+  log "no $cc here: the programs the uprobe tests probe are not built for the guest"
+fi
+
 # ----------------------------------------------------------------- run ---
 log "kernel $kernel (${KMX_ARCH:-amd64}): pytest $*"
 # 125 is the matrix's "the VM ended without a result" (qemu died, the guest never booted, a download

@@ -68,8 +68,8 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
       help="read settings from FILE (TOML): its keys are these flags without the dashes (buffer-size = 4194304); "
            "a flag given here overrides the file; SIGHUP reads it again")
     g = run.add_argument_group("events").add_argument
-    g("--events", metavar="TYPES", help="comma-separated event types: exec, open, connect, exit (default: all; "
-      "none with --object)").comma_list = True
+    g("--events", metavar="TYPES", help="comma-separated event types: exec, open, connect, exit, shell_command, "
+      "dns_query, or all (default: exec, open, connect, exit; none with --object)").comma_list = True
     g("--object", metavar="FILE",
       help="also load the BPF object FILE (clang -target bpf, libbpf style): its programs are attached where "
            "their SEC() names say and each record of its ring buffers written as {\"object\", \"map\", \"len\", "
@@ -178,7 +178,7 @@ def _user_ids(settings: Settings, user: str) -> tuple[int, int]:
 
 def make_plan(settings: Settings) -> Plan:
     """Check every setting (nothing is opened or loaded); SettingError/ConfigError name the setting."""
-    from kestrel_raw.config import CollectorConfig, parse_event_types
+    from kestrel_raw.config import DEFAULT_EVENT_TYPES, CollectorConfig, parse_event_types
     from kestrel_raw.limits import check_rings
 
     v = lambda dest: _value(settings, dest)  # noqa: E731
@@ -196,8 +196,8 @@ def make_plan(settings: Settings) -> Plan:
         kwargs.update(run_audit_kwargs(settings.values))
         keep = v("keep_privileges")
         events = v("events")
-        if events is None:  # every built-in type; none when a BPF object is what the user asked for
-            event_types = () if v("object") else parse_event_types("all")
+        if events is None:  # the default types; none when a BPF object is what the user asked for
+            event_types = () if v("object") else DEFAULT_EVENT_TYPES
         else:
             event_types = parse_event_types(events)
         config = CollectorConfig(event_types=event_types, program_path=v("object"), dump_dir=v("dump_programs"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 from json.encoder import encode_basestring as _jstr  # the C encoder (c_encode_basestring) when available
 
-from kestrel_raw.codec.sockaddr import connect_destination, decode_sockaddr
+from kestrel_raw.codec.sockaddr import connect_destination, decode_sockaddr, dns_addresses, family_name
 from kestrel_raw.errors import RecordError
 from kestrel_raw.spec import KINDS, OPEN_SYSCALL_OPENAT2, OPEN_SYSCALLS
 
@@ -170,4 +170,5 @@ NAMESPACE = {
     "json_str_list": json_str_list, "json_fast_str_list": json_fast_str_list,
     "record_too_short": record_too_short, "field_above_limit": field_above_limit,
     "field_beyond_record": field_beyond_record, "unknown_kind": unknown_kind,
+    "dns_addresses": dns_addresses, "family_name": family_name,
 }

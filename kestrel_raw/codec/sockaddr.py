@@ -132,3 +132,21 @@ def connect_destination(addr: bytes, addrlen: int, sk_family: int, sk_dport: int
     passed_address = passed.address.split("%", 1)[0]  # the scope id is not part of the destination
     toctou = (passed.family, passed_address, passed.port) != (held.family, held.address, held.port)
     return Destination(held.family, held.address, held.port, toctou)
+
+
+def dns_addresses(area: bytes, count: int) -> list[bytes]:
+    """The addresses of a dns_query record's ``addrs`` area (kestrel_raw/spec.py DNS_QUERY), as ASCII text
+    bytes, in the result list's order: the first ``count`` slots of DNS_ADDR_SIZE bytes, each the sockaddr's
+    family (u16, host order), port (u16) and address (4 bytes for AF_INET, 16 for AF_INET6).  A slot of
+    another family, or beyond the area, is left out (the program keeps only these two)."""
+    from kestrel_raw.spec import DNS_ADDR_SIZE
+
+    out = []
+    for i in range(min(count, len(area) // DNS_ADDR_SIZE)):
+        slot = area[i * DNS_ADDR_SIZE:(i + 1) * DNS_ADDR_SIZE]
+        family = _FAMILY.unpack_from(slot)[0]
+        if family == AF_INET:
+            out.append(ipv4_text(slot[4:8]).encode("ascii"))
+        elif family == AF_INET6:
+            out.append(ipv6_text(slot[4:20]).encode("ascii"))
+    return out

@@ -33,16 +33,19 @@ import time
 import trio
 
 from kestrel_raw import programs
+from kestrel_raw.collector import selfcheck
 from kestrel_raw.collector.attach import attach_all, check_attached
 from kestrel_raw.collector.deliver import Delivery
 from kestrel_raw.collector.load import (
-    build_programs, create_maps, fill_only, listing_text, load_btf, load_programs, write_listings,
+    build_programs, create_maps, create_probe_maps, fill_only, listing_text, load_btf, load_programs,
+    write_listings,
 )
 from kestrel_raw.collector.objects import (
     ObjectDelivery, ObjectRecord, load_object, object_poll_config, object_readers,
 )
-from kestrel_raw.collector.peers import TGID, peer_tgids, prune_peers, register_with_peers
+from kestrel_raw.collector.peers import START, TGID, peer_tgids, prune_peers, register_with_peers, start_ticks
 from kestrel_raw.collector.poll import BATCH_RECORDS, Stopping, drain_at_stop, poll_busy, poll_ring
+from kestrel_raw.collector.shellcheck import ShellCheck
 from kestrel_raw.collector.stats import CollectorStats, Counts, kernel_counters, snapshot
 from kestrel_raw.btf import BTF
 from kestrel_raw.config import CollectorConfig
@@ -77,6 +80,7 @@ class KestrelCollector:
         self._event_tx = event_tx
         self._object = None          # the LoadedObject of config.program_path (objects.py)
         self._object_readers: list[tuple[RingBufReader, ObjectDelivery]] = []
+        self._shell_check: ShellCheck | None = None  # the bash of shell_command's check (shellcheck.py)
 
     # -- load ----------------------------------------------------------------------------------------
 
@@ -95,7 +99,7 @@ class KestrelCollector:
         try:
             if specs:
                 self._load_builtin(specs, built)
-            if cfg.program_path is not None:
+            if cfg.program_path is not None or cfg.asm_object is not None:
                 self._load_object()
         except BaseException:
             self._close_all()
@@ -107,16 +111,48 @@ class KestrelCollector:
         # Maps first, and registration with the other collectors, so that they stop reporting this
         # one as early as possible.
         create_maps(cfg, len(specs), self._maps, self._rings)
+        create_probe_maps(specs, self._maps)
         if cfg.only_tgids is None:
             register_with_peers(self._maps[programs.MAP_FILTER])
         else:
             fill_only(self._maps[programs.MAP_FILTER], cfg.only_tgids)
+        if any(s.probe is not None and s.probe.symbol == "readline" for s in specs):
+            self._start_shell_check()
         load_programs(cfg, built, self._maps, self._programs, self._listing)
         if cfg.dump_dir is not None:
             write_listings(cfg.dump_dir, self._listing)
 
+    def _start_shell_check(self) -> None:
+        """The bash that shell_command's check makes read lines, known to the programs before they are built
+        (shellcheck.py)."""
+        from kestrel_raw.probes.targets import bash_binary
+        from kestrel_raw.programs.shell import MAP_CHECK
+
+        check = self._shell_check = ShellCheck(bash_binary())
+        self._maps[MAP_CHECK][0] = TGID.pack(check.pid)
+        if self.config.only_tgids is None:
+            self._maps[programs.MAP_FILTER][TGID.pack(check.pid)] = START.pack(start_ticks(check.pid) or 0)
+
+    def _end_shell_check(self) -> None:
+        """Kill the check's bash and forget its pid before reaping it (its pid may then be reused)."""
+        check, self._shell_check = self._shell_check, None
+        if check is None:
+            return
+        from kestrel_raw.programs.shell import MAP_CHECK
+
+        check.kill()
+        try:
+            if MAP_CHECK in self._maps and not self._maps[MAP_CHECK].closed:
+                self._maps[MAP_CHECK][0] = TGID.pack(0)
+            filter_map = self._maps.get(programs.MAP_FILTER)
+            if self.config.only_tgids is None and filter_map is not None and not filter_map.closed:
+                filter_map.delete(TGID.pack(check.pid))
+        finally:
+            check.reap()
+
     def _load_object(self) -> None:
-        """The user's BPF object (program_path): maps created, programs verified, nothing attached."""
+        """The user's BPF object (program_path) or assembled programs (asm_object): maps created, programs
+        verified, nothing attached."""
         self._object = load_object(self.config, self._load_btf())
 
     def _start_object(self) -> None:
@@ -152,8 +188,14 @@ class KestrelCollector:
                 keep = self._capabilities_to_keep() if cfg.drop_privileges and builtin else 0
                 attach_all(self._programs, self._links)
                 if builtin:
-                    await check_attached(self._programs, self._links, self._maps[programs.MAP_SELF_RUNS],
-                                         self.reattached)
+                    shell = self._shell_check
+                    try:
+                        await check_attached(self._programs, self._links, self._maps[programs.MAP_SELF_RUNS],
+                                             self.reattached,
+                                             {key: shell.provoke for key in selfcheck.NEEDS_COLLECTOR}
+                                             if shell is not None else None)
+                    finally:
+                        self._end_shell_check()
                 if self._object is not None:
                     self._start_object()
                 self._readers = [RingBufReader(ring, cfg.buffer_size) for ring in self._rings]
@@ -247,6 +289,7 @@ class KestrelCollector:
 
     def _close_all(self) -> None:
         # Links first (detach), then the last counts, then programs, readers (munmap) and maps.
+        self._end_shell_check()
         for link in self._links.values():
             link.close()
         if self._object is not None:

@@ -23,8 +23,9 @@ from kestrel_raw.errors import BPFError, BTFError, SetupError
 from kestrel_raw.kernel import bpf
 from kestrel_raw.kernel.prog import Program
 from kestrel_raw.kernel.tracefs import find_tracefs, tracepoint_format
-from kestrel_raw.kernel.uapi import BPF_F_RDONLY_PROG, BPF_MAP_TYPE_ARRAY_OF_MAPS
+from kestrel_raw.kernel.uapi import BPF_F_RDONLY_PROG, BPF_MAP_TYPE_ARRAY_OF_MAPS, BPF_PROG_TYPE_KPROBE
 from kestrel_raw.maps import ArrayMap, HashMap, Map, PerCPUArrayMap, ProgArrayMap, RingBuf, TaskStorageMap
+from kestrel_raw.programs import dns, shell
 from kestrel_raw.programs.builder import MAP_SELF_TGID
 
 _U32 = struct.Struct("<I")  # the outer map's key (ring index) and value (ring fd)
@@ -80,6 +81,14 @@ def self_tgid_map(tgid: int) -> ArrayMap:
         m.close()
         raise
     return m
+def create_probe_maps(specs: list[programs.ProgramSpec], maps: dict[str, Map]) -> None:
+    """The maps only the uprobe programs use, when they are loaded: dns_query's per-thread slot joining a
+    getaddrinfo call to its return, and the shell check's tgid (kestrel_raw/collector/shellcheck.py)."""
+    names = {s.name for s in specs}
+    if {"kr_dns_call", "kr_dns_ret"} & names:
+        maps[dns.MAP_DNS] = TaskStorageMap(dns.DNS_VALUE_SIZE, name=dns.MAP_DNS)
+    if "kr_shell" in names:
+        maps[shell.MAP_CHECK] = ArrayMap(4, 1, name=shell.MAP_CHECK)
 
 
 def fill_only(filter_map: HashMap, tgids: tuple[int, ...]) -> None:
@@ -114,10 +123,13 @@ def build_programs(cfg: CollectorConfig, specs: list[programs.ProgramSpec], *, m
     """
     filter_mode = programs.FILTER_IGNORE if cfg.only_tgids is None else programs.FILTER_ONLY
     find_tracefs(mount=mount_tracefs)
-    formats = {s.name: tracepoint_format(s.group, s.tracepoint, annotate=annotate) for s in specs if s.tail is None}
+    formats = {s.name: tracepoint_format(s.group, s.tracepoint, annotate=annotate) for s in specs
+               if s.tail is None and s.probe is None}
     layout = programs.KernelLayout.from_btf(load_btf(cfg.btf_path), annotate=annotate)
     built = []
     for index, spec in enumerate(specs):
+        if spec.probe is not None:
+            spec.probe.locate()  # the file and the symbol exist: say so now, not at the attach
         insns = programs.build(spec, formats.get(spec.name), layout, self_tgid=None, nrings=cfg.buffers,
                                wakeup_threshold=-1 if cfg.latency == "low" else cfg.wakeup_bytes,
                                filter_mode=filter_mode, self_index=index if spec.tail is None else None)
@@ -129,10 +141,12 @@ def load_programs(cfg: CollectorConfig, built: list[tuple[programs.ProgramSpec, 
                   loaded: list[tuple[programs.ProgramSpec, Program]],
                   listing: list[tuple[programs.ProgramSpec, list]]) -> None:
     """Load every program of ``built`` (``build_programs``; the verifier runs here).  A program reached by
-    tail call (``spec.tail``) goes into its slot of MAP_TAILS.  With ``cfg.verifier_log_level``, the
-    verifier's log of each program is written to ``cfg.verifier_log_path``/NAME.log."""
+    tail call (``spec.tail``) goes into its slot of MAP_TAILS; a uprobe's program is loaded as a kprobe
+    program (the type uprobes take).  With ``cfg.verifier_log_level``, the verifier's log of each program is
+    written to ``cfg.verifier_log_path``/NAME.log."""
     for spec, insns in built:
-        prog = Program(insns, maps=maps, name=spec.name, log_level=cfg.verifier_log_level)
+        prog = Program(insns, maps=maps, name=spec.name, log_level=cfg.verifier_log_level,
+                       **({"prog_type": BPF_PROG_TYPE_KPROBE} if spec.probe is not None else {}))
         loaded.append((spec, prog))
         listing.append((spec, insns))
         if cfg.verifier_log_level:
@@ -148,9 +162,14 @@ def write_verifier_log(directory: str, name: str, log: str) -> None:
 
 
 def attach_point(spec: programs.ProgramSpec) -> str:
-    """Where a program runs: ``tracepoint sched:sched_process_exec``, or the tail-call slot it sits in."""
-    return (f"tracepoint {spec.group}:{spec.tracepoint}" if spec.tail is None
-            else f"reached by tail call, slot {spec.tail} of {programs.MAP_TAILS}")
+    """Where a program runs: ``tracepoint sched:sched_process_exec``, a uprobe's file, symbol and offset, or
+    the tail-call slot it sits in."""
+    if spec.probe is not None:
+        path, offset = spec.probe.locate()
+        return f"{spec.probe.kind} {path}:{spec.probe.symbol} (file offset 0x{offset:x})"
+    if spec.tail is None:
+        return f"tracepoint {spec.group}:{spec.tracepoint}"
+    return f"reached by tail call, slot {spec.tail} of {programs.MAP_TAILS}"
 
 
 def listing_text(spec: programs.ProgramSpec, insns: list) -> str:

@@ -1,5 +1,6 @@
-"""The user's BPF object in the collector (``CollectorConfig.program_path``): loaded and attached with
-kestrel_raw.loader, its ring buffers read by the same pollers as the built-in rings (poll.poll_ring,
+"""The user's BPF object in the collector (``CollectorConfig.program_path``, or ``asm_object``: programs
+assembled with kestrel_raw.asm, kestrel_raw/probes/user.py): loaded and attached with kestrel_raw.loader (or
+LoadedAsmObject), its ring buffers read by the same pollers as the built-in rings (poll.poll_ring,
 poll.drain_at_stop), its records handed on as ``ObjectRecord`` values or JSON lines.
 
 A record of the object is whatever its programs wrote; the collector knows its layout only through the
@@ -53,8 +54,11 @@ def schema_for(config: CollectorConfig, ring: str):
     return schema
 
 
-def load_object(config: CollectorConfig, target_btf=None) -> LoadedObject:
-    """The object of ``config.program_path``, loaded (nothing attached yet)."""
+def load_object(config: CollectorConfig, target_btf=None):
+    """The object of ``config.program_path`` (a LoadedObject) or ``config.asm_object`` (a LoadedAsmObject,
+    kestrel_raw/probes/user.py), loaded (nothing attached yet)."""
+    if config.asm_object is not None:
+        return config.asm_object.load(target_btf=target_btf)
     return LoadedObject(config.program_path, target_btf=target_btf)
 
 

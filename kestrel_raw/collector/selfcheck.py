@@ -16,6 +16,11 @@ MAP_SELF_RUNS (a per-CPU array, one slot per program), on the branch where it wo
 once, so no other process runs that code and no event is written.  The collector then provokes each
 tracepoint itself: an openat(2), an openat2(2), a connect(2) and a thread's exit.  The exec program
 would need the collector to exec, so it is not checked.
+
+Uprobes are checked the same way: the collector calls getaddrinfo (of an address literal: no file and no
+network is touched) for dns_query's two programs.  It cannot call bash's readline, so shell_command's
+program is made to run by a bash the collector starts for the purpose (kestrel_raw/collector/shellcheck.py),
+which that program counts as the collector's own (NEEDS_COLLECTOR).
 """
 from __future__ import annotations
 
@@ -52,6 +57,12 @@ def _connect() -> None:
             pass
 
 
+def _getaddrinfo() -> None:
+    # AI_NUMERICHOST: the literal is converted, no resolver is asked; the call and its return still pass
+    # the C library's getaddrinfo, where the probes are.
+    socket.getaddrinfo("127.0.0.1", None, socket.AF_INET, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST)
+
+
 def _thread_exit() -> None:
     # sched_process_exit fires for every exiting task, a thread included.  join() returns when the
     # thread's Python state is gone, a little before the kernel task exits: the caller waits for the count.
@@ -69,5 +80,10 @@ PROVOKE: dict[tuple[str, str], Callable[[], None]] = {
     ("syscalls", "sys_enter_connect"): _connect,
     ("syscalls", "sys_exit_connect"): _connect,
     ("sched", "sched_process_exit"): _thread_exit,
+    ("uprobe", "getaddrinfo"): _getaddrinfo,
+    ("uretprobe", "getaddrinfo"): _getaddrinfo,
 }
+# Provoked with the collector's help (check_attached's provoke_also): bash's readline, by the shell check's
+# own bash.
+NEEDS_COLLECTOR: frozenset[tuple[str, str]] = frozenset({("uretprobe", "readline")})
 

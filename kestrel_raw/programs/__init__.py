@@ -9,8 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from kestrel_raw.spec import EXEC, EXIT, CONNECT, OPEN, OPEN_SYSCALL_OPENAT, OPEN_SYSCALL_OPENAT2
-from kestrel_raw.programs import connect, entry, exec as exec_, exit as exit_, open as open_
+from kestrel_raw.spec import DNS_QUERY, EXEC, EXIT, CONNECT, OPEN, OPEN_SYSCALL_OPENAT, OPEN_SYSCALL_OPENAT2
+from kestrel_raw.spec import SHELL_COMMAND
+from kestrel_raw.probes.targets import Uprobe, bash_binary, libc_binary
+from kestrel_raw.programs import connect, dns, entry, exec as exec_, exit as exit_, open as open_, shell
 from kestrel_raw.programs.builder import (
     FILTER_IGNORE, FILTER_ONLY, MAP_FILTER, MAP_RINGS, MAP_SCRATCH, MAP_SELF_RUNS, MAP_STATS, SCRATCH_SIZE,
     STAT_NAMES, STATS_ENTRIES, STATS_PER_KIND, ProgramBuilder,
@@ -30,10 +32,19 @@ class ProgramSpec:
     # A program reached by bpf_tail_call from others (slot ``tail`` of MAP_TAILS) instead of attached: the
     # second half of a program too long to verify as one (its paths multiply), verified on its own.
     tail: int | None = None
+    # A uprobe program (BPF_PROG_TYPE_KPROBE, ctx = the registers) attached where ``probe`` says; group is then
+    # "uprobe" or "uretprobe" and tracepoint the symbol, which name it in listings and in the check after
+    # attaching.  None: a tracepoint program.
+    probe: Uprobe | None = None
 
 
-def _spec(name, kind, group, tp, fn, tail=None):
-    return ProgramSpec(name, kind, group, tp, fn, tail)
+def _spec(name, kind, group, tp, fn, tail=None, probe=None):
+    return ProgramSpec(name, kind, group, tp, fn, tail, probe)
+
+
+def _uprobe(name, kind, symbol, ret, binary, fn):
+    probe = Uprobe(symbol, ret, binary)
+    return _spec(name, kind, probe.kind, symbol, fn, probe=probe)
 
 
 SPECS = {
@@ -60,6 +71,14 @@ SPECS = {
     EXIT.id: (
         _spec("kr_exit", EXIT.id, "sched", "sched_process_exit", exit_.build),
     ),
+    SHELL_COMMAND.id: (
+        _uprobe("kr_shell", SHELL_COMMAND.id, "readline", True, bash_binary, shell.build),
+    ),
+    DNS_QUERY.id: (
+        # the call's copy first: a return whose call was seen has its arguments
+        _uprobe("kr_dns_call", DNS_QUERY.id, "getaddrinfo", False, libc_binary, dns.build_call),
+        _uprobe("kr_dns_ret", DNS_QUERY.id, "getaddrinfo", True, libc_binary, dns.build_return),
+    ),
 }
 
 
@@ -82,6 +101,6 @@ __all__ = [
     "KernelLayout", "ProgramSpec", "SPECS", "specs", "build", "MAP_FILTER", "FILTER_IGNORE", "FILTER_ONLY",
     "MAP_RINGS", "MAP_SCRATCH", "MAP_SELF_RUNS", "MAP_STATS", "MAP_ENTRY", "ENTRY_VALUE_SIZE", "MAP_TAILS",
     "TAILS",
-    "SCRATCH_SIZE", "STATS_ENTRIES",
+    "SCRATCH_SIZE", "STATS_ENTRIES", "Uprobe",
     "STATS_PER_KIND", "STAT_NAMES",
 ]

@@ -36,7 +36,7 @@ from __future__ import annotations
 import itertools
 
 from kestrel_raw import spec
-from kestrel_raw.spec import HEADER, Btf, Chars, Const, Helper, Kind, PidTgid, SyscallArg, TpField, Wire
+from kestrel_raw.spec import HEADER, Btf, CallArg, CallRet, Chars, Const, Helper, Kind, PidTgid, SyscallArg, TpField, Wire
 from kestrel_raw.asm import (
     BPF_ADD, BPF_B, BPF_DIV, BPF_DW, BPF_H, BPF_JEQ, BPF_JGT, BPF_JNE, BPF_MOD, BPF_OR, BPF_RSH, BPF_W, R0,
     R1, R2, R3, R4, R6, R7, R8, R9, R10, alu64_imm, alu64_reg, call, comment, exit_insn, jmp_imm, jmp_reg,
@@ -259,6 +259,13 @@ class ProgramBuilder:
         """dst = the tracepoint field (a tracefs format field), read at its own size."""
         self.emit(ldx_mem(_LOAD_SIZES[field.size], dst, R6, field.offset))
 
+    def load_call(self, dst: int, src: CallArg | CallRet, layout) -> None:
+        """dst = a function's argument or return value (the spec's ``CallArg``/``CallRet``), read from the
+        registers a uprobe or kprobe program gets as its ctx (r6): the architecture's calling convention,
+        offsets from BTF struct pt_regs (kestrel_raw/programs/layout.py)."""
+        offset = layout.call_ret if isinstance(src, CallRet) else layout.call_args[src.index]
+        self.emit(ldx_mem(BPF_DW, dst, R6, offset))
+
     def load_kernel_chain(self, hops, dst_reg: int, dst_off: int, base_slot: int = SLOT_TASK) -> None:
         """*(dst_reg + dst_off) = the value at the end of ``hops``, from the BTF-typed pointer in base_slot.
 
@@ -366,8 +373,9 @@ class ProgramBuilder:
         self.emit(put_imm(field, value))
 
     def fill(self, field: Wire, fmt=None, layout=None, regs: int | None = None) -> None:
-        """record.field = its spec source: a tracepoint field (``fmt``, the tracefs format), or a syscall
-        argument (``regs``: the register holding the task's saved user registers, see ``pt_regs``)."""
+        """record.field = its spec source: a tracepoint field (``fmt``, the tracefs format), a syscall
+        argument (``regs``: the register holding the task's saved user registers, see ``pt_regs``), or, in a
+        uprobe or kprobe program, a function's argument or return value (from the ctx's registers)."""
         src = field.source
         if not isinstance(src, Btf):
             self.note(f"record.{field.name} = {src.describe()}")
@@ -375,6 +383,8 @@ class ProgramBuilder:
             self.load_ctx(R1, fmt.field(src.name))
         elif isinstance(src, SyscallArg):
             self.emit(ldx_mem(BPF_DW, R1, regs, layout.syscall_args[src.index]))
+        elif isinstance(src, (CallArg, CallRet)):
+            self.load_call(R1, src, layout)
         elif isinstance(src, Btf):
             self.read_btf([field], layout)
             return

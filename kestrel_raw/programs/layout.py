@@ -16,6 +16,12 @@ Every offset given out carries where it was read (``kestrel_raw.asm.Sourced``: t
 id of the struct it is in), so that a program's listing can say where each layout constant came from
 (``kestrel-raw disasm``).  A ``Sourced`` is the plain int everywhere else: the bytes do not change.
 ``annotate=False`` gives plain ints (the check that annotations change no byte builds both ways).
+``call_args`` and ``call_ret`` are where a *function's* arguments and return value sit in ``struct pt_regs``
+at a uprobe or kprobe (the program's ctx): the architecture's C calling convention, which differs from its
+syscall convention (x86_64 passes the fourth argument in rcx, not r10; libbpf's PT_REGS_PARMn / PT_REGS_RC).
+Valid at the function's first instruction (a uprobe or kprobe on the symbol) for the arguments, and at its
+return (a uretprobe or kretprobe) for the return value only: by then the argument registers hold whatever
+the function left in them.
 """
 from __future__ import annotations
 
@@ -35,12 +41,35 @@ SYSCALL_ARG_REGS = {
 }
 
 
+# struct pt_regs members holding a C function's integer/pointer arguments 0..5 (x86_64: the System V ABI's
+# rdi rsi rdx rcx r8 r9; arm64: AAPCS64's x0..x7, of which the first 6 are kept here) and its return value.
+CALL_ARG_REGS = {
+    "x86_64": ("di", "si", "dx", "cx", "r8", "r9"),
+    "aarch64": ("regs[0]", "regs[1]", "regs[2]", "regs[3]", "regs[4]", "regs[5]"),
+}
+CALL_RET_REG = {"x86_64": "ax", "aarch64": "regs[0]"}
+
+
 def syscall_arg_offsets(btf, machine: str | None = None) -> tuple[int, ...]:
     """Offsets in struct pt_regs of syscall arguments 0..5 on ``machine`` (default: this one)."""
+    return _reg_offsets(btf, SYSCALL_ARG_REGS, "syscall", machine)
+
+
+def call_arg_offsets(btf, machine: str | None = None) -> tuple[int, ...]:
+    """Offsets in struct pt_regs of a function call's arguments 0..5 on ``machine`` (default: this one)."""
+    return _reg_offsets(btf, CALL_ARG_REGS, "function call", machine)
+
+
+def call_ret_offset(btf, machine: str | None = None) -> int:
+    """Offset in struct pt_regs of a function's return value on ``machine`` (default: this one)."""
+    return _reg_offsets(btf, {m: (reg,) for m, reg in CALL_RET_REG.items()}, "function return", machine)[0]
+
+
+def _reg_offsets(btf, table: dict[str, tuple[str, ...]], what: str, machine: str | None) -> tuple[int, ...]:
     machine = machine or os.uname().machine
-    regs = SYSCALL_ARG_REGS.get(machine)
+    regs = table.get(machine)
     if regs is None:
-        raise BTFError(f"no syscall register table for {machine!r} (known: {', '.join(sorted(SYSCALL_ARG_REGS))}); "
+        raise BTFError(f"no {what} register table for {machine!r} (known: {', '.join(sorted(table))}); "
                        "add its calling convention to kestrel_raw/programs/layout.py")
     offsets = []
     for reg in regs:
@@ -60,8 +89,9 @@ def syscall_arg_offsets(btf, machine: str | None = None) -> tuple[int, ...]:
 
 class KernelLayout:
     """The running kernel's layouts, from its BTF: ``hops(path)`` for a BTF path (resolved once, kept),
-    ``syscall_args`` for the syscall argument registers.  With ``annotate`` (the default) each offset is a
-    ``Sourced`` int naming the BTF member it was read from."""
+    ``syscall_args`` for the syscall argument registers, ``call_args``/``call_ret`` for a function's at a
+    uprobe or kprobe.  With ``annotate`` (the default) each offset is a ``Sourced`` int naming the BTF member
+    it was read from."""
 
     def __init__(self, btf, machine: str | None = None, annotate: bool = True) -> None:
         self._btf = btf
@@ -73,6 +103,8 @@ class KernelLayout:
             pt_regs = btf.find("pt_regs").id
             args = tuple(Sourced(off, btf_member(f"pt_regs.{reg}", pt_regs)) for off, reg in zip(args, regs))
         self.syscall_args: tuple[int, ...] = args
+        self.call_args: tuple[int, ...] = call_arg_offsets(btf, machine)
+        self.call_ret: int = call_ret_offset(btf, machine)
 
     @classmethod
     def from_btf(cls, btf, machine: str | None = None, annotate: bool = True) -> "KernelLayout":
