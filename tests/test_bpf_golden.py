@@ -527,13 +527,6 @@ def test_map_get_fd_by_id(kernel):
     assert (c.cmd, c.size, c.attr) == (uapi.BPF_MAP_GET_FD_BY_ID, 12, h("07000000", "00000000", "00000000"))
 
 
-def test_map_freeze(kernel):
-    kernel.reply()
-    bpf.map_freeze(5)
-    [c] = kernel.calls
-    assert (c.cmd, c.size, c.attr) == (uapi.BPF_MAP_FREEZE, 4, h("05000000"))
-
-
 def test_enable_stats(kernel):
     kernel.reply(FD_RESULT)
     bpf.enable_stats(uapi.BPF_STATS_RUN_TIME).close()

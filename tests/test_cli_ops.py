@@ -114,6 +114,7 @@ def test_rotation_needs_a_directory_the_dropped_user_can_write(tmp_path):
 
 @pytest.mark.kernel
 @pytest.mark.slow
+@pytest.mark.hostonly  # zero loss at 40,000 lines in a burst: an emulated guest's writer falls behind
 def test_rotation_under_a_storm_loses_and_duplicates_nothing(tmp_path, nobody_dir):
     """40,000 opens of distinct paths by 2 processes, written to a file rotated every 256 KiB (~50
     rotations) by a collector that dropped to nobody: every line is whole, the lines across the files are

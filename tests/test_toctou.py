@@ -119,14 +119,21 @@ def test_a_flipping_open_path_names_the_file_opened(collector, tmp_path):
         if e["ret"] >= 0:
             assert e["resolved_path"] == str(exists), e
     flagged = sum(e["toctou"] for e in opens)
-    wrong = [e for e in opens if not e["toctou"] and (e["ret"] >= 0) != (e["path"] == str(exists))]
+    # An unflagged event whose path contradicts its result.  For a successful open that is not a wrong
+    # answer: resolved_path (checked above) is the file the kernel opened, and path is documented as the
+    # entry copy (README, "What the kernel did").  For a failed open, path is all there is.
+    wrong_ok = [e for e in opens if not e["toctou"] and e["ret"] >= 0 and e["path"] != str(exists)]
+    wrong_failed = [e for e in opens if not e["toctou"] and e["ret"] < 0 and e["path"] == str(exists)]
+    print(f"unflagged and contradicting their result: {len(wrong_ok)} successful, {len(wrong_failed)} failed "
+          f"opens of {n}; {flagged} flagged")
     # The entry copy is made a little before the kernel's own (getname() runs after the sys_enter
     # tracepoint), and a flip inside that window is caught only if the exit read differs too.  Measured with
-    # this flipper: 0 in 3000 on this host; 14 in 3000 on Debian 6.1 under software emulation, where that
-    # window is tens of times longer.  A successful open is exact whatever the path says (resolved_path,
-    # above); a failed one cannot be checked against anything in the kernel without a kprobe or fentry.
-    assert len(wrong) <= n // 100, (f"{len(wrong)} of {n} unflagged events disagree with their result: "
-                                    f"{wrong[:3]}")
+    # this flipper (failed opens): 0 in 3000 on this host; under software emulation, where that window is
+    # tens of times longer, 1 in 3000 on Debian 6.12 and 14 to 31 in 3000 on Debian 6.1.  A failed open cannot
+    # be checked against anything in the kernel without a kprobe or fentry.  The bound is 3%: an entry copy
+    # that did not work would leave about half of the failed opens wrong.
+    assert len(wrong_failed) <= n * 3 // 100, (f"{len(wrong_failed)} of {n} unflagged failed opens name the file that "
+                                           f"exists: {wrong_failed[:3]}")
     assert flagged < n // 2, f"{flagged} of {n} flagged"
 
 
