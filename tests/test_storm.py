@@ -171,7 +171,7 @@ def test_cli_storm_bounded_memory_and_sigterm_within_2s(tmp_path, policy):
     bound = 4.0 if os.environ.get("KESTREL_KMX_GUEST") else 2.0
     assert took < bound, f"stopping took {took:.2f}s"
     assert "Traceback" not in err
-    m = re.search(r"records=(\d+) delivered\[[^\]]*open=(\d+)\] kernel_lost=(\d+) user_dropped=(\d+)", err)
+    m = re.search(r"records=(\d+) delivered\[[^\]]*\bopen=(\d+)[^\]]*\] kernel_lost=(\d+) user_dropped=(\d+)", err)
     records, delivered, kernel_lost, user_dropped = map(int, m.groups())
     assert delivered == len(c.events())
     assert records == delivered + user_dropped
