@@ -117,7 +117,7 @@ def test_shell_command_is_the_line_an_interactive_bash_read(collector):
     collector.wait_for(lambda e: e["type"] == "shell_command" and e["pid"] == pid and e["command"] == "exit 3",
                        "the last line of the interactive bash", timeout=30)
     got = [e for e in collector.events() if e["type"] == "shell_command" and e["pid"] == pid]
-    assert [list(e) for e in got] == [spec.json_keys(spec.SHELL_COMMAND)] * 3, [e["command"][:40] for e in got]
+    assert [list(e) for e in got] == [spec.json_keys(spec.SHELL_COMMAND)] * 3, [(e["command"][:40], e["fault"], e["truncated"]) for e in got]
     base = {"type": "shell_command", "event_type_id": 50, **common(pid, "bash")}
     assert [own_fields(e) for e in got] == [
         {**base, "command": f"echo {marker}", "truncated": False, "fault": False},

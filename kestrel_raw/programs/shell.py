@@ -16,7 +16,7 @@ lookup costs every readline return one array lookup: a line typed, not a syscall
 """
 from __future__ import annotations
 
-from kestrel_raw.asm import BPF_ADD, BPF_JEQ, BPF_JGT, BPF_JSLT, BPF_SUB, R0, R1, R2, R3, R8, R9, alu64_imm, call
+from kestrel_raw.asm import BPF_ADD, BPF_JEQ, BPF_JGT, BPF_JLE, BPF_JSLT, BPF_SUB, R0, R1, R2, R3, R8, R9, alu64_imm, call
 from kestrel_raw.asm import BPF_JNE, BPF_RSH, BPF_W, R6, R7, R10, ja, jmp_imm, jmp_reg, label, ld_map_fd, ldx_mem
 from kestrel_raw.asm import mov64_imm, mov64_reg, st_mem
 from kestrel_raw.programs.builder import SLOT_ARRAY_KEY, STAT_READ_FAULT, ProgramBuilder
@@ -63,7 +63,10 @@ def build(b: ProgramBuilder, fmt, layout) -> list:
         mov64_reg(R3, R9),
         call("probe_read_user_str"),  # r0 = bytes with the NUL, or -errno
         jmp_imm(BPF_JSLT, R0, 0, fault),
-        jmp_imm(BPF_JEQ, R0, 1, "out"),  # an empty line: nothing to report
+        # An empty line: nothing to report.  1 (the NUL alone), or 0 on older kernels, whose
+        # strncpy_from_user_nofault does not count the NUL of an empty string (Debian's 6.1: r0 - 1 would
+        # then be a huge length, reported as a cut line).
+        jmp_imm(BPF_JLE, R0, 1, "out"),
         mov64_reg(R9, R0),
         alu64_imm(BPF_SUB, R9, 1),  # r9 = the line's length
         jmp_imm(BPF_JGT, R9, MAX_COMMAND, have),
