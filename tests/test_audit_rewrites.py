@@ -11,6 +11,7 @@ from kestrel_raw.asm import (
     BPF_ADD, BPF_JEQ, BPF_JGT, BPF_LSH, BPF_W, R0, R1, R2, R10, KernelSymbols, alu64_imm, alu64_reg, call,
     disassemble_xlated, exit_insn, ja, jmp_imm, label, ld_map_fd, ldx_mem, mov64_imm, mov64_reg, resolve,
 )
+from kestrel_raw.asm import disassemble
 from kestrel_raw.audit.rewrites import compare
 
 BASE = 0xFFFFFFFF81000000
@@ -151,3 +152,36 @@ def test_loaded_bytes_name_their_maps_by_fd() -> None:
     result = compare(loaded, disassemble_xlated(xlated, SYMBOLS), fd_names={9: "counts"}, id_names={42: "counts"})
     assert result.ok
     assert result.rewrites[1].text == "r1 = map[fd:9] -> r1 = map[id:42] (map counts)"
+
+
+def subprog_call(distance: int) -> bytes:
+    """A bpf-to-bpf call as a BPF object loads it: src BPF_PSEUDO_CALL, the distance in imm."""
+    return struct.pack("<BBhi", 0x85, 1 << 4, 0, distance)
+
+
+def jitted_subprog_call(distance: int, subprog: int) -> bytes:
+    """The same call in a JIT-compiled program's dump (verifier.c jit_subprogs): the distance in off, the
+    subprogram's index in imm."""
+    return struct.pack("<BBhi", 0x85, 1 << 4, distance, subprog)
+
+
+def test_a_bpf_to_bpf_call_moved_by_dead_code_lands_on_the_same_function() -> None:
+    # main: call sub; if r1 == 0 goto +1; r0 = 1; exit.  sub: r0 = 0; exit.  The verifier removed the jump and
+    # "r0 = 1" (proven never run), so the call is two slots closer to sub.
+    loaded = disassemble(code(subprog_call(3), jmp_imm(BPF_JEQ, R1, 0, 1), mov64_imm(R0, 1), exit_insn(),
+                              mov64_imm(R0, 0), exit_insn()))
+    xlated = code(jitted_subprog_call(1, 1), exit_insn(), mov64_imm(R0, 0), exit_insn())
+    result = compare(loaded, disassemble_xlated(xlated, SYMBOLS))
+    assert result.ok, result.rewrites
+    assert [r.line() for r in result.rewrites] == [
+        "        0: jump        call pc+3 -> call pc+1 (same target, -2 slots between)",
+        "      1-2: removed     2 instructions never run (the verifier proved it), removed: if r1 == 0x0 goto pc+1; "
+        "r0 = 1"]
+    as_loaded = code(jitted_subprog_call(3, 1), jmp_imm(BPF_JEQ, R1, 0, 1), mov64_imm(R0, 1), exit_insn(),
+                     mov64_imm(R0, 0), exit_insn())
+    assert compare(loaded, disassemble_xlated(as_loaded, SYMBOLS)).rewrites == ()
+    elsewhere = code(jitted_subprog_call(2, 1), exit_insn(), mov64_imm(R0, 0), exit_insn())
+    assert [r.line() for r in compare(loaded, disassemble_xlated(elsewhere, SYMBOLS)).rewrites
+            if r.kind == "unexplained"] == [
+        "        0: unexplained call pc+3 -> call pc+2: the xlated jump lands elsewhere than on the rewrite of the "
+        "loaded jump's target"]

@@ -13,7 +13,10 @@ the dump is ``bpf_insn_prepare_dump``'s, decoded by ``kestrel_raw.asm.disassembl
   size, the array's address; for a per-CPU array, the per-CPU address move ``r0 = &(void __percpu *)(r0)``);
 - ``hardwired``: a conditional jump the verifier proved always taken, made a ``goto``;
 - ``removed``: instructions the verifier proved never run (dead code, and jumps never taken), taken out;
-- ``jump``: a jump's offset, changed because instructions were added or removed between it and its target.
+- ``jump``: a jump's offset, changed because instructions were added or removed between it and its target;
+  a bpf-to-bpf call (``call pc+N``, a BPF object's subprograms) is a jump here: the JIT-compiled program's
+  dump keeps its offset in ``off`` (kernel/bpf/verifier.c ``jit_subprogs``), and it must land on the
+  rewrite of the function the loaded call landed on.
 
 ``compare`` aligns the two sequences (``difflib.SequenceMatcher`` over the instructions with what a
 rewrite may change left out of the comparison: map fds and ids, a call's helper id or address, a jump's
@@ -34,7 +37,7 @@ from kestrel_raw.asm import opcode as op
 from kestrel_raw.asm.helpers import HELPER_NAMES, HELPERS
 from kestrel_raw.asm.instruction import Instruction
 from kestrel_raw.asm.xlated import (
-    KIND_CALL, KIND_KFUNC_CALL, KIND_MAP, KIND_MAP_VALUE, KIND_PERCPU_ADDR, XlatedInstruction,
+    KIND_CALL, KIND_KFUNC_CALL, KIND_MAP, KIND_MAP_VALUE, KIND_PERCPU_ADDR, KIND_SUBPROG_CALL, XlatedInstruction,
 )
 
 CALL = op.BPF_JMP | op.BPF_CALL | op.BPF_K
@@ -137,6 +140,8 @@ def _loaded_rows(insns: list[Instruction], fd_names: Mapping[int, str]) -> list[
         elif code == CALL and insn.src == 0:
             helper = HELPER_NAMES.get(insn.imm, f"#{insn.imm}")
             rows.append(_Row(slot, 1, ("call", helper), str(insn), code, None, helper=helper))
+        elif code == CALL and insn.src == op.BPF_PSEUDO_CALL:   # a bpf-to-bpf call: imm is its distance
+            rows.append(_Row(slot, 1, ("subprog_call",), str(insn), code, insn.imm))
         elif _is_jump(code):
             rows.append(_Row(slot, 1, ("jmp", code, insn.dst, insn.src, None if code == op.BPF_JMP32 | op.BPF_JA
                                        else insn.imm), str(insn), code, _jump_distance(code, insn.off, insn.imm)))
@@ -163,6 +168,8 @@ def _xlated_rows(insns: list[XlatedInstruction], id_names: Mapping[int, str]) ->
                 helper = x.symbol[4:]
             key = ("call", helper) if helper is not None else ("function", x.symbol, x.address)
             rows.append(_Row(x.slot, 1, key, x.text, code, None, helper=helper, symbol=x.symbol))
+        elif x.kind == KIND_SUBPROG_CALL:   # JIT-compiled: off is the distance, imm the subprogram's index
+            rows.append(_Row(x.slot, 1, ("subprog_call",), x.text, code, x.off))
         elif _is_jump(code):
             rows.append(_Row(x.slot, 1, ("jmp", code, x.dst, x.src, None if code == op.BPF_JMP32 | op.BPF_JA
                                          else x.imm), x.text, code, _jump_distance(code, x.off, x.imm)))
