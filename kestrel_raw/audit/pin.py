@@ -24,6 +24,7 @@ import dataclasses
 import re
 
 from kestrel_raw.errors import ConfigError
+from kestrel_raw.kernel.uapi import BPF_OBJ_NAME_LEN
 
 FORMAT = """\
 # kestrel-raw pin file: the BPF programs approved for loading.
@@ -88,6 +89,12 @@ class PinFile:
             why = self.refusal(name, sha256)
             if why is not None:
                 raise PinError(f"{why}: nothing loaded; `kestrel-raw disasm` shows the program")
+
+
+def pin_name(program: str) -> str:
+    """The name a pin file gives a program: the kernel's name of it, its first 15 characters
+    (BPF_OBJ_NAME_LEN - 1).  The built-in programs' names are that short already; a BPF object's may not be."""
+    return program[:BPF_OBJ_NAME_LEN - 1]
 
 
 def format_pins(digests: dict[str, str], comment: str = "") -> str:

@@ -149,33 +149,43 @@ class RunningCollector:
     programs: dict[str, int]  # name -> fd
     maps: dict[str, tuple[int, bpf.MapInfo]]  # name -> (fd, info)
     frozen: dict[str, bool]  # map name -> the kernel says it is frozen (fdinfo)
+    # (fd, info) of every other program it holds: those of its BPF object (run --object), if it has one
+    others: list[tuple[int, bpf.ProgInfo]] = dataclasses.field(default_factory=list)
 
     def close(self) -> None:
         for fd in self.programs.values():
             os.close(fd)
         for fd, _info in self.maps.values():
             os.close(fd)
+        for fd, _info in self.others:
+            os.close(fd)
         self.programs.clear()
         self.maps.clear()
+        self.others.clear()
 
 
-def collector_pids() -> list[int]:
-    """The processes that hold a ``kr_*`` tracepoint program and a kr_filter or kr_only map (collectors)."""
+def collector_pids(object_tags: set[tuple[str, bytes]] | None = None) -> list[int]:
+    """The processes that hold a ``kr_*`` tracepoint program and a kr_filter or kr_only map (collectors),
+    and with ``object_tags`` ((kernel name, tag) of a BPF object's programs) those that hold one of those
+    programs (a collector of that object, ``run --object`` with or without built-in programs)."""
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit() and int(entry) != os.getpid():
             maps, progs = bpf_fds(int(entry))
-            if maps and progs:
-                rc = running_collector(int(entry))
+            if progs and (maps or object_tags):
+                rc = running_collector(int(entry), object_only=bool(object_tags))
                 if rc is not None:
-                    found.append(rc.pid)
+                    if rc.programs or any((i.name, i.tag) in object_tags for _fd, i in rc.others):
+                        found.append(rc.pid)
                     rc.close()
     return sorted(found)
 
 
-def running_collector(pid: int) -> RunningCollector | None:
-    """The ``kr_*`` programs and the maps of process ``pid``, or None when it is no collector (or cannot
-    be read: pidfd_getfd needs CAP_SYS_PTRACE, or root over a root process)."""
+def running_collector(pid: int, *, object_only: bool = False) -> RunningCollector | None:
+    """The ``kr_*`` programs, the other programs and the maps of process ``pid``, or None when it is no
+    collector (or cannot be read: pidfd_getfd needs CAP_SYS_PTRACE, or root over a root process).  With
+    ``object_only`` a process that holds programs but no built-in ones (``run --object`` without
+    ``--events``) counts as one too."""
     maps, progs = bpf_fds(pid)
     try:
         pidfd = os.pidfd_open(pid)
@@ -194,6 +204,8 @@ def running_collector(pid: int) -> RunningCollector | None:
                 continue
             if info.name.startswith("kr_") and info.name not in found.programs:
                 found.programs[info.name] = dup
+            elif not info.name.startswith("kr_"):
+                found.others.append((dup, info))
             else:
                 os.close(dup)
         for fd in maps:
@@ -213,7 +225,8 @@ def running_collector(pid: int) -> RunningCollector | None:
     finally:
         os.close(pidfd)
     is_collector = any(bpf.prog_info(fd).type == BPF_PROG_TYPE_TRACEPOINT for fd in found.programs.values()) and (
-        "kr_filter" in found.maps or "kr_only" in found.maps)
+        "kr_filter" in found.maps or "kr_only" in found.maps) or (object_only and not found.programs
+                                                                 and bool(found.others))
     if not is_collector:
         found.close()
         return None

@@ -16,10 +16,12 @@ import sys
 from kestrel_raw.cli.common import error
 
 
-def add_shaping_arguments(p: argparse.ArgumentParser, *, events_default: str | None = "exec,open,connect,exit") -> None:
-    p.add_argument("--events", default=events_default,
-                   help="comma-separated event types: exec, open, connect, exit (default: " +
-                        ("all" if events_default else "those of the collector checked") + ")")
+def add_shaping_arguments(p: argparse.ArgumentParser, *, events_default: str = "all; none with --object") -> None:
+    p.add_argument("--events", default=None,
+                   help=f"comma-separated event types: exec, open, connect, exit (default: {events_default})")
+    p.add_argument("--object", metavar="FILE",
+                   help="the BPF object FILE, as given to run --object: its programs too, linked for this kernel "
+                        "as run loads them")
     p.add_argument("--buffers", type=int, default=None,
                    help="number of ring buffers, as given to run (default: run's, one per CPU, at most 4)")
     p.add_argument("--buffer-size", type=int, default=None, help="bytes per ring buffer, as given to run (default: run's)")
@@ -42,6 +44,15 @@ def shaping_kwargs(args: argparse.Namespace) -> dict:
             kwargs[name] = getattr(args, name)
     if args.btf:
         kwargs["btf_path"] = args.btf
+    if getattr(args, "object", None):
+        kwargs["program_path"] = args.object
+    return kwargs
+
+
+def as_run_loads(kwargs: dict) -> dict:
+    """``kwargs`` with run's default event types: every type, or none when a BPF object is given."""
+    if "event_types" not in kwargs and "program_path" in kwargs:
+        return {**kwargs, "event_types": ()}
     return kwargs
 
 
@@ -95,15 +106,20 @@ def verify_loaded(collector) -> None:
 
 
 def check_loaded(collector, symbols=None) -> list:
-    """A ``ProgramCheck`` of every program ``collector`` loaded, against the exact bytes it loaded."""
+    """A ``ProgramCheck`` of every program ``collector`` loaded (the built-in ones, then those of its BPF
+    object), against the exact bytes it loaded."""
+    from kestrel_raw.audit import objects
     from kestrel_raw.audit.readback import check_program
 
     # The maps by the names the programs give them (the kernel's name of the filter differs in only-mode).
     fd_names = {m.fileno(): name for name, m in collector._maps.items()}
     id_names = {m.map_info().id: name for name, m in collector._maps.items()}
-    return [check_program(spec.name, prog.code, prog.fileno(), fd_names=fd_names, id_names=id_names,
-                          symbols=symbols)
-            for spec, prog in collector._programs]
+    checks = [check_program(spec.name, prog.code, prog.fileno(), fd_names=fd_names, id_names=id_names,
+                            symbols=symbols)
+              for spec, prog in collector._programs]
+    if collector.bpf_object is not None:
+        checks += objects.check_loaded(collector.bpf_object, symbols)
+    return checks
 
 
 def kernel_symbols():

@@ -31,7 +31,9 @@ import json
 import sys
 
 from kestrel_raw.cli.common import EXIT_OK, EXIT_SETUP, EXIT_USAGE, error, one_line
-from kestrel_raw.cli.shaping import add_shaping_arguments, check_loaded, kernel_symbols, shaping_kwargs
+from kestrel_raw.cli.shaping import (
+    add_shaping_arguments, as_run_loads, check_loaded, kernel_symbols, shaping_kwargs,
+)
 
 NAME = "verify"
 HELP = ("read the loaded programs back from the kernel (a running collector's, or --load them here) and "
@@ -39,7 +41,8 @@ HELP = ("read the loaded programs back from the kernel (a running collector's, o
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_shaping_arguments(p, events_default=None)
+    add_shaping_arguments(p, events_default="those of the collector checked; with --load, as run: all, none "
+                                            "with --object")
     p.add_argument("--pid", type=int, help="the collector to check (default: every running collector)")
     p.add_argument("--load", action="store_true", help="load the programs here (nothing attached) and check them")
     p.add_argument("--pin", metavar="FILE", help="also require every program's SHA-256 to be approved by FILE")
@@ -47,6 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from kestrel_raw.audit import PinFile
+    from kestrel_raw.audit.pin import pin_name
     from kestrel_raw.errors import ConfigError, KestrelError
 
     try:
@@ -72,7 +76,7 @@ def main(args: argparse.Namespace) -> int:
     for report in reports:
         if pins is not None:
             for check in report["checks"]:
-                why = pins.refusal(check.name, check.sha256)
+                why = pins.refusal(pin_name(check.name), check.sha256)
                 if why is not None:
                     report["problems"].append(why)
         ok = ok and not report["problems"] and all(c.ok for c in report["checks"])
@@ -83,7 +87,8 @@ def main(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         for r in reports:
-            print(f"; {r['collector']}, built with {' '.join(f'--{k} {v}' for k, v in r['options'].items())}")
+            built = ' '.join(f'--{k} {v}' for k, v in r['options'].items())
+            print(f"; {r['collector']}" + (f", built with {built}" if built else ""))
             for p in r["problems"]:
                 print(f"; problem: {p}")
             for c in r["checks"]:
@@ -99,7 +104,7 @@ def _load_here(kwargs: dict, symbols) -> list[dict]:
     from kestrel_raw.collector import KestrelCollector
     from kestrel_raw.config import CollectorConfig
 
-    config = CollectorConfig(**kwargs)
+    config = CollectorConfig(**as_run_loads(kwargs))
     send, _recv = trio.open_memory_channel(1)
     collector = KestrelCollector(send, config)
     collector.load()
@@ -112,29 +117,50 @@ def _load_here(kwargs: dict, symbols) -> list[dict]:
 
 
 def _running(args: argparse.Namespace, kwargs: dict, symbols) -> list[dict] | None:
+    from kestrel_raw.asm import prog_tag
+    from kestrel_raw.audit.pin import pin_name
     from kestrel_raw.audit.readback import collector_pids, running_collector
 
-    pids = [args.pid] if args.pid is not None else collector_pids()
+    obj = _object(kwargs)
+    tags = {(pin_name(p.name), prog_tag(p.insns)) for p in obj[1]} if obj is not None else None
+    pids = [args.pid] if args.pid is not None else collector_pids(tags)
     if not pids:
-        error("no running collector found (a process holding kr_* programs and a kr_filter map); start one, "
-              "give --pid, or use --load to load and check the programs here")
+        error("no running collector found (a process holding kr_* programs and a kr_filter map"
+              f"{', or the programs of ' + kwargs['program_path'] if obj is not None else ''}); start one, give "
+              "--pid, or use --load to load and check the programs here")
         return None
     reports = []
     for pid in pids:
-        rc = running_collector(pid)
+        # A process named by --pid, or found by its object's programs, may hold no built-in program.
+        rc = running_collector(pid, object_only=obj is not None or args.pid is not None)
         if rc is None:
             error(f"process {pid} is no collector kestrel-raw can read (no kr_* programs and kr_filter map, or "
                   f"its fds cannot be taken: that needs root or CAP_SYS_PTRACE)")
             return None
         try:
-            reports.append(_check_running(rc, kwargs, symbols))
+            reports.append(_check_running(rc, kwargs, symbols, obj))
         finally:
             rc.close()
     return reports
 
 
-def _check_running(rc, kwargs: dict, symbols) -> dict:
+def _object(kwargs: dict):
+    """(BpfObject, its programs linked as run links them) of --object, or None."""
+    from kestrel_raw.bpfobj import BpfObject
+    from kestrel_raw.collector.load import load_btf
+    from kestrel_raw.config import CollectorConfig
+    from kestrel_raw.loader import object_programs
+
+    if "program_path" not in kwargs:
+        return None
+    config = CollectorConfig(**as_run_loads(kwargs))      # the path checked as run checks it
+    obj = BpfObject.load(config.program_path)
+    return obj, object_programs(obj, load_btf(config.btf_path))
+
+
+def _check_running(rc, kwargs: dict, symbols, obj) -> dict:
     from kestrel_raw import programs
+    from kestrel_raw.audit import objects
     from kestrel_raw.audit.readback import check_collector, kinds_of, self_tgid_problems
     from kestrel_raw.cli.disasm import options
     from kestrel_raw.config import CollectorConfig
@@ -144,21 +170,32 @@ def _check_running(rc, kwargs: dict, symbols) -> dict:
     base.setdefault("event_types", tuple(EventType(k) for k in kinds_of(rc.programs)) or None)
     if base["event_types"] is None:
         base.pop("event_types")
-    if programs.MAP_RINGS in rc.maps:
-        base.setdefault("buffers", rc.maps[programs.MAP_RINGS][1].max_entries)
-    if "kr_ring0" in rc.maps:
-        base.setdefault("buffer_size", rc.maps["kr_ring0"][1].max_entries)
-    if "kr_only" in rc.maps:
-        base["only_tgids"] = (rc.pid,)  # only the filter's mode changes the bytes, not its tgids
-    candidates = [CollectorConfig(**base)]
-    if "wakeup_bytes" not in kwargs and "latency" not in kwargs:
-        candidates.append(CollectorConfig(**base, latency="low"))
-    config, checks = check_collector(rc, candidates, symbols)
-    problems = self_tgid_problems(rc)
-    built = {c.name for c in checks}
-    problems += [f"program {name} is not one this kestrel-raw builds with these options"
-                 for name in sorted(set(rc.programs) - built)]
-    return {"collector": f"collector pid {rc.pid}", "options": _flags(options(config)), "problems": problems,
+    checks, problems = [], []
+    opts = {"object": obj[0].source} if obj is not None else {}
+    if rc.programs:             # its built-in programs (none: run --object without --events)
+        if programs.MAP_RINGS in rc.maps:
+            base.setdefault("buffers", rc.maps[programs.MAP_RINGS][1].max_entries)
+        if "kr_ring0" in rc.maps:
+            base.setdefault("buffer_size", rc.maps["kr_ring0"][1].max_entries)
+        if "kr_only" in rc.maps:
+            base["only_tgids"] = (rc.pid,)  # only the filter's mode changes the bytes, not its tgids
+        candidates = [CollectorConfig(**base)]
+        if "wakeup_bytes" not in kwargs and "latency" not in kwargs:
+            candidates.append(CollectorConfig(**base, latency="low"))
+        config, checks = check_collector(rc, candidates, symbols)
+        opts = options(config)
+        problems = self_tgid_problems(rc)
+        built = {c.name for c in checks}
+        problems += [f"program {name} is not one this kestrel-raw builds with these options"
+                     for name in sorted(set(rc.programs) - built)]
+    if obj is not None:
+        object_checks, object_problems = objects.check_running(rc.others, obj[0], obj[1], symbols)
+        checks += object_checks
+        problems += object_problems
+    else:
+        problems += [f"program {info.name} (id {info.id}) is not a built-in program (of the collector's BPF object?): "
+                     "listed, not compared; give --object FILE, the object the collector runs" for _fd, info in rc.others]
+    return {"collector": f"collector pid {rc.pid}", "options": _flags(opts), "problems": problems,
             "checks": checks}
 
 

@@ -19,7 +19,8 @@ from kestrel_raw.loader.objload import PROGRAM_TYPES, LoadedObject, possible_cpu
 class ObjectProgram:
     """One program of an object, linked for the running kernel: ``insns`` are its final instruction bytes
     (map references with fd 0: ``map_refs`` name them), ``prog_type``/``expected_attach_type`` how it
-    loads."""
+    loads, ``target`` where its section says it attaches ("" when it names none), ``core`` the CO-RE
+    relocations applied to it (``kestrel_raw.bpfobj.CoreApplied``)."""
     name: str
     section: str
     kind: str | None
@@ -27,6 +28,8 @@ class ObjectProgram:
     map_refs: tuple
     prog_type: int
     expected_attach_type: int
+    target: str = ""
+    core: tuple = ()
 
     def instructions(self) -> list:
         """The instructions as ``kestrel_raw.asm.Instruction`` values (for the disassembler)."""
@@ -40,19 +43,21 @@ class ObjectProgram:
         return out
 
 
-def object_programs(path: str, target_btf=None) -> list[ObjectProgram]:
-    """Every program of the BPF object at ``path``, linked against ``target_btf`` (default: the running
-    kernel's, when the object has CO-RE relocations) with its externs resolved from this kernel."""
-    from kestrel_raw.bpfobj import BpfObject
-    from kestrel_raw.bpfobj.externs import HostFacts
-    from kestrel_raw.loader import features
+def object_programs(source, target_btf=None) -> list[ObjectProgram]:
+    """Every program of the BPF object ``source`` (a path or a ``BpfObject``), linked exactly as
+    ``LoadedObject`` (and so ``run --object``) links it: against ``target_btf`` (default: the running
+    kernel's, when the object has CO-RE relocations), its externs resolved from this kernel."""
+    import os
 
-    obj = BpfObject.load(path)
-    externs = obj.resolve_externs(HostFacts(features=features.feature, btf=target_btf)) if obj.externs else None
+    from kestrel_raw.bpfobj import BpfObject
+    from kestrel_raw.loader.objload import link_for_load
+
+    obj = source if isinstance(source, BpfObject) else BpfObject.load(os.fspath(source))
+    _externs, linked = link_for_load(obj, target_btf)
     out = []
-    for name, p in obj.link(target_btf, externs=externs).items():
+    for name, p in linked.items():
         ptype, atype = PROGRAM_TYPES.get(p.kind, (0, 0))
-        out.append(ObjectProgram(name, p.section, p.kind, p.insns, p.map_refs, ptype, atype))
+        out.append(ObjectProgram(name, p.section, p.kind, p.insns, p.map_refs, ptype, atype, p.target, p.core))
     return out
 
 

@@ -88,6 +88,22 @@ def ringbuf_size(size: int) -> int:
     return n
 
 
+def link_for_load(obj: BpfObject, target_btf: BTF | None = None
+                  ) -> tuple[ExternValues | None, dict[str, LinkedProgram]]:
+    """The object's extern values and its programs linked as ``LoadedObject`` loads them (and so as ``run
+    --object`` does, and what ``disasm``/``verify`` show): externs from this kernel, CO-RE against
+    ``target_btf`` (the running kernel's BTF when None and the object has CO-RE relocations)."""
+    externs = (obj.resolve_externs(HostFacts(features=features.feature, btf=target_btf)) if obj.externs
+               else None)
+    if has_core_relos(obj) and target_btf is None:
+        target_btf = BTF.load()
+    return externs, obj.link(target_btf if has_core_relos(obj) else None, externs=externs)
+
+
+def has_core_relos(obj: BpfObject) -> bool:
+    return bool(obj.btf_ext is not None and any(obj.btf_ext.core_relos.values()))
+
+
 class LoadedObject:
     """An object's maps and programs in the kernel.  ``LoadedObject(path_or_object)`` loads everything
     (nothing is attached until ``attach()``); ``close()`` detaches and closes every fd.
@@ -113,12 +129,11 @@ class LoadedObject:
         self.notes: list[str] = []        # what was done differently from the object's wishes, in words
         self._target_btf = target_btf
         try:
-            self.externs: ExternValues | None = (self.obj.resolve_externs(
-                HostFacts(features=features.feature, btf=target_btf)) if self.obj.externs else None)
+            # The BTF loaded once, when CO-RE needs it, serves the attach ids too.
+            self.externs, self.linked = link_for_load(
+                self.obj, self.target_btf if has_core_relos(self.obj) else target_btf)
             if self.externs is not None:
                 self.notes += self.externs.notes
-            self.linked: dict[str, LinkedProgram] = self.obj.link(self.target_btf if self._needs_btf() else None,
-                                                                   externs=self.externs)
             unknown = [n for n in (programs or ()) if n not in self.linked]
             if unknown:
                 raise BpfObjectError(f"{self.obj.source}: no program {', '.join(map(repr, unknown))} (it has "
@@ -138,10 +153,6 @@ class LoadedObject:
         if self._target_btf is None:
             self._target_btf = BTF.load()
         return self._target_btf
-
-    def _needs_btf(self) -> bool:
-        ext = self.obj.btf_ext
-        return bool(ext is not None and any(ext.core_relos.values()))
 
     def _load_btf(self) -> None:
         if self.obj.btf is None or not features.btf_supported():
