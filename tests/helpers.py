@@ -34,7 +34,9 @@ from kestrel_raw.asm import (
     BPF_ADD, BPF_DW, BPF_JEQ, BPF_JGT, BPF_JNE, BPF_RSH, BPF_W, R0, R1, R2, R3, R4, R7, R8, R10, alu64_imm,
     call, exit_insn, ja, jmp_imm, label, ld_map_fd, ldx_mem, mov64_imm, mov64_reg, st_mem, stx_mem,
 )
+from kestrel_raw.asm import opcode as op
 from kestrel_raw.kernel import bpf, syscall
+from kestrel_raw.kernel.uapi import BPF_MAP_TYPE_HASH as _BPF_MAP_TYPE_HASH
 from kestrel_raw.kernel.attach import attach_tracepoint
 from kestrel_raw.kernel.prog import Program
 from kestrel_raw.maps.array import ArrayMap
@@ -588,6 +590,74 @@ class ElfBuilder:
         struct.pack_into("<IIQQQQIIQQ", out, shoff + 64 * shstrndx, shstr_name, SHT_STRTAB, 0, 0, shstr_off,
                          len(shstr.data), 0, 0, 1, 0)
         return bytes(out)
+
+
+# --- hand-made BPF objects ------------------------------------------------------------------------------
+
+BPF_INSN = struct.Struct("<BBhi")
+R_BPF_64_64, R_BPF_64_32 = 1, 10
+STB_LOCAL, STB_GLOBAL = 0, 1
+STT_NOTYPE, STT_OBJECT, STT_FUNC, STT_SECTION = 0, 1, 2, 3
+HAND_PROG_SEC = "tp/syscalls/sys_enter_getpid"
+
+
+def bpf_insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
+    return BPF_INSN.pack(code, src << 4 | dst, off, imm)
+
+
+def bpf_ld64(dst: int, src: int = 0, imm: int = 0) -> bytes:
+    return bpf_insn(op.LD_IMM64, dst, src, 0, imm) + bpf_insn(0)
+
+
+HAND_EXIT = bpf_insn(op.BPF_JMP | op.BPF_EXIT)
+HAND_MOV0 = bpf_insn(op.BPF_ALU64 | op.BPF_MOV | op.BPF_K, 0, 0, 0, 0)
+HAND_CALL_SUB = bpf_insn(op.BPF_JMP | op.BPF_CALL, 0, op.BPF_PSEUDO_CALL, 0, -1)
+
+# The program: r1 = &legacy map; r2 = &.data + 4 (through the section symbol, addend 4 in imm); call sub; exit
+HAND_PROG = bpf_ld64(1) + bpf_ld64(2, 0, 4) + HAND_CALL_SUB + HAND_EXIT
+# .text: sub: r0 = 0; exit
+HAND_TEXT = HAND_MOV0 + HAND_EXIT
+HAND_MAP_DEF = struct.pack("<5I", _BPF_MAP_TYPE_HASH, 4, 8, 16, 0)
+
+
+def hand_object(sections=None, symbols=None, rels=None, *, btf: bytes | None = None, ext: bytes | None = None,
+                machine: int = EM_BPF) -> bytes:
+    """A BPF object written byte by byte (tests/test_bpf_object_handmade.py pins how it links): an ET_REL
+    object: ``sections`` [(name, data, flags)], ``symbols`` [(name, bind, type, section, value,
+    size)] (section None: undefined), ``rels`` {section: [(offset, symbol name, type)]}."""
+    if sections is None:
+        sections = [(HAND_PROG_SEC, HAND_PROG, SHF_ALLOC | SHF_EXECINSTR),
+                    (".text", HAND_TEXT, SHF_ALLOC | SHF_EXECINSTR),
+                    (".data", b"\x01\x02\x03\x04\x05\x06\x07\x08", SHF_ALLOC | SHF_WRITE),
+                    ("maps", HAND_MAP_DEF, SHF_ALLOC | SHF_WRITE), ("license", b"GPL\0", SHF_ALLOC | SHF_WRITE)]
+    if symbols is None:
+        symbols = [(".data", STB_LOCAL, STT_SECTION, ".data", 0, 0),
+                   ("prog", STB_GLOBAL, STT_FUNC, HAND_PROG_SEC, 0, 48),
+                   ("sub", STB_GLOBAL, STT_FUNC, ".text", 0, 16), ("hmap", STB_GLOBAL, STT_OBJECT, "maps", 0, 20)]
+    if rels is None:
+        rels = {HAND_PROG_SEC: [(0, "hmap", R_BPF_64_64), (16, ".data", R_BPF_64_64), (32, "sub", R_BPF_64_32)]}
+    b = ElfBuilder(e_type=ET_REL, machine=machine)
+    for name, data, flags in sections:
+        b.add(name, SHT_PROGBITS, data, flags=flags)
+    names = [s[0] for s in sections]
+    strs = StrTab()
+    table = sym(0, 0, 0, 0)
+    index = {}
+    for n, (name, bind, typ, sec, value, size) in enumerate(symbols, 1):
+        shndx = names.index(sec) + 1 if sec is not None else 0
+        table += sym(strs.add(name) if typ != STT_SECTION else 0, bind, typ, shndx, value, size)
+        index[name] = n
+    symtab = len(sections) + len(rels) + 1
+    for sec, entries in rels.items():
+        b.add(".rel" + sec, SHT_REL, b"".join(rel(off, index[s], t) for off, s, t in entries), link=symtab,
+              info=names.index(sec) + 1, entsize=16)
+    b.add(".symtab", SHT_SYMTAB, table, link=".strtab", info=1, entsize=24)
+    b.add(".strtab", SHT_STRTAB, strs.data)
+    if btf is not None:
+        b.add(".BTF", SHT_PROGBITS, btf)
+    if ext is not None:
+        b.add(".BTF.ext", SHT_PROGBITS, ext)
+    return b.build()
 
 
 # --- compilers ------------------------------------------------------------------------------------------

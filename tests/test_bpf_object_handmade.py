@@ -15,71 +15,16 @@ from kestrel_raw.btf.ext import BTFExt
 from kestrel_raw.errors import BpfObjectError, BTFError
 from kestrel_raw.kernel.uapi import BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_HASH
 from tests.helpers import (
-    EM_BPF, ET_REL, SHF_ALLOC, SHF_EXECINSTR, SHF_WRITE, SHT_PROGBITS, SHT_REL, SHT_STRTAB, SHT_SYMTAB,
-    BtfBuilder, ElfBuilder, StrTab, btf_ext, rel, sym,
+    BPF_INSN, HAND_CALL_SUB, HAND_EXIT, HAND_MAP_DEF, HAND_MOV0, HAND_PROG, HAND_PROG_SEC, HAND_TEXT,
+    R_BPF_64_32, R_BPF_64_64, SHF_ALLOC, SHF_EXECINSTR, SHF_WRITE, STB_GLOBAL, STB_LOCAL, STT_FUNC, STT_NOTYPE,
+    STT_OBJECT, STT_SECTION, BtfBuilder, bpf_insn, bpf_ld64, btf_ext, hand_object,
 )
 
-INSN = struct.Struct("<BBhi")
-R_BPF_64_64, R_BPF_64_32 = 1, 10
-STB_LOCAL, STB_GLOBAL = 0, 1
-STT_NOTYPE, STT_OBJECT, STT_FUNC, STT_SECTION = 0, 1, 2, 3
-PROG_SEC = "tp/syscalls/sys_enter_getpid"
-
-
-def i(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
-    return INSN.pack(code, src << 4 | dst, off, imm)
-
-
-def ld64(dst: int, src: int = 0, imm: int = 0) -> bytes:
-    return i(op.LD_IMM64, dst, src, 0, imm) + i(0)
-
-
-EXIT = i(op.BPF_JMP | op.BPF_EXIT)
-MOV0 = i(op.BPF_ALU64 | op.BPF_MOV | op.BPF_K, 0, 0, 0, 0)
-CALL_SUB = i(op.BPF_JMP | op.BPF_CALL, 0, op.BPF_PSEUDO_CALL, 0, -1)
-
-# The program: r1 = &legacy map; r2 = &.data + 4 (through the section symbol, addend 4 in imm); call sub; exit
-PROG = ld64(1) + ld64(2, 0, 4) + CALL_SUB + EXIT
-# .text: sub: r0 = 0; exit
-TEXT = MOV0 + EXIT
-MAP_DEF = struct.pack("<5I", BPF_MAP_TYPE_HASH, 4, 8, 16, 0)
-
-
-def make(sections=None, symbols=None, rels=None, *, btf: bytes | None = None, ext: bytes | None = None,
-         machine: int = EM_BPF) -> bytes:
-    """An ET_REL object: ``sections`` [(name, data, flags)], ``symbols`` [(name, bind, type, section, value,
-    size)] (section None: undefined), ``rels`` {section: [(offset, symbol name, type)]}."""
-    if sections is None:
-        sections = [(PROG_SEC, PROG, SHF_ALLOC | SHF_EXECINSTR), (".text", TEXT, SHF_ALLOC | SHF_EXECINSTR),
-                    (".data", b"\x01\x02\x03\x04\x05\x06\x07\x08", SHF_ALLOC | SHF_WRITE),
-                    ("maps", MAP_DEF, SHF_ALLOC | SHF_WRITE), ("license", b"GPL\0", SHF_ALLOC | SHF_WRITE)]
-    if symbols is None:
-        symbols = [(".data", STB_LOCAL, STT_SECTION, ".data", 0, 0), ("prog", STB_GLOBAL, STT_FUNC, PROG_SEC, 0, 48),
-                   ("sub", STB_GLOBAL, STT_FUNC, ".text", 0, 16), ("hmap", STB_GLOBAL, STT_OBJECT, "maps", 0, 20)]
-    if rels is None:
-        rels = {PROG_SEC: [(0, "hmap", R_BPF_64_64), (16, ".data", R_BPF_64_64), (32, "sub", R_BPF_64_32)]}
-    b = ElfBuilder(e_type=ET_REL, machine=machine)
-    for name, data, flags in sections:
-        b.add(name, SHT_PROGBITS, data, flags=flags)
-    names = [s[0] for s in sections]
-    strs = StrTab()
-    table = sym(0, 0, 0, 0)
-    index = {}
-    for n, (name, bind, typ, sec, value, size) in enumerate(symbols, 1):
-        shndx = names.index(sec) + 1 if sec is not None else 0
-        table += sym(strs.add(name) if typ != STT_SECTION else 0, bind, typ, shndx, value, size)
-        index[name] = n
-    symtab = len(sections) + len(rels) + 1
-    for sec, entries in rels.items():
-        b.add(".rel" + sec, SHT_REL, b"".join(rel(off, index[s], t) for off, s, t in entries), link=symtab,
-              info=names.index(sec) + 1, entsize=16)
-    b.add(".symtab", SHT_SYMTAB, table, link=".strtab", info=1, entsize=24)
-    b.add(".strtab", SHT_STRTAB, strs.data)
-    if btf is not None:
-        b.add(".BTF", SHT_PROGBITS, btf)
-    if ext is not None:
-        b.add(".BTF.ext", SHT_PROGBITS, ext)
-    return b.build()
+INSN = BPF_INSN
+PROG_SEC = HAND_PROG_SEC
+PROG, TEXT, MAP_DEF = HAND_PROG, HAND_TEXT, HAND_MAP_DEF
+EXIT, MOV0, CALL_SUB = HAND_EXIT, HAND_MOV0, HAND_CALL_SUB
+i, ld64, make = bpf_insn, bpf_ld64, hand_object
 
 
 def test_linked_bytes():

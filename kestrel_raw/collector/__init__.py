@@ -95,7 +95,14 @@ class KestrelCollector:
         if cfg.pin is not None:
             from kestrel_raw.asm import program_digest
 
-            cfg.pin.check({spec.name: program_digest(insns).sha256 for spec, insns in built})
+            digests = {spec.name: program_digest(insns).sha256 for spec, insns in built}
+            if cfg.program_path is not None:
+                # The object's programs linked as load_object links them, and pinned by their kernel names.
+                from kestrel_raw.audit.objects import pin_digests
+                from kestrel_raw.loader import object_programs
+
+                digests |= pin_digests(object_programs(cfg.program_path, self._load_btf()))
+            cfg.pin.check(digests)
         try:
             if specs:
                 self._load_builtin(specs, built)
