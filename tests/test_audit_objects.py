@@ -102,7 +102,8 @@ def test_where_each_section_attaches():
         'uprobe libc.so.6:getpid, SEC("uprobe/libc.so.6:getpid")')
     assert at("tp_btf", "sched_process_exit", "tp_btf/sched_process_exit") == (
         'tp_btf sched_process_exit, SEC("tp_btf/sched_process_exit")')
-    assert at("uretprobe", "", "uretprobe") == 'uretprobe, no target in its section: not attached by run, SEC("uretprobe")'
+    assert at("uretprobe", "", "uretprobe") == (
+        'uretprobe, no target in its section: not attached by run, SEC("uretprobe")')
 
 
 def test_pin_names_are_the_kernels():

@@ -166,3 +166,12 @@ def test_a_pin_file_from_disasm_gates_run_object(tmp_path):
     assert refused.stderr.splitlines() == [
         f"kestrel-raw: program trace_openat (sha256 {line.split()[1]}) is not in the pin file {pins}: nothing "
         "loaded; `kestrel-raw disasm` shows the program"]
+
+
+def test_run_verify_checks_the_objects_programs(tmp_path):
+    path = bpf_object("subprog.c", tmp_path)
+    done = kestrel_raw("run", "--object", str(path), "--verify", "--duration", "0.5", "--output",
+                       str(tmp_path / "out"))
+    lines = [ln for ln in done.stderr.splitlines() if ln.startswith("kestrel-raw: verify: ")]
+    assert [ln.split()[2] for ln in lines] == ["first:", "second:", "third:"], done.stderr
+    assert all(ln.split()[3] == "verified" for ln in lines), done.stderr

@@ -8,6 +8,11 @@ struct's type id).  Map loads show the map's name (``map[scratch]``): the fd is 
 in what ``run`` loads, and the digests leave it out.  Each program's SHA-256 (what a pin file approves) and
 the tag the kernel will report for it (as bpftool shows it) head its listing.
 
+With ``--object FILE`` the BPF object's programs are listed too (only they without ``--events``, as ``run``
+loads them): linked as ``run --object`` links them (kestrel_raw/audit/objects.py), each headed by its
+``SEC()`` name, digests, maps and the CO-RE relocations applied; ``--pin-file`` approves them by their kernel
+names.  Listing only an object reads no tracefs: with ``--btf`` and a readable object it needs no privilege.
+
 Privilege: reading tracefs and BTF only.  The BTF (/sys/kernel/btf/vmlinux) is world-readable; tracefs
 (/sys/kernel/tracing) is root's alone on most systems (mode 0700, formats 0440), so disasm needs root
 there unless read access to tracefs was granted; it never mounts tracefs (``run`` does).

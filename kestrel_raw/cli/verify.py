@@ -13,6 +13,12 @@ Two ways, for two questions an auditor asks:
 - ``kestrel-raw verify --load``: load the programs here (nothing attached), check each against the exact
   bytes loaded, and unload them.
 
+With ``--object FILE`` (the object given to ``run --object``) the object's programs are checked too, the
+same way (kestrel_raw/audit/objects.py): loaded here with ``--load``, or found in the running collector by
+their kernel name and tag (a collector that runs only an object is found by its object's programs, or by
+``--pid``).  Without it, the programs of a running collector that are not built-in ones are listed, not
+compared, each as a problem: the collector is then not verified.
+
 For each program: the kernel's tag equals the tag of the instructions meant (the kernel computes it over
 the bytes it was given); the kernel's xlated instructions are those instructions but for the rewrites the
 kernel makes, each named (map fd -> map id, helper id -> the function called, inlined map lookups and
@@ -194,7 +200,8 @@ def _check_running(rc, kwargs: dict, symbols, obj) -> dict:
         problems += object_problems
     else:
         problems += [f"program {info.name} (id {info.id}) is not a built-in program (of the collector's BPF object?): "
-                     "listed, not compared; give --object FILE, the object the collector runs" for _fd, info in rc.others]
+                     "listed, not compared; give --object FILE, the object the collector runs"
+                     for _fd, info in rc.others]
     return {"collector": f"collector pid {rc.pid}", "options": _flags(opts), "problems": problems,
             "checks": checks}
 
