@@ -65,6 +65,23 @@ def test_listing_of_a_hand_made_object_names_its_maps():
     ]
 
 
+def test_each_subprogram_is_headed_by_its_name():
+    # clang's objects carry func info (tests/test_audit_objects_kernel.py lists subprog.c's); this one is
+    # given its functions by hand: prog at slot 0, sub appended at slot 6.
+    prog = dataclasses.replace(hand_program(), functions=(("prog", 0), ("sub", 6)))
+    lines = listing_text(prog, "hand").splitlines()
+    assert lines[4:] == [
+        "   0: (18) r1 = map[hmap]",
+        "   2: (18) r2 = map[.data][0]+4",
+        "   4: (85) call pc+1",
+        "   5: (95) exit",
+        "; subprogram sub",
+        "   6: (b7) r0 = 0",
+        "   7: (95) exit",
+    ]
+    assert [i["comments"] for i in listing_json(prog, "hand")["insns"]] == [[], [], [], [], ["subprogram sub"], []]
+
+
 def test_json_listing_keeps_the_bytes_loaded_with_fd_0():
     sha, tag = digests_of_linked()
     doc = listing_json(hand_program(), "hand")

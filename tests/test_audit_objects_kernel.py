@@ -98,6 +98,11 @@ def test_verify_load_object_verifies_every_program(source, tmp_path):
 
 def test_verify_load_object_names_the_subprogram_calls_it_moved(tmp_path):
     path = bpf_object("subprog.c", tmp_path)
+    listing = kestrel_raw("disasm", "--object", str(path)).stdout.split("\n\n")
+    first = next(block for block in listing if block.startswith("; first: "))
+    # first(): calls record() (call pc+1 at slot 3), which calls mix() (call pc+3 at slot 16)
+    assert "   3: (85) call pc+1\n   4: (95) exit\n; subprogram record\n   5: " in first
+    assert "  16: (85) call pc+3\n" in first and "; subprogram mix\n  20: " in first
     report = json.loads(kestrel_raw("verify", "--load", "--object", str(path), "--format", "json").stdout)
     rewrites = {p["name"]: p["rewrites"] for p in report["collectors"][0]["programs"]}
     # third() calls a subprogram past code the verifier proved dead: the call lands on the same function

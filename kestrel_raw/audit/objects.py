@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from kestrel_raw.asm import disassemble, ld_map_fd, ld_map_value, program_digest
+from kestrel_raw.asm import Note, disassemble, ld_map_fd, ld_map_value, program_digest
 from kestrel_raw.asm import listing_json as insns_json
 from kestrel_raw.asm import opcode as op
 from kestrel_raw.asm import format_program
@@ -31,10 +31,15 @@ from kestrel_raw.kernel.uapi import BPF_OBJ_NAME_LEN
 
 def named_instructions(prog) -> list:
     """``prog``'s instructions (an ``ObjectProgram`` or ``LinkedProgram``) with each map load it names
-    (``map_refs``) written ``ld_map_fd``/``ld_map_value`` of the map's name: the same bytes, the fd left 0."""
+    (``map_refs``) written ``ld_map_fd``/``ld_map_value`` of the map's name: the same bytes, the fd left 0.
+    Each subprogram appended is headed by a comment naming it (``ObjectProgram.functions``, from the func
+    info), so that a CO-RE relocation's ``insn #N`` (counted in its function) can be found."""
     refs = {r.insn: r for r in prog.map_refs}
+    heads = {slot: f"subprogram {name}" for name, slot in getattr(prog, "functions", ()) if name != prog.name}
     out, slot = [], 0
     for insn in disassemble(prog.insns):
+        if slot in heads:
+            insn = dataclasses.replace(insn, note=Note((heads[slot],)).merged(insn.note))
         ref = refs.pop(slot, None)
         if ref is not None:
             named = (ld_map_fd(insn.dst, ref.map) if ref.pseudo == op.BPF_PSEUDO_MAP_FD
@@ -42,7 +47,7 @@ def named_instructions(prog) -> list:
             if dataclasses.replace(named, map_name=None).encode() != insn.encode():
                 raise BpfObjectError(f"program {prog.name!r} slot {slot}: {insn} is not the load of map "
                                      f"{ref.map!r} its relocation names")
-            insn = named
+            insn = dataclasses.replace(named, note=insn.note)
         out.append(insn)
         slot += insn.size
     if refs:

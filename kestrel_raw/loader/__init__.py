@@ -30,6 +30,7 @@ class ObjectProgram:
     expected_attach_type: int
     target: str = ""
     core: tuple = ()
+    functions: tuple = ()   # (name, first slot) of the program and each subprogram appended, from its func info
 
     def instructions(self) -> list:
         """The instructions as ``kestrel_raw.asm.Instruction`` values (for the disassembler)."""
@@ -57,7 +58,9 @@ def object_programs(source, target_btf=None) -> list[ObjectProgram]:
     out = []
     for name, p in linked.items():
         ptype, atype = PROGRAM_TYPES.get(p.kind, (0, 0))
-        out.append(ObjectProgram(name, p.section, p.kind, p.insns, p.map_refs, ptype, atype, p.target, p.core))
+        functions = tuple((obj.btf.type_by_id(r.type_id).name, r.insn) for r in p.func_info) if obj.btf else ()
+        out.append(ObjectProgram(name, p.section, p.kind, p.insns, p.map_refs, ptype, atype, p.target, p.core,
+                                 functions))
     return out
 
 
