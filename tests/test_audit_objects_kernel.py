@@ -180,3 +180,27 @@ def test_run_verify_checks_the_objects_programs(tmp_path):
     lines = [ln for ln in done.stderr.splitlines() if ln.startswith("kestrel-raw: verify: ")]
     assert [ln.split()[2] for ln in lines] == ["first:", "second:", "third:"], done.stderr
     assert all(ln.split()[3] == "verified" for ln in lines), done.stderr
+
+
+def test_run_verify_checks_assembled_programs_too():
+    """``run --verify`` on a collector with your own assembled programs (CollectorConfig.asm_object): each
+    checked against its instructions, its map loads by name."""
+    from kestrel_raw.asm import (
+        BPF_ADD, BPF_DW, R0, R1, R2, R10, alu64_imm, call, exit_insn, ld_map_fd, mov64_imm, mov64_reg, stx_mem,
+    )
+    from kestrel_raw.cli.shaping import check_loaded
+    from kestrel_raw.probes.user import AsmMap, AsmObject, AsmProgram
+
+    insns = (mov64_imm(R0, 0), stx_mem(BPF_DW, R10, R0, -8), ld_map_fd(R1, "counts"), mov64_reg(R2, R10),
+             alu64_imm(BPF_ADD, R2, -8), call("map_lookup_elem"), mov64_imm(R0, 0), exit_insn())
+    obj = AsmObject("mine", [AsmProgram("mine_getpid", insns, "tracepoint/syscalls/sys_enter_getpid")],
+                    maps={"counts": AsmMap("hash", 8, 8, 16)})
+    send, _recv = trio.open_memory_channel(1)
+    collector = KestrelCollector(send, CollectorConfig(asm_object=obj, event_types=()))
+    collector.load()
+    try:
+        [check] = check_loaded(collector)
+    finally:
+        collector.stop()
+    assert check.name == "mine_getpid" and check.ok, check.text()
+    assert list(check.maps.values()) == ["counts"]

@@ -113,15 +113,19 @@ def pin_digests(progs) -> dict[str, str]:
 # --- read back from the kernel ----------------------------------------------------------------------------
 
 def check_loaded(obj, symbols=None) -> list:
-    """A ``ProgramCheck`` of every program ``obj`` (a ``LoadedObject``) loaded, against the exact bytes it
-    gave BPF_PROG_LOAD (the linked instructions with its map fds)."""
+    """A ``ProgramCheck`` of every program ``obj`` loaded, against what it gave BPF_PROG_LOAD: for a
+    ``LoadedObject`` the exact bytes (the linked instructions with its map fds), for a ``LoadedAsmObject``
+    (kestrel_raw/probes/user.py) the assembled instructions, their maps named."""
     from kestrel_raw.audit.readback import check_program
     from kestrel_raw.kernel import bpf
 
     fd_names = {fd.fileno(): name for name, fd in obj.maps.items()}
     id_names = {bpf.map_info(fd.fileno()).id: name for name, fd in obj.maps.items()}
-    return [check_program(name, obj.linked[name].with_fds(obj.maps), fd.fileno(), fd_names=fd_names,
-                          id_names=id_names, symbols=symbols)
+    if not hasattr(obj, "linked"):      # a LoadedAsmObject: its programs' instructions, maps by name
+        code = {p.name: p.insns for p in obj.obj.programs}
+    else:
+        code = {name: obj.linked[name].with_fds(obj.maps) for name in obj.progs}
+    return [check_program(name, code[name], fd.fileno(), fd_names=fd_names, id_names=id_names, symbols=symbols)
             for name, fd in obj.progs.items()]
 
 

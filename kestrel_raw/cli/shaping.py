@@ -16,9 +16,13 @@ import sys
 from kestrel_raw.cli.common import error
 
 
-def add_shaping_arguments(p: argparse.ArgumentParser, *, events_default: str = "all; none with --object") -> None:
-    p.add_argument("--events", default=None,
-                   help=f"comma-separated event types: exec, open, connect, exit (default: {events_default})")
+def add_shaping_arguments(p: argparse.ArgumentParser, *, events_default: str = "{run}, none with --object") -> None:
+    """The options; ``events_default`` says what --events defaults to, ``{run}`` standing for run's default."""
+    from kestrel_raw.config import DEFAULT_EVENT_TYPES
+
+    run_default = ",".join(t.label for t in DEFAULT_EVENT_TYPES)
+    p.add_argument("--events", default=None, help="comma-separated event types, as given to run (default: "
+                                                  f"{events_default.format(run=run_default)})")
     p.add_argument("--object", metavar="FILE",
                    help="the BPF object FILE, as given to run --object: its programs too, linked for this kernel "
                         "as run loads them")

@@ -47,8 +47,8 @@ HELP = ("read the loaded programs back from the kernel (a running collector's, o
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_shaping_arguments(p, events_default="those of the collector checked; with --load, as run: all, none "
-                                            "with --object")
+    add_shaping_arguments(p, events_default="those of the collector checked; with --load, {run}, none with "
+                                            "--object")
     p.add_argument("--pid", type=int, help="the collector to check (default: every running collector)")
     p.add_argument("--load", action="store_true", help="load the programs here (nothing attached) and check them")
     p.add_argument("--pin", metavar="FILE", help="also require every program's SHA-256 to be approved by FILE")
