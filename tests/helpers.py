@@ -41,29 +41,42 @@ from kestrel_raw.maps.array import ArrayMap
 from kestrel_raw.maps.ring import roundup_len
 from kestrel_raw.maps.ringbuf import PAGE_SIZE, RingBuf
 
-KIND_EXEC, KIND_OPEN, KIND_CONNECT, KIND_EXIT = 1, 2, 3, 4
+KIND_EXEC, KIND_OPEN, KIND_CONNECT, KIND_EXIT, KIND_FORK = 1, 2, 3, 4, 5
+KIND_PROC = 250  # internal: a process's changed context
 
 # --- records by hand --------------------------------------------------------------------------------
 
 
-def header(kind, flags=0, cpu=3, ts=1_000_000_123, start=999_000, pid=4242, tid=4243, ppid=1, uid=1000,
-           gid=100, comm=b"cat"):
-    """The 64-byte header: ts u64, kind u16, flags u16, cpu u32, start u64, pid, tid, ppid, uid, gid, pad
-    (u32 each), comm char[16]."""
-    return (struct.pack("<QHHI", ts, kind, flags, cpu) + struct.pack("<Q", start)
-            + struct.pack("<IIIIII", pid, tid, ppid, uid, gid, 0) + comm.ljust(16, b"\0"))
+def header(kind, flags=0, cpu=3, ts=1_000_000_123, start=999_000, parent_start=555_000, cgroup_id=1, pid=4242,
+           tid=4243, ppid=1, uid=1000, gid=100, euid=1000, egid=100, auid=1000, sessionid=7, tty=(136 << 20) | 2,
+           comm=b"cat"):
+    """The 96-byte header: ts u64, kind u16, flags u16, cpu u32, start u64, parent_start u64, cgroup_id u64,
+    pid, tid, ppid, uid, gid, euid, egid, auid, sessionid, tty (u32 each), comm char[16]."""
+    return (struct.pack("<QHHI", ts, kind, flags, cpu) + struct.pack("<QQQ", start, parent_start, cgroup_id)
+            + struct.pack("<10I", pid, tid, ppid, uid, gid, euid, egid, auid, sessionid, tty)
+            + comm.ljust(16, b"\0"))
 
 
 # The record values header() gives by default, as the record classes name them.
-COMMON = dict(ts_ns=1_000_000_123, header_flags=0, cpu=3, start_ns=999_000, pid=4242, tid=4243, ppid=1,
-              uid=1000, gid=100, comm=b"cat")
+COMMON = dict(ts_ns=1_000_000_123, header_flags=0, cpu=3, start_ns=999_000, parent_start_ns=555_000, cgroup_id=1,
+              pid=4242, tid=4243, ppid=1, uid=1000, gid=100, euid=1000, egid=100, auid=1000, sessionid=7,
+              tty=(136 << 20) | 2, comm=b"cat")
 
 
-def exec_bytes(filename=b"/bin/ls", args=b"ls\0-l\0/tmp\0", args_total=None, flags=0, pad=b"", **hdr):
-    """exec: u32 filename_len, u32 args_len, u32 args_total, u32 pad, filename, args."""
+def context_block(pidns=0, mntns=0, netns=0, utsns=0, ctx_flags=0, exe=b"", cwd=b"", hostname=b""):
+    """The context block's fixed part (96 bytes): pidns, mntns, netns, utsns, ctx_flags, exe_len, cwd_len,
+    pad (u32 each), hostname char[64]."""
+    return struct.pack("<8I", pidns, mntns, netns, utsns, ctx_flags, len(exe), len(cwd), 0) + hostname.ljust(64, b"\0")
+
+
+def exec_bytes(filename=b"/bin/ls", args=b"ls\0-l\0/tmp\0", args_total=None, flags=0, pad=b"", ret=0,
+               caps_effective=0, caps_permitted=0, ctx=None, exe=b"", cwd=b"", **hdr):
+    """exec: u32 filename_len, u32 args_len, u32 args_total, i32 ret, u64 caps_effective, u64 caps_permitted,
+    the context block, then filename, args, exe, cwd."""
     total = len(args) if args_total is None else args_total
-    return (header(KIND_EXEC, flags, **hdr) + struct.pack("<IIII", len(filename), len(args), total, 0)
-            + filename + args + pad)
+    return (header(KIND_EXEC, flags, **hdr)
+            + struct.pack("<IIIiQQ", len(filename), len(args), total, ret, caps_effective, caps_permitted)
+            + context_block(exe=exe, cwd=cwd, **(ctx or {})) + filename + args + exe + cwd + pad)
 
 
 def open_bytes(path=b"/etc/passwd", ret=3, dfd=-100, oflags=0o2000000, mode=0o644, syscall=0, flags=0, pad=b"",
@@ -87,6 +100,18 @@ def connect_bytes(addr=b"\x02\x00\x1f\x90\x7f\x00\x00\x01" + bytes(8), addrlen=1
 def exit_bytes(code=0x0300, **hdr):
     """exit: i32 exit_code, u32 pad."""
     return header(KIND_EXIT, **hdr) + struct.pack("<iI", code, 0)
+
+
+def fork_bytes(thread=False, ctx=None, exe=b"", cwd=b"", **hdr):
+    """fork: u32 fork_flags (1 THREAD), u32 pad, the context block, exe, cwd."""
+    return (header(KIND_FORK, **hdr) + struct.pack("<II", 1 if thread else 0, 0)
+            + context_block(exe=exe, cwd=cwd, **(ctx or {})) + exe + cwd)
+
+
+def proc_bytes(syscall=0, ctx=None, exe=b"", cwd=b"", **hdr):
+    """proc (internal): u32 syscall, u32 pad, the context block, exe, cwd."""
+    return (header(KIND_PROC, **hdr) + struct.pack("<II", syscall, 0)
+            + context_block(exe=exe, cwd=cwd, **(ctx or {})) + exe + cwd)
 
 
 # --- records from the spec, for hypothesis ------------------------------------------------------------
@@ -129,8 +154,9 @@ def records(draw, kinds=None):
 
 KIND_AT = 8  # the kind's offset in the header (u16)
 # The fixed parts' sizes and the offsets of the length fields, by kind (the table, by hand).
-FIXED = {KIND_EXEC: 80, KIND_OPEN: 112, KIND_CONNECT: 104, KIND_EXIT: 72}
-LENGTH_FIELDS = {KIND_EXEC: (64, 68), KIND_OPEN: (96, 104), KIND_CONNECT: (76,), KIND_EXIT: ()}
+FIXED = {KIND_EXEC: 224, KIND_OPEN: 144, KIND_CONNECT: 136, KIND_EXIT: 104, KIND_FORK: 200, KIND_PROC: 200}
+LENGTH_FIELDS = {KIND_EXEC: (96, 100, 148, 152), KIND_OPEN: (128, 136), KIND_CONNECT: (108,), KIND_EXIT: (),
+                 KIND_FORK: (124, 128), KIND_PROC: (124, 128)}
 
 
 def with_kind(kind: int, data: bytes) -> bytes:
