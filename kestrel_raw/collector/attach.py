@@ -11,7 +11,7 @@ import trio
 from kestrel_raw import programs
 from kestrel_raw.collector import selfcheck
 from kestrel_raw.errors import SetupError
-from kestrel_raw.kernel.attach import attach_tracepoint
+from kestrel_raw.kernel.attach import attach_tp_btf, attach_tracepoint
 from kestrel_raw.kernel.prog import Program
 from kestrel_raw.maps import PerCPUArrayMap
 
@@ -19,12 +19,19 @@ SELF_CHECK_TRIES = 3  # attachments made of a tracepoint before one that fires i
 SELF_CHECK_WAIT = 5.0  # seconds a provoked program has to show its run
 
 
+def attach(spec: programs.ProgramSpec, prog: Program):
+    """Attach ``prog`` where ``spec`` says: a classic tracepoint, or a tp_btf program's raw tracepoint."""
+    if spec.btf_target is not None:
+        return attach_tp_btf(prog, spec.btf_target)
+    return attach_tracepoint(prog, spec.group, spec.tracepoint)
+
+
 def attach_all(loaded: list[tuple[programs.ProgramSpec, Program]], links: dict) -> None:
     """Attach every program at its tracepoint; ``links[i]`` is the attachment of ``loaded[i]`` (a program
     reached by tail call has none)."""
     for i, (spec, prog) in enumerate(loaded):
         if spec.tail is None:
-            links[i] = attach_tracepoint(prog, spec.group, spec.tracepoint)
+            links[i] = attach(spec, prog)
 
 
 async def check_attached(loaded: list[tuple[programs.ProgramSpec, Program]], links: dict,
@@ -66,4 +73,4 @@ async def check_attached(loaded: list[tuple[programs.ProgramSpec, Program]], lin
             links[i].close()
         for i in silent:
             spec, prog = loaded[i]
-            links[i] = attach_tracepoint(prog, spec.group, spec.tracepoint)
+            links[i] = attach(spec, prog)

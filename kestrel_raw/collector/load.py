@@ -18,7 +18,7 @@ from kestrel_raw.errors import BPFError, BTFError, SetupError
 from kestrel_raw.kernel import bpf
 from kestrel_raw.kernel.prog import Program
 from kestrel_raw.kernel.tracefs import find_tracefs, tracepoint_format
-from kestrel_raw.kernel.uapi import BPF_MAP_TYPE_ARRAY_OF_MAPS
+from kestrel_raw.kernel.uapi import BPF_MAP_TYPE_ARRAY_OF_MAPS, BPF_PROG_TYPE_TRACING, BPF_TRACE_RAW_TP
 from kestrel_raw.maps import HashMap, Map, PerCPUArrayMap, ProgArrayMap, RingBuf, TaskStorageMap
 
 _U32 = struct.Struct("<I")  # the outer map's key (ring index) and value (ring fd)
@@ -56,7 +56,9 @@ def create_maps(cfg: CollectorConfig, nprograms: int, maps: dict[str, Map], ring
     maps[programs.MAP_STATS] = PerCPUArrayMap(8, programs.STATS_ENTRIES, name=programs.MAP_STATS)
     maps[programs.MAP_SELF_RUNS] = PerCPUArrayMap(8, max(1, nprograms), name=programs.MAP_SELF_RUNS)
     maps[programs.MAP_ENTRY] = TaskStorageMap(programs.ENTRY_VALUE_SIZE, name=programs.MAP_ENTRY)
+    maps[programs.MAP_EXEC_ENTRY] = TaskStorageMap(programs.EXEC_ENTRY_VALUE_SIZE, name=programs.MAP_EXEC_ENTRY)
     maps[programs.MAP_TAILS] = ProgArrayMap(programs.TAILS, name=programs.MAP_TAILS)
+    maps[programs.MAP_FORK_TAILS] = ProgArrayMap(programs.FORK_TAILS, name=programs.MAP_FORK_TAILS)
     maps[programs.MAP_FILTER] = HashMap(
         TGID.size, START.size, FILTER_ENTRIES, name=FILTER_MAP_NAME if cfg.only_tgids is None else ONLY_MAP_NAME)
 
@@ -86,30 +88,51 @@ def load_programs(cfg: CollectorConfig, specs: list[programs.ProgramSpec], maps:
                   loaded: list[tuple[programs.ProgramSpec, Program]],
                   listing: list[tuple[programs.ProgramSpec, list]]) -> None:
     """Build every program of ``specs`` for this kernel and load it (the verifier runs here).  A program
-    reached by tail call (``spec.tail``) goes into its slot of MAP_TAILS; the others count their runs for
-    this process in MAP_SELF_RUNS at their index in ``loaded``."""
+    reached by tail call (``spec.tail``) goes into its slot of its tail map; the others count their runs for
+    this process in MAP_SELF_RUNS at their index in ``loaded``.  A tp_btf program (``spec.btf_target``) is
+    loaded as BPF_PROG_TYPE_TRACING for its raw tracepoint's BTF type."""
     filter_mode = programs.FILTER_IGNORE if cfg.only_tgids is None else programs.FILTER_ONLY
     find_tracefs()
-    formats = {s.name: tracepoint_format(s.group, s.tracepoint) for s in specs if s.tail is None}
+    formats = {s.name: tracepoint_format(s.group, s.tracepoint) for s in specs
+               if s.tail is None and s.btf_target is None}
     layout = programs.KernelLayout.from_btf(load_btf(cfg.btf_path))
     for spec in specs:
         insns = programs.build(spec, formats.get(spec.name), layout, self_tgid=os.getpid(),
                                nrings=cfg.buffers,
                                wakeup_threshold=-1 if cfg.latency == "low" else cfg.wakeup_bytes,
-                               filter_mode=filter_mode, self_index=len(loaded) if spec.tail is None else None)
-        prog = Program(insns, maps=maps, name=spec.name)
+                               filter_mode=filter_mode, self_index=len(loaded) if spec.tail is None else None,
+                               threads=cfg.threads)
+        if spec.btf_target is None:
+            prog = Program(insns, maps=maps, name=spec.name)
+        else:
+            prog = Program(insns, maps=maps, name=spec.name, prog_type=BPF_PROG_TYPE_TRACING,
+                           expected_attach_type=BPF_TRACE_RAW_TP,
+                           attach_btf_id=_btf_target_id(layout, spec.btf_target))
         loaded.append((spec, prog))
         listing.append((spec, insns))
         if spec.tail is not None:
-            maps[programs.MAP_TAILS][spec.tail] = prog
+            maps[spec.tail_map][spec.tail] = prog
+
+
+def _btf_target_id(layout, tracepoint: str) -> int:
+    """The BTF id of ``btf_trace_<tracepoint>``, the type a tp_btf program names as its attach target."""
+    try:
+        return layout.type_id(f"btf_trace_{tracepoint}", "typedef")
+    except (BTFError, KeyError, LookupError) as e:
+        raise SetupError(f"this kernel's BTF has no btf_trace_{tracepoint} ({e}): the {tracepoint} event needs "
+                         f"a tp_btf program (Linux 5.5 or later with BTF)") from None
 
 
 def listing_text(spec: programs.ProgramSpec, insns: list) -> str:
     """One program as text, as an auditor would read it: where it attaches, then its disassembly."""
     from kestrel_raw.asm import format_program
 
-    where = (f"tracepoint {spec.group}:{spec.tracepoint}" if spec.tail is None
-             else f"reached by tail call, slot {spec.tail} of {programs.MAP_TAILS}")
+    if spec.tail is not None:
+        where = f"reached by tail call, slot {spec.tail} of {spec.tail_map}"
+    elif spec.btf_target is not None:
+        where = f"tp_btf {spec.btf_target}"
+    else:
+        where = f"tracepoint {spec.group}:{spec.tracepoint}"
     return f"; {spec.name}: {where}\n{format_program(insns)}"
 
 

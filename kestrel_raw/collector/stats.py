@@ -9,7 +9,7 @@ from kestrel_raw import programs, spec as kspec
 from kestrel_raw.errors import BPFError
 from kestrel_raw.maps import PerCPUArrayMap
 
-KIND_NAMES = {k.id: k.label for k in kspec.KINDS.values()}
+KIND_NAMES = {k.id: k.label for k in (*kspec.KINDS.values(), *kspec.USER_KINDS.values())}
 
 
 class Counts:
@@ -21,7 +21,7 @@ class Counts:
         self.records = 0  # records read from the ring buffers
         self.parse_errors = 0  # records that could not be parsed (counted and skipped)
         self.user_dropped = 0  # events (with an EventBus: subscribers' copies) dropped for a slow consumer
-        self.delivered = {kind: 0 for kind in kspec.KINDS}  # events handed on, by kind id
+        self.delivered = {kind: 0 for kind in kspec.ALL_KINDS}  # events handed on, by kind id
 
 
 @dataclass(frozen=True)

@@ -360,13 +360,15 @@ def iter_create(link_fd: int) -> FD:
     return FD(_call(BPF_ITER_CREATE, attr, IterCreateAttr.offsetofend("flags")))
 
 
-def raw_tracepoint_open(name: str, prog_fd: int) -> FD:
+def raw_tracepoint_open(name: str | None, prog_fd: int) -> FD:
+    """Attach a raw tracepoint program to ``name``, or (``name`` None) a tp_btf program to the tracepoint
+    its load named (attach_btf_id)."""
     def hint(err: int) -> str:
         if err == errno.ENOENT:
             return (f"the kernel has no raw tracepoint {name!r} (per-syscall events such as sys_enter_openat "
                     f"are not raw tracepoints; use sys_enter with the syscall number)")
         return ""
-    with syscall.pinned(bytearray(name.encode("ascii") + b"\0")) as name_ptr:
+    with syscall.pinned(None if name is None else bytearray(name.encode("ascii") + b"\0")) as name_ptr:
         attr = RawTracepointAttr.pack(name=name_ptr, prog_fd=prog_fd)
         return FD(_call(BPF_RAW_TRACEPOINT_OPEN, attr, RawTracepointAttr.offsetofend("prog_fd"), hint))
 

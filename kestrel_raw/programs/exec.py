@@ -1,4 +1,7 @@
-"""exec: each successful execve/execveat, with the file name and the argv the new program sees.
+"""exec: each execve/execveat.  A successful one at sched_process_exec, with the file name and the argv the
+new program sees, its capabilities and its context (kestrel_raw/programs/context.py: the new executable,
+the working directory, the namespaces); a failed one at the syscall's exit, with what the caller passed
+(copied at the syscall's entry) and the errno.
 
 FLAG_TRUNCATED: the argument area was longer than MAX_ARGS, or the file name longer than MAX_FILENAME - 1.
 
@@ -9,10 +12,14 @@ a u32 holding (length << 16 | offset from the start of the record).
 """
 from __future__ import annotations
 
-from kestrel_raw.asm import BPF_ADD, BPF_AND, BPF_DW, BPF_JEQ, BPF_JGT, BPF_JSGT, BPF_RSH, BPF_SUB, R0, R1, R2, R3
-from kestrel_raw.asm import R6, R8, R9, R10, alu64_imm, alu64_reg, call, ja, jmp_imm, label, ldx_mem, mov64_imm
-from kestrel_raw.asm import mov64_reg, stx_mem
-from kestrel_raw.programs.builder import SLOT_A, SLOT_B, SLOT_SIZE, STAT_READ_FAULT, ProgramBuilder, put
+from kestrel_raw.asm import BPF_ADD, BPF_AND, BPF_B, BPF_DW, BPF_JEQ, BPF_JGE, BPF_JGT, BPF_JNE, BPF_JSGE, BPF_JSGT
+from kestrel_raw.asm import BPF_JSLT, BPF_LSH, BPF_OR, BPF_RSH, BPF_SUB, BPF_W, R0, R1, R2, R3, R4, R6, R8, R9, R10
+from kestrel_raw.asm import alu64_imm, alu64_reg, call, ja, jmp_imm, label, ld_map_fd, ldx_mem, mov64_imm, mov64_reg
+from kestrel_raw.asm import st_mem, stx_mem
+from kestrel_raw.programs.builder import (
+    SLOT_A, SLOT_B, SLOT_C, SLOT_SIZE, SLOT_TASK, STAT_READ_FAULT, TAIL_EXEC_EXE, ProgramBuilder, put,
+)
+from kestrel_raw.programs.context import fill_context, submit_record, zero_context
 from kestrel_raw.spec import EXEC, FLAG_FAULT, FLAG_TRUNCATED
 
 MAX_FILENAME = EXEC.filename.type.max
@@ -25,6 +32,9 @@ def build(b: ProgramBuilder, fmt, layout) -> list:
     b.prologue()
     b.scratch()
     b.header(EXEC, layout)
+    b.store_imm(EXEC.ret, 0)
+    b.read_btf([EXEC.caps_effective, EXEC.caps_permitted], layout)
+    fill_context(b, EXEC, layout)
 
     # File name: copy it out of the tracepoint record (ctx + offset), at most MAX_FILENAME bytes.  It can
     # be longer than PATH_MAX: execveat(dirfd, "<4095-byte relative path>") names the file
@@ -104,8 +114,149 @@ def build(b: ProgramBuilder, fmt, layout) -> list:
         ldx_mem(BPF_DW, R1, R10, SLOT_SIZE),
         label(args_done),
         put(EXEC.args_len, R1),
-        alu64_reg(BPF_ADD, R1, R9),
     )
-    b.size_from(R1, EXEC.filename.offset)
-    b.submit(EXEC)
+    # The executable's and the working directory's paths, in two tail-called programs (context.py); the
+    # record goes as it is only if they are missing.
+    b.tail_call(TAIL_EXEC_EXE)
+    submit_record(b, EXEC)
+    return b.epilogue()
+
+
+# --- failed execs: the arguments copied at the syscall's entry, reported at its exit when it failed ---------
+#
+# A failed execve has no new program for sched_process_exec to show: what the caller passed is copied at
+# sys_enter_execve(at) into a slot of the task storage map MAP_EXEC_ENTRY, and sys_exit_execve(at) reports it
+# with the errno when the call failed.  Either way the exit deletes the slot: it holds ~16 KiB only while an
+# exec is in flight.
+
+MAP_EXEC_ENTRY = "kr_exec_entry"  # BPF_MAP_TYPE_TASK_STORAGE
+MAX_ARGC = 64  # argv pointers followed at entry; a longer argv is flagged TRUNCATED
+XE_MARKER = 0  # u32: 1 once the entry filled the slot
+XE_NAME_RC = 4  # s32: the file name read's result (length with its NUL, or -errno)
+XE_ARGS_LEN = 8  # u32: bytes of argument strings copied (each with its NUL)
+XE_FLAGS = 12  # u32: FLAG_TRUNCATED, FLAG_FAULT
+XE_ARGC = 16  # u32: spare
+XE_NAME = 24
+XE_ARGS = XE_NAME + MAX_FILENAME + 8
+# The verifier checks a variable-sized copy at a variable offset against the largest offset plus the largest
+# size, not their sum: the area after XE_ARGS is twice the arguments' limit.
+XE_VALUE_SIZE = XE_ARGS + 2 * MAX_ARGS
+BPF_LOCAL_STORAGE_GET_F_CREATE = 1  # include/uapi/linux/bpf.h
+
+
+def _exec_slot(b: ProgramBuilder, create: bool) -> None:
+    b.emit(ld_map_fd(R1, MAP_EXEC_ENTRY), ldx_mem(BPF_DW, R2, R10, SLOT_TASK), mov64_imm(R3, 0),
+           mov64_imm(R4, BPF_LOCAL_STORAGE_GET_F_CREATE if create else 0), call("task_storage_get"),
+           jmp_imm(BPF_JEQ, R0, 0, "out"))
+
+
+def _slot_flag(b: ProgramBuilder, flag: int) -> None:
+    b.emit(ldx_mem(BPF_W, R1, R9, XE_FLAGS), alu64_imm(BPF_OR, R1, flag), stx_mem(BPF_W, R9, R1, XE_FLAGS))
+
+
+def build_entry(b: ProgramBuilder, fmt, filename: str = "filename", argv: str = "argv") -> list:
+    """sys_enter_execve / sys_enter_execveat: the file name and up to MAX_ARGC argument strings (MAX_ARGS
+    bytes in all), as the caller passed them, into the thread's slot."""
+    b.prologue()
+    b.emit(call("get_current_task_btf"), stx_mem(BPF_DW, R10, R0, SLOT_TASK))
+    _exec_slot(b, create=True)
+    loop, full, fault, done, got = (b.label(x) for x in ("arg", "full", "fault", "done", "got"))
+    b.emit(mov64_reg(R9, R0), st_mem(BPF_W, R9, XE_MARKER, 1), st_mem(BPF_W, R9, XE_ARGS_LEN, 0),
+           st_mem(BPF_W, R9, XE_FLAGS, 0), st_mem(BPF_W, R9, XE_ARGC, 0),
+           mov64_reg(R1, R9), alu64_imm(BPF_ADD, R1, XE_NAME), mov64_imm(R2, MAX_FILENAME))
+    b.load_ctx(R3, fmt.field(filename))
+    b.emit(call("probe_read_user_str"), stx_mem(BPF_W, R9, R0, XE_NAME_RC))
+    b.load_ctx(R1, fmt.field(argv))
+    # The loop's counter is on the stack, a known value in each turn (the verifier tells the turns apart);
+    # the copy's position is in the map value, unknown to it, bounded by a check (so the turns' states
+    # prune: see resolve.py).
+    b.emit(
+        stx_mem(BPF_DW, R10, R1, SLOT_A),
+        st_mem(BPF_DW, R10, SLOT_C, 0),
+        label(loop),
+        ldx_mem(BPF_DW, R3, R10, SLOT_C),
+        jmp_imm(BPF_JGE, R3, MAX_ARGC, full),
+        alu64_imm(BPF_LSH, R3, 3),
+        ldx_mem(BPF_DW, R1, R10, SLOT_A),
+        alu64_reg(BPF_ADD, R3, R1),
+        mov64_reg(R1, R10),
+        alu64_imm(BPF_ADD, R1, SLOT_B),
+        mov64_imm(R2, 8),
+        call("probe_read_user"),  # argv[i]
+        jmp_imm(BPF_JNE, R0, 0, fault),
+        ldx_mem(BPF_DW, R3, R10, SLOT_B),
+        jmp_imm(BPF_JEQ, R3, 0, done),  # the NULL that ends argv
+        ldx_mem(BPF_W, R4, R9, XE_ARGS_LEN),
+        jmp_imm(BPF_JGE, R4, MAX_ARGS, full),
+        mov64_reg(R1, R9),
+        alu64_imm(BPF_ADD, R1, XE_ARGS),
+        alu64_reg(BPF_ADD, R1, R4),
+        mov64_imm(R2, MAX_ARGS),
+        alu64_reg(BPF_SUB, R2, R4),
+        call("probe_read_user_str"),
+        jmp_imm(BPF_JSLT, R0, 0, fault),
+        jmp_imm(BPF_JSGT, R0, 0, got),
+        # 0: an empty string on kernels whose strncpy_from_user_nofault does not count its NUL (6.1, 6.12)
+        ldx_mem(BPF_W, R4, R9, XE_ARGS_LEN),
+        jmp_imm(BPF_JGE, R4, MAX_ARGS, full),
+        mov64_reg(R1, R9),
+        alu64_imm(BPF_ADD, R1, XE_ARGS),
+        alu64_reg(BPF_ADD, R1, R4),
+        st_mem(BPF_B, R1, 0, 0),
+        mov64_imm(R0, 1),
+        label(got),
+        ldx_mem(BPF_W, R4, R9, XE_ARGS_LEN),
+        alu64_reg(BPF_ADD, R4, R0),
+        stx_mem(BPF_W, R9, R4, XE_ARGS_LEN),
+        ldx_mem(BPF_DW, R3, R10, SLOT_C),
+        alu64_imm(BPF_ADD, R3, 1),
+        stx_mem(BPF_DW, R10, R3, SLOT_C),
+        ja(loop),
+        label(full),
+    )
+    _slot_flag(b, FLAG_TRUNCATED)
+    b.emit(ja(done), label(fault))
+    _slot_flag(b, FLAG_FAULT)
+    b.emit(label(done))
+    return b.epilogue()
+
+
+def build_failed(b: ProgramBuilder, fmt, layout) -> list:
+    """sys_exit_execve / sys_exit_execveat: a failed exec's record from the thread's slot (a successful
+    one's is sched_process_exec's); the slot is deleted either way."""
+    b.prologue()
+    b.emit(call("get_current_task_btf"), stx_mem(BPF_DW, R10, R0, SLOT_TASK))
+    _exec_slot(b, create=False)
+    delete, name_ok, name_done = b.label("delete"), b.label("name_ok"), b.label("name_done")
+    b.emit(mov64_reg(R9, R0), ldx_mem(BPF_W, R1, R9, XE_MARKER), jmp_imm(BPF_JNE, R1, 1, delete))
+    b.load_ctx(R1, fmt.field("ret"))
+    b.emit(jmp_imm(BPF_JSGE, R1, 0, delete), stx_mem(BPF_DW, R10, R1, SLOT_B),
+           # r8 must hold the record from here: the scratch lookup clobbers r0-r5 only
+           stx_mem(BPF_DW, R10, R9, SLOT_A))
+    b.scratch()
+    b.header(EXEC, layout)
+    b.emit(ldx_mem(BPF_DW, R9, R10, SLOT_A), ldx_mem(BPF_DW, R1, R10, SLOT_B))
+    b.store(EXEC.ret, R1)
+    b.read_btf([EXEC.caps_effective, EXEC.caps_permitted], layout)
+    zero_context(b, EXEC)
+    b.emit(ldx_mem(BPF_W, R1, R9, XE_FLAGS), alu64_imm(BPF_AND, R1, FLAG_TRUNCATED | FLAG_FAULT))
+    b.store(EXEC.header_flags, R1)
+    # The file name: rc is its length with the NUL (<= 0: unreadable, no name).
+    b.emit(ldx_mem(BPF_W, R2, R9, XE_NAME_RC), jmp_imm(BPF_JSGT, R2, 0, name_ok))
+    b.set_flag(FLAG_FAULT)
+    b.emit(mov64_imm(R2, 1), label(name_ok), alu64_imm(BPF_ADD, R2, -1),
+           jmp_imm(BPF_JGT, R2, MAX_FILENAME - 1, delete))  # never: bounds it for the verifier
+    b.store(EXEC.filename_len, R2)
+    b.emit(mov64_reg(R1, R8), alu64_imm(BPF_ADD, R1, EXEC.filename.offset), mov64_reg(R3, R9),
+           alu64_imm(BPF_ADD, R3, XE_NAME), call("probe_read_kernel"), label(name_done),
+           # the arguments, after the file name
+           ldx_mem(BPF_W, R2, R9, XE_ARGS_LEN), jmp_imm(BPF_JGT, R2, MAX_ARGS, delete))
+    b.store(EXEC.args_len, R2)
+    b.store(EXEC.args_total, R2)
+    b.emit(ldx_mem(BPF_W, R1, R8, EXEC.filename_len.offset), jmp_imm(BPF_JGT, R1, MAX_FILENAME - 1, delete),
+           alu64_imm(BPF_ADD, R1, EXEC.filename.offset), alu64_reg(BPF_ADD, R1, R8), mov64_reg(R3, R9),
+           alu64_imm(BPF_ADD, R3, XE_ARGS), call("probe_read_kernel"))
+    submit_record(b, EXEC)
+    b.emit(label(delete), ld_map_fd(R1, MAP_EXEC_ENTRY), ldx_mem(BPF_DW, R2, R10, SLOT_TASK),
+           call("task_storage_delete"))
     return b.epilogue()
