@@ -95,7 +95,8 @@ class CollectorConfig:
     threads: fork events for new threads too (``thread: true``); by default only new processes.
     container_sockets: the container runtimes' API sockets asked for container names and images (docker's
         Engine API, which podman's service speaks too), in order.
-    status: emit the ``status`` event (the host's identity) once at start.
+    status: emit the ``status`` event (the host's identity) once at start; not with only_tgids (those tgids'
+        events alone are reported).
     queue_size: events buffered between the ring-buffer pollers and each consumer (with an EventBus for
         output, each subscriber's ``max_buffer`` instead).
     queue_policy: what happens when the consumer is slow and the queue is full.  "block": the pollers wait

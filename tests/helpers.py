@@ -1000,3 +1000,71 @@ class veth_netns:
                     ip.link("del", index=index)   # deleting one end deletes the pair
         if made_ns and self.name in netns.listnetns():
             netns.remove(self.name)
+
+
+# --- what the collector should report of a process's identity and context (issue 14), from /proc ------------
+
+UNSET = 4294967295  # (u32)-1: loginuid and sessionid not set
+
+
+def kernel_start_ns(pid: int) -> int:
+    """The process's task->start_time (what its entity_key is made from), from the BPF task iterator."""
+    from kestrel_raw.context.tasks import read_task_starts
+
+    return read_task_starts()[pid].start_ns
+
+
+def tty_of(pid: int) -> str | None:
+    """The controlling terminal /proc/PID/stat's tty_nr names (major: bits 15-8; minor: bits 31-20 and 7-0),
+    written as the collector writes a header's tty (decode.tty_name); None when there is none."""
+    from kestrel_raw.codec.decode import tty_name
+
+    with open(f"/proc/{pid}/stat") as f:
+        tty_nr = int(f.read().rsplit(")", 1)[1].split()[4])
+    if tty_nr == 0:
+        return None
+    major, minor = (tty_nr >> 8) & 0xFFF, (tty_nr & 0xFF) | ((tty_nr >> 12) & 0xFFF00)
+    return tty_name(major << 20 | minor)
+
+
+def identity_and_context(pid: int) -> dict:
+    """The JSON keys the collector adds for process ``pid`` beyond pid, tid, ppid, uid, gid and comm (the
+    header's other ids, and the context keys but ancestors), as /proc shows the process now: what its events
+    carry, and what a child it forks starts with (but ``parent_entity_key`` and ``exe``)."""
+    from kestrel_raw.codec.event import entity_key
+    from kestrel_raw.context.cgroups import read_cgroup2_mount
+    from kestrel_raw.context.containers import read_container, v2_path
+
+    with open(f"/proc/{pid}/status") as f:
+        ids = {k: v.split() for k, v in (line.split(":", 1) for line in f if ":" in line)}
+    with open(f"/proc/{pid}/stat") as f:
+        ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+    loginuid = int(open(f"/proc/{pid}/loginuid").read())
+    sessionid = int(open(f"/proc/{pid}/sessionid").read())
+    with open(f"/proc/{pid}/cgroup") as f:
+        path = v2_path(f.read())
+    mount = read_cgroup2_mount()
+    container = read_container(pid)
+    exe = os.readlink(f"/proc/{pid}/exe")
+    deleted = exe.endswith(" (deleted)")
+    ns = {name: os.stat(f"/proc/{pid}/ns/{name}").st_ino for name in ("pid", "mnt", "net")}
+    return {
+        "euid": int(ids["Uid"][1]), "egid": int(ids["Gid"][1]),
+        "auid": None if loginuid == UNSET else loginuid, "sessionid": None if sessionid == UNSET else sessionid,
+        "tty": tty_of(pid), "cgroup_id": os.stat(mount.mount_point + (path if path != "/" else "")).st_ino,
+        "parent_entity_key": entity_key(ppid, kernel_start_ns(ppid)) if ppid else None,
+        "cgroup": path, "container_id": container.id if container else None,
+        "container_name": None, "container_image": None,
+        "exe": exe.removesuffix(" (deleted)"), "exe_deleted": deleted,
+        "exe_memfd": deleted and exe.startswith("/memfd:"), "cwd": os.readlink(f"/proc/{pid}/cwd"),
+        "pidns": ns["pid"], "mntns": ns["mnt"], "netns": ns["net"], "hostname": uts_nodename(pid),
+    }
+
+
+def inherited(pid: int | None = None, **changed) -> dict:
+    """What a child of ``pid`` (default: this process) reports before it changes anything: its parent's
+    ``identity_and_context`` with the parent's key as parent_entity_key, and ``changed`` (its own exe...)."""
+    from kestrel_raw.codec.event import entity_key
+
+    pid = pid or os.getpid()
+    return {**identity_and_context(pid), "parent_entity_key": entity_key(pid, kernel_start_ns(pid)), **changed}

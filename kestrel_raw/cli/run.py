@@ -30,7 +30,19 @@ HELP = "collect events and print them as JSON lines"
 
 def add_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument("--events", default="exec,open,connect,exit",
-                     help="comma-separated event types: exec, open, connect, exit (default: all)")
+                     help="comma-separated event types: exec, open, connect, exit, fork, or all (default: "
+                          "exec,open,connect,exit)")
+    run.add_argument("--ancestors", type=int, default=None, metavar="N",
+                     help="add `ancestors` to every event: up to N ancestors from the process cache, nearest "
+                          "first (default 0: none)")
+    run.add_argument("--threads", action="store_true",
+                     help="fork events for new threads too (\"thread\":true); by default new processes only")
+    run.add_argument("--no-context", action="store_true",
+                     help="no process cache: exe, cwd, namespaces, hostname, cgroup and container keys are null")
+    run.add_argument("--container-socket", action="append", metavar="PATH", dest="container_sockets",
+                     help="a container runtime's API socket to ask for container names and images (docker's "
+                          "Engine API, or podman's service); repeat for several (default "
+                          "/run/podman/podman.sock, /var/run/docker.sock)")
     run.add_argument("--output", "-o", metavar="FILE",
                      help="write JSON lines to FILE (created with mode 0600) instead of stdout")
     run.add_argument("--duration", type=float, metavar="SECONDS", help="stop after SECONDS")
@@ -90,9 +102,13 @@ def main(args: argparse.Namespace) -> int:
         kwargs["queue_policy"] = args.queue_policy
     if args.btf:
         kwargs["btf_path"] = args.btf
-    for name in ("latency", "wakeup_bytes", "poll_interval", "flush_interval"):
+    for name in ("latency", "wakeup_bytes", "poll_interval", "flush_interval", "ancestors", "container_sockets"):
         if getattr(args, name) is not None:
             kwargs[name] = getattr(args, name)
+    if args.threads:
+        kwargs["threads"] = True
+    if args.no_context:
+        kwargs["context"] = False
     try:
         if args.duration is not None and not args.duration > 0:
             raise ConfigError(f"--duration must be a positive number of seconds, got {args.duration}")

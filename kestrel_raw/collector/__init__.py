@@ -163,7 +163,7 @@ class KestrelCollector:
                 # Threads only now: the drop refuses a process with more than one.
                 if self._context is not None:
                     self._context.start_lookups()
-                if cfg.status:
+                if cfg.status and cfg.only_tgids is None:
                     self._host = start_host_identity()
                 async with trio.open_nursery() as nursery:
                     if self._host is not None:
