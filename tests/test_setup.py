@@ -51,7 +51,10 @@ def _kr_progs() -> set[int]:
 # -- configuration (no kernel needed: refused before anything is loaded) ------------------------------------
 
 @pytest.mark.parametrize("args, needle", [
-    (["--events", "exec,fork"], "event_types: unknown event type 'fork'; valid: exec, open, connect, exit"),
+    (["--events", "exec,chdir"], "event_types: unknown event type 'chdir'; valid: exec, open, connect, exit, fork"),
+    (["--events", "status"], "event_types: status is not collected from the kernel"),
+    (["--ancestors", "65"], "ancestors must be an integer from 0 to 64, got 65"),
+    (["--ancestors", "2", "--no-context"], "ancestors needs context=True"),
     (["--events", ","], "event types: none given in ','"),
     (["--buffer-size", "12288"], "buffer_size 12288 is not a power of two"),
     (["--buffer-size", "1024"], "is not a multiple of the page size"),

@@ -56,7 +56,7 @@ from kestrel_raw.context.host import HostIdentity, start_host_identity
 from kestrel_raw.errors import BPFError
 from kestrel_raw.kernel import caps
 from kestrel_raw.kernel.prog import Program
-from kestrel_raw.maps import Map, RingBuf, RingBufReader
+from kestrel_raw.maps import Map, ProgArrayMap, RingBuf, RingBufReader
 from kestrel_raw.sinks.bus import EventBus
 
 __all__ = ["KestrelCollector", "CollectorStats", "BATCH_RECORDS", "status_event"]
@@ -86,6 +86,7 @@ class KestrelCollector:
         self._counts = Counts()
         self._delivery = Delivery(event_tx, self.config, self._counts)
         self._context: ctxsetup.Context | None = None  # the process cache and what serves it, once started
+        self._btf: BTF | None = None  # the kernel's BTF, from load() until the seed
         self._host = None  # the host identity lookup (context/host.py), once started
         self.privileges: caps.Privileges | None = None  # what the process holds after start() dropped
         # Tracepoints whose attachment did not fire when provoked and was made again (selfcheck.py).
@@ -108,7 +109,9 @@ class KestrelCollector:
                 register_with_peers(self._maps[programs.MAP_FILTER])
             else:
                 fill_only(self._maps[programs.MAP_FILTER], cfg.only_tgids)
-            load_programs(cfg, specs, self._maps, self._programs, self._listing)
+            # The BTF is read once (it may come from a pipe): the process cache's seed needs it again.
+            self._btf = load_btf(cfg.btf_path)
+            load_programs(cfg, specs, self._maps, self._programs, self._listing, self._btf)
             if cfg.program_path is not None:
                 write_listings(cfg.program_path, self._listing)
         except BaseException:
@@ -156,8 +159,9 @@ class KestrelCollector:
                     register_with_peers(self._maps[programs.MAP_FILTER])
                 if self._context is not None:
                     # Before the drop: other users' /proc entries need CAP_SYS_PTRACE, the iterator CAP_BPF.
-                    self._context.seed(self._load_btf())
+                    self._context.seed(self._btf)
                     self._delivery.ctx = self._context.enricher
+                self._btf = None  # ~10 MB of parsed types, needed no more
                 if cfg.drop_privileges:
                     self.privileges = caps.drop_privileges(keep, cfg.drop_uid, cfg.drop_gid)
                 # Threads only now: the drop refuses a process with more than one.
@@ -262,6 +266,9 @@ class KestrelCollector:
                 self._final = self._kernel_state()
             except BPFError:
                 self._final = ({}, ())
+        for m in self._maps.values():
+            if isinstance(m, ProgArrayMap) and not m.closed:
+                m.clear()  # the tail programs go with the others, not when the map is freed later
         for _spec, prog in self._programs:
             prog.close()
         for reader in self._readers:

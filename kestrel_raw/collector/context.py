@@ -35,8 +35,10 @@ class Context:
         self.config = config
         self.table = ProcessTable()
         self.broker: Broker | None = None
+        self._helpers: tuple[int, ...] = ()
         if config.drop_privileges and config.container_sockets:
             self.broker = start_broker(config.container_sockets)
+            self._helpers = (self.broker.pid,)
             if config.only_tgids is None and filter_map is not None:
                 # Its connections are the collector's doing: hidden like another collector's events.
                 filter_map[TGID.pack(self.broker.pid)] = START.pack(start_ticks(self.broker.pid) or 0)
@@ -81,7 +83,7 @@ class Context:
 
     def helper_tgids(self) -> tuple[int, ...]:
         """The processes the context made (the broker): not other collectors, though the filter holds them."""
-        return (self.broker.pid,) if self.broker is not None else ()
+        return self._helpers
 
     def stats(self) -> dict:
         return {

@@ -93,6 +93,7 @@ class Delivery:
                 counts.parse_errors += 1
                 continue
             if event is None or not wanted[event.event_type_id]:
+                counts.consumed += 1
                 continue
             try:
                 send_nowait(event)
@@ -131,6 +132,7 @@ class Delivery:
                 counts.parse_errors += 1
                 continue
             if event is None or not wanted[event.event_type_id]:
+                counts.consumed += 1
                 continue
             if self.block:
                 await bus.send(event)
@@ -154,6 +156,7 @@ class Delivery:
         """The JSON lines of ``batch`` as one chunk, and the kind of each record in it."""
         chunk, kinds, bad = encode_records(batch, self.wall_offset, self.ctx, self.wanted)
         self.counts.parse_errors += bad
+        self.counts.consumed += len(batch) - bad - len(kinds)
         return chunk, kinds
 
     def _count_delivered(self, kinds: list[int]) -> None:
@@ -178,6 +181,8 @@ class Delivery:
                     continue
                 if event is not None and self.wanted[event.event_type_id]:
                     items.append((event, [event.event_type_id]))
+                else:
+                    counts.consumed += 1
         for item, kinds in items:
             if self.to_bus:
                 try:

@@ -86,7 +86,7 @@ def fill_outer(outer: Map, fds: list[int]) -> None:
 
 def load_programs(cfg: CollectorConfig, specs: list[programs.ProgramSpec], maps: dict[str, Map],
                   loaded: list[tuple[programs.ProgramSpec, Program]],
-                  listing: list[tuple[programs.ProgramSpec, list]]) -> None:
+                  listing: list[tuple[programs.ProgramSpec, list]], btf: BTF | None = None) -> None:
     """Build every program of ``specs`` for this kernel and load it (the verifier runs here).  A program
     reached by tail call (``spec.tail``) goes into its slot of its tail map; the others count their runs for
     this process in MAP_SELF_RUNS at their index in ``loaded``.  A tp_btf program (``spec.btf_target``) is
@@ -95,7 +95,7 @@ def load_programs(cfg: CollectorConfig, specs: list[programs.ProgramSpec], maps:
     find_tracefs()
     formats = {s.name: tracepoint_format(s.group, s.tracepoint) for s in specs
                if s.tail is None and s.btf_target is None}
-    layout = programs.KernelLayout.from_btf(load_btf(cfg.btf_path))
+    layout = programs.KernelLayout.from_btf(btf if btf is not None else load_btf(cfg.btf_path))
     for spec in specs:
         insns = programs.build(spec, formats.get(spec.name), layout, self_tgid=os.getpid(),
                                nrings=cfg.buffers,

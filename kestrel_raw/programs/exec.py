@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from kestrel_raw.asm import BPF_ADD, BPF_AND, BPF_B, BPF_DW, BPF_JEQ, BPF_JGE, BPF_JGT, BPF_JNE, BPF_JSGE, BPF_JSGT
 from kestrel_raw.asm import BPF_JSLT, BPF_LSH, BPF_OR, BPF_RSH, BPF_SUB, BPF_W, R0, R1, R2, R3, R4, R6, R8, R9, R10
-from kestrel_raw.asm import alu64_imm, alu64_reg, call, ja, jmp_imm, label, ld_map_fd, ldx_mem, mov64_imm, mov64_reg
+from kestrel_raw.asm import alu64_imm, alu64_reg, call, ja, jmp_imm, jmp_reg, label, ld_map_fd, ldx_mem, mov64_imm
+from kestrel_raw.asm import mov64_reg
 from kestrel_raw.asm import st_mem, stx_mem
 from kestrel_raw.programs.builder import (
-    SLOT_A, SLOT_B, SLOT_C, SLOT_SIZE, SLOT_TASK, STAT_READ_FAULT, TAIL_EXEC_EXE, ProgramBuilder, put,
+    SLOT_A, SLOT_B, SLOT_C, SLOT_D, SLOT_SIZE, SLOT_TASK, STAT_READ_FAULT, TAIL_EXEC_EXE, ProgramBuilder, put,
 )
 from kestrel_raw.programs.context import fill_context, submit_record, zero_context
 from kestrel_raw.spec import EXEC, FLAG_FAULT, FLAG_TRUNCATED
@@ -137,6 +138,9 @@ XE_ARGS_LEN = 8  # u32: bytes of argument strings copied (each with its NUL)
 XE_FLAGS = 12  # u32: FLAG_TRUNCATED, FLAG_FAULT
 XE_ARGC = 16  # u32: spare
 XE_NAME = 24
+# The file name is read with room for one byte more than a record keeps: a name that fills it is longer
+# than PATH_MAX (the kernel refused it: ENAMETOOLONG), kept cut and flagged TRUNCATED.
+XE_NAME_READ = MAX_FILENAME + 1
 XE_ARGS = XE_NAME + MAX_FILENAME + 8
 # The verifier checks a variable-sized copy at a variable offset against the largest offset plus the largest
 # size, not their sum: the area after XE_ARGS is twice the arguments' limit.
@@ -160,10 +164,10 @@ def build_entry(b: ProgramBuilder, fmt, filename: str = "filename", argv: str = 
     b.prologue()
     b.emit(call("get_current_task_btf"), stx_mem(BPF_DW, R10, R0, SLOT_TASK))
     _exec_slot(b, create=True)
-    loop, full, fault, done, got = (b.label(x) for x in ("arg", "full", "fault", "done", "got"))
+    loop, full, fault, done, got, cut_done = (b.label(x) for x in ("arg", "full", "fault", "done", "got", "cut"))
     b.emit(mov64_reg(R9, R0), st_mem(BPF_W, R9, XE_MARKER, 1), st_mem(BPF_W, R9, XE_ARGS_LEN, 0),
            st_mem(BPF_W, R9, XE_FLAGS, 0), st_mem(BPF_W, R9, XE_ARGC, 0),
-           mov64_reg(R1, R9), alu64_imm(BPF_ADD, R1, XE_NAME), mov64_imm(R2, MAX_FILENAME))
+           mov64_reg(R1, R9), alu64_imm(BPF_ADD, R1, XE_NAME), mov64_imm(R2, XE_NAME_READ))
     b.load_ctx(R3, fmt.field(filename))
     b.emit(call("probe_read_user_str"), stx_mem(BPF_W, R9, R0, XE_NAME_RC))
     b.load_ctx(R1, fmt.field(argv))
@@ -193,8 +197,17 @@ def build_entry(b: ProgramBuilder, fmt, filename: str = "filename", argv: str = 
         alu64_reg(BPF_ADD, R1, R4),
         mov64_imm(R2, MAX_ARGS),
         alu64_reg(BPF_SUB, R2, R4),
+        stx_mem(BPF_DW, R10, R2, SLOT_D),  # the room left: a string that fills it was cut
         call("probe_read_user_str"),
         jmp_imm(BPF_JSLT, R0, 0, fault),
+        ldx_mem(BPF_DW, R2, R10, SLOT_D),
+        jmp_reg(BPF_JNE, R0, R2, cut_done),
+    )
+    b.emit(stx_mem(BPF_DW, R10, R0, SLOT_D))
+    _slot_flag(b, FLAG_TRUNCATED)
+    b.emit(
+        ldx_mem(BPF_DW, R0, R10, SLOT_D),
+        label(cut_done),
         jmp_imm(BPF_JSGT, R0, 0, got),
         # 0: an empty string on kernels whose strncpy_from_user_nofault does not count its NUL (6.1, 6.12)
         ldx_mem(BPF_W, R4, R9, XE_ARGS_LEN),
@@ -241,11 +254,14 @@ def build_failed(b: ProgramBuilder, fmt, layout) -> list:
     zero_context(b, EXEC)
     b.emit(ldx_mem(BPF_W, R1, R9, XE_FLAGS), alu64_imm(BPF_AND, R1, FLAG_TRUNCATED | FLAG_FAULT))
     b.store(EXEC.header_flags, R1)
-    # The file name: rc is its length with the NUL (<= 0: unreadable, no name).
+    # The file name: rc is its length with the NUL (<= 0: unreadable, no name; the whole read: too long).
+    name_len = b.label("name_len")
     b.emit(ldx_mem(BPF_W, R2, R9, XE_NAME_RC), jmp_imm(BPF_JSGT, R2, 0, name_ok))
     b.set_flag(FLAG_FAULT)
-    b.emit(mov64_imm(R2, 1), label(name_ok), alu64_imm(BPF_ADD, R2, -1),
-           jmp_imm(BPF_JGT, R2, MAX_FILENAME - 1, delete))  # never: bounds it for the verifier
+    b.emit(mov64_imm(R2, 1), label(name_ok), jmp_imm(BPF_JNE, R2, XE_NAME_READ, name_len))
+    b.set_flag(FLAG_TRUNCATED)  # clobbers r1 only
+    b.emit(label(name_len), alu64_imm(BPF_ADD, R2, -1),
+           jmp_imm(BPF_JGT, R2, MAX_FILENAME, delete))  # never: bounds it for the verifier
     b.store(EXEC.filename_len, R2)
     b.emit(mov64_reg(R1, R8), alu64_imm(BPF_ADD, R1, EXEC.filename.offset), mov64_reg(R3, R9),
            alu64_imm(BPF_ADD, R3, XE_NAME), call("probe_read_kernel"), label(name_done),
@@ -253,7 +269,7 @@ def build_failed(b: ProgramBuilder, fmt, layout) -> list:
            ldx_mem(BPF_W, R2, R9, XE_ARGS_LEN), jmp_imm(BPF_JGT, R2, MAX_ARGS, delete))
     b.store(EXEC.args_len, R2)
     b.store(EXEC.args_total, R2)
-    b.emit(ldx_mem(BPF_W, R1, R8, EXEC.filename_len.offset), jmp_imm(BPF_JGT, R1, MAX_FILENAME - 1, delete),
+    b.emit(ldx_mem(BPF_W, R1, R8, EXEC.filename_len.offset), jmp_imm(BPF_JGT, R1, MAX_FILENAME, delete),
            alu64_imm(BPF_ADD, R1, EXEC.filename.offset), alu64_reg(BPF_ADD, R1, R8), mov64_reg(R3, R9),
            alu64_imm(BPF_ADD, R3, XE_ARGS), call("probe_read_kernel"))
     submit_record(b, EXEC)
