@@ -22,7 +22,6 @@ import signal
 import socket
 import threading
 
-PR_SET_PDEATHSIG = 1  # include/uapi/linux/prctl.h
 OK = 0
 
 
@@ -92,9 +91,10 @@ def _serve(sock: socket.socket, paths: tuple[str, ...], timeout: float) -> None:
     os.closerange(0, keep)
     os.closerange(keep + 1, 1 << 16)
     try:
-        import ctypes
+        from kestrel_raw.kernel import syscall
+        from kestrel_raw.kernel.caps import PR_SET_PDEATHSIG
 
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        syscall.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except OSError:
         pass
     if os.getppid() == 1:  # the collector died before the prctl
