@@ -686,6 +686,9 @@ EXEC = Kind(
         raw_int("caps_effective", FieldId.CAPS_EFFECTIVE,
                 doc="the effective capability set (bit n: capability n), after the exec"),
         raw_int("caps_permitted", FieldId.CAPS_PERMITTED, doc="the permitted capability set"),
+        flag(FLAG_LATE_READ, FieldId.LATE_READ,
+             doc="a failed exec whose arguments could be read only at the syscall's exit (its entry was not "
+                 "seen, or another thread's exec took its slot), so they may not be what the kernel was given"),
     ],
     update="exec",
     doc="each execve/execveat: a successful one at sched:sched_process_exec, with the new image's context; a "

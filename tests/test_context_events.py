@@ -414,3 +414,38 @@ async def test_a_process_started_before_the_collector_is_in_its_cache(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+async def test_a_failed_exec_whose_entry_was_not_seen_is_read_at_its_exit(monkeypatch, tmp_path):
+    """The exit's fallback (an exec that began before the collector attached, or whose slot another thread
+    took): with the entry programs left out, every failed exec is read again at its exit, the same, flagged
+    late_read."""
+    import trio
+
+    from kestrel_raw import CollectorConfig, KestrelCollector, programs
+
+    specs = dict(programs.SPECS)
+    specs[1] = tuple(s for s in specs[1] if not s.name.endswith("_e"))
+    monkeypatch.setattr(programs, "SPECS", specs)
+    send, recv = trio.open_memory_channel(100_000)
+    c = KestrelCollector(send, CollectorConfig(event_types=["exec"], status=False))
+    tag = uuid.uuid4().hex
+    async with trio.open_nursery() as nursery:
+        await nursery.start(c.start)
+        assert "kr_execve_e" not in [s.name for s, _ in c._programs]
+        out = await trio.to_thread.run_sync(lambda: child("""
+            import os, sys
+            print(os.getpid(), flush=True)
+            try:
+                os.execv(sys.argv[1], [sys.argv[1], "late", sys.argv[2]])
+            except OSError as e:
+                print(e.errno, flush=True)
+            """, f"/nonexistent-kr-{tag}", tag).stdout.split())
+        with trio.fail_after(15):
+            async for ev in recv:
+                if ev["pid"] == int(out[0]) and ev["ret"] < 0:
+                    break
+        c.stop()
+    assert int(out[1]) == errno.ENOENT
+    assert (ev["filename"], ev["argv"], ev["ret"], ev["late_read"], ev["fault"]) == (
+        f"/nonexistent-kr-{tag}", (f"/nonexistent-kr-{tag}", "late", tag), -errno.ENOENT, True, False)

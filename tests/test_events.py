@@ -42,7 +42,8 @@ def test_exec_event():
     assert (e.event_type_id, e.ts_mono, e.ts_wall, e.entity_key, e.source) == (
         1, 1_000_000_123, WALL + 1_000_000_123, KEY, "ebpf")
     assert dict(e.fields) == fields({F.FILENAME: "/bin/ls", F.ARGV: ("ls", "-l", "/tmp"), F.TRUNCATED: False,
-                                     F.FAULT: False, F.RET: 0, F.CAPS_EFFECTIVE: 0, F.CAPS_PERMITTED: 0})
+                                     F.FAULT: False, F.RET: 0, F.CAPS_EFFECTIVE: 0, F.CAPS_PERMITTED: 0,
+                                     F.LATE_READ: False})
     assert e.event_type is EventType.EXEC
 
 

@@ -46,7 +46,7 @@ def test_exec_line():
     assert line(exec_bytes()) == (
         '{"type":"exec","event_type_id":1,' + HEAD
         + '"filename":"/bin/ls","argv":["ls","-l","/tmp"],"truncated":false,"fault":false,"ret":0,'
-          '"caps_effective":0,"caps_permitted":0' + NO_CONTEXT).encode()
+          '"caps_effective":0,"caps_permitted":0,"late_read":false' + NO_CONTEXT).encode()
 
 
 def test_open_line():
@@ -80,7 +80,8 @@ def test_fork_line():
 
 
 @pytest.mark.parametrize("data, keys", [
-    (exec_bytes(), ["filename", "argv", "truncated", "fault", "ret", "caps_effective", "caps_permitted"]),
+    (exec_bytes(), ["filename", "argv", "truncated", "fault", "ret", "caps_effective", "caps_permitted",
+                    "late_read"]),
     (open_bytes(), ["path", "flags", "mode", "ret", "truncated", "fault", "syscall", "resolve", "resolved_path",
                     "toctou", "late_read"]),
     (connect_bytes(), ["family", "daddr", "dport", "ret", "fault", "toctou", "late_read"]),

@@ -38,7 +38,7 @@ PINNED = [
     (26, "toctou", "bool", {O, C}),
     (27, "core_dumped", "bool", {X}),
     (28, "resolve", "u64", {O}),
-    (29, "late_read", "bool", {O, C}),
+    (29, "late_read", "bool", {E, O, C}),
     (30, "euid", "u64", ALL),
     (31, "egid", "u64", ALL),
     (32, "auid", "u64", ALL),

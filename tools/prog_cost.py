@@ -11,12 +11,16 @@ compare medians of rounds taken in the same sitting, never single runs.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
 import time
 
 import trio
+
+# This checkout's kestrel_raw, not an installed one (PYTHONPATH first: to measure another checkout).
+sys.path.insert(0 if "PYTHONPATH" not in os.environ else 1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 WORKLOADS = {
     # opens of one existing file: the open programs' common case

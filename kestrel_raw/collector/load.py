@@ -19,7 +19,7 @@ from kestrel_raw.kernel import bpf
 from kestrel_raw.kernel.prog import Program
 from kestrel_raw.kernel.tracefs import find_tracefs, tracepoint_format
 from kestrel_raw.kernel.uapi import BPF_MAP_TYPE_ARRAY_OF_MAPS, BPF_PROG_TYPE_TRACING, BPF_TRACE_RAW_TP
-from kestrel_raw.maps import HashMap, Map, PerCPUArrayMap, ProgArrayMap, RingBuf, TaskStorageMap
+from kestrel_raw.maps import ArrayMap, HashMap, Map, PerCPUArrayMap, ProgArrayMap, RingBuf, TaskStorageMap
 
 _U32 = struct.Struct("<I")  # the outer map's key (ring index) and value (ring fd)
 
@@ -56,7 +56,8 @@ def create_maps(cfg: CollectorConfig, nprograms: int, maps: dict[str, Map], ring
     maps[programs.MAP_STATS] = PerCPUArrayMap(8, programs.STATS_ENTRIES, name=programs.MAP_STATS)
     maps[programs.MAP_SELF_RUNS] = PerCPUArrayMap(8, max(1, nprograms), name=programs.MAP_SELF_RUNS)
     maps[programs.MAP_ENTRY] = TaskStorageMap(programs.ENTRY_VALUE_SIZE, name=programs.MAP_ENTRY)
-    maps[programs.MAP_EXEC_ENTRY] = TaskStorageMap(programs.EXEC_ENTRY_VALUE_SIZE, name=programs.MAP_EXEC_ENTRY)
+    maps[programs.MAP_EXEC_ENTRY] = ArrayMap(programs.EXEC_ENTRY_VALUE_SIZE, programs.EXEC_SLOTS,
+                                             name=programs.MAP_EXEC_ENTRY)
     maps[programs.MAP_TAILS] = ProgArrayMap(programs.TAILS, name=programs.MAP_TAILS)
     maps[programs.MAP_FORK_TAILS] = ProgArrayMap(programs.FORK_TAILS, name=programs.MAP_FORK_TAILS)
     maps[programs.MAP_FILTER] = HashMap(

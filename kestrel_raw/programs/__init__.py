@@ -20,7 +20,7 @@ from kestrel_raw.programs.builder import (
     TAIL_OPEN_FINISH, TAIL_PROC_CWD, TAILS,
 )
 from kestrel_raw.programs.entry import ENTRY_VALUE_SIZE, MAP_ENTRY
-from kestrel_raw.programs.exec import MAP_EXEC_ENTRY, XE_VALUE_SIZE as EXEC_ENTRY_VALUE_SIZE
+from kestrel_raw.programs.exec import EXEC_SLOTS, MAP_EXEC_ENTRY, XE_VALUE_SIZE as EXEC_ENTRY_VALUE_SIZE
 from kestrel_raw.programs.layout import KernelLayout
 
 TP_BTF = "tp_btf"  # ProgramSpec.group of a tp_btf program: attached through its BTF type, not tracefs
@@ -63,8 +63,10 @@ SPECS = {
         # failed execs: the arguments copied at the entry, reported at the exit when it failed
         _spec("kr_execve_e", EXEC.id, "syscalls", "sys_enter_execve", lambda b, f, l: exec_.build_entry(b, f)),
         _spec("kr_execveat_e", EXEC.id, "syscalls", "sys_enter_execveat", lambda b, f, l: exec_.build_entry(b, f)),
-        _spec("kr_execve_x", EXEC.id, "syscalls", "sys_exit_execve", exec_.build_failed),
-        _spec("kr_execveat_x", EXEC.id, "syscalls", "sys_exit_execveat", exec_.build_failed),
+        _spec("kr_execve_x", EXEC.id, "syscalls", "sys_exit_execve",
+              lambda b, f, l: exec_.build_failed(b, f, l, "execve")),
+        _spec("kr_execveat_x", EXEC.id, "syscalls", "sys_exit_execveat",
+              lambda b, f, l: exec_.build_failed(b, f, l, "execveat")),
     ),
     OPEN.id: (
         # the entry copies first: a syscall whose exit is traced has had its arguments copied
@@ -129,7 +131,7 @@ def build(spec: ProgramSpec, fmt, layout: KernelLayout, *, self_tgid: int, nring
 __all__ = [
     "KernelLayout", "ProgramSpec", "SPECS", "specs", "build", "MAP_FILTER", "FILTER_IGNORE", "FILTER_ONLY",
     "MAP_RINGS", "MAP_SCRATCH", "MAP_SELF_RUNS", "MAP_STATS", "MAP_ENTRY", "ENTRY_VALUE_SIZE", "MAP_TAILS",
-    "TAILS", "MAP_FORK_TAILS", "FORK_TAILS", "MAP_EXEC_ENTRY", "EXEC_ENTRY_VALUE_SIZE", "CONTEXT_KINDS", "TP_BTF",
+    "TAILS", "MAP_FORK_TAILS", "FORK_TAILS", "MAP_EXEC_ENTRY", "EXEC_ENTRY_VALUE_SIZE", "EXEC_SLOTS", "CONTEXT_KINDS", "TP_BTF",
     "SCRATCH_SIZE", "STATS_ENTRIES",
     "STATS_PER_KIND", "STAT_NAMES",
 ]
