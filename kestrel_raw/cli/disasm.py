@@ -40,8 +40,7 @@ def build(args: argparse.Namespace):
     from kestrel_raw.config import CollectorConfig
 
     config = CollectorConfig(**shaping_kwargs(args))
-    specs = programs.specs([int(t) for t in config.event_types])
-    return config, build_programs(config, specs, mount_tracefs=False)
+    return config, build_programs(config, programs.config_specs(config), mount_tracefs=False)
 
 
 def document(config, built) -> dict:
@@ -63,12 +62,14 @@ def document(config, built) -> dict:
 def options(config) -> dict:
     """The options the programs' bytes depend on, as ``run`` takes them."""
     return {"events": ",".join(t.label for t in config.event_types), "buffers": config.buffers,
-            "buffer_size": config.buffer_size, "wakeup_bytes": config.wakeup_bytes, "latency": config.latency}
+            "buffer_size": config.buffer_size, "wakeup_bytes": config.wakeup_bytes, "latency": config.latency,
+            "context": config.context, "threads": config.threads}
 
 
 def heading(config, built) -> str:
     uname = os.uname()
-    opts = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in options(config).items())
+    opts = " ".join((f"--{'' if v else 'no-'}{k}" if isinstance(v, bool) else f"--{k.replace('_', '-')} {v}")
+                    for k, v in options(config).items())
     return (f"; kestrel-raw disasm: {len(built)} program{'s' if len(built) != 1 else ''} for Linux {uname.release} {uname.machine} "
             f"(BTF {config.btf_path}), as `kestrel-raw run {opts}` loads them")
 

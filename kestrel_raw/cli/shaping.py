@@ -18,13 +18,18 @@ from kestrel_raw.cli.common import error
 
 def add_shaping_arguments(p: argparse.ArgumentParser, *, events_default: str | None = "exec,open,connect,exit") -> None:
     p.add_argument("--events", default=events_default,
-                   help="comma-separated event types: exec, open, connect, exit (default: " +
-                        ("all" if events_default else "those of the collector checked") + ")")
+                   help="comma-separated event types: exec, open, connect, exit, fork, shell_command, dns_query "
+                        "(default: " + (events_default.replace(",", ", ") if events_default
+                                        else "those of the collector checked") + ")")
     p.add_argument("--buffers", type=int, default=None,
                    help="number of ring buffers, as given to run (default: run's, one per CPU, at most 4)")
     p.add_argument("--buffer-size", type=int, default=None, help="bytes per ring buffer, as given to run (default: run's)")
     p.add_argument("--wakeup-bytes", type=int, default=None, help="as given to run (default buffer size / 8)")
     p.add_argument("--latency", choices=("batch", "low"), default=None, help="as given to run (default batch)")
+    p.add_argument("--context", action=argparse.BooleanOptionalAction, default=None,
+                   help="as given to run (default on: the process cache's programs are loaded too)")
+    p.add_argument("--threads", action=argparse.BooleanOptionalAction, default=None,
+                   help="as given to run (default off; changes the fork program)")
     p.add_argument("--btf", metavar="PATH", default=os.environ.get("KESTREL_BTF"),
                    help="kernel BTF to take struct layouts from (default $KESTREL_BTF, else /sys/kernel/btf/vmlinux)")
     p.add_argument("--format", choices=("text", "json"), default="text", help="text (default) or json")
@@ -37,7 +42,7 @@ def shaping_kwargs(args: argparse.Namespace) -> dict:
     kwargs: dict = {}
     if args.events:
         kwargs["event_types"] = parse_event_types(args.events)
-    for name in ("buffers", "buffer_size", "wakeup_bytes", "latency"):
+    for name in ("buffers", "buffer_size", "wakeup_bytes", "latency", "context", "threads"):
         if getattr(args, name) is not None:
             kwargs[name] = getattr(args, name)
     if args.btf:

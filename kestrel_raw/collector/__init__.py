@@ -116,7 +116,7 @@ class KestrelCollector:
         if self._loaded:
             return
         cfg = self.config
-        specs = programs.specs(self._kinds())
+        specs = programs.config_specs(cfg)
         # The BTF is read once (it may come from a pipe): the process cache's seed and the user's object
         # need it again.
         self._btf = self._load_btf() if specs or cfg.program_path is not None or cfg.asm_object is not None \
@@ -198,15 +198,6 @@ class KestrelCollector:
     def bpf_object(self):
         """The LoadedObject of config.program_path (its maps, programs, links and notes), or None."""
         return self._object
-
-    def _kinds(self) -> list[int]:
-        """The record kinds whose programs are loaded: the events asked for, and with context what keeps the
-        process cache current (whose events are read but delivered only when asked for)."""
-        kinds = {int(t) for t in self.config.event_types}
-        # No built-in event asked for (a user's object alone): no built-in program, context or none.
-        if self.config.context and kinds:
-            kinds |= set(programs.CONTEXT_KINDS)
-        return sorted(kinds)
 
     def _load_btf(self) -> BTF:
         """The kernel BTF the programs take their layouts from (bench/staircase.py builds with it too)."""

@@ -135,6 +135,22 @@ def specs(kinds) -> list[ProgramSpec]:
     return [spec for kind in sorted(set(int(k) for k in kinds)) for spec in SPECS[kind]]
 
 
+def kinds_for(event_types, context: bool) -> list[int]:
+    """The record kinds whose programs a collector loads: the events asked for, and with context what keeps
+    the process cache current (whose events are read but delivered only when asked for).  No built-in event
+    asked for (a user's BPF object alone): no built-in program, context or none."""
+    kinds = {int(t) for t in event_types}
+    if context and kinds:
+        kinds |= set(CONTEXT_KINDS)
+    return sorted(kinds)
+
+
+def config_specs(config) -> list[ProgramSpec]:
+    """The programs a collector with ``config`` (a CollectorConfig) loads, in load order: what ``run`` loads
+    is what ``disasm`` shows and ``verify`` checks."""
+    return specs(kinds_for(config.event_types, config.context))
+
+
 def build(spec: ProgramSpec, fmt, layout: KernelLayout, *, self_tgid: int | None, nrings: int,
           wakeup_threshold: int, filter_mode: str = FILTER_IGNORE, self_index: int | None = None,
           threads: bool = False) -> list:
@@ -149,7 +165,7 @@ def build(spec: ProgramSpec, fmt, layout: KernelLayout, *, self_tgid: int | None
 
 
 __all__ = [
-    "KernelLayout", "ProgramSpec", "SPECS", "specs", "build", "MAP_FILTER", "FILTER_IGNORE", "FILTER_ONLY",
+    "KernelLayout", "ProgramSpec", "SPECS", "specs", "kinds_for", "config_specs", "build", "MAP_FILTER", "FILTER_IGNORE", "FILTER_ONLY",
     "MAP_RINGS", "MAP_SCRATCH", "MAP_SELF_RUNS", "MAP_STATS", "MAP_ENTRY", "ENTRY_VALUE_SIZE", "MAP_TAILS",
     "TAILS", "MAP_FORK_TAILS", "FORK_TAILS", "MAP_EXEC_ENTRY", "EXEC_ENTRY_VALUE_SIZE", "EXEC_SLOTS", "CONTEXT_KINDS", "TP_BTF",
     "SCRATCH_SIZE", "STATS_ENTRIES", "Uprobe",
