@@ -12,26 +12,31 @@ QUEUE_POLICIES = ("block", "drop")
 DELIVERIES = ("events", "json")
 LATENCIES = ("batch", "low")
 VERIFIER_LOG_LEVELS = (0, 1, 2, 4)  # none, BPF_LOG_LEVEL1, BPF_LOG_LEVEL2, BPF_LOG_STATS
-# Every type the collector can collect ("all" on the command line), and what it collects when not told.  The
-# uprobe events (shell_command, dns_query) are off by default: each call of the probed function costs a trap
-# into the kernel (README, Performance).
+# The event types a program reports ("all" on the command line), and what the collector collects when not
+# told.  fork is off by default; so are the uprobe events (shell_command, dns_query): each call of the probed
+# function costs a trap into the kernel (README, Performance).
 ALL_EVENT_TYPES: tuple[EventType, ...] = (EventType.EXEC, EventType.OPEN, EventType.CONNECT, EventType.EXIT,
-                                          EventType.SHELL_COMMAND, EventType.DNS_QUERY)
+                                          EventType.FORK, EventType.SHELL_COMMAND, EventType.DNS_QUERY)
 DEFAULT_EVENT_TYPES: tuple[EventType, ...] = (EventType.EXEC, EventType.OPEN, EventType.CONNECT, EventType.EXIT)
-_VALID_NAMES = ", ".join(t.label for t in EventType)
+_VALID_NAMES = ", ".join(t.label for t in ALL_EVENT_TYPES)
+DEFAULT_CONTAINER_SOCKETS = ("/run/podman/podman.sock", "/var/run/docker.sock")  # as context/containerinfo.py
+MAX_ANCESTORS = 64
 
 
 def _event_type(value: object) -> EventType:
+    found = None
     if isinstance(value, EventType):
-        return value
-    if isinstance(value, str):
-        try:
-            return EventType[value.strip().upper()]
-        except KeyError:
-            pass
+        found = value
+    elif isinstance(value, str):
+        found = EventType.__members__.get(value.strip().upper())
     elif isinstance(value, int) and not isinstance(value, bool) and value in EventType._value2member_map_:
-        return EventType(value)
-    raise ConfigError(f"event_types: unknown event type {value!r}; valid: {_VALID_NAMES}")
+        found = EventType(value)
+    if found is EventType.STATUS:
+        raise ConfigError("event_types: status is not collected from the kernel; the collector emits it once at "
+                          "start (CollectorConfig.status)")
+    if found is None:
+        raise ConfigError(f"event_types: unknown event type {value!r}; valid: {_VALID_NAMES}")
+    return found
 
 
 def parse_event_types(text: str) -> tuple[EventType, ...]:
@@ -96,7 +101,19 @@ class CollectorConfig:
         bytes.  A 100,000-open burst at ~0.6 M/s leaves ~35,000 unread at its end.  With 1 MiB rings half
         of such a burst was lost.
     event_types: which events to collect: EventType values or their names ("exec"...); stored as a tuple.
-        Default: exec, open, connect, exit; shell_command and dns_query (uprobes) only when named.
+        Default: exec, open, connect, exit; fork, and shell_command and dns_query (uprobes), only when named.
+    context: add to every event what user space knows of its process (exe, cwd, namespaces, hostname), its
+        cgroup and container (kestrel_raw/collector/enrich.py), from a process cache seeded from /proc at
+        start and kept current by the exec, fork and exit records and the internal proc records (their
+        programs are loaded whatever event_types says; the events not asked for are not delivered).  False:
+        those keys are null.
+    ancestors: with context, add ``ancestors`` to every event, the chain of up to this many ancestors from the
+        process cache (0: none, the key is left out).
+    threads: fork events for new threads too (``thread: true``); by default only new processes.
+    container_sockets: the container runtimes' API sockets asked for container names and images (docker's
+        Engine API, which podman's service speaks too), in order.
+    status: emit the ``status`` event (the host's identity) once at start; not with only_tgids (those tgids'
+        events alone are reported).
     queue_size: events buffered between the ring-buffer pollers and each consumer (with an EventBus for
         output, each subscriber's ``max_buffer`` instead).
     queue_policy: what happens when the consumer is slow and the queue is full.  "block": the pollers wait
@@ -161,6 +178,11 @@ class CollectorConfig:
     pin: object | None = None
     verifier_log_level: int = 0
     verifier_log_path: str | None = None
+    context: bool = True
+    ancestors: int = 0
+    threads: bool = False
+    container_sockets: tuple[str, ...] = DEFAULT_CONTAINER_SOCKETS
+    status: bool = True
 
     def __post_init__(self) -> None:
         if self.program_path is not None:
@@ -250,6 +272,18 @@ class CollectorConfig:
             object.__setattr__(self, "verifier_log_path", os.fspath(self.verifier_log_path))
         if not isinstance(self.drop_privileges, bool):
             raise ConfigError(f"drop_privileges must be True or False, got {self.drop_privileges!r}")
+        for name in ("context", "threads", "status"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if isinstance(self.ancestors, bool) or not isinstance(self.ancestors, int) or \
+                not 0 <= self.ancestors <= MAX_ANCESTORS:
+            raise ConfigError(f"ancestors must be an integer from 0 to {MAX_ANCESTORS}, got {self.ancestors!r}")
+        if self.ancestors and not self.context:
+            raise ConfigError("ancestors needs context=True: the ancestors come from the process cache")
+        sockets = self.container_sockets
+        if isinstance(sockets, (str, os.PathLike)):
+            sockets = (sockets,)
+        object.__setattr__(self, "container_sockets", tuple(os.fspath(p) for p in sockets))
         for name in ("drop_uid", "drop_gid"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**32 - 1:

@@ -45,9 +45,11 @@ class EventType(enum.IntEnum):
     OPEN = 2
     CONNECT = 3
     EXIT = 4
+    FORK = 5
     # Issue 17: events from uprobes on user-space functions, off unless asked for (EventType 50-59).
     SHELL_COMMAND = 50
     DNS_QUERY = 51
+    STATUS = 100  # made by the collector itself at start (host identity), not by a program
 
     @property
     def label(self) -> str:
@@ -64,6 +66,18 @@ class EventType(enum.IntEnum):
             ) from None
 
 
+class RecordKind(enum.IntEnum):
+    """Record kinds that are no event: records the programs write for user space's own bookkeeping, never
+    delivered.  They share the u16 kind space with EventType (below 256: the JSON encoder dispatches on the
+    kind's low byte), from the top down."""
+
+    PROC = 250  # a process's changed context (cwd, namespaces, hostname), consumed by the process cache
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
 class FieldType(enum.Enum):
     """The Python type of a Kestrel field's value.
 
@@ -74,6 +88,7 @@ class FieldType(enum.Enum):
     BYTES           ``bytes``
     STRING_LIST     ``tuple[str, ...]`` (surrogateescape as for STRING)
     BOOL            ``bool``
+    JSON            a JSON value: ``dict`` or ``list`` of str, int, bool, None (``ancestors``, ``cloud``)
     ==============  ===================================================================================
     """
 
@@ -83,6 +98,7 @@ class FieldType(enum.Enum):
     BYTES = "bytes"
     STRING_LIST = "list of strings"
     BOOL = "bool"
+    JSON = "json"
 
 
 class FieldId(enum.IntEnum):
@@ -117,6 +133,35 @@ class FieldId(enum.IntEnum):
     CORE_DUMPED = 27
     RESOLVE = 28
     LATE_READ = 29
+    # issue 14 (who and where): 30-59
+    EUID = 30
+    EGID = 31
+    AUID = 32
+    SESSIONID = 33
+    TTY = 34
+    CGROUP_ID = 35
+    CGROUP = 36
+    CONTAINER_ID = 37
+    CONTAINER_NAME = 38
+    CONTAINER_IMAGE = 39
+    PARENT_ENTITY_KEY = 40
+    EXE = 41
+    EXE_DELETED = 42
+    EXE_MEMFD = 43
+    CWD = 44
+    PIDNS = 45
+    MNTNS = 46
+    NETNS = 47
+    HOSTNAME = 48
+    ANCESTORS = 49
+    CAPS_EFFECTIVE = 50
+    CAPS_PERMITTED = 51
+    THREAD = 52
+    MACHINE_ID = 53
+    BOOT_ID = 54
+    KERNEL = 55
+    ARCH = 56
+    CLOUD = 57
     # Issue 17 (uprobe events): 130-139.
     COMMAND = 130
     QUERY = 131
@@ -216,7 +261,17 @@ class Computed:
         return self.how
 
 
-Source = Helper | Btf | PidTgid | TpField | SyscallArg | CallArg | CallRet | Const | Computed
+@dataclass(frozen=True)
+class TtyDevice:
+    """The controlling terminal's device number, ``MKDEV(tty->driver->major, tty->driver->minor_start +
+    tty->index)`` of ``task->signal->tty`` (BTF), as ``/proc/PID/stat``'s tty_nr has it but in the kernel's
+    dev_t encoding (major << 20 | minor); 0 when the process has none."""
+
+    def describe(self) -> str:
+        return "task_struct.signal.tty: driver.major << 20 | (driver.minor_start + index)"
+
+
+Source = Helper | Btf | PidTgid | TpField | SyscallArg | CallArg | CallRet | Const | Computed | TtyDevice
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -326,6 +381,11 @@ class Value:
     ``doc``: what the JSON key means for this kind (the README's table).  ``null``: an expression that, when
     true, makes the value None (JSON ``null``): the value does not exist for this event (the resolved path of
     a failed open).
+
+    ``context``: the value is filled in user space from what the collector knows, not from the record: the
+    name of a ``Scope`` (``CONTEXT_SCOPES``), whose entry ``expr`` reads (``"proc.cwd"``).  ``omit``: the
+    JSON key is left out when the value is None (a value the collector adds only when asked:
+    ``ancestors``).  For a JSON-typed value, ``raw`` is an expression giving its JSON text, ready made.
     """
     id: FieldId
     expr: str
@@ -333,6 +393,8 @@ class Value:
     json: bool = True
     doc: str = ""
     null: str | None = None
+    context: str | None = None
+    omit: bool = False
 
 
 @dataclass(frozen=True)
@@ -355,6 +417,23 @@ def text(wire: str, fid: FieldId, *, doc: str = "") -> Value:
 def flag(bit: int, fid: FieldId, *, doc: str = "") -> Value:
     """A bit of the record's header flags."""
     return Value(fid, f"(header_flags & {bit}) != 0", doc=doc)
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Where user space looks context values up: ``name`` is what the values' expressions call the entry
+    (``proc.exe``), ``keys`` the header wire fields it is looked up by."""
+    name: str
+    keys: tuple[str, ...]
+    doc: str
+
+
+def context(scope: str, attr: str, fid: FieldId, *, doc: str = "", null: bool = True, raw: str | None = None,
+            omit: bool = False) -> Value:
+    """A value user space fills from the ``scope`` entry's attribute ``attr`` (None: JSON null)."""
+    expr = f"{scope}.{attr}"
+    return Value(fid, expr, raw=raw, doc=doc, null=f"{expr} is None" if null and not omit else None,
+                 context=scope, omit=omit)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -403,14 +482,21 @@ class Kind:
     the size of the header and fixed part, where the first variable part starts.
     """
 
-    def __init__(self, event_type: EventType, wire: list[Wire], values: list[Value],
+    def __init__(self, event_type: EventType | RecordKind, wire: list[Wire], values: list[Value],
                  locals_: list[Local] = (), *, header: tuple[Wire, ...] | None = None, memo: bool = False,
-                 doc: str = "") -> None:
+                 doc: str = "", update: str | None = None, update_after: bool = False) -> None:
         self.event_type = event_type
         self.id = int(event_type)
         self.label = event_type.label
+        # An internal kind (RecordKind) is no event: user space consumes it (``update``) and delivers nothing.
+        self.internal = isinstance(event_type, RecordKind)
         self.memo = memo  # the JSON encoder keeps whole lines' text besides the time (repeated events)
         self.doc = doc
+        # The context provider's method the record's values go to (``ctx.update_<name>(values)``), before the
+        # event is made (exec, fork: the event shows the context the record brings), or after it
+        # (``update_after``: exit, whose event still shows the process it ends).
+        self.update = update
+        self.update_after = update_after
         fields, offset = [], 0
         for w in (*(header if header is not None else HEADER), *wire):
             if isinstance(w.type, Var):
@@ -431,7 +517,14 @@ class Kind:
         if self.fixed_size % 8:
             raise ValueError(f"{event_type.label}: fixed part is {self.fixed_size} bytes, not a multiple of 8")
         self.locals: tuple[Local, ...] = tuple(locals_)
-        self.values: tuple[Value, ...] = tuple((*COMMON_VALUES, *values)) if header is None else tuple(values)
+        if self.internal:
+            if values:
+                raise ValueError(f"{event_type.label}: an internal record kind has no Kestrel values")
+            self.values: tuple[Value, ...] = ()
+        elif header is None:
+            self.values = (*COMMON_VALUES, *values, *CONTEXT_VALUES)
+        else:
+            self.values = tuple(values)
         self._by_name = {w.name: w for w in fields}
         for v in self.var:
             if v.type.length not in self._by_name:
@@ -439,6 +532,16 @@ class Kind:
         ids = [int(v.id) for v in self.values]
         if len(set(ids)) != len(ids):
             raise ValueError(f"{event_type.label}: a Kestrel field is given twice")
+        if any(v.context for v in values):
+            raise ValueError(f"{event_type.label}: context values are the common CONTEXT_VALUES, after the "
+                             "kind's own")
+
+    @property
+    def own_values(self) -> tuple[Value, ...]:
+        """The kind's own values: after the common ones, before the context ones."""
+        if self.internal:
+            return ()
+        return tuple(v for v in self.values[len(COMMON_VALUES):] if v.context is None)
 
     def __getattr__(self, name: str) -> Wire:
         try:
@@ -466,24 +569,39 @@ def _with_offset(w: Wire, offset: int) -> Wire:
 
 
 # The common header.  The timestamp comes first: the only bytes that differ between two events of one
-# thread doing the same thing again (the JSON encoder's memo keys on everything after it).
+# thread doing the same thing again (the JSON encoder's memo keys on everything after it).  What it carries
+# beyond the process's ids is what can change at any moment without a hook to see it change (credentials,
+# the login session, the terminal, the cgroup, the parent when it dies): read at every event, a load each.
+# What changes only at a syscall that can be watched (exe, cwd, namespaces, hostname) is not here: the
+# programs report it when it changes (CONTEXT_WIRE) and user space carries it per process (CONTEXT_VALUES).
 HEADER: tuple[Wire, ...] = (
     Wire("ts_ns", U64, Helper("ktime_get_ns"), "time of the event, CLOCK_MONOTONIC ns"),
     Wire("kind", U16, Const("the record kind (event type id)")),
-    Wire("header_flags", U16, Computed("bits set by the program: 1 TRUNCATED, 2 FAULT"),
-         "bit 0 TRUNCATED (a value was cut at its limit), bit 1 FAULT (user memory could not be read)"),
+    Wire("header_flags", U16, Computed("bits set by the program: 1 TRUNCATED, 2 FAULT, 4 TOCTOU, 8 LATE_READ"),
+         "bit 0 TRUNCATED (a value was cut at its limit), bit 1 FAULT (user memory could not be read), "
+         "bit 2 TOCTOU, bit 3 LATE_READ"),
     Wire("cpu", U32, Helper("get_smp_processor_id"), "CPU the program ran on"),
     Wire("start_ns", U64, Btf("task_struct.group_leader.start_time"),
          "the process's start time, CLOCK_MONOTONIC ns"),
+    Wire("parent_start_ns", U64, Btf("task_struct.real_parent.group_leader.start_time"),
+         "the real parent's start time: with ppid, the parent's entity_key"),
+    Wire("cgroup_id", U64, Btf("task_struct.cgroups.dfl_cgrp.kn.id"),
+         "the cgroup v2 id, as bpf_get_current_cgroup_id() gives it (the cgroup directory's inode number)"),
     Wire("pid", U32, PidTgid("tgid"), "process id (tgid)"),
     Wire("tid", U32, PidTgid("pid"), "thread id"),
     Wire("ppid", U32, Btf("task_struct.real_parent.tgid"), "the real parent's tgid"),
     Wire("uid", U32, Btf("task_struct.cred.uid.val"), "real user id (current_cred()->uid)"),
     Wire("gid", U32, Btf("task_struct.cred.gid.val"), "real group id"),
-    Wire("_pad0", U32, Const("0")),
+    Wire("euid", U32, Btf("task_struct.cred.euid.val"), "effective user id"),
+    Wire("egid", U32, Btf("task_struct.cred.egid.val"), "effective group id"),
+    Wire("auid", U32, Btf("task_struct.loginuid.val"), "login uid (audit), 4294967295 when unset"),
+    Wire("sessionid", U32, Btf("task_struct.sessionid"), "audit session id, 4294967295 when unset"),
+    Wire("tty", U32, TtyDevice(), "controlling terminal, major << 20 | minor; 0: none"),
     Wire("comm", Chars(TASK_COMM_LEN), Btf("task_struct.comm"), "the thread's command name"),
 )
 HEADER_SIZE = sum(w.type.size for w in HEADER)
+
+AUDIT_UNSET = 0xFFFFFFFF  # (u32)-1: AUDIT_UID_UNSET (include/linux/uidgid.h), AUDIT_SID_UNSET (include/linux/audit.h)
 
 # Kestrel fields every event carries, in JSON order (after type, event_type_id, ts_mono_ns, ts_wall_ns and
 # entity_key, which the event itself holds; and before source).
@@ -495,33 +613,127 @@ COMMON_VALUES: tuple[Value, ...] = (
     raw_int("uid", FieldId.UID),
     raw_int("gid", FieldId.GID),
     text("comm", FieldId.COMM),
+    raw_int("euid", FieldId.EUID),
+    raw_int("egid", FieldId.EGID),
+    Value(FieldId.AUID, "auid", null=f"auid == {AUDIT_UNSET}"),
+    Value(FieldId.SESSIONID, "sessionid", null=f"sessionid == {AUDIT_UNSET}"),
+    Value(FieldId.TTY, "tty_name(tty)", null="tty == 0"),
+    raw_int("cgroup_id", FieldId.CGROUP_ID),
+    Value(FieldId.PARENT_ENTITY_KEY, "entity_key_memo(ppid, parent_start_ns)", null="ppid == 0"),
     raw_int("start_ns", FieldId.PROCESS_START_NS, json=False),
 )
+
+# Where user space looks up what it adds to every event (kestrel_raw/collector/enrich.py provides them).
+CONTEXT_SCOPES: tuple[Scope, ...] = (
+    Scope("cgroup", ("cgroup_id",), "the cgroup v2 id's path and the container it names "
+                                     "(kestrel_raw/context/cgroups.py, containerinfo.py)"),
+    Scope("proc", ("pid", "start_ns", "tid"), "the process cache (kestrel_raw/context/proctable.py): what the "
+                                              "programs reported when the process forked, exec'd or changed"),
+    Scope("lineage", ("pid", "start_ns"), "the process's ancestors in the process cache (--ancestors N)"),
+)
+CONTEXT_KEYS: tuple[str, ...] = tuple(dict.fromkeys(k for s in CONTEXT_SCOPES for k in s.keys))
+
+# Kestrel fields user space adds to every event, in JSON order, after the kind's own.
+CONTEXT_VALUES: tuple[Value, ...] = (
+    context("cgroup", "path", FieldId.CGROUP,
+            doc="the v2 cgroup's path, from cgroup_id; `null` when not found"),
+    context("cgroup", "container_id", FieldId.CONTAINER_ID,
+            doc="the container the cgroup names (docker, containerd/CRI, CRI-O, podman, LXC, systemd-nspawn); "
+                "`null` on the host"),
+    context("cgroup", "container_name", FieldId.CONTAINER_NAME,
+            doc="from the runtime's API socket, once known"),
+    context("cgroup", "container_image", FieldId.CONTAINER_IMAGE, doc="from the runtime's API socket"),
+    context("proc", "exe", FieldId.EXE, doc="the executable's full path, as /proc/PID/exe"),
+    context("proc", "exe_deleted", FieldId.EXE_DELETED,
+            doc="the executable was unlinked when the process exec'd it (a memfd too, as /proc says)"),
+    context("proc", "exe_memfd", FieldId.EXE_MEMFD, doc="the executable is a memfd"),
+    context("proc", "cwd", FieldId.CWD, doc="the working directory at the time of the event"),
+    context("proc", "pidns", FieldId.PIDNS, doc="pid namespace inode"),
+    context("proc", "mntns", FieldId.MNTNS, doc="mount namespace inode"),
+    context("proc", "netns", FieldId.NETNS, doc="network namespace inode"),
+    context("proc", "hostname", FieldId.HOSTNAME, doc="the UTS nodename the process sees"),
+    context("lineage", "ancestors", FieldId.ANCESTORS, raw="lineage.ancestors_json", omit=True,
+            doc="with `--ancestors N`: up to N ancestors, nearest first, each `{\"pid\", \"entity_key\", "
+                "\"exe\", \"argv\"}`"),
+)
+
+# What a program reports of its process's context when it may have changed (exec, fork, and the internal
+# ``proc`` record at chdir, fchdir, chroot, unshare, setns, sethostname): the whole of it, so that a
+# record alone brings the process cache up to date.  Fixed part, then the two paths (variable parts).
+CTX_SNAPSHOT = 1 << 0  # the block is filled (a failed exec's record and a thread's fork carry none)
+CTX_EXE_DELETED = 1 << 1  # the exe's dentry is unlinked (d_unlinked)
+CTX_EXE_PSEUDO = 1 << 2  # the exe is a file of no directory (a memfd): its path is "/" + its name
+CTX_FS_PRIVATE = 1 << 3  # the thread's fs_struct is not its process leader's: the cwd is the thread's own
+
+CONTEXT_WIRE: tuple[Wire, ...] = (
+    Wire("pidns", U32, Computed("task->thread_pid->numbers[level].ns->ns.inum: the active pid namespace"),
+         "pid namespace inode"),
+    Wire("mntns", U32, Btf("task_struct.nsproxy.mnt_ns.ns.inum"), "mount namespace inode"),
+    Wire("netns", U32, Btf("task_struct.nsproxy.net_ns.ns.inum"), "network namespace inode"),
+    Wire("utsns", U32, Btf("task_struct.nsproxy.uts_ns.ns.inum"), "UTS namespace inode"),
+    Wire("ctx_flags", U32, Computed("1 SNAPSHOT, 2 EXE_DELETED, 4 EXE_PSEUDO, 8 FS_PRIVATE")),
+    Wire("exe_len", U32, Computed("bytes of the exe's path (0: none)")),
+    Wire("cwd_len", U32, Computed("bytes of the working directory's path (0: none)")),
+    Wire("_padc", U32, Const("0")),
+    Wire("hostname", Chars(64), Btf("task_struct.nsproxy.uts_ns.name.nodename"),
+         "the UTS nodename (64 bytes: the kernel's 65th is always NUL)"),
+)
+
+
+def context_paths() -> tuple[Wire, ...]:
+    """The snapshot's variable parts: the exe's and the working directory's paths (walked back through
+    dentries and mounts to the task's root, kestrel_raw/programs/resolve.py)."""
+    return (
+        Wire("exe", Var("exe_len", MAX_PATH), Computed("task->mm->exe_file's path (the walk)"),
+             "the executable's absolute path"),
+        Wire("cwd", Var("cwd_len", MAX_PATH), Computed("task->fs->pwd's path (the walk)"),
+             "the working directory's absolute path"),
+    )
+
 
 EXEC = Kind(
     EventType.EXEC,
     wire=[
         Wire("filename_len", U32, Computed("bytes of the file name copied, without its NUL")),
         Wire("args_len", U32, Computed("bytes of the argument area copied (0 when unreadable)")),
-        Wire("args_total", U32, Computed("task->mm->arg_end - task->mm->arg_start (BTF)"),
+        Wire("args_total", U32, Computed("task->mm->arg_end - task->mm->arg_start (BTF); a failed exec: "
+                                         "the bytes copied"),
              "the argument area's whole length"),
-        Wire("_pad1", U32, Const("0")),
+        Wire("ret", I32, Computed("0 (sched_process_exec); a failed exec: sys_exit_execve(at)'s ret"),
+             "0, or -errno"),
+        Wire("caps_effective", U64, Btf("task_struct.cred.cap_effective"), "effective capabilities"),
+        Wire("caps_permitted", U64, Btf("task_struct.cred.cap_permitted"), "permitted capabilities"),
+        *CONTEXT_WIRE,
         Wire("filename", Var("filename_len", MAX_FILENAME, cstr=True),
-             Computed("the tracepoint's __data_loc filename, copied with bpf_probe_read_kernel_str"),
+             Computed("the tracepoint's __data_loc filename, copied with bpf_probe_read_kernel_str; a failed "
+                      "exec: the filename argument, copied at the syscall's entry"),
              "the file executed"),
-        Wire("args", Var("args_len", MAX_ARGS), Computed("the new mm's argument area, bpf_probe_read_user"),
+        Wire("args", Var("args_len", MAX_ARGS),
+             Computed("the new mm's argument area, bpf_probe_read_user; a failed exec: the argv strings, copied "
+                      "at the syscall's entry"),
              "NUL-separated argv strings"),
+        *context_paths(),
     ],
     locals_=[Local("argv_parts", "split_arg_area(args)")],
     values=[
-        text("filename", FieldId.FILENAME),
+        text("filename", FieldId.FILENAME, doc="as the kernel names it; a failed exec: as passed"),
         Value(FieldId.ARGV, "tuple([p.decode('utf-8', 'surrogateescape') for p in argv_parts])",
-              raw="argv_parts", doc="list, argv[0] first, as the new program sees it"),
+              raw="argv_parts", doc="list, argv[0] first, as the new program sees it (a failed exec: as "
+                                    "passed, at most 64 arguments)"),
         Value(FieldId.TRUNCATED, f"(header_flags & {FLAG_TRUNCATED}) != 0 or args_total > len(args)",
               doc="the argument area was longer than 4096 bytes, or the file name longer than PATH_MAX"),
         flag(FLAG_FAULT, FieldId.FAULT),
+        raw_int("ret", FieldId.RET, doc="0, or -errno for a failed execve/execveat (ENOENT, EACCES, ENOEXEC...)"),
+        raw_int("caps_effective", FieldId.CAPS_EFFECTIVE,
+                doc="the effective capability set (bit n: capability n), after the exec"),
+        raw_int("caps_permitted", FieldId.CAPS_PERMITTED, doc="the permitted capability set"),
+        flag(FLAG_LATE_READ, FieldId.LATE_READ,
+             doc="a failed exec whose arguments could be read only at the syscall's exit (its entry was not "
+                 "seen, or another thread's exec took its slot), so they may not be what the kernel was given"),
     ],
-    doc="each successful execve/execveat (sched:sched_process_exec)",
+    update="exec",
+    doc="each execve/execveat: a successful one at sched:sched_process_exec, with the new image's context; a "
+        "failed one at the syscall's exit, with what the caller passed",
 )
 
 OPEN = Kind(
@@ -619,7 +831,45 @@ EXIT = Kind(
         Value(FieldId.SIGNAL, "exit_code & 0x7F", doc="0 if none"),
         Value(FieldId.CORE_DUMPED, "(exit_code & 0x80) != 0", doc="the process dumped core"),
     ],
+    update="exit",
+    update_after=True,
     doc="each process exit (the last thread of the group; sched:sched_process_exit)",
+)
+
+FORK_THREAD = 1 << 0  # fork_flags: the new task is a thread of its parent's process (CLONE_THREAD)
+
+FORK = Kind(
+    EventType.FORK,
+    wire=[
+        Wire("fork_flags", U32, Computed("1 THREAD: child->pid != child->tgid")),
+        Wire("_pad1", U32, Const("0")),
+        *CONTEXT_WIRE,
+        *context_paths(),
+    ],
+    values=[
+        Value(FieldId.THREAD, f"(fork_flags & {FORK_THREAD}) != 0",
+              doc="a new thread (only with `--threads`); else a new process"),
+    ],
+    update="fork",
+    doc="each new process (tp_btf sched_process_fork), the header describing the child (pid, its start "
+        "time: entity_key; ppid and parent_entity_key its parent); new threads with --threads",
+)
+
+# The internal ``proc`` record's syscall field.
+PROC_SYSCALLS = {0: "chdir", 1: "fchdir", 2: "chroot", 3: "unshare", 4: "setns", 5: "sethostname"}
+
+PROC = Kind(
+    RecordKind.PROC,
+    wire=[
+        Wire("syscall", U32, Const("0 chdir, 1 fchdir, 2 chroot, 3 unshare, 4 setns, 5 sethostname")),
+        Wire("_pad1", U32, Const("0")),
+        *CONTEXT_WIRE,
+        *context_paths(),
+    ],
+    values=[],
+    update="proc",
+    doc="internal: a successful chdir, fchdir, chroot, unshare, setns or sethostname (at the syscall's exit): "
+        "the process's context after it, for the process cache; never delivered",
 )
 
 SHELL_COMMAND = Kind(
@@ -684,9 +934,55 @@ DNS_QUERY = Kind(
     doc="each getaddrinfo call of the C library (a uprobe at the call, a uretprobe at its return)",
 )
 
-KINDS: dict[int, Kind] = {k.id: k for k in (EXEC, OPEN, CONNECT, EXIT, SHELL_COMMAND, DNS_QUERY)}
-# The largest record a program can emit: exec with a full file name and a full argument area.
+KINDS: dict[int, Kind] = {k.id: k for k in (EXEC, OPEN, CONNECT, EXIT, FORK, SHELL_COMMAND, DNS_QUERY, PROC)}
+# The kinds that are events (delivered), and those user space makes itself (no record).
+EVENT_KINDS: dict[int, Kind] = {k.id: k for k in KINDS.values() if not k.internal}
+# The largest record a program can emit: exec with a full file name, argument area, exe and cwd.
 MAX_RECORD = max(k.fixed_size + sum(v.type.max for v in k.var) for k in KINDS.values())
+
+
+class UserKind:
+    """An event kind the collector makes itself, with no record and no program: ``inputs`` are the names
+    its values' expressions read (``event_<label>(inputs..., ts_mono, ts_wall)`` makes the event)."""
+
+    def __init__(self, event_type: EventType, inputs: tuple[str, ...], values: list[Value], doc: str) -> None:
+        self.event_type = event_type
+        self.id = int(event_type)
+        self.label = event_type.label
+        self.inputs = inputs
+        self.values: tuple[Value, ...] = tuple(values)
+        self.doc = doc
+        ids = [int(v.id) for v in self.values]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"{self.label}: a Kestrel field is given twice")
+
+    @property
+    def own_values(self) -> tuple[Value, ...]:
+        return self.values
+
+    def __repr__(self) -> str:
+        return f"UserKind({self.label})"
+
+
+STATUS = UserKind(
+    EventType.STATUS,
+    inputs=("hostname", "machine_id", "boot_id", "kernel", "arch", "cloud"),
+    values=[
+        Value(FieldId.HOSTNAME, "hostname", doc="the host's name"),
+        Value(FieldId.MACHINE_ID, "machine_id", null="machine_id is None", doc="/etc/machine-id"),
+        Value(FieldId.BOOT_ID, "boot_id", null="boot_id is None", doc="/proc/sys/kernel/random/boot_id"),
+        Value(FieldId.KERNEL, "kernel", doc="uname -r"),
+        Value(FieldId.ARCH, "arch", doc="uname -m"),
+        Value(FieldId.CLOUD, "cloud", null="cloud is None",
+              doc='`null` off a cloud, else `{"provider", "instance_id", "region", "zone"}` from the '
+                  "provider's instance metadata service (AWS IMDSv2, GCP, Azure), found from DMI first"),
+    ],
+    doc="once, at start, made by the collector: the host's identity (kestrel_raw/context/host.py)",
+)
+USER_KINDS: dict[int, UserKind] = {STATUS.id: STATUS}
+# Every kind that makes events, by event type id.
+ALL_KINDS: dict[int, Kind | UserKind] = {**EVENT_KINDS, **USER_KINDS}
+SOURCE_USER = "kestrel-raw"  # the ``source`` of the events the collector makes itself
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -723,6 +1019,34 @@ _FIELD_DEFS: dict[FieldId, tuple[str, FieldType, str]] = {
     FieldId.CORE_DUMPED: ("core_dumped", FieldType.BOOL, "the process dumped core (code & 0x80)"),
     FieldId.RESOLVE: ("resolve", FieldType.U64, "openat2 RESOLVE_* flags"),
     FieldId.LATE_READ: ("late_read", FieldType.BOOL, "the argument was read at the syscall's exit, not its entry"),
+    FieldId.EUID: ("euid", FieldType.U64, "effective user id"),
+    FieldId.EGID: ("egid", FieldType.U64, "effective group id"),
+    FieldId.AUID: ("auid", FieldType.U64, "login uid (loginuid); null when unset"),
+    FieldId.SESSIONID: ("sessionid", FieldType.U64, "audit session id; null when unset"),
+    FieldId.TTY: ("tty", FieldType.STRING, "controlling terminal (\"pts/3\", \"tty1\"); null when none"),
+    FieldId.CGROUP_ID: ("cgroup_id", FieldType.U64, "cgroup v2 id"),
+    FieldId.CGROUP: ("cgroup", FieldType.STRING, "cgroup v2 path"),
+    FieldId.CONTAINER_ID: ("container_id", FieldType.STRING, "container id; null on the host"),
+    FieldId.CONTAINER_NAME: ("container_name", FieldType.STRING, "container name, from the runtime's API"),
+    FieldId.CONTAINER_IMAGE: ("container_image", FieldType.STRING, "container image, from the runtime's API"),
+    FieldId.PARENT_ENTITY_KEY: ("parent_entity_key", FieldType.U64, "the parent's entity_key"),
+    FieldId.EXE: ("exe", FieldType.STRING, "the executable's full path"),
+    FieldId.EXE_DELETED: ("exe_deleted", FieldType.BOOL, "the executable was unlinked"),
+    FieldId.EXE_MEMFD: ("exe_memfd", FieldType.BOOL, "the executable is a memfd"),
+    FieldId.CWD: ("cwd", FieldType.STRING, "working directory"),
+    FieldId.PIDNS: ("pidns", FieldType.U64, "pid namespace inode"),
+    FieldId.MNTNS: ("mntns", FieldType.U64, "mount namespace inode"),
+    FieldId.NETNS: ("netns", FieldType.U64, "network namespace inode"),
+    FieldId.HOSTNAME: ("hostname", FieldType.STRING, "UTS nodename"),
+    FieldId.ANCESTORS: ("ancestors", FieldType.JSON, "ancestors, nearest first (--ancestors N)"),
+    FieldId.CAPS_EFFECTIVE: ("caps_effective", FieldType.U64, "effective capability set"),
+    FieldId.CAPS_PERMITTED: ("caps_permitted", FieldType.U64, "permitted capability set"),
+    FieldId.THREAD: ("thread", FieldType.BOOL, "the new task is a thread"),
+    FieldId.MACHINE_ID: ("machine_id", FieldType.STRING, "/etc/machine-id"),
+    FieldId.BOOT_ID: ("boot_id", FieldType.STRING, "the kernel's boot id"),
+    FieldId.KERNEL: ("kernel", FieldType.STRING, "kernel release"),
+    FieldId.ARCH: ("arch", FieldType.STRING, "machine architecture"),
+    FieldId.CLOUD: ("cloud", FieldType.JSON, "cloud instance, or null"),
     FieldId.COMMAND: ("command", FieldType.STRING, "the command line an interactive shell read"),
     FieldId.QUERY: ("query", FieldType.STRING, "the host name a process asked the resolver for"),
     FieldId.SERVICE: ("service", FieldType.STRING, "the service (port name or number) asked for"),
@@ -738,7 +1062,7 @@ def _fields() -> tuple[Field, ...]:
     out = []
     for fid in FieldId:
         name, ftype, doc = _FIELD_DEFS[fid]
-        kinds = frozenset(k.event_type for k in KINDS.values() if any(v.id == fid for v in k.values))
+        kinds = frozenset(k.event_type for k in ALL_KINDS.values() if any(v.id == fid for v in k.values))
         out.append(Field(fid, name, ftype, kinds, doc))
     return tuple(out)
 
@@ -749,6 +1073,8 @@ FIELDS_BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}
 # Field ids as plain ints, by name: what hot paths index ``KestrelEvent.fields`` with.
 FIELD_IDS: dict[str, int] = {f.name: int(f.id) for f in FIELDS}
 ALL_EVENT_TYPES = frozenset(EventType)
+# The event types every record-made event has in common (the "all" of the README's tables).
+RECORD_EVENT_TYPES = frozenset(k.event_type for k in EVENT_KINDS.values())
 
 
 def field(key: int | str) -> Field:
@@ -772,11 +1098,15 @@ JSON_EVENT_KEYS = ("type", "event_type_id", "ts_mono_ns", "ts_wall_ns", "entity_
 JSON_SOURCE_KEY = "source"
 
 
-def json_keys(kind: Kind) -> list[str]:
-    """The JSON keys of ``kind``'s lines, in order (without the ``_b64`` twins)."""
+def json_keys(kind: Kind | UserKind, optional: bool = False) -> list[str]:
+    """The JSON keys of ``kind``'s lines, in order (without the ``_b64`` twins); ``optional``: with the keys
+    present only when asked for (``ancestors``)."""
+    if isinstance(kind, UserKind):
+        return [*JSON_EVENT_KEYS[:4], JSON_SOURCE_KEY, *(FIELDS_BY_ID[int(v.id)].name for v in kind.values)]
     common = [FIELDS_BY_ID[int(v.id)].name for v in COMMON_VALUES if v.json]
-    own = [FIELDS_BY_ID[int(v.id)].name for v in kind.values[len(COMMON_VALUES):] if v.json]
-    return [*JSON_EVENT_KEYS, *common, JSON_SOURCE_KEY, *own]
+    own = [FIELDS_BY_ID[int(v.id)].name for v in kind.own_values if v.json]
+    ctx = [FIELDS_BY_ID[int(v.id)].name for v in CONTEXT_VALUES if v.json and (optional or not v.omit)]
+    return [*JSON_EVENT_KEYS, *common, JSON_SOURCE_KEY, *own, *ctx]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -784,8 +1114,9 @@ def json_keys(kind: Kind) -> list[str]:
 # markers; tests/test_spec_docs.py fails when they differ).
 
 def _kinds_of(f: Field) -> str:
-    if f.event_types == ALL_EVENT_TYPES:
-        return "all"
+    if RECORD_EVENT_TYPES <= f.event_types:
+        rest = sorted(f.event_types - RECORD_EVENT_TYPES)
+        return ", ".join(["all", *(t.label for t in rest)])
     return ", ".join(t.label for t in sorted(f.event_types))
 
 
@@ -796,21 +1127,30 @@ def render_field_table() -> str:
     return "\n".join(rows)
 
 
+def _documented(values) -> str:
+    keys = []
+    for v in values:
+        if not v.json:
+            continue
+        name = FIELDS_BY_ID[int(v.id)].name
+        keys.append(f"`{name}` ({v.doc})" if v.doc else f"`{name}`")
+    return ", ".join(keys)
+
+
 def render_json_table() -> str:
     """The JSON keys of each event type as a Markdown table."""
     rows = ["| event | keys |", "| --- | --- |"]
-    labels = ", ".join(f'`"{k.label}"`' for k in KINDS.values())
+    labels = ", ".join(f'`"{k.label}"`' for k in EVENT_KINDS.values())
     common = [f"`{FIELDS_BY_ID[int(v.id)].name}`" for v in COMMON_VALUES if v.json]
     rows.append(f"| all | `type` ({labels}), `event_type_id`, `ts_mono_ns`, `ts_wall_ns`, `entity_key`, "
-                f"{', '.join(common)}, `source` (`\"ebpf\"`) |")
-    for k in KINDS.values():
-        keys = []
-        for v in k.values[len(COMMON_VALUES):]:
-            if not v.json:
-                continue
-            name = FIELDS_BY_ID[int(v.id)].name
-            keys.append(f"`{name}` ({v.doc})" if v.doc else f"`{name}`")
-        rows.append(f"| {k.label} | {', '.join(keys)} |")
+                f"{', '.join(common)}, `source` (`\"ebpf\"`); then the event's own keys (below), then the "
+                f"context keys (last row) |")
+    for k in EVENT_KINDS.values():
+        rows.append(f"| {k.label} | {_documented(k.own_values)} |")
+    rows.append(f"| all, last | {_documented(CONTEXT_VALUES)} |")
+    for k in USER_KINDS.values():
+        rows.append(f"| {k.label} | `type` (`\"{k.label}\"`), `event_type_id`, `ts_mono_ns`, `ts_wall_ns`, "
+                    f"`source` (`\"{SOURCE_USER}\"`), {_documented(k.values)} |")
     return "\n".join(rows)
 
 

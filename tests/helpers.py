@@ -43,29 +43,42 @@ from kestrel_raw.maps.array import ArrayMap
 from kestrel_raw.maps.ring import roundup_len
 from kestrel_raw.maps.ringbuf import PAGE_SIZE, RingBuf
 
-KIND_EXEC, KIND_OPEN, KIND_CONNECT, KIND_EXIT = 1, 2, 3, 4
+KIND_EXEC, KIND_OPEN, KIND_CONNECT, KIND_EXIT, KIND_FORK = 1, 2, 3, 4, 5
+KIND_PROC = 250  # internal: a process's changed context
 
 # --- records by hand --------------------------------------------------------------------------------
 
 
-def header(kind, flags=0, cpu=3, ts=1_000_000_123, start=999_000, pid=4242, tid=4243, ppid=1, uid=1000,
-           gid=100, comm=b"cat"):
-    """The 64-byte header: ts u64, kind u16, flags u16, cpu u32, start u64, pid, tid, ppid, uid, gid, pad
-    (u32 each), comm char[16]."""
-    return (struct.pack("<QHHI", ts, kind, flags, cpu) + struct.pack("<Q", start)
-            + struct.pack("<IIIIII", pid, tid, ppid, uid, gid, 0) + comm.ljust(16, b"\0"))
+def header(kind, flags=0, cpu=3, ts=1_000_000_123, start=999_000, parent_start=555_000, cgroup_id=1, pid=4242,
+           tid=4243, ppid=1, uid=1000, gid=100, euid=1000, egid=100, auid=1000, sessionid=7, tty=(136 << 20) | 2,
+           comm=b"cat"):
+    """The 96-byte header: ts u64, kind u16, flags u16, cpu u32, start u64, parent_start u64, cgroup_id u64,
+    pid, tid, ppid, uid, gid, euid, egid, auid, sessionid, tty (u32 each), comm char[16]."""
+    return (struct.pack("<QHHI", ts, kind, flags, cpu) + struct.pack("<QQQ", start, parent_start, cgroup_id)
+            + struct.pack("<10I", pid, tid, ppid, uid, gid, euid, egid, auid, sessionid, tty)
+            + comm.ljust(16, b"\0"))
 
 
 # The record values header() gives by default, as the record classes name them.
-COMMON = dict(ts_ns=1_000_000_123, header_flags=0, cpu=3, start_ns=999_000, pid=4242, tid=4243, ppid=1,
-              uid=1000, gid=100, comm=b"cat")
+COMMON = dict(ts_ns=1_000_000_123, header_flags=0, cpu=3, start_ns=999_000, parent_start_ns=555_000, cgroup_id=1,
+              pid=4242, tid=4243, ppid=1, uid=1000, gid=100, euid=1000, egid=100, auid=1000, sessionid=7,
+              tty=(136 << 20) | 2, comm=b"cat")
 
 
-def exec_bytes(filename=b"/bin/ls", args=b"ls\0-l\0/tmp\0", args_total=None, flags=0, pad=b"", **hdr):
-    """exec: u32 filename_len, u32 args_len, u32 args_total, u32 pad, filename, args."""
+def context_block(pidns=0, mntns=0, netns=0, utsns=0, ctx_flags=0, exe=b"", cwd=b"", hostname=b""):
+    """The context block's fixed part (96 bytes): pidns, mntns, netns, utsns, ctx_flags, exe_len, cwd_len,
+    pad (u32 each), hostname char[64]."""
+    return struct.pack("<8I", pidns, mntns, netns, utsns, ctx_flags, len(exe), len(cwd), 0) + hostname.ljust(64, b"\0")
+
+
+def exec_bytes(filename=b"/bin/ls", args=b"ls\0-l\0/tmp\0", args_total=None, flags=0, pad=b"", ret=0,
+               caps_effective=0, caps_permitted=0, ctx=None, exe=b"", cwd=b"", **hdr):
+    """exec: u32 filename_len, u32 args_len, u32 args_total, i32 ret, u64 caps_effective, u64 caps_permitted,
+    the context block, then filename, args, exe, cwd."""
     total = len(args) if args_total is None else args_total
-    return (header(KIND_EXEC, flags, **hdr) + struct.pack("<IIII", len(filename), len(args), total, 0)
-            + filename + args + pad)
+    return (header(KIND_EXEC, flags, **hdr)
+            + struct.pack("<IIIiQQ", len(filename), len(args), total, ret, caps_effective, caps_permitted)
+            + context_block(exe=exe, cwd=cwd, **(ctx or {})) + filename + args + exe + cwd + pad)
 
 
 def open_bytes(path=b"/etc/passwd", ret=3, dfd=-100, oflags=0o2000000, mode=0o644, syscall=0, flags=0, pad=b"",
@@ -113,6 +126,16 @@ def dns_bytes(query=b"example.test", service=b"443", ret=0, family=0, duration=1
             + struct.pack("<iiQIIII", ret, family, duration, len(slots) if naddrs is None else naddrs, len(query),
                           len(service), 0)
             + area + query + service + pad)
+def fork_bytes(thread=False, ctx=None, exe=b"", cwd=b"", **hdr):
+    """fork: u32 fork_flags (1 THREAD), u32 pad, the context block, exe, cwd."""
+    return (header(KIND_FORK, **hdr) + struct.pack("<II", 1 if thread else 0, 0)
+            + context_block(exe=exe, cwd=cwd, **(ctx or {})) + exe + cwd)
+
+
+def proc_bytes(syscall=0, ctx=None, exe=b"", cwd=b"", **hdr):
+    """proc (internal): u32 syscall, u32 pad, the context block, exe, cwd."""
+    return (header(KIND_PROC, **hdr) + struct.pack("<II", syscall, 0)
+            + context_block(exe=exe, cwd=cwd, **(ctx or {})) + exe + cwd)
 
 
 # --- records from the spec, for hypothesis ------------------------------------------------------------
@@ -155,8 +178,10 @@ def records(draw, kinds=None):
 
 KIND_AT = 8  # the kind's offset in the header (u16)
 # The fixed parts' sizes and the offsets of the length fields, by kind (the table, by hand).
-FIXED = {KIND_EXEC: 80, KIND_OPEN: 112, KIND_CONNECT: 104, KIND_EXIT: 72}
-LENGTH_FIELDS = {KIND_EXEC: (64, 68), KIND_OPEN: (96, 104), KIND_CONNECT: (76,), KIND_EXIT: ()}
+FIXED = {KIND_EXEC: 224, KIND_OPEN: 144, KIND_CONNECT: 136, KIND_EXIT: 104, KIND_FORK: 200, KIND_PROC: 200}
+LENGTH_FIELDS = {KIND_EXEC: (96, 100, 148, 152), KIND_OPEN: (128, 136), KIND_CONNECT: (108,), KIND_EXIT: (),
+                 KIND_FORK: (124, 128), KIND_PROC: (124, 128), KIND_SHELL_COMMAND: (96,),
+                 KIND_DNS_QUERY: (112, 116, 120)}
 
 
 def with_kind(kind: int, data: bytes) -> bytes:
@@ -1484,3 +1509,69 @@ def maps_as_bpftool_shows(map_ids) -> dict[str, dict]:
             m.pop(key, None)
         out[m["name"]] = m
     return out
+# --- what the collector should report of a process's identity and context (issue 14), from /proc ------------
+
+UNSET = 4294967295  # (u32)-1: loginuid and sessionid not set
+
+
+def kernel_start_ns(pid: int) -> int:
+    """The process's task->start_time (what its entity_key is made from), from the BPF task iterator."""
+    from kestrel_raw.context.tasks import read_task_starts
+
+    return read_task_starts()[pid].start_ns
+
+
+def tty_of(pid: int) -> str | None:
+    """The controlling terminal /proc/PID/stat's tty_nr names (major: bits 15-8; minor: bits 31-20 and 7-0),
+    written as the collector writes a header's tty (decode.tty_name); None when there is none."""
+    from kestrel_raw.codec.decode import tty_name
+
+    with open(f"/proc/{pid}/stat") as f:
+        tty_nr = int(f.read().rsplit(")", 1)[1].split()[4])
+    if tty_nr == 0:
+        return None
+    major, minor = (tty_nr >> 8) & 0xFFF, (tty_nr & 0xFF) | ((tty_nr >> 12) & 0xFFF00)
+    return tty_name(major << 20 | minor)
+
+
+def identity_and_context(pid: int) -> dict:
+    """The JSON keys the collector adds for process ``pid`` beyond pid, tid, ppid, uid, gid and comm (the
+    header's other ids, and the context keys but ancestors), as /proc shows the process now: what its events
+    carry, and what a child it forks starts with (but ``parent_entity_key`` and ``exe``)."""
+    from kestrel_raw.codec.event import entity_key
+    from kestrel_raw.context.cgroups import read_cgroup2_mount
+    from kestrel_raw.context.containers import read_container, v2_path
+
+    with open(f"/proc/{pid}/status") as f:
+        ids = {k: v.split() for k, v in (line.split(":", 1) for line in f if ":" in line)}
+    with open(f"/proc/{pid}/stat") as f:
+        ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+    loginuid = int(open(f"/proc/{pid}/loginuid").read())
+    sessionid = int(open(f"/proc/{pid}/sessionid").read())
+    with open(f"/proc/{pid}/cgroup") as f:
+        path = v2_path(f.read())
+    mount = read_cgroup2_mount()
+    container = read_container(pid)
+    exe = os.readlink(f"/proc/{pid}/exe")
+    deleted = exe.endswith(" (deleted)")
+    ns = {name: os.stat(f"/proc/{pid}/ns/{name}").st_ino for name in ("pid", "mnt", "net")}
+    return {
+        "euid": int(ids["Uid"][1]), "egid": int(ids["Gid"][1]),
+        "auid": None if loginuid == UNSET else loginuid, "sessionid": None if sessionid == UNSET else sessionid,
+        "tty": tty_of(pid), "cgroup_id": os.stat(mount.mount_point + (path if path != "/" else "")).st_ino,
+        "parent_entity_key": entity_key(ppid, kernel_start_ns(ppid)) if ppid else None,
+        "cgroup": path, "container_id": container.id if container else None,
+        "container_name": None, "container_image": None,
+        "exe": exe.removesuffix(" (deleted)"), "exe_deleted": deleted,
+        "exe_memfd": deleted and exe.startswith("/memfd:"), "cwd": os.readlink(f"/proc/{pid}/cwd"),
+        "pidns": ns["pid"], "mntns": ns["mnt"], "netns": ns["net"], "hostname": uts_nodename(pid),
+    }
+
+
+def inherited(pid: int | None = None, **changed) -> dict:
+    """What a child of ``pid`` (default: this process) reports before it changes anything: its parent's
+    ``identity_and_context`` with the parent's key as parent_entity_key, and ``changed`` (its own exe...)."""
+    from kestrel_raw.codec.event import entity_key
+
+    pid = pid or os.getpid()
+    return {**identity_and_context(pid), "parent_entity_key": entity_key(pid, kernel_start_ns(pid)), **changed}

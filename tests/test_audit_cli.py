@@ -27,8 +27,13 @@ from kestrel_raw.programs.builder import MAP_SELF_TGID, ProgramBuilder
 from helpers import ENV, REPO, Cli
 
 pytestmark = pytest.mark.kernel
-ALL = ["kr_exec", "kr_openat_e", "kr_openat2_e", "kr_openat", "kr_openat2", "kr_open_fin", "kr_connect_e",
-       "kr_connect", "kr_exit"]
+# run's default: exec, open, connect, exit, and with context (the default) what keeps the process cache current
+ALL = ["kr_exec", "kr_exec_exe", "kr_exec_cwd", "kr_execve_e", "kr_execveat_e", "kr_execve_x", "kr_execveat_x",
+       "kr_openat_e", "kr_openat2_e", "kr_openat", "kr_openat2", "kr_open_fin", "kr_connect_e", "kr_connect",
+       "kr_exit", "kr_fork_exe", "kr_fork_cwd", "kr_fork", "kr_proc_cwd", "kr_chdir", "kr_fchdir", "kr_chroot",
+       "kr_unshare", "kr_setns", "kr_sethostname"]
+# reached by tail call (not attached): they run after the attached program's own-tgid check
+TAILS = {"kr_exec_exe", "kr_exec_cwd", "kr_open_fin", "kr_fork_exe", "kr_fork_cwd", "kr_proc_cwd"}
 
 
 def kestrel_raw(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -73,7 +78,7 @@ def test_disasm_of_every_program_is_what_run_loads(recorded) -> None:
     assert [p["name"] for p in shown["programs"]] == [name for name, _ in recorded] == ALL
     size = CollectorConfig().buffer_size  # run's defaults
     assert shown["options"] == {"events": "exec,open,connect,exit", "buffers": 3, "buffer_size": size,
-                                "wakeup_bytes": size // 8, "latency": "batch"}
+                                "wakeup_bytes": size // 8, "latency": "batch", "context": True, "threads": False}
     for program, (name, code) in zip(shown["programs"], recorded):
         # The instructions shown, byte for byte, are the ones loaded (map fds, which change each run, as 0).
         assert bytes.fromhex("".join(i["bytes"] for i in program["insns"])) == stable_bytes(code), name
@@ -108,11 +113,11 @@ def test_annotations_change_no_byte(monkeypatch) -> None:
 def test_a_pin_file_accepts_the_programs_and_refuses_one_changed_by_one_instruction(tmp_path, monkeypatch,
                                                                                      recorded) -> None:
     pins = tmp_path / "pins.txt"
-    kestrel_raw("disasm", "--events", "open,exit", "--pin-file", str(pins))
+    kestrel_raw("disasm", "--events", "open,exit", "--no-context", "--pin-file", str(pins))
     approved = PinFile.load(str(pins))
     assert sorted(approved.digests) == ["kr_exit", "kr_open_fin", "kr_openat", "kr_openat2", "kr_openat2_e",
                                         "kr_openat_e"]
-    collector = load_collector(CollectorConfig(event_types=("open", "exit"), pin=approved))
+    collector = load_collector(CollectorConfig(event_types=("open", "exit"), context=False, pin=approved))
     collector.stop()
     assert len(recorded) == 6
     # kr_exit with its last "r0 = 0" made "r0 = 1": refused by name, before anything is loaded.
@@ -127,7 +132,7 @@ def test_a_pin_file_accepts_the_programs_and_refuses_one_changed_by_one_instruct
 
     monkeypatch.setattr(programs, "build", changed)
     with pytest.raises(PinError) as info:
-        load_collector(CollectorConfig(event_types=("open", "exit"), pin=approved))
+        load_collector(CollectorConfig(event_types=("open", "exit"), context=False, pin=approved))
     assert str(info.value).startswith("program kr_exit has sha256 ")
     assert str(info.value).endswith(f", which the pin file {pins} does not approve (1 digest listed for it): "
                                     f"nothing loaded; `kestrel-raw disasm` shows the program")
@@ -136,13 +141,13 @@ def test_a_pin_file_accepts_the_programs_and_refuses_one_changed_by_one_instruct
 
 def test_run_with_a_pin_file(tmp_path) -> None:
     pins = tmp_path / "pins.txt"
-    kestrel_raw("disasm", "--events", "exit", "--pin-file", str(pins))
-    assert kestrel_raw("run", "--events", "exit", "--pin", str(pins), "--duration", "0.5", "--output",
+    kestrel_raw("disasm", "--events", "exit", "--no-context", "--pin-file", str(pins))
+    assert kestrel_raw("run", "--events", "exit", "--no-context", "--pin", str(pins), "--duration", "0.5", "--output",
                        str(tmp_path / "out")).returncode == 0
     text = pins.read_text()
     name, digest = text.splitlines()[-1].split()
     pins.write_text(text.replace(digest, digest[:-1] + ("0" if digest[-1] != "0" else "1")))
-    refused = kestrel_raw("run", "--events", "exit", "--pin", str(pins), "--duration", "0.5", check=False)
+    refused = kestrel_raw("run", "--events", "exit", "--no-context", "--pin", str(pins), "--duration", "0.5", check=False)
     assert refused.returncode == 2
     assert refused.stderr.splitlines() == [
         f"kestrel-raw: program kr_exit has sha256 {digest}, which the pin file {pins} does not approve (1 digest "
@@ -152,7 +157,7 @@ def test_run_with_a_pin_file(tmp_path) -> None:
 def test_run_verify_and_verifier_log(tmp_path) -> None:
     logs = tmp_path / "logs"
     logs.mkdir()
-    done = kestrel_raw("run", "--events", "exit", "--verify", "--verifier-log", "2", str(logs), "--duration", "0.5",
+    done = kestrel_raw("run", "--events", "exit", "--no-context", "--verify", "--verifier-log", "2", str(logs), "--duration", "0.5",
                        "--output", str(tmp_path / "out"))
     lines = [ln for ln in done.stderr.splitlines() if ln.startswith("kestrel-raw: verify: ")]
     assert len(lines) == 1 and lines[0].startswith("kestrel-raw: verify: kr_exit: verified (id "), done.stderr
@@ -180,9 +185,9 @@ def test_verify_names_the_kernels_rewrites_of_a_running_collector(tmp_path) -> N
         assert {"map", "call"} <= kinds, p["name"]
         assert sorted(p["maps"].values()) == sorted({r["text"].rsplit("(map ", 1)[1][:-1] for r in p["rewrites"]
                                                      if r["kind"] == "map"}), p["name"]
-        # Every attached program reads the collector's own tgid from its map (the tail-called one is not
-        # attached: it runs only from the open programs, after their check).
-        assert ("self_tgid" in p["maps"].values()) == (p["name"] != "kr_open_fin"), p["name"]
+        # Every attached program reads the collector's own tgid from its map (the tail-called ones are not
+        # attached: they run only from the programs that call them, after their check).
+        assert ("self_tgid" in p["maps"].values()) == (p["name"] not in TAILS), p["name"]
     rewrites = [r["text"] for p in checked for r in p["rewrites"]]
     # Helper calls resolved to their functions, a hash lookup sent to the map's own function, array lookups
     # inlined: what the kernel does to these programs on every kernel kestrel-raw supports.
@@ -193,7 +198,7 @@ def test_verify_names_the_kernels_rewrites_of_a_running_collector(tmp_path) -> N
 
 
 def test_verify_refuses_a_program_that_is_not_the_one_meant() -> None:
-    collector = load_collector(CollectorConfig(event_types=("exit",)))
+    collector = load_collector(CollectorConfig(event_types=("exit",), context=False))
     try:
         [(spec, prog)] = collector._programs
         [(_, insns)] = collector._listing

@@ -84,8 +84,11 @@ def loaded() -> list[tuple[Loaded, list[str], bytes, dict]]:
     finally:
         mp.undo()
         collector.stop()
-    assert sorted(p.name for p, *_ in out) == ["kr_connect", "kr_connect_e", "kr_exec", "kr_exit", "kr_open_fin",
-                                                "kr_openat", "kr_openat2", "kr_openat2_e", "kr_openat_e"]
+    assert sorted(p.name for p, *_ in out) == sorted([
+        "kr_connect", "kr_connect_e", "kr_exec", "kr_exec_cwd", "kr_exec_exe", "kr_execve_e", "kr_execve_x",
+        "kr_execveat_e", "kr_execveat_x", "kr_exit", "kr_fork", "kr_fork_cwd", "kr_fork_exe", "kr_open_fin",
+        "kr_openat", "kr_openat2", "kr_openat2_e", "kr_openat_e", "kr_proc_cwd", "kr_chdir", "kr_fchdir",
+        "kr_chroot", "kr_unshare", "kr_setns", "kr_sethostname"])
     return out
 
 

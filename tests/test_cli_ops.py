@@ -177,8 +177,8 @@ def test_metrics_scraped_during_a_storm(tmp_path):
 
     port = free_port()
     out = tmp_path / "events.jsonl"
-    c = RunningCli(tmp_path, "--events", "open", "--output", str(out), "--metrics", f"127.0.0.1:{port}",
-                   "--buffers", "2")
+    c = RunningCli(tmp_path, "--events", "open", "--no-context", "--output", str(out), "--metrics",
+                   f"127.0.0.1:{port}", "--buffers", "2")
     stats = bpf.enable_stats(BPF_STATS_RUN_TIME)  # run_time_ns counts while this fd is open
     storm = None
     try:
@@ -229,7 +229,7 @@ def test_sighup_rereads_the_config_and_readiness_is_notified(tmp_path, nobody_di
 
     os.chmod(nobody_dir, 0o755)
     config = Path(nobody_dir) / "config.toml"
-    config.write_text('events = ["open"]\nqueue-size = 4096\n')
+    config.write_text('events = ["open"]\nqueue-size = 4096\ncontext = false\n')
     os.chmod(config, 0o644)
     notify_path = str(tmp_path / "notify")
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -241,10 +241,10 @@ def test_sighup_rereads_the_config_and_readiness_is_notified(tmp_path, nobody_di
         c.wait_attached()
         notify.settimeout(10)
         assert notify.recv(4096) == b"READY=1\nSTATUS=attached, 4 programs"  # openat and openat2, entry and exit
-        config.write_text('events = ["open"]\nqueue-size = 8192\n')
+        config.write_text('events = ["open"]\nqueue-size = 8192\ncontext = false\n')
         c.proc.send_signal(signal.SIGHUP)
         wait_for(lambda: "SIGHUP" in c.stderr(), 10, "the SIGHUP line")
-        config.write_text('events = ["open"]\nqueue-size = "big"\n')
+        config.write_text('events = ["open"]\nqueue-size = "big"\ncontext = false\n')
         c.proc.send_signal(signal.SIGHUP)
         wait_for(lambda: c.stderr().count("SIGHUP") == 2, 10, "the second SIGHUP line")
         assert c.proc.poll() is None

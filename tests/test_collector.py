@@ -26,7 +26,8 @@ def _our_prog_ids(collector) -> set[int]:
 @pytest.mark.kernel
 def test_collector_create():
     send, _recv = trio.open_memory_channel(100)
-    c = KestrelCollector(send, CollectorConfig(event_types=[EventType.OPEN, EventType.EXIT], buffers=2))
+    c = KestrelCollector(send, CollectorConfig(event_types=[EventType.OPEN, EventType.EXIT], buffers=2,
+                                               context=False))
     c.load()
     try:
         names = sorted(prog.info().name for _spec, prog in c._programs)
@@ -35,6 +36,21 @@ def test_collector_create():
         listing = c.program_listing()
         assert "; kr_exit: tracepoint sched:sched_process_exit" in listing
         assert "call bpf_ringbuf_output#130" in listing
+    finally:
+        c.stop()
+    # With the context (the default) the process cache's programs are loaded too, whatever was asked for.
+    c = KestrelCollector(send, CollectorConfig(event_types=[EventType.OPEN], buffers=2))
+    c.load()
+    try:
+        names = sorted(prog.info().name for _spec, prog in c._programs)
+        assert names == sorted([
+            "kr_open_fin", "kr_openat", "kr_openat2", "kr_openat2_e", "kr_openat_e", "kr_exec", "kr_exec_exe",
+            "kr_exec_cwd", "kr_execve_e", "kr_execveat_e", "kr_execve_x", "kr_execveat_x", "kr_exit", "kr_fork_exe",
+            "kr_fork_cwd", "kr_fork", "kr_proc_cwd", "kr_chdir", "kr_fchdir", "kr_chroot", "kr_unshare", "kr_setns",
+            "kr_sethostname"])
+        listing = c.program_listing()
+        assert "; kr_fork: tp_btf sched_process_fork" in listing
+        assert "; kr_fork_cwd: reached by tail call, slot 1 of fork_tails" in listing
     finally:
         c.stop()
 
@@ -48,7 +64,14 @@ def test_config_validation(tmp_path):
     with pytest.raises(ConfigError, match="buffers"):
         CollectorConfig(buffers=0)
     with pytest.raises(ConfigError, match="event type"):
-        CollectorConfig(event_types=["exec", "fork"])
+        CollectorConfig(event_types=["exec", "chdir"])
+    with pytest.raises(ConfigError, match="status is not collected from the kernel"):
+        CollectorConfig(event_types=["status"])
+    with pytest.raises(ConfigError, match="ancestors must be an integer from 0 to 64"):
+        CollectorConfig(ancestors=65)
+    with pytest.raises(ConfigError, match="ancestors needs context=True"):
+        CollectorConfig(ancestors=2, context=False)
+    assert CollectorConfig().event_types == (EventType.EXEC, EventType.OPEN, EventType.CONNECT, EventType.EXIT)
     with pytest.raises(ConfigError, match="program_path"):
         CollectorConfig(program_path=str(tmp_path / "missing"))
     ok = CollectorConfig(buffers=1, buffer_size=page * 4, event_types=["exec"], dump_dir=str(tmp_path))
@@ -85,7 +108,7 @@ async def test_ring_buffer_read():
     async with trio.open_nursery() as nursery:
         await nursery.start(c.start)
         await trio.to_thread.run_sync(lambda: subprocess.run(["/bin/cat", path], stderr=subprocess.DEVNULL))
-        ev = await _collect_until(recv, lambda e: e["path"] == path)
+        ev = await _collect_until(recv, lambda e: e.get("path") == path)  # the status event comes first
         assert ev["comm"] == "cat"
         assert ev["ppid"] == os.getpid()
         c.stop()
@@ -143,9 +166,11 @@ async def test_low_latency_poller_lets_other_threads_run():
 async def test_low_latency_mode_delivers_without_wakeups(deliver):
     # latency="low": the programs never wake the reader (BPF_RB_NO_WAKEUP), one task spins over the
     # rings.  The event must still arrive, and the other tasks (this consumer) must still run.  The
-    # poller's warm-up record (comm "kestrel-warm") is parsed between passes but never delivered.
+    # poller's warm-up record (comm "kestrel-warm") is parsed between passes but never delivered.  (No
+    # context and no status event: every record read is then an open delivered.)
     send, recv = trio.open_memory_channel(10_000)
-    c = KestrelCollector(send, CollectorConfig(event_types=["open"], buffers=2, latency="low", deliver=deliver))
+    c = KestrelCollector(send, CollectorConfig(event_types=["open"], buffers=2, latency="low", deliver=deliver,
+                                               context=False, status=False))
     path = f"/tmp/kestrel-low-{uuid.uuid4().hex}"
     async with trio.open_nursery() as nursery:
         await nursery.start(c.start)

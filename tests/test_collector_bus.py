@@ -21,7 +21,7 @@ import trio
 
 from kestrel_raw import CollectorConfig, EventBus, KestrelCollector
 
-from helpers import ENV, REPO, Opener
+from helpers import ENV, REPO, Opener, identity_and_context
 
 pytestmark = pytest.mark.kernel
 
@@ -35,19 +35,22 @@ def opener():
         yield child
 
 
-def open_fields(opener: Opener, path: str) -> dict:
+def open_fields(opener: Opener, path: str, context: dict) -> dict:
     """The fields of the event of the child's ``open(path)`` (Python's open: O_RDONLY | O_CLOEXEC, ENOENT),
-    but for the CPU it ran on and the process start time, which the test cannot know."""
+    but for the CPU it ran on and the process start time, which the test cannot know; ``context``: what
+    /proc shows of the child (``identity_and_context``: the child started before the collector, whose
+    process cache has it from /proc)."""
     return {"pid": opener.pid, "tid": opener.pid, "ppid": os.getpid(), "uid": os.getuid(), "gid": os.getgid(),
             "comm": opener.comm, "truncated": False, "path": path, "flags": os.O_RDONLY | os.O_CLOEXEC,
             "mode": 0, "ret": -errno.ENOENT, "dfd": AT_FDCWD, "syscall": "openat", "fault": False,
-            "resolve": 0, "resolved_path": None, "toctou": False, "late_read": False}
+            "resolve": 0, "resolved_path": None, "toctou": False, "late_read": False, **context}
 
 
 def check_exact(events: list, opener: Opener, paths: list[str]) -> None:
     assert [ev.event_type.label for ev in events] == ["open"] * len(paths)
     got = [{k: v for k, v in ev.named_fields().items() if k not in ("cpu", "process_start_ns")} for ev in events]
-    assert got == [open_fields(opener, path) for path in paths]
+    context = identity_and_context(opener.pid)
+    assert got == [open_fields(opener, path, context) for path in paths]
     # One process: one entity key and one start time; the kernel's timestamps in order.
     assert len({(ev.entity_key, ev["process_start_ns"]) for ev in events}) == 1
     assert [ev.ts_mono for ev in events] == sorted(ev.ts_mono for ev in events)
@@ -132,11 +135,12 @@ async def test_drop_json_chunks_missed_count_their_events(opener):
     chunks_missed = bus.statistics().subscribers[0].drops
     await bus.aclose()
     events = [json.loads(line) for chunk in [c async for c in lines] for line in chunk.splitlines()]
+    context = identity_and_context(opener.pid)
     keep = ("type", "pid", "tid", "ppid", "uid", "gid", "comm", "source", "path", "flags", "mode", "ret",
-            "truncated", "fault")
+            "truncated", "fault", *context)
     assert [{k: ev[k] for k in keep} for ev in events] == [
-        {"type": "open", **{k: v for k, v in open_fields(opener, path).items() if k in keep}, "source": "ebpf"}
-        for path in opener.paths(N)]
+        {"type": "open", **{k: v for k, v in open_fields(opener, path, context).items() if k in keep},
+         "source": "ebpf"} for path in opener.paths(N)]
     stats = collector.stats()
     assert (stats.records, stats.delivered["open"], stats.user_dropped, stats.parse_errors) == (N, N, N, 0)
     assert 1 <= chunks_missed <= N

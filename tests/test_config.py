@@ -37,7 +37,12 @@ def test_event_types_by_name_or_value():
     (dict(buffers=0), "buffers must be at least 1, got 0"),
     (dict(buffers=-2), "buffers must be at least 1, got -2"),
     (dict(buffers=2.0), "buffers must be an integer, got 2.0"),
-    (dict(event_types=["exec", "fork"]), "event_types: unknown event type 'fork'; valid: exec, open, connect, exit"),
+    (dict(event_types=["exec", "chdir"]),
+     "event_types: unknown event type 'chdir'; valid: exec, open, connect, exit, fork"),
+    (dict(event_types=["status"]), "event_types: status is not collected from the kernel"),
+    (dict(ancestors=-1), "ancestors must be an integer from 0 to 64, got -1"),
+    (dict(ancestors=True), "ancestors must be an integer"),
+    (dict(threads="yes"), "threads must be True or False"),
     (dict(event_types=[9]), "unknown event type 9"),
     (dict(event_types=[]), "event_types is empty"),
     (dict(program_path="/nonexistent/kestrel.o"), "program_path '/nonexistent/kestrel.o' does not exist; give the "
@@ -110,11 +115,14 @@ def test_power_of_two_page_multiples_accepted():
 def test_parse_event_types():
     assert parse_event_types("exec,open") == (EventType.EXEC, EventType.OPEN)
     assert parse_event_types(" exit , EXEC ") == (EventType.EXIT, EventType.EXEC)
-    assert parse_event_types("all") == tuple(EventType)
+    assert parse_event_types("all") == (EventType.EXEC, EventType.OPEN, EventType.CONNECT, EventType.EXIT,
+                                        EventType.FORK, EventType.SHELL_COMMAND, EventType.DNS_QUERY)
+    # every event a program reports (status is the collector's)
     assert CollectorConfig().event_types == (EventType.EXEC, EventType.OPEN, EventType.CONNECT, EventType.EXIT)
-    with pytest.raises(ConfigError, match="unknown event type 'fork'; valid: exec, open, connect, exit, "
+    assert parse_event_types("exec,fork") == (EventType.EXEC, EventType.FORK)
+    with pytest.raises(ConfigError, match="unknown event type 'chdir'; valid: exec, open, connect, exit, fork, "
                                           "shell_command, dns_query"):
-        parse_event_types("exec,fork")
+        parse_event_types("exec,chdir")
     with pytest.raises(ConfigError, match="none given"):
         parse_event_types(" , ")
 

@@ -177,3 +177,49 @@ def test_name_and_image_through_the_api_socket(container):
     finally:
         service.terminate()
         service.wait(timeout=30)
+
+
+def test_the_container_s_events_carry_its_id_name_and_image(container, tmp_path):
+    """The collector as the CLI runs it (privileges dropped once attached: the API socket, root's, is reached
+    through the connection broker it forked before): a command run in the container has the container's id
+    on every event, and its name and image once the runtime's API answered (looked up off the event path:
+    the first events may come before the answer)."""
+    from helpers import Cli
+
+    sock = str(container["where"] / "api-events.sock")
+    service = subprocess.Popen([*container["podman"].argv, "system", "service", "--time", "0", f"unix://{sock}"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    c = None
+    try:
+        _wait_for_socket(sock, service)
+        c = Cli(tmp_path, "--events", "exec,open", "--container-socket", sock, name="podman")
+        c.wait_attached(timeout=60)
+        assert "privileges dropped" in c.stderr()
+        marker = f"/nonexistent-kestrel-podman-{os.getpid()}"
+        deadline = time.monotonic() + 60
+        named = []
+        while not named and time.monotonic() < deadline:
+            # cat fails (no such file): podman exec says so, which is what the test wants
+            subprocess.run([*container["podman"].argv, "exec", container["name"], "/bin/cat", marker],
+                           capture_output=True, timeout=60)
+            time.sleep(0.3)
+            named = [e for e in c.events() if e["type"] == "open" and e["path"] == marker
+                     and e["container_name"] is not None]
+        ours = [e for e in c.events() if e["type"] == "open" and e["path"] == marker]
+        assert named, f"no event of the container named in 60 s: {ours[-1:]}; {c.stderr()}"
+        assert {(e["container_id"], e["cgroup"]) for e in ours} == {
+            (container["id"], f"/libpod_parent/libpod-{container['id']}")}
+        ev = named[0]
+        assert (ev["container_name"], ev["container_image"], ev["exe"], ev["comm"]) == (
+            container["name"], container["image"], "/bin/busybox", "cat")
+        # the container's own pid namespace and mount namespace, not the host's
+        assert ev["pidns"] == os.stat(f"/proc/{container['pid']}/ns/pid").st_ino != os.stat("/proc/self/ns/pid").st_ino
+        assert ev["mntns"] == os.stat(f"/proc/{container['pid']}/ns/mnt").st_ino
+        # the exec that started it has them too (once named)
+        execs = [e for e in c.events() if e["type"] == "exec" and e["pid"] == ev["pid"]]
+        assert execs and execs[0]["container_id"] == container["id"]
+    finally:
+        if c is not None:
+            c.stop()
+        service.terminate()
+        service.wait(timeout=30)

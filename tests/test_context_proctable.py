@@ -308,6 +308,6 @@ def test_seeded_keys_equal_the_keys_of_the_collectors_events(tmp_path):
         child.kill()
         child.wait()
     events = [json.loads(line) for line in out.read_text().splitlines()]
-    keys = {(e["pid"], e["entity_key"]) for e in events if e["pid"] in (child.pid, os.getpid())}
+    keys = {(e["pid"], e["entity_key"]) for e in events if e.get("pid") in (child.pid, os.getpid())}
     assert {pid for pid, _ in keys} == {child.pid, os.getpid()}, err
     assert keys == {(child.pid, mine.entity_key), (os.getpid(), mine.parent_key)}

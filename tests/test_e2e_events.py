@@ -19,7 +19,7 @@ import uuid
 import pytest
 from pyroute2 import IPRoute, NetNS, netns
 
-from helpers import Collector
+from helpers import Collector, inherited
 
 pytestmark = pytest.mark.kernel
 
@@ -223,7 +223,9 @@ def test_connect_across_network_namespaces(collector, netns_pair):
         "type": "connect", "event_type_id": 3, "pid": pid, "tid": pid, "ppid": os.getpid(), "uid": os.getuid(),
         "gid": os.getgid(), "comm": os.path.basename(sys.executable)[:15], "source": "ebpf",
         "family": "AF_INET", "daddr": addr_a, "dport": port, "ret": 0, "fault": False, "toctou": False,
-        "late_read": False}
+        "late_read": False,
+        # the child's context: this process's, but for its own exe and the other network namespace
+        **inherited(exe=os.path.realpath(sys.executable), netns=child_netns)}
 
 
 def test_connect_unix(collector, tmp_path):

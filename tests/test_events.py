@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from helpers import connect_bytes, exec_bytes, exit_bytes, open_bytes, records
+from helpers import connect_bytes, exec_bytes, exit_bytes, fork_bytes, open_bytes, proc_bytes, records
 from kestrel_raw.codec.decode import split_args
 from kestrel_raw.codec.event import KestrelEvent, entity_key
 from kestrel_raw.codec.normalize import event_from_raw, normalize
@@ -18,8 +18,15 @@ KIND_AT = OPEN.kind.offset
 
 WALL = 1_700_000_000_000_000_000
 KEY = 17461281073734017390            # entity_key(4242, 999000), pinned below
+PARENT_KEY = entity_key(1, 555_000)
 COMMON = {F.PID: 4242, F.TID: 4243, F.PPID: 1, F.UID: 1000, F.GID: 100, F.COMM: "cat",
-          F.PROCESS_START_NS: 999_000, F.CPU: 3}
+          F.PROCESS_START_NS: 999_000, F.CPU: 3, F.EUID: 1000, F.EGID: 100, F.AUID: 1000, F.SESSIONID: 7,
+          F.TTY: "pts/2", F.CGROUP_ID: 1, F.PARENT_ENTITY_KEY: PARENT_KEY}
+# What the context provider that knows nothing (NO_CONTEXT) gives: None for each context value, and no
+# ancestors.
+NO_CONTEXT_VALUES = {F.CGROUP: None, F.CONTAINER_ID: None, F.CONTAINER_NAME: None, F.CONTAINER_IMAGE: None,
+                     F.EXE: None, F.EXE_DELETED: None, F.EXE_MEMFD: None, F.CWD: None, F.PIDNS: None,
+                     F.MNTNS: None, F.NETNS: None, F.HOSTNAME: None}
 
 
 def ev(data: bytes) -> KestrelEvent:
@@ -27,7 +34,7 @@ def ev(data: bytes) -> KestrelEvent:
 
 
 def fields(by_id):
-    return {int(k): v for k, v in {**COMMON, **by_id}.items()}
+    return {int(k): v for k, v in {**COMMON, **NO_CONTEXT_VALUES, **by_id}.items()}
 
 
 def test_exec_event():
@@ -35,8 +42,41 @@ def test_exec_event():
     assert (e.event_type_id, e.ts_mono, e.ts_wall, e.entity_key, e.source) == (
         1, 1_000_000_123, WALL + 1_000_000_123, KEY, "ebpf")
     assert dict(e.fields) == fields({F.FILENAME: "/bin/ls", F.ARGV: ("ls", "-l", "/tmp"), F.TRUNCATED: False,
-                                     F.FAULT: False})
+                                     F.FAULT: False, F.RET: 0, F.CAPS_EFFECTIVE: 0, F.CAPS_PERMITTED: 0,
+                                     F.LATE_READ: False})
     assert e.event_type is EventType.EXEC
+
+
+def test_failed_exec_event():
+    e = ev(exec_bytes(filename=b"/nonexistent", args=b"x\0", ret=-2, caps_effective=0x1FF, caps_permitted=0x3FF))
+    assert (e["filename"], e["argv"], e["ret"], e["caps_effective"], e["caps_permitted"]) == (
+        "/nonexistent", ("x",), -2, 0x1FF, 0x3FF)
+
+
+def test_header_ids_and_their_nulls():
+    e = ev(open_bytes(auid=0xFFFFFFFF, sessionid=0xFFFFFFFF, tty=0, ppid=0, euid=0, egid=5))
+    assert (e["auid"], e["sessionid"], e["tty"], e["parent_entity_key"], e["euid"], e["egid"]) == (
+        None, None, None, None, 0, 5)
+    e = ev(open_bytes(tty=(4 << 20) | 1, cgroup_id=0x1234_5678_9ABC))
+    assert (e["tty"], e["cgroup_id"]) == ("tty1", 0x1234_5678_9ABC)
+
+
+@pytest.mark.parametrize("dev, name", [
+    ((136 << 20) | 3, "pts/3"), ((137 << 20) | 5, "pts/261"), ((4 << 20) | 1, "tty1"), ((4 << 20) | 64, "ttyS0"),
+    ((5 << 20) | 1, "console"), ((229 << 20) | 0, "hvc0"), ((180 << 20) | 2, "char:180:2"),
+])
+def test_tty_names(dev, name):
+    from kestrel_raw.codec.decode import tty_name
+    assert tty_name(dev) == name
+
+
+def test_fork_event_and_the_internal_proc_record():
+    e = ev(fork_bytes(thread=True, pid=50, tid=51, start=7_000))
+    assert (e.event_type_id, e.entity_key, e["pid"], e["tid"], e["thread"], e["parent_entity_key"]) == (
+        5, entity_key(50, 7_000), 50, 51, True, PARENT_KEY)
+    assert ev(fork_bytes())["thread"] is False
+    assert ev(proc_bytes(cwd=b"/tmp")) is None
+    assert event_from_raw(proc_bytes(cwd=b"/tmp"), WALL) is None
 
 
 def test_exec_fault():
@@ -180,6 +220,7 @@ def test_accessors():
     with pytest.raises(KeyError, match="no kestrel-schema field 'nope'"):
         e.get("nope")
     assert list(e.named_fields())[:3] == ["pid", "tid", "ppid"]
+    assert e.get("ancestors") is None  # omitted: not asked for
 
 
 def test_event_is_immutable():
@@ -233,7 +274,8 @@ def _one_step(data):
 def test_event_from_raw_is_normalize_of_parse_record(data, draw):
     # Valid records of every kind, and the same cut short, with a wrong kind, or with lengths corrupted:
     # the same event, or the same error.
-    assert _one_step(data) == _two_steps(data) and isinstance(_two_steps(data), KestrelEvent)
+    internal = data[KIND_AT] == 250
+    assert _one_step(data) == _two_steps(data) and isinstance(_two_steps(data), type(None) if internal else KestrelEvent)
     cut = draw.draw(st.integers(0, len(data)))
     garbled = bytearray(data)
     garbled[draw.draw(st.integers(0, len(data) - 1))] ^= 0xFF

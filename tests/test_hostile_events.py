@@ -295,7 +295,7 @@ def test_exec_largest_single_argument_truncated(collector):
     assert ev["truncated"] is True
 
 
-def test_failed_execs_emit_nothing_and_the_next_exec_is_reported(collector, tmp_path):
+def test_failed_execs_are_reported_with_their_errno_and_the_next_exec_too(collector, tmp_path):
     noexec = tmp_path / "noexec"
     noexec.write_bytes(b"#!/bin/sh\nexit 0\n")
     noexec.chmod(0o644)
@@ -317,10 +317,21 @@ def test_failed_execs_emit_nothing_and_the_next_exec_is_reported(collector, tmp_
     pid, errnos = int(out[0]), [int(x) for x in out[1:]]
     assert errnos == [errno.ENOENT, errno.EACCES, errno.ENAMETOOLONG, errno.EACCES, errno.E2BIG]
     settle(collector, lambda e: e["type"] == "exec" and tag in e["argv"], "the exec after the failures")
-    # The child's own start (Python) and the exec that succeeded; none of the five failures.
-    assert [e["filename"] for e in of(collector, pid, "exec")] == [sys.executable, "/bin/true"]
-    (last,) = [e for e in of(collector, pid, "exec") if e["filename"] == "/bin/true"]
-    assert last["argv"] == ["kr-true", tag]
+    # The child's own start (Python), the five failures with what was passed and their errno, and the exec
+    # that succeeded.
+    execs = of(collector, pid, "exec")
+    assert [(exact(e, "filename"), e["ret"]) for e in execs] == [
+        (sys.executable.encode(), 0), (str(missing).encode(), -errno.ENOENT), (str(noexec).encode(), -errno.EACCES),
+        (too_long[:4096], -errno.ENAMETOOLONG), (str(tmp_path).encode(), -errno.EACCES),
+        (b"/bin/true", -errno.E2BIG), (b"/bin/true", 0)]
+    for e in execs[1:5]:
+        assert (e["argv"], e["truncated"], e["fault"]) == (["x"], e is execs[3], False)
+        assert e["exe"] == os.path.realpath(sys.executable)  # the caller's: nothing was exec'd
+    # the 1 MiB argument is cut where the copy ends (4096 bytes of argument strings in all)
+    big = execs[5]
+    assert big["argv"][0] == "kr-true" and big["truncated"] is True
+    assert len("\0".join(big["argv"])) + 1 == 4096 and set(big["argv"][1]) == {"A"}
+    assert execs[6]["argv"] == ["kr-true", tag] and execs[6]["exe"] == os.path.realpath("/bin/true")
 
 
 def test_exec_shebang_script_reports_argv_as_the_interpreter_sees_it(collector, tmp_path):

@@ -10,8 +10,8 @@ import stat
 import pytest
 from hypothesis import given, strategies as st
 
-from helpers import connect_bytes, exec_bytes, exit_bytes, open_bytes
-from kestrel_raw.codec.event import KestrelEvent
+from helpers import connect_bytes, exec_bytes, exit_bytes, fork_bytes, open_bytes
+from kestrel_raw.codec.event import KestrelEvent, entity_key
 from kestrel_raw.codec.jsonl import encode_event
 from kestrel_raw.codec.normalize import normalize
 from kestrel_raw.codec.records import parse_record
@@ -19,7 +19,15 @@ from kestrel_raw.sinks.jsonl import JsonlSink
 
 WALL = 1_700_000_000_000_000_000
 HEAD = ('"ts_mono_ns":1000000123,"ts_wall_ns":1700000001000000123,"entity_key":17461281073734017390,'
-        '"pid":4242,"tid":4243,"cpu":3,"ppid":1,"uid":1000,"gid":100,"comm":"cat","source":"ebpf",')
+        '"pid":4242,"tid":4243,"cpu":3,"ppid":1,"uid":1000,"gid":100,"comm":"cat","euid":1000,"egid":100,'
+        '"auid":1000,"sessionid":7,"tty":"pts/2","cgroup_id":1,"parent_entity_key":%d,"source":"ebpf",'
+        % entity_key(1, 555_000))
+# The context keys, last, as the provider that knows nothing gives them (no collector behind the codec).
+NO_CONTEXT = (',"cgroup":null,"container_id":null,"container_name":null,"container_image":null,"exe":null,'
+              '"exe_deleted":null,"exe_memfd":null,"cwd":null,"pidns":null,"mntns":null,"netns":null,'
+              '"hostname":null}\n')
+CONTEXT_KEYS = ["cgroup", "container_id", "container_name", "container_image", "exe", "exe_deleted",
+                "exe_memfd", "cwd", "pidns", "mntns", "netns", "hostname"]
 
 
 def line(data: bytes) -> bytes:
@@ -37,43 +45,54 @@ def strict(raw: bytes) -> dict:
 def test_exec_line():
     assert line(exec_bytes()) == (
         '{"type":"exec","event_type_id":1,' + HEAD
-        + '"filename":"/bin/ls","argv":["ls","-l","/tmp"],"truncated":false,"fault":false}\n').encode()
+        + '"filename":"/bin/ls","argv":["ls","-l","/tmp"],"truncated":false,"fault":false,"ret":0,'
+          '"caps_effective":0,"caps_permitted":0,"late_read":false' + NO_CONTEXT).encode()
 
 
 def test_open_line():
     assert line(open_bytes(ret=-2)) == (
         '{"type":"open","event_type_id":2,' + HEAD
         + '"path":"/etc/passwd","flags":524288,"mode":0,"ret":-2,"truncated":false,"fault":false,'
-          '"syscall":"openat","resolve":0,"resolved_path":null,"toctou":false,"late_read":false}\n').encode()
+          '"syscall":"openat","resolve":0,"resolved_path":null,"toctou":false,"late_read":false' + NO_CONTEXT).encode()
     assert line(open_bytes(ret=3, oflags=0o101, mode=0o100644, resolved=b"/etc/passwd", flags=4)) == (
         '{"type":"open","event_type_id":2,' + HEAD
         + '"path":"/etc/passwd","flags":65,"mode":420,"ret":3,"truncated":false,"fault":false,'
-          '"syscall":"openat","resolve":0,"resolved_path":"/etc/passwd","toctou":true,"late_read":false}\n').encode()
+          '"syscall":"openat","resolve":0,"resolved_path":"/etc/passwd","toctou":true,"late_read":false'
+        + NO_CONTEXT).encode()
 
 
 def test_connect_line():
     assert line(connect_bytes()) == (
         '{"type":"connect","event_type_id":3,' + HEAD
         + '"family":"AF_INET","daddr":"127.0.0.1","dport":8080,"ret":-111,"fault":false,"toctou":false,'
-          '"late_read":false}\n').encode()
+          '"late_read":false' + NO_CONTEXT).encode()
 
 
 def test_exit_line():
     assert line(exit_bytes(9)) == (
-        '{"type":"exit","event_type_id":4,' + HEAD + '"exit_code":0,"signal":9,"core_dumped":false}\n').encode()
+        '{"type":"exit","event_type_id":4,' + HEAD + '"exit_code":0,"signal":9,"core_dumped":false'
+        + NO_CONTEXT).encode()
+
+
+def test_fork_line():
+    assert line(fork_bytes(thread=True, pid=4242, tid=4243)) == (
+        '{"type":"fork","event_type_id":5,' + HEAD + '"thread":true' + NO_CONTEXT).encode()
 
 
 @pytest.mark.parametrize("data, keys", [
-    (exec_bytes(), ["filename", "argv", "truncated", "fault"]),
+    (exec_bytes(), ["filename", "argv", "truncated", "fault", "ret", "caps_effective", "caps_permitted",
+                    "late_read"]),
     (open_bytes(), ["path", "flags", "mode", "ret", "truncated", "fault", "syscall", "resolve", "resolved_path",
                     "toctou", "late_read"]),
     (connect_bytes(), ["family", "daddr", "dport", "ret", "fault", "toctou", "late_read"]),
     (exit_bytes(), ["exit_code", "signal", "core_dumped"]),
+    (fork_bytes(), ["thread"]),
 ])
 def test_exact_keys(data, keys):
     obj = strict(line(data))
     assert list(obj) == ["type", "event_type_id", "ts_mono_ns", "ts_wall_ns", "entity_key", "pid", "tid", "cpu",
-                         "ppid", "uid", "gid", "comm", "source"] + keys
+                         "ppid", "uid", "gid", "comm", "euid", "egid", "auid", "sessionid", "tty", "cgroup_id",
+                         "parent_entity_key", "source"] + keys + CONTEXT_KEYS
 
 
 def test_same_text_as_json_dumps():
@@ -107,9 +126,10 @@ def test_any_bytes_roundtrip(filename, argv, comm):
     filename = filename.replace(b"\0", b"")
     comm = comm.replace(b"\0", b"")
     args = b"".join(a.replace(b"\0", b"") + b"\0" for a in argv)
-    from helpers import header
+    from helpers import context_block, header
     import struct
-    data = header(1, comm=comm) + struct.pack("<IIII", len(filename), len(args), len(args), 0) + filename + args
+    data = (header(1, comm=comm) + struct.pack("<IIIiQQ", len(filename), len(args), len(args), 0, 0, 0)
+            + context_block() + filename + args)
     obj = strict(line(data))
     exact = lambda key: base64.b64decode(obj[key + "_b64"]) if key + "_b64" in obj else obj[key].encode()
     assert exact("filename") == filename and exact("comm") == comm

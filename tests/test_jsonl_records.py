@@ -6,8 +6,14 @@ import struct
 
 from hypothesis import given, settings, strategies as st
 
-from helpers import KIND_CONNECT, KIND_EXEC, KIND_EXIT, KIND_OPEN, records
+from helpers import (
+    KIND_CONNECT, KIND_DNS_QUERY, KIND_EXEC, KIND_EXIT, KIND_OPEN, KIND_SHELL_COMMAND, LENGTH_FIELDS, records,
+)
 from kestrel_raw.codec.compiled import CODEC
+from kestrel_raw.codec.context import CgroupEntry, LineageEntry, ProcEntry
+from kestrel_raw.codec.decode import json_value
+from kestrel_raw.codec.event import entity_key
+from kestrel_raw.codec.normalize import event_from_raw
 from kestrel_raw.codec.jsonl import encode_event, encode_record, encode_records
 from kestrel_raw.codec.normalize import normalize
 from kestrel_raw.codec.records import parse_record
@@ -23,9 +29,10 @@ WALL = 1_795_546_402_000_000_000
 
 def via_event(data):
     try:
-        return encode_event(normalize(parse_record(data), WALL))
+        event = normalize(parse_record(data), WALL)
     except RecordError:
         return RecordError
+    return b"" if event is None else encode_event(event)  # None: an internal record, consumed
 
 
 def fused(data):
@@ -67,8 +74,7 @@ def test_hostile_strings_every_kind(comm, s1, s2, flags):
 @given(records(), st.data())
 def test_fails_where_the_event_path_fails(data, draw):
     b = bytearray(data)
-    offsets = {KIND_EXEC: (64, 68), KIND_OPEN: (84,), KIND_CONNECT: (76,), KIND_EXIT: (), 50: (64,),
-               51: (80, 84, 88)}[b[KIND_AT]]
+    offsets = LENGTH_FIELDS[b[KIND_AT]]
     for off in offsets:
         struct.pack_into("<I", b, off, draw.draw(st.integers(0, 2**32 - 1)))
     cut = draw.draw(st.integers(0, len(b)))
@@ -83,9 +89,12 @@ def test_one_exact_line():
     line = (
         b'{"type":"open","event_type_id":2,"ts_mono_ns":5000,"ts_wall_ns":1795546402000005000,'
         b'"entity_key":' + str(normalize(parse_record(data), 0).entity_key).encode() +
-        b',"pid":42,"tid":43,"cpu":1,"ppid":1,"uid":1000,"gid":1000,"comm":"cat","source":"ebpf",'
-        b'"path":"/etc/hostname","flags":524288,"mode":0,"ret":3,"truncated":false,"fault":false,'
-        b'"syscall":"openat","resolve":0,"resolved_path":null,"toctou":false,"late_read":false}\n'
+        b',"pid":42,"tid":43,"cpu":1,"ppid":1,"uid":1000,"gid":1000,"comm":"cat","euid":0,"egid":0,"auid":0,'
+        b'"sessionid":0,"tty":null,"cgroup_id":0,"parent_entity_key":' + str(entity_key(1, 0)).encode() +
+        b',"source":"ebpf","path":"/etc/hostname","flags":524288,"mode":0,"ret":3,"truncated":false,"fault":false,'
+        b'"syscall":"openat","resolve":0,"resolved_path":null,"toctou":false,"late_read":false,"cgroup":null,'
+        b'"container_id":null,"container_name":null,"container_image":null,"exe":null,"exe_deleted":null,'
+        b'"exe_memfd":null,"cwd":null,"pidns":null,"mntns":null,"netns":null,"hostname":null}\n'
     )
     assert encode_record(data, WALL) == line
     assert encode_event(normalize(parse_record(data), WALL)) == line
@@ -97,7 +106,7 @@ def test_a_batch_is_its_lines_joined_and_bad_records_counted(batch):
     each = [fused(d) for d in batch]
     chunk, kinds, bad = encode_records(batch, WALL)
     assert chunk == b"".join(line for line in each if line is not RecordError)
-    assert kinds == [d[KIND_AT] for d, line in zip(batch, each) if line is not RecordError]
+    assert kinds == [d[KIND_AT] for d, line in zip(batch, each) if line is not RecordError and line]
     assert bad == sum(line is RecordError for line in each)
 
 
@@ -148,3 +157,56 @@ def test_the_open_memo_is_bounded(monkeypatch):
     data = build_record(KIND_OPEN, comm=b"c", path=b"/" * (CODEC["LINE_MEMO_VAR_MAX"] + 1), pid=7, tid=7)
     assert encode_record(data, WALL) == via_event(data)
     assert not LINE_MEMO
+
+
+class FixedContext:
+    """A context provider with one answer per scope, that records the updates it is given."""
+
+    def __init__(self, ancestors=None) -> None:
+        self.cg = CgroupEntry("/libpod_parent/libpod-" + "a" * 64, "a" * 64, "web", "localhost/web:1")
+        self.pr = ProcEntry("/usr/bin/c\udcffat", True, False, "/tmp/\u00e9", 4026531836, 4026531841, 4026531840,
+                            "box")
+        self.li = LineageEntry(ancestors, None if ancestors is None else json_value(ancestors))
+        self.updates = []
+
+    def cgroup(self, cgroup_id):
+        return self.cg
+
+    def proc(self, pid, start_ns, tid):
+        return self.pr
+
+    def lineage(self, pid, start_ns):
+        return self.li
+
+    def text(self, cgroup_id, pid, start_ns, tid):
+        return (CODEC["ctxtext_cgroup"](self.cg) + CODEC["ctxtext_proc"](self.pr)
+                + CODEC["ctxtext_lineage"](self.li))
+
+    def __getattr__(self, name):
+        if name.startswith("update_"):
+            return lambda values: self.updates.append((name[7:], values))
+        raise AttributeError(name)
+
+
+@settings(max_examples=200)
+@given(records(), st.booleans())
+def test_context_values_are_the_same_on_both_paths(data, with_ancestors):
+    ancestors = [{"pid": 1, "entity_key": 5, "exe": "/sbin/init", "argv": ["init", "\udcff"]}] if with_ancestors \
+        else None
+    ctx = FixedContext(ancestors)
+    event = event_from_raw(data, WALL, ctx)
+    line = encode_record(data, WALL, ctx)
+    assert (b"" if event is None else encode_event(event)) == line
+    assert [u for u, _ in ctx.updates] == 2 * ([] if data[KIND_AT] in (KIND_OPEN, KIND_CONNECT, KIND_SHELL_COMMAND,
+                                                                    KIND_DNS_QUERY) else
+                                              [{1: "exec", 4: "exit", 5: "fork", 250: "proc"}[data[KIND_AT]]])
+    if event is not None:
+        assert event["exe"] == "/usr/bin/c\udcffat" and event["hostname"] == "box"
+        assert event.get("ancestors") == ancestors
+        assert line.endswith(
+            b',"cgroup":"/libpod_parent/libpod-' + b"a" * 64 + b'","container_id":"' + b"a" * 64 + b'",'
+            b'"container_name":"web","container_image":"localhost/web:1","exe":"/usr/bin/c\xef\xbf\xbdat",'
+            b'"exe_b64":"L3Vzci9iaW4vY/9hdA==","exe_deleted":true,"exe_memfd":false,"cwd":"/tmp/\xc3\xa9",'
+            b'"pidns":4026531836,"mntns":4026531841,"netns":4026531840,"hostname":"box"'
+            + (b',"ancestors":[{"pid":1,"entity_key":5,"exe":"/sbin/init","argv":["init","\xef\xbf\xbd"]}]'
+               if with_ancestors else b"") + b"}\n")

@@ -46,7 +46,8 @@ async def test_probes_are_gone_from_the_kernel_and_from_a_running_process_after_
         original = [_file_bytes(path, off) for path, off in offsets]
         assert [_code_at(sleeper.pid, path, off) for path, off in offsets] == original
         send, _recv = trio.open_memory_channel(100_000)
-        c = KestrelCollector(send, CollectorConfig(event_types=["shell_command", "dns_query"], buffers=1))
+        c = KestrelCollector(send, CollectorConfig(event_types=["shell_command", "dns_query"], buffers=1,
+                                                   context=False))
         async with trio.open_nursery() as nursery:
             await nursery.start(c.start)
             progs = {prog.info().id for _spec, prog in c._programs}

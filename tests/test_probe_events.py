@@ -9,6 +9,7 @@ import fcntl
 import json
 import os
 import pty
+import shutil
 import socket
 import subprocess
 import sys
@@ -22,7 +23,7 @@ import trio
 from kestrel_raw import CollectorConfig, KestrelCollector, programs, spec
 from kestrel_raw.programs.shell import MAP_CHECK
 
-from helpers import Collector
+from helpers import Collector, inherited
 
 pytestmark = pytest.mark.kernel
 
@@ -37,10 +38,11 @@ def collector(tmp_path_factory):
     assert rc == 0, err
 
 
-def common(pid: int, comm: str) -> dict:
-    """The header's values an event of child ``pid`` of this test carries (cpu and the rest excepted)."""
+def common(pid: int, comm: str, **changed) -> dict:
+    """The header's values an event of child ``pid`` of this test carries (cpu and the rest excepted), and
+    its context: this process's, as the child inherited it, but ``changed``."""
     return {"pid": pid, "tid": pid, "ppid": os.getpid(), "uid": os.getuid(), "gid": os.getgid(), "comm": comm,
-            "source": "ebpf"}
+            "source": "ebpf", **inherited(**changed)}
 
 
 def own_fields(event: dict) -> dict:
@@ -52,6 +54,7 @@ class Pty:
 
     def __init__(self, argv: list[str], env: dict) -> None:
         master, slave = pty.openpty()
+        self.tty = os.ttyname(slave)[len("/dev/"):]  # "pts/N", as the events name it
         self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
                                      env=env, cwd="/")
         os.close(slave)
@@ -118,7 +121,9 @@ def test_shell_command_is_the_line_an_interactive_bash_read(collector):
                        "the last line of the interactive bash", timeout=30)
     got = [e for e in collector.events() if e["type"] == "shell_command" and e["pid"] == pid]
     assert [list(e) for e in got] == [spec.json_keys(spec.SHELL_COMMAND)] * 3, [(e["command"][:40], e["fault"], e["truncated"]) for e in got]
-    base = {"type": "shell_command", "event_type_id": 50, **common(pid, "bash")}
+    base = {"type": "shell_command", "event_type_id": 50,
+            **common(pid, "bash", exe=os.path.realpath(shutil.which("bash", path="/usr/bin:/bin")), cwd="/",
+                     tty=shell.tty)}
     assert [own_fields(e) for e in got] == [
         {**base, "command": f"echo {marker}", "truncated": False, "fault": False},
         {**base, "command": long_line[:spec.MAX_COMMAND], "truncated": True, "fault": False},
@@ -237,7 +242,8 @@ def _alive(pid: int) -> bool:
 
 async def test_the_check_runs_every_uprobe_program_and_leaves_nothing_of_its_bash():
     send, _recv = trio.open_memory_channel(100_000)
-    c = KestrelCollector(send, CollectorConfig(event_types=["shell_command", "dns_query"], buffers=1))
+    # context=False: the process cache's programs (exec, fork, exit, proc) would be checked too
+    c = KestrelCollector(send, CollectorConfig(event_types=["shell_command", "dns_query"], buffers=1, context=False))
     c.load()
     check = c._shell_check.pid
     assert _alive(check)

@@ -7,6 +7,7 @@ import pytest
 
 from helpers import COMMON, dns_bytes, dns_slot, shell_bytes
 from kestrel_raw import spec
+from kestrel_raw.codec.event import entity_key
 from kestrel_raw.codec.jsonl import encode_event, encode_record
 from kestrel_raw.codec.normalize import normalize
 from kestrel_raw.codec.records import parse_record
@@ -16,17 +17,23 @@ from kestrel_raw.errors import RecordError
 
 WALL = 1_700_000_000_000_000_000
 HEAD = ('"ts_mono_ns":1000000123,"ts_wall_ns":1700000001000000123,"entity_key":17461281073734017390,'
-        '"pid":4242,"tid":4243,"cpu":3,"ppid":1,"uid":1000,"gid":100,"comm":"cat","source":"ebpf",')
+        '"pid":4242,"tid":4243,"cpu":3,"ppid":1,"uid":1000,"gid":100,"comm":"cat","euid":1000,"egid":100,'
+        '"auid":1000,"sessionid":7,"tty":"pts/2","cgroup_id":1,"parent_entity_key":%d,"source":"ebpf",'
+        % entity_key(1, 555_000))
+# The context keys, last, as the provider that knows nothing gives them (no collector behind the codec).
+NO_CONTEXT = (',"cgroup":null,"container_id":null,"container_name":null,"container_image":null,"exe":null,'
+              '"exe_deleted":null,"exe_memfd":null,"cwd":null,"pidns":null,"mntns":null,"netns":null,'
+              '"hostname":null}\n')
 V4 = dns_slot(2, 443, bytes([127, 88, 7, 1]))
 V6 = dns_slot(10, 443, bytes(15) + b"\x01")
 
 
 def test_the_layouts_are_the_documented_ones():
     assert [(w.name, w.offset) for w in spec.SHELL_COMMAND.wire[len(spec.HEADER):]] == [
-        ("line_len", 64), ("_pad1", 68), ("line", 72)]
+        ("line_len", 96), ("_pad1", 100), ("line", 104)]
     assert [(w.name, w.offset) for w in spec.DNS_QUERY.wire[len(spec.HEADER):]] == [
-        ("ret", 64), ("family", 68), ("duration_ns", 72), ("naddrs", 80), ("query_len", 84), ("service_len", 88),
-        ("_pad1", 92), ("addrs", 96), ("query", 256), ("service", -1)]
+        ("ret", 96), ("family", 100), ("duration_ns", 104), ("naddrs", 112), ("query_len", 116),
+        ("service_len", 120), ("_pad1", 124), ("addrs", 128), ("query", 288), ("service", -1)]
     assert spec.DNS_QUERY.addrs.size == spec.DNS_ADDRS * spec.DNS_ADDR_SIZE == 160
 
 
@@ -35,7 +42,7 @@ def test_shell_command_line():
     assert build_record(50, **COMMON, line=b"ls -l /tmp") + b"\0" * 6 == data
     assert parse_record(data) == parse_record_construct(data)
     line = ('{"type":"shell_command","event_type_id":50,' + HEAD
-            + '"command":"ls -l /tmp","truncated":false,"fault":false}\n').encode()
+            + '"command":"ls -l /tmp","truncated":false,"fault":false' + NO_CONTEXT).encode()
     assert encode_event(normalize(parse_record(data), WALL)) == line == encode_record(data, WALL)
     cut = shell_bytes(b"x" * spec.MAX_COMMAND, flags=spec.FLAG_TRUNCATED)
     assert normalize(parse_record(cut), WALL)["truncated"] is True
@@ -46,7 +53,8 @@ def test_dns_query_line():
     assert parse_record(data) == parse_record_construct(data)
     line = ('{"type":"dns_query","event_type_id":51,' + HEAD
             + '"query":"example.test","service":"443","family":"AF_UNSPEC","ret":0,'
-              '"addresses":["127.88.7.1","::1"],"duration_ns":12345,"truncated":false,"fault":false}\n').encode()
+              '"addresses":["127.88.7.1","::1"],"duration_ns":12345,"truncated":false,"fault":false'
+            + NO_CONTEXT).encode()
     assert encode_event(normalize(parse_record(data), WALL)) == line == encode_record(data, WALL)
     ev = normalize(parse_record(data), WALL)
     assert (ev["query"], ev["addresses"], ev["ret"], ev["duration_ns"]) == ("example.test", ("127.88.7.1", "::1"), 0,
@@ -57,7 +65,7 @@ def test_dns_query_without_a_name_or_service_and_failed():
     data = dns_bytes(query=b"", service=b"", ret=-2, family=10, flags=spec.FLAG_TRUNCATED)
     line = ('{"type":"dns_query","event_type_id":51,' + HEAD
             + '"query":null,"service":null,"family":"AF_INET6","ret":-2,"addresses":[],"duration_ns":12345,'
-              '"truncated":true,"fault":false}\n').encode()
+              '"truncated":true,"fault":false' + NO_CONTEXT).encode()
     assert encode_record(data, WALL) == line == encode_event(normalize(parse_record(data), WALL))
 
 
@@ -79,10 +87,10 @@ def test_address_slots_decode_in_order_and_others_are_left_out():
 
 
 @pytest.mark.parametrize("data, message", [
-    (dns_bytes(naddrs=9)[:100], "dns_query record is 100 bytes, shorter than its 256-byte fixed part"),
+    (dns_bytes(naddrs=9)[:100], "dns_query record is 100 bytes, shorter than its 288-byte fixed part"),
     (dns_bytes(query=b"q" * 257), "dns_query record query_len is 257, above the limit 256"),
     (dns_bytes(service=b"s" * 33), "dns_query record service_len is 33, above the limit 32"),
-    (dns_bytes()[:-2], "dns_query record query and service ends at byte 271, beyond the 269-byte record"),
+    (dns_bytes()[:-2], "dns_query record query and service ends at byte 303, beyond the 301-byte record"),
     (shell_bytes(b"x" * 4097), "shell_command record line_len is 4097, above the limit 4096"),
 ])
 def test_a_corrupt_record_is_refused(data, message):

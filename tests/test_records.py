@@ -5,31 +5,33 @@ import struct
 
 import pytest
 
-from helpers import COMMON, connect_bytes, exec_bytes, exit_bytes, header, open_bytes
+from helpers import COMMON, connect_bytes, exec_bytes, exit_bytes, fork_bytes, header, open_bytes, proc_bytes
 from kestrel_raw.codec.records import (
-    FIXED_FORMATS, ConnectRecord, ExecRecord, ExitRecord, OpenRecord, pack_record, parse_record,
+    FIXED_FORMATS, RECORD_CLASSES, ConnectRecord, ExecRecord, ExitRecord, OpenRecord, pack_record, parse_record,
 )
 from kestrel_raw.codec.schema import RECORD_STRUCTS, build_record, parse_record_construct
 from kestrel_raw.errors import RecordError
 
-KIND_EXEC, KIND_OPEN, KIND_CONNECT, KIND_EXIT = 1, 2, 3, 4
+KIND_EXEC, KIND_OPEN, KIND_CONNECT, KIND_EXIT, KIND_FORK, KIND_PROC = 1, 2, 3, 4, 5, 250
 KIND_SHELL_COMMAND, KIND_DNS_QUERY = 50, 51
 PARSERS = [parse_record, parse_record_construct]
 BUILDERS = [build_record, pack_record]
 
 
 def test_fixed_part_sizes_follow_the_table():
-    assert {k: f.size for k, f in FIXED_FORMATS.items()} == {KIND_EXEC: 80, KIND_OPEN: 112, KIND_CONNECT: 104,
-                                                            KIND_EXIT: 72, KIND_SHELL_COMMAND: 72,
-                                                            KIND_DNS_QUERY: 256}
-    assert FIXED_FORMATS[KIND_OPEN].format == "<QHHLQLLLLLL16sllQQQLLLL"
-    assert FIXED_FORMATS[KIND_CONNECT].format == "<QHHLQLLLLLL16sllLLHH4s16s"
+    assert {k: f.size for k, f in FIXED_FORMATS.items()} == {KIND_EXEC: 224, KIND_OPEN: 144, KIND_CONNECT: 136,
+                                                            KIND_EXIT: 104, KIND_FORK: 200, KIND_PROC: 200,
+                                                            KIND_SHELL_COMMAND: 104, KIND_DNS_QUERY: 288}
+    assert FIXED_FORMATS[KIND_OPEN].format == "<QHHLQQQLLLLLLLLLL16sllQQQLLLL"
+    assert FIXED_FORMATS[KIND_CONNECT].format == "<QHHLQQQLLLLLLLLLL16sllLLHH4s16s"
+    assert FIXED_FORMATS[KIND_FORK].format == "<QHHLQQQLLLLLLLLLL16sLLLLLLLLLL64s"
 
 
 @pytest.mark.parametrize("build", BUILDERS)
 @pytest.mark.parametrize("name, offset, size", [
-    ("ts_ns", 0, 8), ("header_flags", 10, 2), ("cpu", 12, 4), ("start_ns", 16, 8), ("pid", 24, 4),
-    ("tid", 28, 4), ("ppid", 32, 4), ("uid", 36, 4), ("gid", 40, 4), ("_pad0", 44, 4),
+    ("ts_ns", 0, 8), ("header_flags", 10, 2), ("cpu", 12, 4), ("start_ns", 16, 8), ("parent_start_ns", 24, 8),
+    ("cgroup_id", 32, 8), ("pid", 40, 4), ("tid", 44, 4), ("ppid", 48, 4), ("uid", 52, 4), ("gid", 56, 4),
+    ("euid", 60, 4), ("egid", 64, 4), ("auid", 68, 4), ("sessionid", 72, 4), ("tty", 76, 4),
 ])
 def test_header_offsets(build, name, offset, size):
     value = 0x0102030405060708 & ((1 << (8 * size)) - 1)
@@ -40,17 +42,24 @@ def test_header_offsets(build, name, offset, size):
 
 @pytest.mark.parametrize("build", BUILDERS)
 @pytest.mark.parametrize("kind, name, offset, size", [
-    (KIND_EXEC, "filename_len", 64, 4), (KIND_EXEC, "args_len", 68, 4), (KIND_EXEC, "args_total", 72, 4),
-    (KIND_OPEN, "ret", 64, 4), (KIND_OPEN, "dfd", 68, 4), (KIND_OPEN, "flags", 72, 8),
-    (KIND_OPEN, "mode", 80, 8), (KIND_OPEN, "resolve", 88, 8), (KIND_OPEN, "path_len", 96, 4),
-    (KIND_OPEN, "syscall", 100, 4), (KIND_OPEN, "resolved_len", 104, 4),
-    (KIND_CONNECT, "ret", 64, 4), (KIND_CONNECT, "fd", 68, 4), (KIND_CONNECT, "addrlen", 72, 4),
-    (KIND_CONNECT, "addr_len", 76, 4), (KIND_CONNECT, "sk_family", 80, 2), (KIND_CONNECT, "sk_dport", 82, 2),
-    (KIND_EXIT, "exit_code", 64, 4),
+    (KIND_EXEC, "filename_len", 96, 4), (KIND_EXEC, "args_len", 100, 4), (KIND_EXEC, "args_total", 104, 4),
+    (KIND_EXEC, "ret", 108, 4), (KIND_EXEC, "caps_effective", 112, 8), (KIND_EXEC, "caps_permitted", 120, 8),
+    (KIND_EXEC, "pidns", 128, 4), (KIND_EXEC, "mntns", 132, 4), (KIND_EXEC, "netns", 136, 4),
+    (KIND_EXEC, "utsns", 140, 4), (KIND_EXEC, "ctx_flags", 144, 4), (KIND_EXEC, "exe_len", 148, 4),
+    (KIND_EXEC, "cwd_len", 152, 4),
+    (KIND_OPEN, "ret", 96, 4), (KIND_OPEN, "dfd", 100, 4), (KIND_OPEN, "flags", 104, 8),
+    (KIND_OPEN, "mode", 112, 8), (KIND_OPEN, "resolve", 120, 8), (KIND_OPEN, "path_len", 128, 4),
+    (KIND_OPEN, "syscall", 132, 4), (KIND_OPEN, "resolved_len", 136, 4),
+    (KIND_CONNECT, "ret", 96, 4), (KIND_CONNECT, "fd", 100, 4), (KIND_CONNECT, "addrlen", 104, 4),
+    (KIND_CONNECT, "addr_len", 108, 4), (KIND_CONNECT, "sk_family", 112, 2), (KIND_CONNECT, "sk_dport", 114, 2),
+    (KIND_EXIT, "exit_code", 96, 4),
+    (KIND_FORK, "fork_flags", 96, 4), (KIND_FORK, "pidns", 104, 4), (KIND_FORK, "utsns", 116, 4),
+    (KIND_FORK, "ctx_flags", 120, 4), (KIND_FORK, "exe_len", 124, 4), (KIND_FORK, "cwd_len", 128, 4),
+    (KIND_PROC, "syscall", 96, 4), (KIND_PROC, "netns", 112, 4), (KIND_PROC, "cwd_len", 128, 4),
 ])
 def test_kind_offsets(build, kind, name, offset, size):
     value = 0x0A0B0C0D0E0F1011 & ((1 << (8 * size - 1)) - 1) if name not in (
-        "filename_len", "args_len", "path_len", "addr_len", "resolved_len") else 0
+        "filename_len", "args_len", "path_len", "addr_len", "resolved_len", "exe_len", "cwd_len") else 0
     # Length fields are checked by building zero-length variable parts and pinning the zero.
     data = build(kind, **{name: value})
     assert data[offset:offset + size] == value.to_bytes(size, "little")
@@ -63,8 +72,14 @@ def test_builders_match_hand_built_bytes(build):
                  path=b"/etc/passwd") == open_bytes()
     assert build(KIND_EXIT, **common, exit_code=0x0300) == exit_bytes()
     assert exit_bytes().hex() == (
-        "7bca9a3b00000000" "0400" "0000" "03000000" "583e0f0000000000" "92100000" "93100000" "01000000"
-        "e8030000" "64000000" "00000000" "63617400000000000000000000000000" "00030000" "00000000")
+        "7bca9a3b00000000" "0400" "0000" "03000000" "583e0f0000000000" "f877080000000000" "0100000000000000"
+        "92100000" "93100000" "01000000" "e8030000" "64000000" "e8030000" "64000000" "e8030000" "07000000"
+        "02008008" "63617400000000000000000000000000" "00030000" "00000000")
+    ctx = dict(pidns=4026531836, mntns=4026531841, netns=4026531840, utsns=4026531838, ctx_flags=1,
+               hostname=b"host")
+    assert build(KIND_FORK, **common, fork_flags=0, exe=b"/bin/sh", cwd=b"/", **ctx) == fork_bytes(
+        ctx=ctx, exe=b"/bin/sh", cwd=b"/")
+    assert build(KIND_PROC, **common, syscall=3, cwd=b"/tmp", **ctx) == proc_bytes(syscall=3, ctx=ctx, cwd=b"/tmp")
 
 
 def test_builders_refuse_unknown_fields():
@@ -75,8 +90,11 @@ def test_builders_refuse_unknown_fields():
 
 @pytest.mark.parametrize("parse", PARSERS)
 def test_exec_record(parse):
-    rec = parse(exec_bytes(pad=b"\0" * 5))
-    assert rec == ExecRecord(**COMMON, filename=b"/bin/ls", args=b"ls\0-l\0/tmp\0", args_total=11)
+    ctx = dict(pidns=1, mntns=2, netns=3, utsns=4, ctx_flags=3, hostname=b"box")
+    rec = parse(exec_bytes(pad=b"\0" * 5, ret=-2, caps_effective=1 << 40, caps_permitted=3, ctx=ctx,
+                           exe=b"/usr/bin/ls", cwd=b"/tmp"))
+    assert rec == ExecRecord(**COMMON, filename=b"/bin/ls", args=b"ls\0-l\0/tmp\0", args_total=11, ret=-2,
+                             caps_effective=1 << 40, caps_permitted=3, **ctx, exe=b"/usr/bin/ls", cwd=b"/tmp")
     assert rec.kind == KIND_EXEC and rec.truncated is False and rec.fault is False
 
 
@@ -126,8 +144,8 @@ def test_memoryview_and_bytearray_inputs():
     (b"", "too short to hold its kind"),
     (b"\x02", "too short to hold its kind"),
     (bytes(9), "too short to hold its kind"),
-    (header(9), "record kind 9 is unknown \\(known: 1 exec, 2 open, 3 connect, 4 exit, 50 shell_command, "
-               "51 dns_query\\)"),
+    (header(9), "record kind 9 is unknown \\(known: 1 exec, 2 open, 3 connect, 4 exit, 5 fork, 50 shell_command, "
+               "51 dns_query, 250 proc\\)"),
     (header(0), "record kind 0 is unknown"),
 ])
 def test_malformed_header(parse, data, message):
@@ -137,8 +155,10 @@ def test_malformed_header(parse, data, message):
 
 @pytest.mark.parametrize("parse", PARSERS)
 @pytest.mark.parametrize("data", [
-    open_bytes()[:111],                # fixed part cut
-    exit_bytes()[:71],
+    open_bytes()[:143],                # fixed part cut
+    exit_bytes()[:103],
+    fork_bytes()[:199],
+    fork_bytes(exe=b"/x")[:-1],
     header(KIND_EXEC),                 # header alone
     open_bytes()[:-1],                 # path one byte short
     exec_bytes()[:-1],                 # args one byte short
@@ -150,10 +170,10 @@ def test_short_records(parse, data):
 
 
 def test_short_record_messages():
-    with pytest.raises(RecordError, match=r"open record is 111 bytes, shorter than its 112-byte fixed part"):
-        parse_record(open_bytes()[:111])
-    with pytest.raises(RecordError, match=r"open record path and resolved_path ends at byte 123, beyond the "
-                                          r"122-byte record"):
+    with pytest.raises(RecordError, match=r"open record is 143 bytes, shorter than its 144-byte fixed part"):
+        parse_record(open_bytes()[:143])
+    with pytest.raises(RecordError, match=r"open record path and resolved_path ends at byte 155, beyond the "
+                                          r"154-byte record"):
         parse_record(open_bytes()[:-1])
 
 
@@ -184,12 +204,24 @@ def test_length_limits(parse):
 @pytest.mark.parametrize("parse", PARSERS)
 def test_length_field_beyond_record(parse):
     with pytest.raises(RecordError):
-        parse(_set_u32(open_bytes(), 96, 12))          # path_len 12, 11 bytes present
+        parse(_set_u32(open_bytes(), 128, 12))         # path_len 12, 11 bytes present
     with pytest.raises(RecordError):
-        parse(_set_u32(exec_bytes(), 64, 4000))        # filename_len
+        parse(_set_u32(exec_bytes(), 96, 4000))        # filename_len
     with pytest.raises(RecordError):
-        parse(_set_u32(connect_bytes(), 76, 17))       # addr_len
+        parse(_set_u32(exec_bytes(), 152, 1))          # cwd_len
+    with pytest.raises(RecordError):
+        parse(_set_u32(connect_bytes(), 108, 17))      # addr_len
 
 
 def test_all_kinds_have_a_struct():
-    assert sorted(RECORD_STRUCTS) == [1, 2, 3, 4, 50, 51]
+    assert sorted(RECORD_STRUCTS) == [1, 2, 3, 4, 5, 50, 51, 250]
+
+
+@pytest.mark.parametrize("parse", PARSERS)
+def test_fork_and_proc_records(parse):
+    ctx = dict(pidns=11, mntns=12, netns=13, utsns=14, ctx_flags=1, hostname=b"h")
+    rec = parse(fork_bytes(thread=True, ctx=ctx, exe=b"/bin/sh", cwd=b"/root"))
+    assert rec == RECORD_CLASSES[KIND_FORK](**COMMON, fork_flags=1, **ctx, exe=b"/bin/sh", cwd=b"/root")
+    assert rec.thread is True
+    rec = parse(proc_bytes(syscall=5, ctx=ctx, cwd=b"/"))
+    assert rec == RECORD_CLASSES[KIND_PROC](**COMMON, syscall=5, **ctx, exe=b"", cwd=b"/")

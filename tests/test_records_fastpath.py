@@ -85,7 +85,7 @@ def test_fast_formats_are_what_the_construct_schema_derives():
 
     for kind, fixed in schema.FIXED_STRUCTS.items():
         assert records.FIXED_FORMATS[kind].format == struct_format(fixed)
-    assert struct_format(schema.HEADER_STRUCT) == "<QHHLQLLLLLL16s"
+    assert struct_format(schema.HEADER_STRUCT) == "<QHHLQQQLLLLLLLLLL16s"
 
 
 def test_the_hot_path_does_not_import_construct():

@@ -5,9 +5,9 @@ import pytest
 
 from kestrel_raw.spec import FIELDS, FIELD_IDS, EventType, FieldType, field, fields_of
 
-E, O, C, X = "exec", "open", "connect", "exit"
+E, O, C, X, F = "exec", "open", "connect", "exit", "fork"
 SH, DNS = "shell_command", "dns_query"
-ALL = {E, O, C, X, SH, DNS}
+ALL = {E, O, C, X, F, SH, DNS}
 
 # (id, name, type, event types): changing any of these breaks stored events.  Append, never edit.
 PINNED = [
@@ -25,7 +25,7 @@ PINNED = [
     (12, "path", "string", {O}),
     (13, "flags", "u64", {O}),
     (14, "mode", "u64", {O}),
-    (15, "ret", "i64", {O, C, DNS}),
+    (15, "ret", "i64", {E, O, C, DNS}),
     (16, "dfd", "i64", {O}),
     (17, "syscall", "string", {O}),
     (18, "fault", "bool", {E, O, C, SH, DNS}),
@@ -39,7 +39,35 @@ PINNED = [
     (26, "toctou", "bool", {O, C}),
     (27, "core_dumped", "bool", {X}),
     (28, "resolve", "u64", {O}),
-    (29, "late_read", "bool", {O, C}),
+    (29, "late_read", "bool", {E, O, C}),
+    (30, "euid", "u64", ALL),
+    (31, "egid", "u64", ALL),
+    (32, "auid", "u64", ALL),
+    (33, "sessionid", "u64", ALL),
+    (34, "tty", "string", ALL),
+    (35, "cgroup_id", "u64", ALL),
+    (36, "cgroup", "string", ALL),
+    (37, "container_id", "string", ALL),
+    (38, "container_name", "string", ALL),
+    (39, "container_image", "string", ALL),
+    (40, "parent_entity_key", "u64", ALL),
+    (41, "exe", "string", ALL),
+    (42, "exe_deleted", "bool", ALL),
+    (43, "exe_memfd", "bool", ALL),
+    (44, "cwd", "string", ALL),
+    (45, "pidns", "u64", ALL),
+    (46, "mntns", "u64", ALL),
+    (47, "netns", "u64", ALL),
+    (48, "hostname", "string", ALL | {"status"}),
+    (49, "ancestors", "json", ALL),
+    (50, "caps_effective", "u64", {E}),
+    (51, "caps_permitted", "u64", {E}),
+    (52, "thread", "bool", {F}),
+    (53, "machine_id", "string", {"status"}),
+    (54, "boot_id", "string", {"status"}),
+    (55, "kernel", "string", {"status"}),
+    (56, "arch", "string", {"status"}),
+    (57, "cloud", "json", {"status"}),
     (130, "command", "string", {SH}),
     (131, "query", "string", {DNS}),
     (132, "service", "string", {DNS}),
@@ -60,15 +88,16 @@ def test_ids_and_names_unique():
 
 def test_event_types():
     assert [(int(t), t.label) for t in EventType] == [(1, "exec"), (2, "open"), (3, "connect"), (4, "exit"),
-                                                      (50, "shell_command"), (51, "dns_query")]
+                                                      (5, "fork"), (50, "shell_command"), (51, "dns_query"),
+                                                      (100, "status")]
     assert EventType.from_label(" Connect ") is EventType.CONNECT
-    with pytest.raises(ValueError, match="unknown event type 'fork'; valid: exec, open, connect, exit, "
-                                         "shell_command, dns_query"):
-        EventType.from_label("fork")
+    with pytest.raises(ValueError, match="unknown event type 'chdir'; valid: exec, open, connect, exit, fork, "
+                                         "shell_command, dns_query, status"):
+        EventType.from_label("chdir")
 
 
-def test_field_types_are_the_six():
-    assert [t.value for t in FieldType] == ["string", "u64", "i64", "bytes", "list of strings", "bool"]
+def test_field_types_are_the_seven():
+    assert [t.value for t in FieldType] == ["string", "u64", "i64", "bytes", "list of strings", "bool", "json"]
 
 
 def test_lookup():
@@ -81,6 +110,11 @@ def test_lookup():
 
 def test_fields_of_exit():
     assert [f.name for f in fields_of(EventType.EXIT)] == [
-        "pid", "tid", "ppid", "uid", "gid", "comm", "process_start_ns", "cpu", "exit_code", "signal", "core_dumped"]
-    assert [f.name for f in fields_of(3)][-8:] == ["ret", "fault", "family", "daddr", "dport", "fd", "toctou",
-                                                   "late_read"]
+        "pid", "tid", "ppid", "uid", "gid", "comm", "process_start_ns", "cpu", "exit_code", "signal", "core_dumped",
+        "euid", "egid", "auid", "sessionid", "tty", "cgroup_id", "cgroup", "container_id", "container_name",
+        "container_image", "parent_entity_key", "exe", "exe_deleted", "exe_memfd", "cwd", "pidns", "mntns", "netns",
+        "hostname", "ancestors"]
+    assert [f.name for f in fields_of(EventType.STATUS)] == ["hostname", "machine_id", "boot_id", "kernel", "arch",
+                                                             "cloud"]
+    assert [f.name for f in fields_of(3)][8:16] == ["ret", "fault", "family", "daddr", "dport", "fd", "toctou",
+                                                    "late_read"]

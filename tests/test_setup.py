@@ -51,7 +51,11 @@ def _kr_progs() -> set[int]:
 # -- configuration (no kernel needed: refused before anything is loaded) ------------------------------------
 
 @pytest.mark.parametrize("args, needle", [
-    (["--events", "exec,fork"], "kestrel-raw: --events: unknown event type 'fork'; valid: exec, open, connect, exit"),
+    (["--events", "exec,chdir"], "kestrel-raw: --events: unknown event type 'chdir'; valid: exec, open, connect, exit, "
+                                 "fork, shell_command, dns_query"),
+    (["--events", "status"], "kestrel-raw: --events: status is not collected from the kernel"),
+    (["--ancestors", "65"], "kestrel-raw: --ancestors must be an integer from 0 to 64, got 65"),
+    (["--ancestors", "2", "--no-context"], "kestrel-raw: --ancestors needs context=True"),
     (["--events", ","], "kestrel-raw: --events: none given in ','"),
     (["--buffer-size", "12288"], "kestrel-raw: --buffer-size 12288 is not a power of two; the kernel requires one "
                                  "for ring buffers (e.g. 16384)"),

@@ -60,7 +60,7 @@ def test_a_spec_mistake_is_refused_when_the_kind_is_made():
 
 
 def test_wire_field_lookup_names_the_kind():
-    assert spec.OPEN.ret.offset == 64 and spec.OPEN.path.offset == 112 and spec.EXEC.args.offset == -1
+    assert spec.OPEN.ret.offset == 96 and spec.OPEN.path.offset == 144 and spec.EXEC.args.offset == -1
     with pytest.raises(AttributeError, match="open has no wire field 'nope'"):
         spec.OPEN.nope
 
@@ -68,8 +68,13 @@ def test_wire_field_lookup_names_the_kind():
 def test_json_keys_follow_the_spec():
     assert spec.json_keys(spec.OPEN) == [
         "type", "event_type_id", "ts_mono_ns", "ts_wall_ns", "entity_key", "pid", "tid", "cpu", "ppid", "uid",
-        "gid", "comm", "source", "path", "flags", "mode", "ret", "truncated", "fault", "syscall", "resolve",
-        "resolved_path", "toctou", "late_read"]
+        "gid", "comm", "euid", "egid", "auid", "sessionid", "tty", "cgroup_id", "parent_entity_key", "source",
+        "path", "flags", "mode", "ret", "truncated", "fault", "syscall", "resolve", "resolved_path", "toctou",
+        "late_read", "cgroup", "container_id", "container_name", "container_image", "exe", "exe_deleted",
+        "exe_memfd", "cwd", "pidns", "mntns", "netns", "hostname"]
+    assert spec.json_keys(spec.FORK, optional=True)[-3:] == ["netns", "hostname", "ancestors"]
+    assert spec.json_keys(spec.STATUS) == ["type", "event_type_id", "ts_mono_ns", "ts_wall_ns", "source", "hostname",
+                                           "machine_id", "boot_id", "kernel", "arch", "cloud"]
 
 
 def test_the_line_memo_refuses_a_value_made_from_the_time():
@@ -82,8 +87,30 @@ def test_generated_source_compiles_and_names_every_kind():
     src = generate.codec_source()
     compile(src, "<test>", "exec")
     for k in spec.KINDS.values():
-        for fn in ("values", "event", "event_raw", "line", "event_line"):
+        for fn in ("values", "event", "event_raw", "line", *(() if k.internal else ("event_line",))):
             assert f"def {fn}_{k.label}(" in src
+    assert "def event_line_proc(" not in src  # internal: never an event
+    for s in spec.CONTEXT_SCOPES:
+        assert f"def ctxtext_{s.name}({s.name}):" in src
+    assert "def event_status(hostname, machine_id, boot_id, kernel, arch, cloud, ts_mono, ts_wall):" in src
+
+
+def test_context_values_read_what_the_entries_have():
+    from kestrel_raw.codec.context import ENTRY_CLASSES
+
+    assert {s.name for s in spec.CONTEXT_SCOPES} == set(ENTRY_CLASSES)
+    for v in spec.CONTEXT_VALUES:
+        for expr in (v.expr, v.raw or v.expr):
+            scope, attr = expr.split(".")
+            assert scope == v.context and attr in ENTRY_CLASSES[scope].__slots__
+
+
+def test_a_kind_that_updates_the_context_keeps_no_line_memo():
+    bad = spec.Kind(spec.EventType.OPEN, [], [], memo=True, update="exec")
+    with pytest.raises(TypeError, match="cannot keep a line memo"):
+        generate.kind_source(bad)
+    with pytest.raises(ValueError, match="an internal record kind has no Kestrel values"):
+        spec.Kind(spec.RecordKind.PROC, [], [spec.raw_int("pid", spec.FieldId.PID)])
 
 
 # --- the docs ----------------------------------------------------------------------------------------

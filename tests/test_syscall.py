@@ -11,8 +11,8 @@ from kestrel_raw.kernel.syscall import syscall_numbers
 
 
 def test_syscall_numbers_per_arch():
-    assert syscall_numbers("x86_64") == {"__NR_bpf": 321, "__NR_perf_event_open": 298}
-    assert syscall_numbers("aarch64") == {"__NR_bpf": 280, "__NR_perf_event_open": 241}
+    assert syscall_numbers("x86_64") == {"__NR_bpf": 321, "__NR_perf_event_open": 298, "__NR_execveat": 322}
+    assert syscall_numbers("aarch64") == {"__NR_bpf": 280, "__NR_perf_event_open": 241, "__NR_execveat": 281}
     assert syscall_numbers("arm64") == syscall_numbers("aarch64")
     assert syscall_numbers("amd64") == syscall_numbers("x86_64")
 

@@ -288,7 +288,7 @@ def check_collector(rc: RunningCollector, configs, symbols: KernelSymbols | None
     tags = {name: bpf.prog_info(fd).tag.hex() for name, fd in rc.programs.items()}
     best = None
     for cfg in configs:
-        built = build_programs(cfg, programs.specs([int(t) for t in cfg.event_types]), mount_tracefs=False)
+        built = build_programs(cfg, programs.config_specs(cfg), mount_tracefs=False)
         matches = sum(tags.get(spec.name) == prog_tag(insns).hex() for spec, insns in built)
         if best is None or matches > best[0]:
             best = (matches, cfg, built)

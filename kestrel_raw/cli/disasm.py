@@ -61,7 +61,7 @@ def build(args: argparse.Namespace) -> Built:
     from kestrel_raw.loader import object_programs
 
     config = CollectorConfig(**as_run_loads(shaping_kwargs(args)))
-    specs = programs.specs([int(t) for t in config.event_types])
+    specs = programs.config_specs(config)
     built = Built(config, build_programs(config, specs, mount_tracefs=False) if specs else [])
     if config.program_path is not None:
         # As the collector links it: against the BTF of --btf (collector.objects.load_object).
@@ -97,7 +97,8 @@ def options(config) -> dict:
     out: dict = {}
     if config.event_types:
         out = {"events": ",".join(t.label for t in config.event_types), "buffers": config.buffers,
-               "buffer_size": config.buffer_size, "wakeup_bytes": config.wakeup_bytes, "latency": config.latency}
+               "buffer_size": config.buffer_size, "wakeup_bytes": config.wakeup_bytes, "latency": config.latency,
+               "context": config.context, "threads": config.threads}
     if config.program_path is not None:
         out["object"] = config.program_path
     return out
@@ -106,7 +107,8 @@ def options(config) -> dict:
 def heading(built: Built) -> str:
     config = built.config
     uname = os.uname()
-    opts = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in options(config).items())
+    opts = " ".join((f"--{'' if v else 'no-'}{k}" if isinstance(v, bool) else f"--{k.replace('_', '-')} {v}")
+                    for k, v in options(config).items())
     return (f"; kestrel-raw disasm: {len(built)} program{'s' if len(built) != 1 else ''} for Linux {uname.release} "
             f"{uname.machine} (BTF {config.btf_path}), as `kestrel-raw run {opts}` loads them")
 

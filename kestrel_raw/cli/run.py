@@ -57,6 +57,7 @@ CONFIG_NAMES = {
     "buffer_size": "buffer_size", "queue_size": "queue_size", "queue_policy": "queue_policy", "btf_path": "btf",
     "wakeup_bytes": "wakeup_bytes", "poll_interval": "poll_interval", "flush_interval": "flush_interval",
     "latency": "latency", "drop_uid": "user", "drop_gid": "user", "stop_timeout": "stop_timeout",
+    "ancestors": "ancestors", "context": "context", "threads": "threads", "container_sockets": "container_sockets",
 }
 
 
@@ -68,13 +69,25 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
       help="read settings from FILE (TOML): its keys are these flags without the dashes (buffer-size = 4194304); "
            "a flag given here overrides the file; SIGHUP reads it again")
     g = run.add_argument_group("events").add_argument
-    g("--events", metavar="TYPES", help="comma-separated event types: exec, open, connect, exit, shell_command, "
-      "dns_query, or all (default: exec, open, connect, exit; none with --object)").comma_list = True
+    g("--events", metavar="TYPES", help="comma-separated event types: exec, open, connect, exit, fork, "
+      "shell_command, dns_query, or all (default: exec, open, connect, exit; none with --object)").comma_list = True
     g("--object", metavar="FILE",
       help="also load the BPF object FILE (clang -target bpf, libbpf style): its programs are attached where "
            "their SEC() names say and each record of its ring buffers written as {\"object\", \"map\", \"len\", "
            "\"hex\"}; the built-in programs run only if --events is given")
     g("--duration", type=float, metavar="SECONDS", help="stop after SECONDS")
+    g = run.add_argument_group("process context").add_argument
+    g("--context", action=argparse.BooleanOptionalAction,
+      help="a process cache adds exe, cwd, namespaces, hostname, cgroup and container keys to every event "
+           "(default on; --no-context: those keys are null)")
+    g("--ancestors", type=int, metavar="N",
+      help="add \"ancestors\" to every event: up to N ancestors from the process cache, nearest first "
+           "(default 0: none)")
+    g("--threads", action=argparse.BooleanOptionalAction,
+      help="fork events for new threads too (\"thread\":true); by default new processes only")
+    g("--container-socket", action="append", metavar="PATH", dest="container_sockets",
+      help="a container runtime's API socket to ask for container names and images (docker's Engine API, or "
+           "podman's service); repeat for several (default /run/podman/podman.sock, /var/run/docker.sock)")
     g = run.add_argument_group("outputs (standard output when none is given)").add_argument
     g("--output", "-o", metavar="FILE",
       help="append JSON lines to FILE (created with mode 0600; a symbolic link, or an existing file that is "
@@ -189,7 +202,8 @@ def make_plan(settings: Settings) -> Plan:
         uid, gid = _user_ids(settings, v("user"))
         kwargs = {name: v(name) for name in ("buffers", "buffer_size", "queue_size", "queue_policy", "latency",
                                               "wakeup_bytes", "poll_interval", "flush_interval",
-                                              "stop_timeout")
+                                              "stop_timeout", "context", "ancestors", "threads",
+                                              "container_sockets")
                   if v(name) is not None}
         if v("btf"):
             kwargs["btf_path"] = v("btf")
@@ -324,6 +338,7 @@ def _warn_if_config_unreadable(plan: Plan) -> None:
 # -- main ---------------------------------------------------------------------------------------------------
 
 def main(args: argparse.Namespace) -> int:
+
     try:
         settings = load_settings(args._parser, args)
         plan = make_plan(settings)

@@ -31,6 +31,10 @@ def add_shaping_arguments(p: argparse.ArgumentParser, *, events_default: str = "
     p.add_argument("--buffer-size", type=int, default=None, help="bytes per ring buffer, as given to run (default: run's)")
     p.add_argument("--wakeup-bytes", type=int, default=None, help="as given to run (default buffer size / 8)")
     p.add_argument("--latency", choices=("batch", "low"), default=None, help="as given to run (default batch)")
+    p.add_argument("--context", action=argparse.BooleanOptionalAction, default=None,
+                   help="as given to run (default on: the process cache's programs are loaded too)")
+    p.add_argument("--threads", action=argparse.BooleanOptionalAction, default=None,
+                   help="as given to run (default off; changes the fork program)")
     p.add_argument("--btf", metavar="PATH", default=os.environ.get("KESTREL_BTF"),
                    help="kernel BTF to take struct layouts from (default $KESTREL_BTF, else /sys/kernel/btf/vmlinux)")
     p.add_argument("--format", choices=("text", "json"), default="text", help="text (default) or json")
@@ -43,7 +47,7 @@ def shaping_kwargs(args: argparse.Namespace) -> dict:
     kwargs: dict = {}
     if args.events:
         kwargs["event_types"] = parse_event_types(args.events)
-    for name in ("buffers", "buffer_size", "wakeup_bytes", "latency"):
+    for name in ("buffers", "buffer_size", "wakeup_bytes", "latency", "context", "threads"):
         if getattr(args, name) is not None:
             kwargs[name] = getattr(args, name)
     if args.btf:

@@ -170,12 +170,17 @@ def _check_running(rc, kwargs: dict, symbols, obj) -> dict:
     from kestrel_raw.audit.readback import check_collector, kinds_of, self_tgid_problems
     from kestrel_raw.cli.disasm import options
     from kestrel_raw.config import CollectorConfig
-    from kestrel_raw.spec import EventType
+    from kestrel_raw.spec import FORK, PROC, EventType
 
     base = dict(kwargs)
-    base.setdefault("event_types", tuple(EventType(k) for k in kinds_of(rc.programs)) or None)
+    kinds = kinds_of(rc.programs)
+    # The event kinds it loaded (with context, exec, fork and exit are loaded whatever was asked for: their
+    # programs are the same either way); the internal proc record's programs say it carries context.
+    base.setdefault("event_types", tuple(EventType(k) for k in kinds if k in EventType.__members__.values())
+                    or None)
     if base["event_types"] is None:
         base.pop("event_types")
+    base.setdefault("context", PROC.id in kinds)
     checks, problems = [], []
     opts = {"object": obj[0].source} if obj is not None else {}
     if rc.programs:             # its built-in programs (none: run --object without --events)
@@ -185,9 +190,12 @@ def _check_running(rc, kwargs: dict, symbols, obj) -> dict:
             base.setdefault("buffer_size", rc.maps["kr_ring0"][1].max_entries)
         if "kr_only" in rc.maps:
             base["only_tgids"] = (rc.pid,)  # only the filter's mode changes the bytes, not its tgids
-        candidates = [CollectorConfig(**base)]
+        variants: list[dict] = [{}]
         if "wakeup_bytes" not in kwargs and "latency" not in kwargs:
-            candidates.append(CollectorConfig(**base, latency="low"))
+            variants.append({"latency": "low"})
+        if "threads" not in kwargs and FORK.id in kinds:  # --threads changes the fork program
+            variants += [{**v, "threads": True} for v in variants]
+        candidates = [CollectorConfig(**base, **v) for v in variants]
         config, checks = check_collector(rc, candidates, symbols)
         opts = options(config)
         problems = self_tgid_problems(rc)

@@ -7,6 +7,7 @@ names (``NAMESPACE``): a decoder used by a spec entry is defined here, once.
 from __future__ import annotations
 
 import base64
+import json
 from json.encoder import encode_basestring as _jstr  # the C encoder (c_encode_basestring) when available
 
 from kestrel_raw.codec.sockaddr import connect_destination, decode_sockaddr, dns_addresses, family_name
@@ -58,6 +59,34 @@ def open_mode(flags: int, mode: int) -> int:
 def syscall_name(number: int) -> str:
     """The open record's ``syscall`` value as a name (``"openat"``); ``"syscall_<n>"`` when unknown."""
     return OPEN_SYSCALLS.get(number) or f"syscall_{number}"
+
+
+# Terminals by device major (Documentation/admin-guide/devices.txt): the name the kernel gives the device,
+# as /dev shows it.  ``(prefix, minor offset)`` per minor range; the pty slaves' majors number on.
+_TTY_MAJORS = {
+    4: ((0, 64, "tty", 0), (64, 256, "ttyS", 64)),
+    5: ((0, 1, "tty", None), (1, 2, "console", None), (2, 3, "ptmx", None)),
+    3: ((0, 256, "ttyp", 0),),
+    188: ((0, 256, "ttyUSB", 0),),
+    166: ((0, 256, "ttyACM", 0),),
+    204: ((64, 256, "ttyAMA", 64),),
+    229: ((0, 256, "hvc", 0),),
+}
+UNIX98_PTY_SLAVE_MAJOR = 136  # 136-143: /dev/pts/N, N = (major - 136) * 256 + minor
+UNIX98_PTY_MAJOR_COUNT = 8
+MINORBITS = 20  # include/linux/kdev_t.h: the kernel's dev_t is major << 20 | minor
+
+
+def tty_name(dev: int) -> str:
+    """The controlling terminal's name from its kernel dev_t (``MKDEV(major, minor)``): ``"pts/3"``,
+    ``"tty1"``, ``"ttyS0"``, ``"console"``; ``"char:MAJ:MIN"`` for a terminal of another driver."""
+    major, minor = dev >> MINORBITS, dev & ((1 << MINORBITS) - 1)
+    if UNIX98_PTY_SLAVE_MAJOR <= major < UNIX98_PTY_SLAVE_MAJOR + UNIX98_PTY_MAJOR_COUNT:
+        return f"pts/{(major - UNIX98_PTY_SLAVE_MAJOR) * 256 + minor}"
+    for lo, hi, prefix, base in _TTY_MAJORS.get(major, ()):
+        if lo <= minor < hi:
+            return prefix if base is None else f"{prefix}{minor - base}"
+    return f"char:{major}:{minor}"
 
 
 # --- JSON text ----------------------------------------------------------------------------------------
@@ -132,6 +161,26 @@ def json_str_list(key: str, items) -> str:
     return json_bytes_list(key, [exact_bytes(a) for a in items])
 
 
+def _utf8_text(value):
+    """``value`` with every string's surrogateescape'd bytes replaced by U+FFFD (valid UTF-8 text)."""
+    if isinstance(value, str):
+        return value if is_utf8(value) else exact_bytes(value).decode("utf-8", "replace")
+    if isinstance(value, dict):
+        return {k: _utf8_text(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_utf8_text(v) for v in value]
+    return value
+
+
+def json_value(value) -> str:
+    """A JSON value (a dict, a list: ``ancestors``, ``cloud``) as compact JSON text.  Strings that are not
+    UTF-8 (surrogateescape'd) have their invalid bytes replaced by U+FFFD: no ``_b64`` twins inside."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    if is_utf8(text):
+        return text
+    return json.dumps(_utf8_text(value), ensure_ascii=False, separators=(",", ":"))
+
+
 # --- a malformed record ---------------------------------------------------------------------------------
 
 def _label(kind: int) -> str:
@@ -167,7 +216,8 @@ NAMESPACE = {
     "decode_sockaddr": decode_sockaddr, "connect_destination": connect_destination, "open_flags": open_flags,
     "open_mode": open_mode, "_jstr": _jstr, "JSON_BOOL": JSON_BOOL, "json_bytes": json_bytes,
     "json_bytes_list": json_bytes_list, "json_str": json_str, "json_fast_str": json_fast_str,
-    "json_str_list": json_str_list, "json_fast_str_list": json_fast_str_list,
+    "json_str_list": json_str_list, "json_fast_str_list": json_fast_str_list, "json_value": json_value,
+    "tty_name": tty_name,
     "record_too_short": record_too_short, "field_above_limit": field_above_limit,
     "field_beyond_record": field_beyond_record, "unknown_kind": unknown_kind,
     "dns_addresses": dns_addresses, "family_name": family_name,

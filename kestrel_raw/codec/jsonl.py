@@ -22,13 +22,14 @@ made in bounded memos keyed by record bytes.
 from __future__ import annotations
 
 from kestrel_raw.codec.compiled import CODEC
+from kestrel_raw.codec.context import NO_CONTEXT
 from kestrel_raw.codec.decode import json_fast_str, json_fast_str_list, json_str, json_str_list
 from kestrel_raw.codec.event import KestrelEvent
 from kestrel_raw.codec.records import KIND_OFFSET, record_kind
 from kestrel_raw.errors import RecordError
-from kestrel_raw.spec import FIELDS_BY_ID, KINDS
+from kestrel_raw.spec import ALL_KINDS, FIELDS_BY_ID, KINDS
 
-_EVENT_LINES = {k.id: CODEC[f"event_line_{k.label}"] for k in KINDS.values()}
+_EVENT_LINES = {k.id: CODEC[f"event_line_{k.label}"] for k in ALL_KINDS.values()}
 _RECORD_LINES = {k.id: CODEC[f"line_{k.label}"] for k in KINDS.values()}
 # The line function by the kind's low byte, for encode_records' dispatch (kinds are below 256; the high
 # byte is checked to be 0).
@@ -42,7 +43,7 @@ def encode_event(event: KestrelEvent) -> bytes:
     """One JSON line (ending in ``\\n``) for ``event``, as the module docstring describes."""
     line_of = _EVENT_LINES.get(event.event_type_id)
     if line_of is None:
-        known = ", ".join(f"{k.id} {k.label}" for k in KINDS.values())
+        known = ", ".join(f"{k.id} {k.label}" for k in ALL_KINDS.values())
         raise ValueError(f"cannot encode event type {event.event_type_id}: known are {known}")
     try:
         line = line_of(event, json_fast_str, json_fast_str_list)
@@ -53,26 +54,34 @@ def encode_event(event: KestrelEvent) -> bytes:
     except KeyError as e:
         key = e.args[0]
         f = FIELDS_BY_ID.get(key)
-        raise ValueError(f"{KINDS[event.event_type_id].label} event lacks field {f.name if f else key!r} "
+        raise ValueError(f"{ALL_KINDS[event.event_type_id].label} event lacks field {f.name if f else key!r} "
                          f"(id {key}); build events with kestrel_raw.codec.normalize") from None
 
 
-def _record_line(raw: bytes | bytearray | memoryview, wall_offset_ns: int) -> str:
+def _record_line(raw: bytes | bytearray | memoryview, wall_offset_ns: int, ctx) -> str:
     kind = record_kind(raw)
     if type(raw) is not bytes:
         raw = bytes(raw)  # the memos key on slices of it
-    return _RECORD_LINES[kind](raw, len(raw), wall_offset_ns)
+    return _RECORD_LINES[kind](raw, len(raw), wall_offset_ns, ctx)
 
 
-def encode_record(raw: bytes | bytearray | memoryview, wall_offset_ns: int) -> bytes:
+def encode_record(raw: bytes | bytearray | memoryview, wall_offset_ns: int, ctx=NO_CONTEXT) -> bytes:
     """The JSON line of the raw ring-buffer record ``raw``; raises ``RecordError`` when it is malformed.
-    The same text as ``encode_event(normalize(parse_record(raw), wall_offset_ns))``."""
-    return _record_line(raw, wall_offset_ns).encode("utf-8")
+    The same text as ``encode_event(normalize(parse_record(raw), wall_offset_ns, ctx))``; b"" for an
+    internal record (``ctx`` takes it)."""
+    return _record_line(raw, wall_offset_ns, ctx).encode("utf-8")
 
 
-def encode_records(batch, wall_offset_ns: int) -> tuple[bytes, list[int], int]:
+ALL_WANTED = (True,) * 256
+
+
+def encode_records(batch, wall_offset_ns: int, ctx=NO_CONTEXT, wanted=ALL_WANTED) -> tuple[bytes, list[int], int]:
     """``encode_record`` over a batch: (the lines joined, the kind of each record encoded, how many were
-    malformed and skipped).  One UTF-8 encode for the whole chunk instead of one per line."""
+    malformed and skipped).  One UTF-8 encode for the whole chunk instead of one per line.
+
+    Every record goes through ``ctx`` (the internal ones only to it); ``wanted[kind]`` says whether a
+    kind's lines are kept (the collector reads the exec, fork and exit records for its process cache even
+    when those events were not asked for)."""
     lines: list[str] = []
     kinds: list[int] = []
     add_line, add_kind = lines.append, kinds.append
@@ -82,13 +91,16 @@ def encode_records(batch, wall_offset_ns: int) -> tuple[bytes, list[int], int]:
         try:
             n = len(raw)
             if type(raw) is bytes and n > hi and not raw[hi] and (line_of := by_low[raw[lo]]) is not None:
-                add_line(line_of(raw, n, wall_offset_ns))
+                line = line_of(raw, n, wall_offset_ns, ctx)
             else:
-                add_line(_record_line(raw, wall_offset_ns))
+                line = _record_line(raw, wall_offset_ns, ctx)
         except RecordError:
             bad += 1
             continue
-        add_kind(raw[lo])  # the kind's low byte; checked above to name a kind
+        kind = raw[lo]  # the kind's low byte; checked above to name a kind
+        if line and wanted[kind]:
+            add_line(line)
+            add_kind(kind)
     return "".join(lines).encode("utf-8"), kinds, bad
 
 

@@ -22,9 +22,20 @@ The class holds the collector's state and its life cycle (load, start, stop); ea
     objects.py    the user's BPF object (program_path): loading, its rings, its records
     stats.py      the counters and the kernel's counters, CollectorStats
 
+Context (``config.context``, kestrel_raw/collector/enrich.py): once attached, the collector seeds its process
+cache from /proc (with every process's exact start time from a BPF task iterator, so that the keys match the
+events'), then keeps it current from the exec, fork, exit and internal proc records, and adds to every event
+what it knows of its process, cgroup and container.  ``status`` is the event it emits once at start with
+the host's identity (``host_identity()``), as soon as it is known: off a cloud at once, on one after the
+metadata service answered or ``host.DEFAULT_DEADLINE`` passed; it never delays attaching.
+
 Privileges: with ``drop_privileges`` the collector gives up every capability and root's uid once its
 programs are attached and its rings mapped (kestrel_raw/kernel/caps.py), keeping CAP_BPF only on kernels that
-refuse map lookups to a process without it.
+refuse map lookups to a process without it.  What the context needs privilege for is done before: the seed
+(other users' /proc/PID/exe, cwd and ns need CAP_SYS_PTRACE; the task iterator CAP_BPF), and the container
+runtimes' API sockets, root's, are reached through a connection broker forked before attaching
+(kestrel_raw/context/broker.py), which keeps root to connect to them and nothing else.  The threads (the
+container name lookups, a cloud lookup) start after the drop, which needs a single-threaded process.
 """
 from __future__ import annotations
 
@@ -35,6 +46,7 @@ import trio
 from kestrel_raw import programs
 from kestrel_raw.collector import selfcheck
 from kestrel_raw.collector.attach import attach_all, check_attached
+from kestrel_raw.collector import context as ctxsetup
 from kestrel_raw.collector.deliver import Delivery
 from kestrel_raw.collector.load import (
     build_programs, create_maps, create_probe_maps, fill_only, listing_text, load_btf, load_programs,
@@ -48,14 +60,25 @@ from kestrel_raw.collector.poll import BATCH_RECORDS, Stopping, drain_at_stop, p
 from kestrel_raw.collector.shellcheck import ShellCheck
 from kestrel_raw.collector.stats import CollectorStats, Counts, kernel_counters, snapshot
 from kestrel_raw.btf import BTF
+from kestrel_raw.codec.compiled import CODEC
 from kestrel_raw.config import CollectorConfig
+from kestrel_raw.context.host import HostIdentity, start_host_identity
 from kestrel_raw.errors import BPFError
 from kestrel_raw.kernel import caps
 from kestrel_raw.kernel.prog import Program
-from kestrel_raw.maps import Map, RingBuf, RingBufReader
+from kestrel_raw.maps import Map, ProgArrayMap, RingBuf, RingBufReader
 from kestrel_raw.sinks.bus import EventBus
 
-__all__ = ["KestrelCollector", "CollectorStats", "ObjectRecord", "BATCH_RECORDS"]
+__all__ = ["KestrelCollector", "CollectorStats", "ObjectRecord", "BATCH_RECORDS", "status_event"]
+
+STATUS_POLL = 0.05  # seconds between looks at an unfinished host identity lookup
+
+
+def status_event(ident: HostIdentity, ts_mono: int, wall_offset: int):
+    """The status event (spec.STATUS) of ``ident``, stamped ``ts_mono`` (CLOCK_MONOTONIC ns)."""
+    j = ident.to_json()
+    return CODEC["event_status"](j["hostname"], j["machine_id"], j["boot_id"], j["kernel"], j["arch"], j["cloud"],
+                                 ts_mono, ts_mono + wall_offset)
 
 
 class KestrelCollector:
@@ -73,6 +96,9 @@ class KestrelCollector:
         self._closed = False
         self._counts = Counts()
         self._delivery = Delivery(event_tx, self.config, self._counts)
+        self._context: ctxsetup.Context | None = None  # the process cache and what serves it, once started
+        self._btf: BTF | None = None  # the kernel's BTF, from load() until the seed
+        self._host = None  # the host identity lookup (context/host.py), once started
         self.privileges: caps.Privileges | None = None  # what the process holds after start() dropped
         # Tracepoints whose attachment did not fire when provoked and was made again (selfcheck.py).
         self.reattached: list[str] = []
@@ -89,9 +115,13 @@ class KestrelCollector:
         if self._loaded:
             return
         cfg = self.config
-        specs = programs.specs([int(t) for t in cfg.event_types])
+        specs = programs.config_specs(cfg)
+        # The BTF is read once (it may come from a pipe): the process cache's seed and the user's object
+        # need it again.
+        self._btf = self._load_btf() if specs or cfg.program_path is not None or cfg.asm_object is not None \
+            else None
         # Built first (no kernel object made): a pin file refuses a program before anything is loaded.
-        built = build_programs(cfg, specs)
+        built = build_programs(cfg, specs, btf=self._btf) if specs else []
         if cfg.pin is not None:
             from kestrel_raw.asm import program_digest
 
@@ -125,7 +155,7 @@ class KestrelCollector:
             fill_only(self._maps[programs.MAP_FILTER], cfg.only_tgids)
         if any(s.probe is not None and s.probe.symbol == "readline" for s in specs):
             self._start_shell_check()
-        load_programs(cfg, built, self._maps, self._programs, self._listing)
+        load_programs(cfg, built, self._maps, self._programs, self._listing, self._btf)
         if cfg.dump_dir is not None:
             write_listings(cfg.dump_dir, self._listing)
 
@@ -160,7 +190,7 @@ class KestrelCollector:
     def _load_object(self) -> None:
         """The user's BPF object (program_path) or assembled programs (asm_object): maps created, programs
         verified, nothing attached."""
-        self._object = load_object(self.config, self._load_btf())
+        self._object = load_object(self.config, self._btf if self._btf is not None else self._load_btf())
 
     def _start_object(self) -> None:
         """Attach the object's programs and open a reader per ring of it (objects.py)."""
@@ -193,6 +223,10 @@ class KestrelCollector:
                 # exit the programs would otherwise report as an event of someone else.
                 builtin = bool(self._programs)
                 keep = self._capabilities_to_keep() if cfg.drop_privileges and builtin else 0
+                if cfg.context and builtin:
+                    # The broker (a fork) is made while the process has one thread, before anything is
+                    # attached: its start is not an event.
+                    self._context = ctxsetup.Context(cfg, self._maps[programs.MAP_FILTER])
                 attach_all(self._programs, self._links)
                 if builtin:
                     shell = self._shell_check
@@ -211,9 +245,26 @@ class KestrelCollector:
                     # Again, now that this collector's programs are loaded: a collector that started
                     # at the same moment had none when load() looked, so it was not recognised then.
                     register_with_peers(self._maps[programs.MAP_FILTER])
+                if self._context is not None:
+                    # Before the drop: other users' /proc entries need CAP_SYS_PTRACE, the iterator CAP_BPF.
+                    self._context.seed(self._btf)
+                    self._delivery.ctx = self._context.enricher
+                self._btf = None  # ~10 MB of parsed types, needed no more
                 if cfg.drop_privileges:
                     self.privileges = caps.drop_privileges(keep, cfg.drop_uid, cfg.drop_gid)
+                # Threads only now: the drop refuses a process with more than one.
+                if self._context is not None:
+                    self._context.start_lookups()
+                if cfg.status and cfg.only_tgids is None and builtin:
+                    self._host = start_host_identity()
                 async with trio.open_nursery() as background:
+                    if self._host is not None:
+                        if self._host.done:  # off a cloud: the first event
+                            await self._emit_status()
+                        else:
+                            background.start_soon(self._emit_status)
+                    if self._context is not None:
+                        background.start_soon(self._context.housekeeping)
                     if cfg.only_tgids is None and builtin:
                         background.start_soon(prune_peers, self._maps[programs.MAP_FILTER], cfg.peer_interval)
                     # The pollers return by themselves once stop() has detached the programs and they
@@ -231,6 +282,26 @@ class KestrelCollector:
                     background.cancel_scope.cancel()
         finally:
             self._close_all()
+
+    async def _emit_status(self) -> None:
+        """The status event, once the host's identity is known (a cloud's metadata service answers within
+        its deadline, or the identity comes without ``cloud``)."""
+        while not self._host.done:
+            await trio.sleep(STATUS_POLL)
+        ident = self._host.result(0)
+        if ident is None:
+            return
+        event = status_event(ident, time.monotonic_ns(), self._delivery.wall_offset)
+        await self._delivery.deliver_event(event)
+
+    def host_identity(self, timeout: float = 0) -> HostIdentity | None:
+        """The host's identity the status event carries (hostname, machine id, boot id, kernel, arch, cloud),
+        once known (waiting at most ``timeout`` seconds); None before start() or when status is off."""
+        return None if self._host is None else self._host.result(timeout)
+
+    def context_stats(self) -> dict | None:
+        """The process cache's and the container lookups' counters (None without context)."""
+        return None if self._context is None else self._context.stats()
 
     def stop(self) -> None:
         """Detach every program, hand on what the rings still hold, close every fd; idempotent, callable
@@ -277,8 +348,10 @@ class KestrelCollector:
     def _kernel_state(self) -> tuple[dict[str, dict[str, list[int]]], tuple[int, ...]]:
         """The kernel's counters and the tgids of the other collectors, read from the maps."""
         ignoring = self.config.only_tgids is None
+        helpers = self._context.helper_tgids() if self._context is not None else ()
+        peers = peer_tgids(self._maps.get(programs.MAP_FILTER) if ignoring else None)
         return (kernel_counters(self._maps.get(programs.MAP_STATS), self._programs),
-                peer_tgids(self._maps.get(programs.MAP_FILTER) if ignoring else None))
+                tuple(t for t in peers if t not in helpers))
 
     def program_digests(self) -> dict[str, dict[str, str]]:
         """Each loaded program's digests, by name: ``{"kr_exec": {"sha256": ..., "tag": ...}}`` (the SHA-256
@@ -310,11 +383,16 @@ class KestrelCollector:
         for reader in self._readers:
             if not reader.closed:
                 drain_at_stop(reader, self._delivery)
+        if self._context is not None:
+            self._context.close()
         if self._final is None and self._maps:
             try:
                 self._final = self._kernel_state()
             except BPFError:
                 self._final = ({}, ())
+        for m in self._maps.values():
+            if isinstance(m, ProgArrayMap) and not m.closed:
+                m.clear()  # the tail programs go with the others, not when the map is freed later
         for _spec, prog in self._programs:
             prog.close()
         for reader in self._readers:

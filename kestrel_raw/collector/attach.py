@@ -11,7 +11,7 @@ import trio
 from kestrel_raw import programs
 from kestrel_raw.collector import selfcheck
 from kestrel_raw.errors import SetupError
-from kestrel_raw.kernel.attach import attach_tracepoint, attach_uprobe
+from kestrel_raw.kernel.attach import attach_tp_btf, attach_tracepoint, attach_uprobe
 from kestrel_raw.kernel.prog import Program
 from kestrel_raw.maps import PerCPUArrayMap
 
@@ -20,11 +20,13 @@ SELF_CHECK_WAIT = 5.0  # seconds a provoked program has to show its run
 
 
 def attach(spec: programs.ProgramSpec, prog: Program):
-    """Attach ``prog`` where ``spec`` says: a classic tracepoint, or a uprobe on a function of a file (for
-    every process)."""
+    """Attach ``prog`` where ``spec`` says: a classic tracepoint, a tp_btf program's raw tracepoint, or a
+    uprobe on a function of a file (for every process)."""
     if spec.probe is not None:
         path, offset = spec.probe.locate()
         return attach_uprobe(prog, path, offset, retprobe=spec.probe.ret)
+    if spec.btf_target is not None:
+        return attach_tp_btf(prog, spec.btf_target)
     return attach_tracepoint(prog, spec.group, spec.tracepoint)
 
 

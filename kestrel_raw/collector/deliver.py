@@ -12,6 +12,11 @@ collector awaits ``bus.send`` (the slowest subscriber paces the pollers); under 
 ``bus.publish``: a subscriber whose channel is full misses the item, the others still get it.  Then
 ``delivered`` counts the events handed to the bus and ``user_dropped`` the copies subscribers missed (what
 the bus's ``statistics()`` shows per subscriber as ``drops``).
+
+Every record goes through the context provider ``ctx`` (kestrel_raw/collector/enrich.py), which fills each
+event's context values and takes the records that change them; ``wanted[kind]`` says which kinds' events
+are handed on (the exec, fork and exit records keep the process cache current even when those events were
+not asked for; the internal proc records are never events).
 """
 from __future__ import annotations
 
@@ -19,9 +24,10 @@ from collections import Counter
 
 import trio
 
+from kestrel_raw.codec.context import NO_CONTEXT
 from kestrel_raw.codec.event import KestrelEvent
 from kestrel_raw.codec.normalize import event_from_raw
-from kestrel_raw.codec.jsonl import encode_records
+from kestrel_raw.codec.jsonl import encode_event, encode_records
 from kestrel_raw.collector.stats import Counts
 from kestrel_raw.config import CollectorConfig
 from kestrel_raw.errors import RecordError
@@ -37,10 +43,16 @@ class Delivery:
     (CLOCK_REALTIME - CLOCK_MONOTONIC, ns) is set once the collector is attached.
     """
 
-    def __init__(self, out: trio.MemorySendChannel | EventBus, config: CollectorConfig, counts: Counts) -> None:
+    def __init__(self, out: trio.MemorySendChannel | EventBus, config: CollectorConfig, counts: Counts,
+                 ctx=NO_CONTEXT) -> None:
         self._out = out
         self.counts = counts
         self.wall_offset = 0
+        self.ctx = ctx
+        wanted = [False] * 256
+        for t in config.event_types:
+            wanted[int(t)] = True
+        self.wanted = tuple(wanted)
         self.block = config.queue_policy == "block"
         self.as_json = config.deliver == "json"
         self.to_bus = isinstance(out, EventBus)
@@ -73,12 +85,15 @@ class Delivery:
         send_nowait = self._out.send_nowait
         counts = self.counts
         delivered = counts.delivered
-        wall = self.wall_offset
+        wall, ctx, wanted = self.wall_offset, self.ctx, self.wanted
         for i, raw in enumerate(batch):
             try:
-                event = event_from_raw(raw, wall)
+                event = event_from_raw(raw, wall, ctx)
             except RecordError:
                 counts.parse_errors += 1
+                continue
+            if event is None or not wanted[event.event_type_id]:
+                counts.consumed += 1
                 continue
             try:
                 send_nowait(event)
@@ -109,12 +124,15 @@ class Delivery:
         bus = self._out
         counts = self.counts
         delivered = counts.delivered
-        wall = self.wall_offset
+        wall, ctx, wanted = self.wall_offset, self.ctx, self.wanted
         for raw in batch:
             try:
-                event = event_from_raw(raw, wall)
+                event = event_from_raw(raw, wall, ctx)
             except RecordError:
                 counts.parse_errors += 1
+                continue
+            if event is None or not wanted[event.event_type_id]:
+                counts.consumed += 1
                 continue
             if self.block:
                 await bus.send(event)
@@ -136,8 +154,9 @@ class Delivery:
 
     def _encode_batch(self, batch: list[bytes]) -> tuple[bytes, list[int]]:
         """The JSON lines of ``batch`` as one chunk, and the kind of each record in it."""
-        chunk, kinds, bad = encode_records(batch, self.wall_offset)
+        chunk, kinds, bad = encode_records(batch, self.wall_offset, self.ctx, self.wanted)
         self.counts.parse_errors += bad
+        self.counts.consumed += len(batch) - bad - len(kinds)
         return chunk, kinds
 
     def _count_delivered(self, kinds: list[int]) -> None:
@@ -156,10 +175,14 @@ class Delivery:
             items = []
             for raw in batch:
                 try:
-                    event = event_from_raw(raw, self.wall_offset)
-                    items.append((event, [event.event_type_id]))
+                    event = event_from_raw(raw, self.wall_offset, self.ctx)
                 except RecordError:
                     counts.parse_errors += 1
+                    continue
+                if event is not None and self.wanted[event.event_type_id]:
+                    items.append((event, [event.event_type_id]))
+                else:
+                    counts.consumed += 1
         for item, kinds in items:
             if self.to_bus:
                 try:
@@ -175,3 +198,22 @@ class Delivery:
                     continue
             for kind in kinds:
                 counts.delivered[kind] += 1
+
+    async def deliver_event(self, event: KestrelEvent) -> None:
+        """One event the collector made itself (the status event): as an event, or as its JSON line, into
+        the channel or the bus, per queue_policy."""
+        item = encode_event(event) if self.as_json else event
+        if self.to_bus:
+            if self.block:
+                await self._out.send(item)
+            else:
+                self.counts.user_dropped += self._out.publish(item)
+        else:
+            try:
+                self._out.send_nowait(item)
+            except trio.WouldBlock:
+                if not self.block:
+                    self.counts.user_dropped += 1
+                    return
+                await self._out.send(item)
+        self.counts.delivered[event.event_type_id] += 1

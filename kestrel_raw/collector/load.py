@@ -23,7 +23,9 @@ from kestrel_raw.errors import BPFError, BTFError, SetupError
 from kestrel_raw.kernel import bpf
 from kestrel_raw.kernel.prog import Program
 from kestrel_raw.kernel.tracefs import find_tracefs, tracepoint_format
-from kestrel_raw.kernel.uapi import BPF_F_RDONLY_PROG, BPF_MAP_TYPE_ARRAY_OF_MAPS, BPF_PROG_TYPE_KPROBE
+from kestrel_raw.kernel.uapi import (
+    BPF_F_RDONLY_PROG, BPF_MAP_TYPE_ARRAY_OF_MAPS, BPF_PROG_TYPE_KPROBE, BPF_PROG_TYPE_TRACING, BPF_TRACE_RAW_TP,
+)
 from kestrel_raw.maps import ArrayMap, HashMap, Map, PerCPUArrayMap, ProgArrayMap, RingBuf, TaskStorageMap
 from kestrel_raw.programs import dns, shell
 from kestrel_raw.programs.builder import MAP_SELF_TGID
@@ -63,7 +65,10 @@ def create_maps(cfg: CollectorConfig, nprograms: int, maps: dict[str, Map], ring
     maps[programs.MAP_STATS] = PerCPUArrayMap(8, programs.STATS_ENTRIES, name=programs.MAP_STATS)
     maps[programs.MAP_SELF_RUNS] = PerCPUArrayMap(8, max(1, nprograms), name=programs.MAP_SELF_RUNS)
     maps[programs.MAP_ENTRY] = TaskStorageMap(programs.ENTRY_VALUE_SIZE, name=programs.MAP_ENTRY)
+    maps[programs.MAP_EXEC_ENTRY] = ArrayMap(programs.EXEC_ENTRY_VALUE_SIZE, programs.EXEC_SLOTS,
+                                             name=programs.MAP_EXEC_ENTRY)
     maps[programs.MAP_TAILS] = ProgArrayMap(programs.TAILS, name=programs.MAP_TAILS)
+    maps[programs.MAP_FORK_TAILS] = ProgArrayMap(programs.FORK_TAILS, name=programs.MAP_FORK_TAILS)
     maps[MAP_SELF_TGID] = self_tgid_map(os.getpid())
     maps[programs.MAP_FILTER] = HashMap(
         TGID.size, START.size, FILTER_ENTRIES, name=FILTER_MAP_NAME if cfg.only_tgids is None else ONLY_MAP_NAME)
@@ -113,46 +118,65 @@ def fill_outer(outer: Map, fds: list[int]) -> None:
 
 
 def build_programs(cfg: CollectorConfig, specs: list[programs.ProgramSpec], *, mount_tracefs: bool = True,
-                   annotate: bool = True) -> list[tuple[programs.ProgramSpec, list]]:
+                   annotate: bool = True, btf: BTF | None = None) -> list[tuple[programs.ProgramSpec, list]]:
     """The instructions of every program of ``specs``, as ``load_programs`` loads them on this kernel.
 
     Reads the tracepoint formats (tracefs; mounted when it is not and ``mount_tracefs``) and the kernel's
-    BTF (``cfg.btf_path``); makes no kernel object.  A program counts its runs for this process in
+    BTF (``btf``, or read from ``cfg.btf_path``); makes no kernel object.  A program counts its runs for this process in
     MAP_SELF_RUNS at its index in ``specs``; one reached by tail call (``spec.tail``) does not.
     ``annotate``: the layout constants carry their provenance (False: plain ints; the bytes are the same).
     """
     filter_mode = programs.FILTER_IGNORE if cfg.only_tgids is None else programs.FILTER_ONLY
     find_tracefs(mount=mount_tracefs)
     formats = {s.name: tracepoint_format(s.group, s.tracepoint, annotate=annotate) for s in specs
-               if s.tail is None and s.probe is None}
-    layout = programs.KernelLayout.from_btf(load_btf(cfg.btf_path), annotate=annotate)
+               if s.tail is None and s.probe is None and s.btf_target is None}
+    layout = programs.KernelLayout.from_btf(btf if btf is not None else load_btf(cfg.btf_path), annotate=annotate)
     built = []
     for index, spec in enumerate(specs):
         if spec.probe is not None:
             spec.probe.locate()  # the file and the symbol exist: say so now, not at the attach
         insns = programs.build(spec, formats.get(spec.name), layout, self_tgid=None, nrings=cfg.buffers,
                                wakeup_threshold=-1 if cfg.latency == "low" else cfg.wakeup_bytes,
-                               filter_mode=filter_mode, self_index=index if spec.tail is None else None)
+                               filter_mode=filter_mode, self_index=index if spec.tail is None else None,
+                               threads=cfg.threads)
         built.append((spec, insns))
     return built
 
 
 def load_programs(cfg: CollectorConfig, built: list[tuple[programs.ProgramSpec, list]], maps: dict[str, Map],
                   loaded: list[tuple[programs.ProgramSpec, Program]],
-                  listing: list[tuple[programs.ProgramSpec, list]]) -> None:
+                  listing: list[tuple[programs.ProgramSpec, list]], btf: BTF | None = None) -> None:
     """Load every program of ``built`` (``build_programs``; the verifier runs here).  A program reached by
-    tail call (``spec.tail``) goes into its slot of MAP_TAILS; a uprobe's program is loaded as a kprobe
-    program (the type uprobes take).  With ``cfg.verifier_log_level``, the verifier's log of each program is
-    written to ``cfg.verifier_log_path``/NAME.log."""
+    tail call (``spec.tail``) goes into its slot of its tail map (``spec.tail_map``); a uprobe's program is
+    loaded as a kprobe program (the type uprobes take); a tp_btf program (``spec.btf_target``) as
+    BPF_PROG_TYPE_TRACING for its raw tracepoint's BTF type (from ``btf``, or read from ``cfg.btf_path``).  With ``cfg.verifier_log_level``, the verifier's
+    log of each program is written to ``cfg.verifier_log_path``/NAME.log."""
     for spec, insns in built:
-        prog = Program(insns, maps=maps, name=spec.name, log_level=cfg.verifier_log_level,
-                       **({"prog_type": BPF_PROG_TYPE_KPROBE} if spec.probe is not None else {}))
+        if spec.btf_target is not None and btf is None:
+            btf = load_btf(cfg.btf_path)
+        if spec.probe is not None:
+            kind = {"prog_type": BPF_PROG_TYPE_KPROBE}
+        elif spec.btf_target is not None:
+            kind = {"prog_type": BPF_PROG_TYPE_TRACING, "expected_attach_type": BPF_TRACE_RAW_TP,
+                    "attach_btf_id": _btf_target_id(btf, spec.btf_target)}
+        else:
+            kind = {}
+        prog = Program(insns, maps=maps, name=spec.name, log_level=cfg.verifier_log_level, **kind)
         loaded.append((spec, prog))
         listing.append((spec, insns))
         if cfg.verifier_log_level:
             write_verifier_log(cfg.verifier_log_path, spec.name, prog.verifier_log)
         if spec.tail is not None:
-            maps[programs.MAP_TAILS][spec.tail] = prog
+            maps[spec.tail_map][spec.tail] = prog
+
+
+def _btf_target_id(btf: BTF, tracepoint: str) -> int:
+    """The BTF id of ``btf_trace_<tracepoint>``, the type a tp_btf program names as its attach target."""
+    try:
+        return btf.find(f"btf_trace_{tracepoint}", "typedef").id
+    except (BTFError, KeyError, LookupError) as e:
+        raise SetupError(f"this kernel's BTF has no btf_trace_{tracepoint} ({e}): the {tracepoint} event needs "
+                         f"a tp_btf program (Linux 5.5 or later with BTF)") from None
 
 
 def write_verifier_log(directory: str, name: str, log: str) -> None:
@@ -162,14 +186,16 @@ def write_verifier_log(directory: str, name: str, log: str) -> None:
 
 
 def attach_point(spec: programs.ProgramSpec) -> str:
-    """Where a program runs: ``tracepoint sched:sched_process_exec``, a uprobe's file, symbol and offset, or
-    the tail-call slot it sits in."""
+    """Where a program runs: ``tracepoint sched:sched_process_exec``, a tp_btf raw tracepoint, a uprobe's
+    file, symbol and offset, or the tail-call slot it sits in."""
     if spec.probe is not None:
         path, offset = spec.probe.locate()
         return f"{spec.probe.kind} {path}:{spec.probe.symbol} (file offset 0x{offset:x})"
-    if spec.tail is None:
-        return f"tracepoint {spec.group}:{spec.tracepoint}"
-    return f"reached by tail call, slot {spec.tail} of {programs.MAP_TAILS}"
+    if spec.tail is not None:
+        return f"reached by tail call, slot {spec.tail} of {spec.tail_map}"
+    if spec.btf_target is not None:
+        return f"tp_btf {spec.btf_target}"
+    return f"tracepoint {spec.group}:{spec.tracepoint}"
 
 
 def listing_text(spec: programs.ProgramSpec, insns: list) -> str:

@@ -193,14 +193,14 @@ def warm_up(delivery: Delivery) -> Callable[[], object]:
     raw = pack_record(kspec.OPEN.id, ts_ns=1, start_ns=1, comm=b"kestrel-warm", ret=-2, dfd=-100,
                       path=b"/\0")
     ring = ReplayRing(raw)
-    wall = delivery.wall_offset
+    wall, ctx = delivery.wall_offset, delivery.ctx  # pid 0: the context provider knows it holds nothing
     if delivery.as_json:
         def warm() -> None:
-            encode_records(ring.replay().drain(BATCH_RECORDS), wall)
+            encode_records(ring.replay().drain(BATCH_RECORDS), wall, ctx)
     else:
         def warm() -> None:
             for record in ring.replay().drain(BATCH_RECORDS):
-                event_from_raw(record, wall)
+                event_from_raw(record, wall, ctx)
     return warm
 
 

@@ -14,8 +14,10 @@ check does not depend on the cause.
 How it costs nothing to anyone else: every program counts its runs for the collector's own tgid in
 MAP_SELF_RUNS (a per-CPU array, one slot per program), on the branch where it would otherwise return at
 once, so no other process runs that code and no event is written.  The collector then provokes each
-tracepoint itself: an openat(2), an openat2(2), a connect(2) and a thread's exit.  The exec program
-would need the collector to exec, so it is not checked.
+tracepoint itself: an openat(2), an openat2(2), a connect(2), a thread's start and exit, an execve(2) and an
+execveat(2) of a path that cannot exist, and chdir(2), fchdir(2), chroot(2), unshare(2), setns(2),
+sethostname(2) calls that change nothing (a chdir to ".", an unshare of nothing, invalid arguments).  The
+sched_process_exec program would need the collector to exec, so it is not checked.
 
 Uprobes are checked the same way: the collector calls getaddrinfo (of an address literal: no file and no
 network is touched) for dns_query's two programs.  It cannot call bash's readline, so shell_command's
@@ -63,6 +65,61 @@ def _getaddrinfo() -> None:
     socket.getaddrinfo("127.0.0.1", None, socket.AF_INET, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST)
 
 
+# A path no file can have: procfs makes no files in a process's directory.
+NO_SUCH_FILE = "/proc/self/kestrel-raw-selfcheck-no-such-file"
+
+
+def _execve() -> None:
+    try:
+        os.execv(NO_SUCH_FILE, [NO_SUCH_FILE])
+    except OSError:
+        pass
+
+
+def _execveat() -> None:
+    try:
+        syscall.execveat(AT_FDCWD, NO_SUCH_FILE.encode(), [NO_SUCH_FILE.encode()])
+    except OSError:
+        pass
+
+
+def _chdir() -> None:
+    os.chdir(".")
+
+
+def _fchdir() -> None:
+    fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fchdir(fd)
+    finally:
+        os.close(fd)
+
+
+def _chroot() -> None:
+    try:
+        os.chroot(NO_SUCH_FILE)
+    except OSError:
+        pass
+
+
+def _unshare() -> None:
+    syscall.unshare(0)  # nothing: returns 0 and changes nothing
+
+
+def _setns() -> None:
+    try:
+        syscall.setns(-1, 0)
+    except OSError:
+        pass
+
+
+def _sethostname() -> None:
+    try:
+        socket.sethostname("k" * 65)  # longer than the 64 bytes allowed: EINVAL, and nothing changes
+    except OSError:
+        pass
+
+
 def _thread_exit() -> None:
     # sched_process_exit fires for every exiting task, a thread included.  join() returns when the
     # thread's Python state is gone, a little before the kernel task exits: the caller waits for the count.
@@ -80,6 +137,17 @@ PROVOKE: dict[tuple[str, str], Callable[[], None]] = {
     ("syscalls", "sys_enter_connect"): _connect,
     ("syscalls", "sys_exit_connect"): _connect,
     ("sched", "sched_process_exit"): _thread_exit,
+    ("tp_btf", "sched_process_fork"): _thread_exit,  # the thread's start forks
+    ("syscalls", "sys_enter_execve"): _execve,
+    ("syscalls", "sys_exit_execve"): _execve,
+    ("syscalls", "sys_enter_execveat"): _execveat,
+    ("syscalls", "sys_exit_execveat"): _execveat,
+    ("syscalls", "sys_exit_chdir"): _chdir,
+    ("syscalls", "sys_exit_fchdir"): _fchdir,
+    ("syscalls", "sys_exit_chroot"): _chroot,
+    ("syscalls", "sys_exit_unshare"): _unshare,
+    ("syscalls", "sys_exit_setns"): _setns,
+    ("syscalls", "sys_exit_sethostname"): _sethostname,
     ("uprobe", "getaddrinfo"): _getaddrinfo,
     ("uretprobe", "getaddrinfo"): _getaddrinfo,
 }

@@ -9,19 +9,21 @@ from kestrel_raw import programs, spec as kspec
 from kestrel_raw.errors import BPFError
 from kestrel_raw.maps import PerCPUArrayMap
 
-KIND_NAMES = {k.id: k.label for k in kspec.KINDS.values()}
+KIND_NAMES = {k.id: k.label for k in (*kspec.KINDS.values(), *kspec.USER_KINDS.values())}
 
 
 class Counts:
     """The user-side counters since the collector was made (mutable: the hot path adds to them)."""
 
-    __slots__ = ("records", "parse_errors", "user_dropped", "delivered")
+    __slots__ = ("records", "parse_errors", "user_dropped", "delivered", "consumed")
 
     def __init__(self) -> None:
         self.records = 0  # records read from the ring buffers
         self.parse_errors = 0  # records that could not be parsed (counted and skipped)
         self.user_dropped = 0  # events (with an EventBus: subscribers' copies) dropped for a slow consumer
-        self.delivered = {kind: 0 for kind in kspec.KINDS}  # events handed on, by kind id
+        self.delivered = {kind: 0 for kind in kspec.ALL_KINDS}  # events handed on, by kind id
+        # records read for the process cache alone: the internal ones, and events not asked for
+        self.consumed = 0
 
     def handled(self) -> int:
         """Records accounted for so far: delivered, dropped or malformed."""
@@ -38,6 +40,9 @@ class CollectorStats:
     user_dropped: int  # events dropped because the consumer was slow (queue_policy="drop")
     kernel: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # type -> counter -> per CPU
     peers: tuple[int, ...] = ()  # tgids of the other collectors this one ignores
+    # records read for the context alone (the process cache's: internal records, events not asked for).
+    # records = sum(delivered) - the status event + user_dropped (events) + parse_errors + consumed
+    consumed: int = 0
 
     @property
     def kernel_lost(self) -> int:
@@ -59,8 +64,8 @@ class CollectorStats:
         }
         lost_text = " ".join(f"{k}={v}" for k, v in sorted(lost.items())) or "none"
         return (f"kestrel-raw: records={self.records} delivered[{delivered}] kernel_lost={self.kernel_lost} "
-                f"user_dropped={self.user_dropped} parse_errors={self.parse_errors} kernel_counters[{lost_text}] "
-                f"peers[{' '.join(map(str, self.peers))}]")
+                f"user_dropped={self.user_dropped} parse_errors={self.parse_errors} consumed={self.consumed} "
+                f"kernel_counters[{lost_text}] peers[{' '.join(map(str, self.peers))}]")
 
 
 def snapshot(counts: Counts, kernel: dict[str, dict[str, list[int]]], peers: tuple[int, ...]) -> CollectorStats:
@@ -72,6 +77,7 @@ def snapshot(counts: Counts, kernel: dict[str, dict[str, list[int]]], peers: tup
         user_dropped=counts.user_dropped,
         kernel=kernel,
         peers=peers,
+        consumed=counts.consumed,
     )
 
 

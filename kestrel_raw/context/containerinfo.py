@@ -41,28 +41,39 @@ class ContainerInfo:
     socket: str                # the API socket that answered
 
 
+def connect_unix(path: str, timeout: float) -> socket.socket:
+    """A stream socket connected to the Unix socket ``path`` (the default way to reach an API socket)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
+    def __init__(self, path: str, timeout: float, connect: Callable[[str, float], socket.socket]) -> None:
         super().__init__("localhost", timeout=timeout)
         self._path = path
+        self._connect = connect
 
     def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = self._connect(self._path, self.timeout)
         sock.settimeout(self.timeout)
-        try:
-            sock.connect(self._path)
-        except OSError:
-            sock.close()
-            raise
         self.sock = sock
 
 
-def query_container(socket_path: str, container_id: str, timeout: float = DEFAULT_TIMEOUT) -> ContainerInfo | None:
+def query_container(socket_path: str, container_id: str, timeout: float = DEFAULT_TIMEOUT,
+                    connect: Callable[[str, float], socket.socket] = connect_unix) -> ContainerInfo | None:
     """Ask the API at ``socket_path`` about ``container_id``: its info, or None when it does not know it
-    (404).  Raises OSError when the socket does not answer, ValueError on an answer that is not the API's."""
+    (404).  Raises OSError when the socket does not answer, ValueError on an answer that is not the API's.
+    ``connect(path, timeout)`` makes the connection (a process without the right to the socket asks a
+    broker that has it: kestrel_raw/context/broker.py)."""
     if not container_id or not all(c.isalnum() or c in "_.-" for c in container_id):
         raise ValueError(f"not a container id or name: {container_id!r}")
-    conn = _UnixHTTPConnection(socket_path, timeout)
+    conn = _UnixHTTPConnection(socket_path, timeout, connect)
     try:
         conn.request("GET", f"/containers/{container_id}/json", headers={"Accept": "application/json"})
         resp = conn.getresponse()
@@ -127,22 +138,27 @@ class ContainerInfoCache:
 
     def get(self, container_id: str) -> ContainerInfo | None:
         """The container's info if known; else None, and a lookup is queued (once)."""
+        return self.lookup(container_id)[0]
+
+    def lookup(self, container_id: str) -> tuple[ContainerInfo | None, bool]:
+        """(the container's info or None, whether that is the answer for now): False while a lookup is
+        queued or running (ask again), True once a socket answered (or none could, until ``retry_after``)."""
         with self._lock:
             hit = self._cache.get(container_id)
             if isinstance(hit, ContainerInfo):
-                return hit
+                return hit, True
             if hit is not None and self._clock() - hit[1] < self.retry_after:
-                return None
+                return None, True
             if container_id in self._pending:
-                return None
+                return None, False
             try:
                 self._queue.put_nowait(container_id)
             except queue.Full:
                 self._dropped += 1
-                return None
+                return None, False
             self._pending.add(container_id)
             self._queued += 1
-        return None
+        return None, False
 
     def stats(self) -> LookupStats:
         with self._lock:

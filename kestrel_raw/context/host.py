@@ -217,11 +217,21 @@ def host_identity(*, dmi_dir: str = DMI_DIR, hypervisor_uuid: str = HYPERVISOR_U
 
 
 class HostIdentityLookup:
-    """``host_identity()`` running on a daemon thread; ``result(timeout)`` waits at most ``timeout``."""
+    """``host_identity()`` running on a daemon thread; ``result(timeout)`` waits at most ``timeout``.  Off a
+    cloud (DMI names no provider) there is no network to wait for: it is done at once, with no thread."""
 
     def __init__(self, **kwargs) -> None:
         self._result: HostIdentity | None = None
         self._done = threading.Event()
+        self._thread = None
+        try:
+            provider = detect_provider(read_dmi(kwargs.get("dmi_dir", DMI_DIR)),
+                                       _read_text(kwargs.get("hypervisor_uuid", HYPERVISOR_UUID)))
+        except Exception:  # cloud_identity says why, below
+            provider = "unknown"
+        if provider is None:
+            self._run(**kwargs)
+            return
         self._thread = threading.Thread(target=self._run, kwargs=kwargs, name="kestrel-host-identity",
                                         daemon=True)
         self._thread.start()

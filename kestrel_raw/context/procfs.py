@@ -82,6 +82,11 @@ class ProcSnapshot:
     gid: int | None
     euid: int | None
     egid: int | None
+    # namespace inodes (/proc/PID/ns/*; None where unreadable: another user's without CAP_SYS_PTRACE)
+    pidns: int | None = None
+    mntns: int | None = None
+    netns: int | None = None
+    utsns: int | None = None
 
 
 def _read(path: str) -> bytes:
@@ -92,6 +97,13 @@ def _read(path: str) -> bytes:
 def _readlink(path: str) -> str | None:
     try:
         return os.readlink(path)
+    except (FileNotFoundError, PermissionError, ProcessLookupError):
+        return None
+
+
+def _ns_inode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_ino
     except (FileNotFoundError, PermissionError, ProcessLookupError):
         return None
 
@@ -113,10 +125,12 @@ def read_process(pid: int, proc: str = PROC) -> ProcSnapshot | None:
     exe, deleted = _readlink(f"{base}/exe"), False
     if exe is not None:
         exe, deleted = split_deleted(exe)
+    ns = {name: _ns_inode(f"{base}/ns/{name}") for name in ("pid", "mnt", "net", "uts")}
     return ProcSnapshot(pid=stat.pid, ppid=stat.ppid, comm=stat.comm, starttime=stat.starttime,
                         argv=tuple(argv), exe=exe, exe_deleted=deleted, cwd=_readlink(f"{base}/cwd"),
                         uid=status.get("uid"), gid=status.get("gid"), euid=status.get("euid"),
-                        egid=status.get("egid"))
+                        egid=status.get("egid"), pidns=ns["pid"], mntns=ns["mnt"], netns=ns["net"],
+                        utsns=ns["uts"])
 
 
 __all__ = ["DELETED_SUFFIX", "PROC", "ProcSnapshot", "ProcStat", "list_pids", "parse_cmdline", "parse_stat",

@@ -46,10 +46,12 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from kestrel_raw.codec.decode import json_value
 from kestrel_raw.codec.event import entity_key
 from kestrel_raw.context.procfs import PROC, ProcSnapshot, list_pids, read_process
 
 DEFAULT_MAX_ENTRIES = 32768
+MEMFD_PREFIX = "/memfd:"    # the path of a memfd's file, as d_path() names it (its name is "memfd:<name>")
 ARGV_MAX_BYTES = 4096       # as the exec event: the argument area is cut at 4096 bytes
 RECENT_EXITS = 4096         # exited keys remembered, so that a late fork event does not resurrect one
 
@@ -67,15 +69,23 @@ def cap_argv(argv: Iterable[str], limit: int = ARGV_MAX_BYTES) -> tuple[str, ...
 
 
 class Process:
-    """One process incarnation in the table.  Read it; change it only through the table's methods."""
+    """One process incarnation in the table.  Read it; change it only through the table's methods (and the
+    context fields through the collector's context provider, kestrel_raw/collector/enrich.py, which then
+    calls ``changed()``)."""
 
     __slots__ = ("entity_key", "pid", "start_ns", "ppid", "parent_key", "comm", "exe", "argv", "cwd", "uid",
-                 "gid", "euid", "egid", "exited", "children", "_summary")
+                 "gid", "euid", "egid", "exited", "children", "_summary", "_summary_json",
+                 # the context the kernel reported (exec, fork, proc records) or /proc showed at the seed
+                 "exe_deleted", "exe_memfd", "pidns", "mntns", "netns", "utsns",
+                 "thread_cwd",           # tid -> cwd of a thread with an fs_struct of its own (rare), or None
+                 "ctx_text", "ctx_version")  # the context provider's text for it, and what it was made from
 
     def __init__(self, entity_key: int, pid: int, start_ns: int | None = None, ppid: int | None = None,
                  parent_key: int | None = None, comm: str | None = None, exe: str | None = None,
                  argv: Iterable[str] = (), cwd: str | None = None, uid: int | None = None,
-                 gid: int | None = None, euid: int | None = None, egid: int | None = None) -> None:
+                 gid: int | None = None, euid: int | None = None, egid: int | None = None,
+                 exe_deleted: bool | None = None, exe_memfd: bool | None = None, pidns: int | None = None,
+                 mntns: int | None = None, netns: int | None = None, utsns: int | None = None) -> None:
         self.entity_key = entity_key
         self.pid = pid
         self.start_ns = start_ns
@@ -86,9 +96,15 @@ class Process:
         self.argv = cap_argv(argv)
         self.cwd = cwd
         self.uid, self.gid, self.euid, self.egid = uid, gid, euid, egid
+        self.exe_deleted, self.exe_memfd = exe_deleted, exe_memfd
+        self.pidns, self.mntns, self.netns, self.utsns = pidns, mntns, netns, utsns
+        self.thread_cwd: dict[int, str] | None = None
         self.exited = False
         self.children = 0          # processes in the table whose parent_key is this one
         self._summary: dict | None = None
+        self._summary_json: str | None = None
+        self.ctx_text: str | None = None
+        self.ctx_version = -1
 
     def summary(self) -> dict:
         """``{"pid", "entity_key", "exe", "argv"}``: the ancestor entry (shared: do not modify it)."""
@@ -96,6 +112,23 @@ class Process:
             self._summary = {"pid": self.pid, "entity_key": self.entity_key, "exe": self.exe,
                              "argv": list(self.argv)}
         return self._summary
+
+    def summary_json(self) -> str:
+        """``summary()`` as compact JSON text (kept until the process changes)."""
+        if self._summary_json is None:
+            self._summary_json = json_value(self.summary())
+        return self._summary_json
+
+    def changed(self) -> None:
+        """Forget what was made from the process's fields (its ancestor entry, the provider's text)."""
+        self._summary = self._summary_json = self.ctx_text = None
+
+    def inherit(self, parent: "Process") -> None:
+        """What a forked child has of its parent until it execs or changes it."""
+        self.comm, self.exe, self.argv, self.cwd = parent.comm, parent.exe, parent.argv, parent.cwd
+        self.uid, self.gid, self.euid, self.egid = parent.uid, parent.gid, parent.euid, parent.egid
+        self.exe_deleted, self.exe_memfd = parent.exe_deleted, parent.exe_memfd
+        self.pidns, self.mntns, self.netns, self.utsns = parent.pidns, parent.mntns, parent.netns, parent.utsns
 
     def __repr__(self) -> str:
         state = " exited" if self.exited else ""
@@ -209,8 +242,7 @@ class ProcessTable:
         parent = self._entries.get(parent_key) if parent_key is not None else None
         p = Process(key, pid, start_ns=start_ns, ppid=ppid, parent_key=parent_key)
         if parent is not None:
-            p.comm, p.exe, p.argv, p.cwd = parent.comm, parent.exe, parent.argv, parent.cwd
-            p.uid, p.gid, p.euid, p.egid = parent.uid, parent.gid, parent.euid, parent.egid
+            p.inherit(parent)
         return self._insert(p)
 
     def on_exec(self, key: int, pid: int, *, exe: str | None, argv: Iterable[str], start_ns: int | None = None,
@@ -229,7 +261,8 @@ class ProcessTable:
                 return None
         elif p.parent_key is None and parent_key is not None:
             self._set_parent(p, parent_key)
-        p.exe, p.argv, p._summary = exe, cap_argv(argv), None
+        p.exe, p.argv = exe, cap_argv(argv)
+        p.changed()
         for name, value in (("cwd", cwd), ("comm", comm), ("ppid", ppid), ("uid", uid), ("gid", gid),
                             ("euid", euid), ("egid", egid), ("start_ns", start_ns)):
             if value is not None:
@@ -363,10 +396,13 @@ def read_seed(proc: str = PROC, starts: Mapping | None = None, clk_tck: int | No
     for s in snapshots:
         start_ns = start_of(s.pid, s.starttime)
         parent_start = start_of(s.ppid, ticks_by_pid.get(s.ppid)) if s.ppid else None
+        exe_memfd = s.exe is not None and s.exe_deleted and s.exe.startswith(MEMFD_PREFIX)
         processes.append(Process(
             entity_key(s.pid, start_ns), s.pid, start_ns=start_ns, ppid=s.ppid,
             parent_key=None if parent_start is None else entity_key(s.ppid, parent_start), comm=s.comm,
-            exe=s.exe, argv=s.argv, cwd=s.cwd, uid=s.uid, gid=s.gid, euid=s.euid, egid=s.egid))
+            exe=s.exe, argv=s.argv, cwd=s.cwd, uid=s.uid, gid=s.gid, euid=s.euid, egid=s.egid,
+            exe_deleted=None if s.exe is None else s.exe_deleted, exe_memfd=None if s.exe is None else exe_memfd,
+            pidns=s.pidns, mntns=s.mntns, netns=s.netns, utsns=s.utsns))
     return SeedResult(tuple(processes), exact=starts is not None, skipped=skipped)
 
 

@@ -147,3 +147,9 @@ def attach_btf_program(program, target: str = "") -> Link:
 def attach_raw_tracepoint(program, name: str) -> Link:
     """Attach ``program`` (BPF_PROG_TYPE_RAW_TRACEPOINT) to raw tracepoint ``name`` (``sys_enter``...)."""
     return Link("raw_tp", link_fd=bpf.raw_tracepoint_open(name, program.fileno()), target=name)
+
+
+def attach_tp_btf(program, target: str = "") -> Link:
+    """Attach ``program`` (BPF_PROG_TYPE_TRACING, expected_attach_type BPF_TRACE_RAW_TP) to the raw
+    tracepoint its load named through BTF (attach_btf_id); ``target`` only names it in the Link."""
+    return Link("tp_btf", link_fd=bpf.raw_tracepoint_open(None, program.fileno()), target=target)

@@ -54,6 +54,7 @@ CAP_CHECKPOINT_RESTORE = 40
 CAP_NAMES = {value: name for name, value in globals().items() if name.startswith("CAP_") and isinstance(value, int)}
 
 # include/uapi/linux/prctl.h
+PR_SET_PDEATHSIG = 1
 PR_SET_KEEPCAPS = 8
 PR_CAPBSET_READ = 23
 PR_CAPBSET_DROP = 24

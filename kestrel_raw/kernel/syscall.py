@@ -20,8 +20,8 @@ from kestrel_raw.kernel.uapi import BPF_CMD_NAMES, PERF_ATTR_SIZE_VER0
 # Syscall numbers per architecture: arch/x86/entry/syscalls/syscall_64.tbl and, for arm64, the generic
 # table include/uapi/asm-generic/unistd.h.
 SYSCALL_NUMBERS = {
-    "x86_64": {"__NR_bpf": 321, "__NR_perf_event_open": 298},
-    "aarch64": {"__NR_bpf": 280, "__NR_perf_event_open": 241},
+    "x86_64": {"__NR_bpf": 321, "__NR_perf_event_open": 298, "__NR_execveat": 322},
+    "aarch64": {"__NR_bpf": 280, "__NR_perf_event_open": 241, "__NR_execveat": 281},
 }
 # Syscalls added since Linux 5.1 have one number on every architecture (the unified table).
 __NR_openat2 = 437
@@ -212,6 +212,28 @@ def openat2(dirfd: int, path: bytes, how: bytes) -> int:
     if ret < 0:
         raise _oserror("openat2")
     return ret
+
+
+def execveat(dirfd: int, path: bytes, argv: list[bytes], flags: int = 0) -> None:
+    """execveat(2) with an empty environment (glibc before 2.34 has no wrapper); returns only when it failed
+    (raises OSError)."""
+    args = (ctypes.c_char_p * (len(argv) + 1))(*argv, None)
+    env = (ctypes.c_char_p * 1)(None)
+    _syscall(ctypes.c_long(_nr("__NR_execveat")), ctypes.c_int(dirfd), ctypes.c_char_p(path), args, env,
+             ctypes.c_int(flags))
+    raise _oserror("execveat")
+
+
+def unshare(flags: int) -> None:
+    """unshare(2)."""
+    if _libc.unshare(ctypes.c_int(flags)) != 0:
+        raise _oserror("unshare")
+
+
+def setns(fd: int, nstype: int) -> None:
+    """setns(2)."""
+    if _libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)) != 0:
+        raise _oserror("setns")
 
 
 def close(fd: int) -> None:

@@ -114,3 +114,9 @@ class ProgArrayMap(ArrayMap):
 
     def __setitem__(self, index: int, program) -> None:
         self.update(self._key(index), _KEY.pack(program.fd), BPF_ANY)
+
+    def clear(self) -> None:
+        """Empty every slot.  The kernel drops its references to the programs now, not when the map is freed
+        (after the last fd closes, from a workqueue): their ids are gone when this returns."""
+        for index in range(self.max_entries):
+            self.delete(self._key(index))

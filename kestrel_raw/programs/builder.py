@@ -36,10 +36,10 @@ from __future__ import annotations
 import itertools
 
 from kestrel_raw import spec
-from kestrel_raw.spec import HEADER, Btf, CallArg, CallRet, Chars, Const, Helper, Kind, PidTgid, SyscallArg, TpField, Wire
+from kestrel_raw.spec import HEADER, Btf, CallArg, CallRet, Chars, Const, Helper, Kind, PidTgid, SyscallArg, TpField, TtyDevice, Wire
 from kestrel_raw.asm import (
-    BPF_ADD, BPF_B, BPF_DIV, BPF_DW, BPF_H, BPF_JEQ, BPF_JGT, BPF_JNE, BPF_MOD, BPF_OR, BPF_RSH, BPF_W, R0,
-    R1, R2, R3, R4, R6, R7, R8, R9, R10, alu64_imm, alu64_reg, call, comment, exit_insn, jmp_imm, jmp_reg,
+    BPF_ADD, BPF_B, BPF_DIV, BPF_DW, BPF_H, BPF_JEQ, BPF_JGT, BPF_JNE, BPF_LSH, BPF_MOD, BPF_OR, BPF_RSH, BPF_W,
+    R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10, alu64_imm, alu64_reg, call, comment, exit_insn, jmp_imm, jmp_reg,
     label, ld_map_fd, ld_map_value, ldx_mem, mov64_imm, mov64_reg, st_mem, stx_mem,
 )
 from kestrel_raw.asm.annotate import Provenance, Sourced
@@ -60,6 +60,8 @@ SLOT_H = -104
 SLOT_I = -112
 SLOT_J = -120
 SLOT_BUF = -160  # 32 bytes, -160 .. -129: what one bpf_probe_read_kernel of a struct span brings
+# The BTF-typed task_struct pointer a record describes when it is not the current task (fork: the child).
+SLOT_SUBJECT = -168
 
 # Map names, shared by the programs and the loader.
 MAP_RINGS = "rings"  # BPF_MAP_TYPE_ARRAY_OF_MAPS of BPF_MAP_TYPE_RINGBUF
@@ -83,7 +85,16 @@ MAP_SELF_TGID = "self_tgid"
 # BPF_MAP_TYPE_PROG_ARRAY: the programs reached by bpf_tail_call (ProgramSpec.tail), by slot.
 MAP_TAILS = "tails"
 TAIL_OPEN_FINISH = 0  # the open programs' second half: the opened file's path, then the submit
-TAILS = 1  # slots
+TAIL_EXEC_EXE = 1  # exec: the exe's path, then TAIL_EXEC_CWD
+TAIL_EXEC_CWD = 2  # exec: the working directory's path, then the submit
+TAIL_PROC_CWD = 3  # the internal proc record: the working directory's path, then the submit
+TAILS = 4  # slots
+# BPF_MAP_TYPE_PROG_ARRAY of the tp_btf fork program's second halves: a prog array holds programs of one type
+# (and, for BPF_PROG_TYPE_TRACING, one attach target), so they cannot share MAP_TAILS.
+MAP_FORK_TAILS = "fork_tails"
+TAIL_FORK_EXE = 0  # fork: the exe's path, then TAIL_FORK_CWD
+TAIL_FORK_CWD = 1  # fork: the working directory's path, then the submit
+FORK_TAILS = 2
 FILTER_IGNORE = "ignore"
 FILTER_ONLY = "only"
 
@@ -109,6 +120,7 @@ BPF_RB_FORCE_WAKEUP = 2
 BPF_RB_AVAIL_DATA = 0
 
 _LOAD_SIZES = {1: BPF_B, 2: BPF_H, 4: BPF_W, 8: BPF_DW}
+MINORBITS = 20  # include/linux/kdev_t.h: dev_t is major << 20 | minor
 
 _label_ids = itertools.count()
 
@@ -142,7 +154,7 @@ class ProgramBuilder:
     annotate = True
 
     def __init__(self, name: str, self_tgid: int | None, nrings: int, wakeup_threshold: int,
-                 filter_mode: str = FILTER_IGNORE, self_index: int | None = None) -> None:
+                 filter_mode: str = FILTER_IGNORE, self_index: int | None = None, threads: bool = False) -> None:
         if filter_mode not in (FILTER_IGNORE, FILTER_ONLY):
             raise ValueError(f"filter_mode must be {FILTER_IGNORE!r} or {FILTER_ONLY!r}, got {filter_mode!r}")
         self.name = name
@@ -151,6 +163,7 @@ class ProgramBuilder:
         self.filter_mode = filter_mode
         self.nrings = nrings
         self.wakeup_threshold = wakeup_threshold
+        self.threads = threads  # fork: report new threads too (--threads)
         self.insns: list = []
 
     def label(self, what: str) -> str:
@@ -192,10 +205,12 @@ class ProgramBuilder:
             self.emit(mov64_reg(R1, R7), alu64_imm(BPF_RSH, R1, 32))
             self._own_tgid("self" if self.self_index is not None else "out")
 
-    def skip_filtered(self, target: str) -> None:
+    def skip_filtered(self, target: str, tgid_loaded: bool = False) -> None:
         """Jump to ``target`` for the tgids the filter map excludes, and for the collector's own tgid (by
-        way of counting the run in MAP_SELF_RUNS, when the program has a slot there)."""
-        self.emit(mov64_reg(R1, R7), alu64_imm(BPF_RSH, R1, 32))
+        way of counting the run in MAP_SELF_RUNS, when the program has a slot there).  The tgid is the
+        current task's, or (``tgid_loaded``) the one the caller put in r1."""
+        if not tgid_loaded:
+            self.emit(mov64_reg(R1, R7), alu64_imm(BPF_RSH, R1, 32))
         self._own_tgid("self" if self.self_index is not None else target)
         self.note(f"skip the tgids {'in' if self.filter_mode == FILTER_IGNORE else 'not in'} {MAP_FILTER}")
         self.emit(
@@ -289,9 +304,13 @@ class ProgramBuilder:
         self.note(f"r{dst} = the task's saved user registers (bpf_task_pt_regs): the syscall's arguments")
         self.emit(ldx_mem(BPF_DW, R1, R10, SLOT_TASK), call("task_pt_regs"), mov64_reg(dst, R0))
 
-    def header(self, kind: Kind, layout) -> None:
+    def header(self, kind: Kind, layout, subject: int | None = None) -> None:
         """Fill the common header of the record at r8, field by field from the spec's sources
-        (kestrel_raw/spec.py HEADER), and keep the BTF-typed task pointer in SLOT_TASK."""
+        (kestrel_raw/spec.py HEADER), and keep the BTF-typed current task pointer in SLOT_TASK.
+
+        ``subject``: a stack slot holding the BTF-typed task the record describes when it is not the current
+        one (fork: the child); its pid, tgid and BTF paths are read from it, the helpers still run for the
+        current task (the time, the CPU)."""
         fields = {w.name: w for w in kind.wire[:len(HEADER)]}
         kind_field, flags_field = fields["kind"], fields["header_flags"]
         self.note(f"record header: kind = {kind.id} ({kind.label}), header_flags = 0")
@@ -302,6 +321,7 @@ class ProgramBuilder:
             self.store_imm(kind_field, kind.id)
             self.store_imm(flags_field, 0)
         btf_reads = []
+        tty = None
         for w in fields.values():
             src = w.source
             if w.name in ("kind", "header_flags"):
@@ -311,6 +331,10 @@ class ProgramBuilder:
             if isinstance(src, Helper):
                 self.emit(call(src.name))
                 self.store(w, R0)
+            elif isinstance(src, PidTgid) and subject is not None:
+                # the subject's own: task->tgid for the process, task->pid for the thread
+                btf_reads.append(Wire(w.name, w.type, Btf("task_struct." + ("tgid" if src.half == "tgid" else "pid")),
+                                      w.doc, w.offset))
             elif isinstance(src, PidTgid):
                 if src.half == "pid":
                     self.store(w, R7)  # the low half of pid_tgid
@@ -321,15 +345,42 @@ class ProgramBuilder:
                 self.store_imm(w, 0)
             elif isinstance(src, Btf):
                 btf_reads.append(w)
+            elif isinstance(src, TtyDevice):
+                tty = w
             else:
                 raise ValueError(f"header field {w.name}: the builder cannot fill a {type(src).__name__} source")
         self.note("the current task (BTF-typed: the verifier checks the loads from it), kept at r10 "
                   f"{SLOT_TASK}")
         self.emit(call("get_current_task_btf"), stx_mem(BPF_DW, R10, R0, SLOT_TASK))
-        self.read_btf(btf_reads, layout)
+        base = SLOT_TASK if subject is None else subject
+        self.read_btf(btf_reads, layout, base)
+        if tty is not None:
+            self.tty_device(tty, layout, base)
 
-    def read_btf(self, fields: list[Wire], layout) -> None:
-        """Store each field's BTF source (a path from the current task) into the record at r8.
+    def tty_device(self, field: Wire, layout, base_slot: int = SLOT_TASK) -> None:
+        """record.field = MKDEV(tty->driver->major, tty->driver->minor_start + tty->index) of the task's
+        controlling terminal (task->signal->tty), 0 when it has none: the loads through a NULL tty read 0."""
+        signal_off, tty_off = (off for off, _ in layout.hops("task_struct.signal.tty"))
+        index_off = layout.offset("tty_struct.index", 4)
+        driver_off = layout.offset("tty_struct.driver", 8)
+        major_off = layout.offset("tty_driver.major", 4)
+        minor_start_off = layout.offset("tty_driver.minor_start", 4)
+        self.emit(
+            ldx_mem(BPF_DW, R1, R10, base_slot),
+            ldx_mem(BPF_DW, R1, R1, signal_off),
+            ldx_mem(BPF_DW, R1, R1, tty_off),
+            ldx_mem(BPF_W, R3, R1, index_off),
+            ldx_mem(BPF_DW, R2, R1, driver_off),
+            ldx_mem(BPF_W, R4, R2, major_off),
+            ldx_mem(BPF_W, R5, R2, minor_start_off),
+            alu64_reg(BPF_ADD, R3, R5),
+            alu64_imm(BPF_LSH, R4, MINORBITS),
+            alu64_reg(BPF_OR, R3, R4),
+        )
+        self.store(field, R3)
+
+    def read_btf(self, fields: list[Wire], layout, base_slot: int = SLOT_TASK) -> None:
+        """Store each field's BTF source (a path from the task in ``base_slot``) into the record at r8.
 
         Plain loads from the BTF-typed task pointer: the verifier checks each offset against BTF and makes
         each load fault-safe.  Fields behind the same pointers share the pointer loads: r1 holds the task,
@@ -346,7 +397,7 @@ class ProgramBuilder:
                 raise ValueError(f"{w.source.path} is {size} bytes in this kernel's BTF, the record's {w.name} "
                                  f"has {w.size}: the spec and this kernel disagree")
             groups.setdefault(tuple(off for off, _ in pointers), []).append((w, (offset, size)))
-        self.emit(ldx_mem(BPF_DW, R1, R10, SLOT_TASK))
+        self.emit(ldx_mem(BPF_DW, R1, R10, base_slot))
         for pointers, members in groups.items():
             base = R1
             for i, off in enumerate(pointers):
@@ -404,11 +455,13 @@ class ProgramBuilder:
         self.emit(mov64_reg(R1, R10), alu64_imm(BPF_ADD, R1, dst_slot), mov64_imm(R2, size),
                   call("probe_read_kernel"))
 
-    def tail_call(self, slot: int) -> None:
-        """Go on in the program at slot ``slot`` of MAP_TAILS (with the same ctx; registers and stack do not
-        carry over: the scratch record does, on this CPU).  Returns here only if that slot is empty."""
-        self.note(f"go on in the program at {MAP_TAILS}[{slot}] (bpf_tail_call); past here only if it is empty")
-        self.emit(mov64_reg(R1, R6), ld_map_fd(R2, MAP_TAILS), mov64_imm(R3, slot), call("tail_call"))
+    def tail_call(self, slot: int, map_name: str | None = None) -> None:
+        """Go on in the program at slot ``slot`` of ``map_name`` (MAP_TAILS by default; with the same ctx;
+        registers and stack do not carry over: the scratch record does, on this CPU).  Returns here only if
+        that slot is empty."""
+        tails = map_name or MAP_TAILS
+        self.note(f"go on in the program at {tails}[{slot}] (bpf_tail_call); past here only if it is empty")
+        self.emit(mov64_reg(R1, R6), ld_map_fd(R2, tails), mov64_imm(R3, slot), call("tail_call"))
 
     def set_flag(self, flag: int) -> None:
         """header_flags |= flag on the record at r8 (clobbers r1)."""
@@ -424,7 +477,9 @@ class ProgramBuilder:
     # -- output --------------------------------------------------------------------------------------
 
     def submit(self, kind: Kind) -> None:
-        """Copy SLOT_SIZE bytes of the record at r8 into ring[tgid % nrings].
+        """Copy SLOT_SIZE bytes of the record at r8 into ring[pid % nrings], ``pid`` the record's own (the
+        process it describes: the current one, or a fork's child, so that the fork record is in the child's
+        ring ahead of everything the child does).
 
         Wakeups: with a threshold T, the record is written with BPF_RB_NO_WAKEUP unless it takes the
         ring's unread bytes past a multiple of T (before // T != after // T), so the reader is woken once
@@ -437,10 +492,10 @@ class ProgramBuilder:
         policy; a negative one never wakes the reader (it polls).
         """
         sent = self.label("sent")
-        self.note(f"send the record: r9 = {MAP_RINGS}[tgid % {self.nrings}]")
+        pid = spec.EXEC.pid
+        self.note(f"send the record: r9 = {MAP_RINGS}[pid % {self.nrings}] (the record's pid: fork's is the child's)")
         self.emit(
-            mov64_reg(R1, R7),
-            alu64_imm(BPF_RSH, R1, 32),
+            ldx_mem(_LOAD_SIZES[pid.size], R1, R8, pid.offset),
             alu64_imm(BPF_MOD, R1, self.nrings),
         )
         self.array_lookup(MAP_RINGS)

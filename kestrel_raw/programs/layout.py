@@ -122,6 +122,15 @@ class KernelLayout:
             raise BTFError(f"{path} is {got} bytes in this kernel's BTF; the program reads {size}")
         return offset
 
+    def size_of(self, struct_name: str) -> int:
+        """sizeof(struct ``struct_name``) in this kernel (an array's element stride)."""
+        return self._btf.size_of(self._btf.find(struct_name, "struct"))
+
+    def type_id(self, name: str, kind: str) -> int:
+        """The BTF type id of ``name`` (``"btf_trace_sched_process_fork"``, ``"typedef"``): a tp_btf
+        program's attach target."""
+        return self._btf.find(name, kind).id
+
     def hops(self, path: str) -> Hops:
         """The loads that read ``path`` (``"task_struct.real_parent.tgid"``); BTFError when this kernel's BTF
         has no such member."""

@@ -134,7 +134,7 @@ def build_finish(b: ProgramBuilder, fmt, layout) -> list:
     b.emit(mov64_reg(R6, R1), call("get_current_pid_tgid"), mov64_reg(R7, R0))  # what submit needs
     b.scratch()
     b.emit(call("get_current_task_btf"), stx_mem(BPF_DW, R10, R0, SLOT_TASK))
-    build_resolved_path(b, layout, OPEN.ret, OPEN.path, OPEN.path_len, OPEN.resolved_len)
+    build_resolved_path(b, layout, OPEN, OPEN.ret, OPEN.resolved_path)
     _submit(b)
     return b.epilogue()
 
