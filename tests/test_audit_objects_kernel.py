@@ -73,10 +73,11 @@ def test_disasm_object_lists_the_bytes_run_loads(source, tmp_path, monkeypatch):
 
 def test_disasm_with_object_and_events_lists_both(tmp_path):
     path = bpf_object("seed.c", tmp_path)
-    text = kestrel_raw("disasm", "--events", "exit", "--object", str(path)).stdout
+    # --no-context: the exit program alone (with context, the process cache's programs come too)
+    text = kestrel_raw("disasm", "--events", "exit", "--no-context", "--object", str(path)).stdout
     heads = [ln.split(":")[0][2:] for ln in text.splitlines() if ln.startswith("; ") and ": tracepoint " in ln]
     assert heads == ["kr_exit", *SEED]
-    assert text.splitlines()[0].endswith(f"--latency batch --object {path}` loads them")
+    assert text.splitlines()[0].endswith(f"--latency batch --no-context --no-threads --object {path}` loads them")
 
 
 @pytest.mark.parametrize("source", LOADABLE)
@@ -122,7 +123,7 @@ def _wait_attached(cli: Cli, timeout: float = 60.0) -> None:
 def test_verify_checks_a_running_collectors_object_programs(tmp_path):
     seed = bpf_object("seed.c", tmp_path)
     only_object = Cli(tmp_path, "--object", str(seed), name="object")
-    both = Cli(tmp_path, "--object", str(seed), "--events", "exit", name="both")
+    both = Cli(tmp_path, "--object", str(seed), "--events", "exit", "--no-context", name="both")
     try:
         _wait_attached(only_object)
         _wait_attached(both)

@@ -138,8 +138,9 @@ def test_task_rows():
 
 # --- events ------------------------------------------------------------------------------------------------
 
-def _seeded(max_entries=100):
-    t = ProcessTable(max_entries)
+def _seeded(max_entries=100, exit_grace=0):
+    # exit_grace=0: an exited process goes at once unless its children keep it (the grace has its own test)
+    t = ProcessTable(max_entries, exit_grace=exit_grace)
     t.seed([Process(1, 1, start_ns=1, exe="/sbin/init", argv=["init"], cwd="/", uid=0)])
     return t
 
@@ -187,6 +188,24 @@ def test_events_out_of_order_across_rings():
     assert 20 not in t and t.stats().late_events == 1
 
 
+def test_a_parents_exit_before_its_childs_fork_event_keeps_the_lineage():
+    # The parent's ring is read first: its exit, then (from the child's ring) the fork of a child it made
+    # just before exiting.  The exited parent is kept for the last exit_grace exits.
+    t = _seeded(exit_grace=2)
+    t.on_fork(10, 100, parent_key=1, start_ns=50)
+    t.on_exit(10)
+    assert 10 in t and t.get(10).exited and t.key_of_pid(100) is None
+    t.on_fork(11, 101, parent_key=10, start_ns=60)
+    assert [a["pid"] for a in t.ancestors(11, 5)] == [100, 1]
+    t.on_exit(11)
+    t.on_fork(12, 102, parent_key=1, start_ns=70)
+    t.on_exit(12)                                   # a third exit: 10's grace is over, but 11 (in its own) keeps it
+    assert 10 in t and 11 in t and 12 in t
+    t.on_fork(13, 103, parent_key=1, start_ns=80)
+    t.on_exit(13)                                   # 11's grace is over: it goes, and 10 with it
+    assert 11 not in t and 10 not in t and len(t) == 3 and t.stats().exited_kept == 2
+
+
 def test_a_reused_pid_implies_the_old_process_exited():
     t = _seeded()
     t.on_fork(10, 100, parent_key=1, start_ns=50)
@@ -197,7 +216,7 @@ def test_a_reused_pid_implies_the_old_process_exited():
 
 
 def test_full_table_evicts_exited_ancestors_first_then_the_least_recently_used():
-    t = ProcessTable(max_entries=4)
+    t = ProcessTable(max_entries=4, exit_grace=0)
     t.seed([Process(1, 1, start_ns=1, exe="/init")])
     t.on_fork(10, 10, parent_key=1, start_ns=10)
     t.on_fork(11, 11, parent_key=10, start_ns=11)

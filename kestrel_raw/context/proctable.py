@@ -35,7 +35,10 @@ Lost and late events.  Events of one process come in order, but a fork event is 
 and the child's own events from the child's ring, so a child's exec or exit can be handled before its fork
 event: ``on_exec`` creates the process when unknown, ``on_fork`` of a known process only fills its parent,
 and a fork event for a process that already exited (the last ``RECENT_EXITS`` exits are remembered) is
-ignored.  An exit event the kernel lost (ring full) leaves the process in the table until its pid is used
+ignored.  The other way round, a parent's exit can be handled before the fork event of a child it made just
+before exiting (``sh -c cmd`` run by a process that then exits): so an exited process is kept, marked
+exited, until ``exit_grace`` (default ``EXIT_GRACE``) later exits have been handled, whether or not it has
+children in the table, and a late fork event still finds its ancestor.  An exit event the kernel lost (ring full) leaves the process in the table until its pid is used
 by a newer process (then it is taken as exited: ``implied_exits``) or it is evicted.
 """
 from __future__ import annotations
@@ -54,6 +57,7 @@ DEFAULT_MAX_ENTRIES = 32768
 MEMFD_PREFIX = "/memfd:"    # the path of a memfd's file, as d_path() names it (its name is "memfd:<name>")
 ARGV_MAX_BYTES = 4096       # as the exec event: the argument area is cut at 4096 bytes
 RECENT_EXITS = 4096         # exited keys remembered, so that a late fork event does not resurrect one
+EXIT_GRACE = 1024           # exited processes kept for the late fork events of their children (other rings)
 
 
 def cap_argv(argv: Iterable[str], limit: int = ARGV_MAX_BYTES) -> tuple[str, ...]:
@@ -157,10 +161,14 @@ class SeedResult:
 class ProcessTable:
     """Bounded table of processes by entity_key; see the module docstring for the rules."""
 
-    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
+    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES, exit_grace: int = EXIT_GRACE) -> None:
         if max_entries < 1:
             raise ValueError(f"max_entries must be at least 1, got {max_entries}")
+        if exit_grace < 0:
+            raise ValueError(f"exit_grace must be 0 or more, got {exit_grace}")
         self.max_entries = max_entries
+        self.exit_grace = exit_grace
+        self._grace: OrderedDict[int, None] = OrderedDict()      # the last exit_grace exits, oldest first
         self._entries: dict[int, Process] = {}
         self._live: OrderedDict[int, Process] = OrderedDict()     # least recently used first
         self._exited: OrderedDict[int, Process] = OrderedDict()   # exited, kept as ancestors; oldest exit first
@@ -321,10 +329,17 @@ class ProcessTable:
         self._live.pop(p.entity_key, None)
         if self._by_pid.get(p.pid) == p.entity_key:
             del self._by_pid[p.pid]
-        if p.children:
-            self._exited[p.entity_key] = p
-        else:
+        if not self.exit_grace and not p.children:
             self._remove(p)
+            return
+        self._exited[p.entity_key] = p
+        if self.exit_grace:
+            self._grace[p.entity_key] = None
+            while len(self._grace) > self.exit_grace:
+                key, _ = self._grace.popitem(last=False)
+                old = self._entries.get(key)
+                if old is not None and old.exited and not old.children:
+                    self._remove(old)
 
     def _evict_one(self) -> None:
         if self._exited:
@@ -344,11 +359,12 @@ class ProcessTable:
             self._exited.pop(key, None)
             if self._by_pid.get(p.pid) == key:
                 del self._by_pid[p.pid]
+            self._grace.pop(key, None)
             parent = self._entries.get(p.parent_key) if p.parent_key is not None else None
             p = None
             if parent is not None:
                 parent.children -= 1
-                if parent.exited and parent.children == 0:
+                if parent.exited and parent.children == 0 and parent.entity_key not in self._grace:
                     p = parent
 
 
@@ -406,5 +422,5 @@ def read_seed(proc: str = PROC, starts: Mapping | None = None, clk_tck: int | No
     return SeedResult(tuple(processes), exact=starts is not None, skipped=skipped)
 
 
-__all__ = ["ARGV_MAX_BYTES", "DEFAULT_MAX_ENTRIES", "RECENT_EXITS", "Process", "ProcessTable", "SeedResult",
+__all__ = ["ARGV_MAX_BYTES", "DEFAULT_MAX_ENTRIES", "EXIT_GRACE", "RECENT_EXITS", "Process", "ProcessTable", "SeedResult",
            "TableStats", "cap_argv", "read_seed"]
