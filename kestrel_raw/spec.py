@@ -162,6 +162,7 @@ class FieldId(enum.IntEnum):
     KERNEL = 55
     ARCH = 56
     CLOUD = 57
+    PROGRAMS = 58
     # Issue 17 (uprobe events): 130-139.
     COMMAND = 130
     QUERY = 131
@@ -966,7 +967,7 @@ class UserKind:
 
 STATUS = UserKind(
     EventType.STATUS,
-    inputs=("hostname", "machine_id", "boot_id", "kernel", "arch", "cloud"),
+    inputs=("hostname", "machine_id", "boot_id", "kernel", "arch", "cloud", "programs"),
     values=[
         Value(FieldId.HOSTNAME, "hostname", doc="the host's name"),
         Value(FieldId.MACHINE_ID, "machine_id", null="machine_id is None", doc="/etc/machine-id"),
@@ -976,6 +977,10 @@ STATUS = UserKind(
         Value(FieldId.CLOUD, "cloud", null="cloud is None",
               doc='`null` off a cloud, else `{"provider", "instance_id", "region", "zone"}` from the '
                   "provider's instance metadata service (AWS IMDSv2, GCP, Azure), found from DMI first"),
+        Value(FieldId.PROGRAMS, "programs",
+              doc='every program the collector loaded, in load order: `{"name", "sha256", "tag"}` (the '
+                  "SHA-256 of its bytes, as a pin file approves them, and the tag the kernel reports; "
+                  "`kestrel-raw disasm` prints the same)"),
     ],
     doc="once, at start, made by the collector: the host's identity (kestrel_raw/context/host.py)",
 )
@@ -1047,6 +1052,7 @@ _FIELD_DEFS: dict[FieldId, tuple[str, FieldType, str]] = {
     FieldId.KERNEL: ("kernel", FieldType.STRING, "kernel release"),
     FieldId.ARCH: ("arch", FieldType.STRING, "machine architecture"),
     FieldId.CLOUD: ("cloud", FieldType.JSON, "cloud instance, or null"),
+    FieldId.PROGRAMS: ("programs", FieldType.JSON, "the programs loaded, with their digests"),
     FieldId.COMMAND: ("command", FieldType.STRING, "the command line an interactive shell read"),
     FieldId.QUERY: ("query", FieldType.STRING, "the host name a process asked the resolver for"),
     FieldId.SERVICE: ("service", FieldType.STRING, "the service (port name or number) asked for"),

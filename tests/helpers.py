@@ -227,6 +227,28 @@ def kernel_objects(pid: int) -> dict[str, set[int]]:
     return out
 
 
+def program_tags(pid: int) -> dict[str, str]:
+    """name -> tag (hex) of each BPF program process ``pid`` holds, as the kernel reports them."""
+    out = {}
+    pidfd = os.pidfd_open(pid)
+    try:
+        for name in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if _KINDS.get(os.readlink(f"/proc/{pid}/fd/{name}")) != "prog":
+                    continue
+            except OSError:
+                continue
+            fd = syscall.pidfd_getfd(pidfd, int(name))
+            try:
+                info = bpf.prog_info(fd)
+                out[info.name] = info.tag.hex()
+            finally:
+                os.close(fd)
+    finally:
+        os.close(pidfd)
+    return out
+
+
 def live_objects() -> dict[str, set[int]]:
     return {"prog": set(bpf.prog_ids()), "map": set(bpf.map_ids()), "link": set(bpf.link_ids())}
 

@@ -20,7 +20,7 @@ import uuid
 
 import pytest
 
-from helpers import Cli, identity_and_context, inherited, kernel_start_ns, unshared, uts_nodename, veth_netns
+from helpers import Cli, identity_and_context, inherited, kernel_start_ns, program_tags, unshared, uts_nodename, veth_netns
 from kestrel_raw.codec.event import entity_key
 
 pytestmark = pytest.mark.kernel
@@ -69,8 +69,16 @@ def test_the_first_line_is_the_status_event(collector):
         "ts_wall_ns": status["ts_wall_ns"], "source": "kestrel-raw", "hostname": u.nodename,
         "machine_id": open("/etc/machine-id").read().strip(),
         "boot_id": open("/proc/sys/kernel/random/boot_id").read().strip(), "kernel": u.release, "arch": u.machine,
-        "cloud": None}  # DMI names no cloud provider here: nothing was asked over the network
+        "cloud": None,  # DMI names no cloud provider here: nothing was asked over the network
+        "programs": status["programs"]}
     assert 0 < status["ts_mono_ns"] <= time.monotonic_ns()
+    # The digests of every program loaded: each tag is the one the kernel computed for the program it holds
+    # (BPF_OBJ_GET_INFO_BY_FD of the collector's own fds), the SHA-256 as a pin file approves it.
+    listed = {p["name"]: p for p in status["programs"]}
+    assert len(listed) == len(status["programs"]) > 10 and "kr_exec" in listed
+    in_kernel = program_tags(collector.proc.pid)
+    assert {name[:15]: p["tag"] for name, p in listed.items()} == in_kernel
+    assert all(len(p["sha256"]) == 64 for p in listed.values())
     assert [e["type"] for e in collector.events()].count("status") == 1
 
 

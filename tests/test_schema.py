@@ -68,6 +68,7 @@ PINNED = [
     (55, "kernel", "string", {"status"}),
     (56, "arch", "string", {"status"}),
     (57, "cloud", "json", {"status"}),
+    (58, "programs", "json", {"status"}),
     (130, "command", "string", {SH}),
     (131, "query", "string", {DNS}),
     (132, "service", "string", {DNS}),
@@ -115,6 +116,6 @@ def test_fields_of_exit():
         "container_image", "parent_entity_key", "exe", "exe_deleted", "exe_memfd", "cwd", "pidns", "mntns", "netns",
         "hostname", "ancestors"]
     assert [f.name for f in fields_of(EventType.STATUS)] == ["hostname", "machine_id", "boot_id", "kernel", "arch",
-                                                             "cloud"]
+                                                             "cloud", "programs"]
     assert [f.name for f in fields_of(3)][8:16] == ["ret", "fault", "family", "daddr", "dport", "fd", "toctou",
                                                     "late_read"]

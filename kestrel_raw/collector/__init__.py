@@ -69,16 +69,28 @@ from kestrel_raw.kernel.prog import Program
 from kestrel_raw.maps import Map, ProgArrayMap, RingBuf, RingBufReader
 from kestrel_raw.sinks.bus import EventBus
 
-__all__ = ["KestrelCollector", "CollectorStats", "ObjectRecord", "BATCH_RECORDS", "status_event"]
+__all__ = ["KestrelCollector", "CollectorStats", "ObjectRecord", "BATCH_RECORDS", "loaded_digests", "status_event"]
 
 STATUS_POLL = 0.05  # seconds between looks at an unfinished host identity lookup
 
 
-def status_event(ident: HostIdentity, ts_mono: int, wall_offset: int):
-    """The status event (spec.STATUS) of ``ident``, stamped ``ts_mono`` (CLOCK_MONOTONIC ns)."""
+def status_event(ident: HostIdentity, ts_mono: int, wall_offset: int, loaded: list[dict] | None = None):
+    """The status event (spec.STATUS) of ``ident``, stamped ``ts_mono`` (CLOCK_MONOTONIC ns); ``loaded``: the
+    programs loaded with their digests (``loaded_digests``)."""
     j = ident.to_json()
     return CODEC["event_status"](j["hostname"], j["machine_id"], j["boot_id"], j["kernel"], j["arch"], j["cloud"],
-                                 ts_mono, ts_mono + wall_offset)
+                                 loaded or [], ts_mono, ts_mono + wall_offset)
+
+
+def loaded_digests(listing: list, linked: dict | None = None) -> list[dict]:
+    """``{"name", "sha256", "tag"}`` of each built-in program (``listing``: (spec, instructions)) and of each
+    program of the user's object (``linked``: name -> LinkedProgram), in load order."""
+    from kestrel_raw.asm import program_digest
+
+    out = [{"name": spec.name, **program_digest(insns).to_json()} for spec, insns in listing]
+    for name, p in (linked or {}).items():
+        out.append({"name": name, **program_digest(p.insns).to_json()})
+    return out
 
 
 class KestrelCollector:
@@ -291,7 +303,8 @@ class KestrelCollector:
         ident = self._host.result(0)
         if ident is None:
             return
-        event = status_event(ident, time.monotonic_ns(), self._delivery.wall_offset)
+        loaded = [{"name": name, **d} for name, d in self.program_digests().items()]
+        event = status_event(ident, time.monotonic_ns(), self._delivery.wall_offset, loaded)
         await self._delivery.deliver_event(event)
 
     def host_identity(self, timeout: float = 0) -> HostIdentity | None:
@@ -355,11 +368,10 @@ class KestrelCollector:
 
     def program_digests(self) -> dict[str, dict[str, str]]:
         """Each loaded program's digests, by name: ``{"kr_exec": {"sha256": ..., "tag": ...}}`` (the SHA-256
-        a pin file approves, kestrel_raw/audit/pin.py; the tag the kernel reports, as bpftool shows it).
-        Empty before load()."""
-        from kestrel_raw.asm import program_digest
-
-        return {spec.name: program_digest(insns).to_json() for spec, insns in self._listing}
+        a pin file approves, kestrel_raw/audit/pin.py; the tag the kernel reports, as bpftool shows it), the
+        user's object's programs too.  Empty before load()."""
+        linked = getattr(self._object, "linked", None) if self._object is not None else None
+        return {d.pop("name"): d for d in loaded_digests(self._listing, linked if isinstance(linked, dict) else None)}
 
     def program_listing(self) -> str:
         """Every loaded program as text, as an auditor would read it."""
