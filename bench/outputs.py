@@ -31,6 +31,8 @@ def parse_kestrel(line: str) -> Seen | None:
     except ValueError:
         return None
     kind = o.get("type")
+    if kind == "status" or "pid" not in o:  # the collector's own status line, first of every run
+        return None
     text = o.get("path") if kind == "open" else o.get("filename") if kind == "exec" else ""
     return Seen(kind, int(o["pid"]), int(o["ppid"]), text or "")
 
