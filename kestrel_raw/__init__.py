@@ -14,7 +14,7 @@ nor ctypes.
 """
 from __future__ import annotations
 
-import importlib
+from kestrel_raw._lazy import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -54,13 +54,7 @@ _EXPORTS = {
 __all__ = ["__version__", *_EXPORTS]
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'kestrel_raw' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _EXPORTS, globals())
 
 
 def __dir__() -> list[str]:

@@ -8,7 +8,7 @@ Names are imported on first use: kestrel_raw.programs uses targets.py and stays 
 """
 from __future__ import annotations
 
-import importlib
+from kestrel_raw._lazy import lazy_getattr
 
 _EXPORTS = {
     "AsmMap": "kestrel_raw.probes.user",
@@ -26,10 +26,4 @@ _EXPORTS = {
 __all__ = list(_EXPORTS)
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _EXPORTS, globals())
