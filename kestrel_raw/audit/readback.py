@@ -24,7 +24,7 @@ from kestrel_raw.asm import KernelSymbols, disassemble, disassemble_xlated, prog
 from kestrel_raw.asm.digest import Code
 from kestrel_raw.asm.opcode import LD_IMM64
 from kestrel_raw.audit.rewrites import MAP_SRCS, Comparison, compare
-from kestrel_raw.collector.peers import bpf_fds, dup_from
+from kestrel_raw.collector.peers import borrowed, bpf_fds
 from kestrel_raw.errors import BPFError
 from kestrel_raw.kernel import bpf
 from kestrel_raw.kernel.uapi import BPF_PROG_TYPE_TRACEPOINT
@@ -193,30 +193,14 @@ def running_collector(pid: int, *, object_only: bool = False) -> RunningCollecto
         return None
     found = RunningCollector(pid, {}, {}, {})
     try:
-        for fd in progs:
-            dup = dup_from(pidfd, fd)
-            if dup is None:
-                continue
-            try:
-                info = bpf.prog_info(dup)
-            except BPFError:
-                os.close(dup)
-                continue
+        for _, dup, info in borrowed(pidfd, progs, bpf.prog_info):
             if info.name.startswith("kr_") and info.name not in found.programs:
                 found.programs[info.name] = dup
             elif not info.name.startswith("kr_"):
                 found.others.append((dup, info))
             else:
                 os.close(dup)
-        for fd in maps:
-            dup = dup_from(pidfd, fd)
-            if dup is None:
-                continue
-            try:
-                info = bpf.map_info(dup)
-            except BPFError:
-                os.close(dup)
-                continue
+        for fd, dup, info in borrowed(pidfd, maps, bpf.map_info):
             if info.name not in found.maps:
                 found.maps[info.name] = (dup, info)
                 found.frozen[info.name] = _frozen(pid, fd)

@@ -81,30 +81,14 @@ def _peer_filter(pid: int) -> int | None:
     found = None
     try:
         is_collector = False
-        for fd in progs:
-            dup = dup_from(pidfd, fd)
-            if dup is None:
-                continue
-            try:
-                info = bpf.prog_info(dup)
-                if info.type == BPF_PROG_TYPE_TRACEPOINT and info.name.startswith("kr_"):
-                    is_collector = True
-                    break
-            except BPFError:
-                pass
-            finally:
-                os.close(dup)
+        for _, dup, info in borrowed(pidfd, progs, bpf.prog_info):
+            os.close(dup)
+            if info.type == BPF_PROG_TYPE_TRACEPOINT and info.name.startswith("kr_"):
+                is_collector = True
+                break
         if not is_collector:
             return None
-        for fd in maps:
-            dup = dup_from(pidfd, fd)
-            if dup is None:
-                continue
-            try:
-                info = bpf.map_info(dup)
-            except BPFError:
-                os.close(dup)
-                continue
+        for _, dup, info in borrowed(pidfd, maps, bpf.map_info):
             if (info.name, info.type, info.key_size, info.value_size) == (
                     FILTER_MAP_NAME, BPF_MAP_TYPE_HASH, TGID.size, START.size):
                 found = dup
@@ -120,6 +104,23 @@ def dup_from(pidfd: int, fd: int) -> int | None:
         return syscall.pidfd_getfd(pidfd, fd)
     except OSError:
         return None
+
+
+def borrowed(pidfd: int, fds, describe):
+    """Each of another process's BPF ``fds`` that can be copied here (pidfd_getfd) and described
+    (``describe``: bpf.prog_info or bpf.map_info), as (its fd there, the copy, the description).  The caller
+    owns each copy (keeps or closes it); one that cannot be copied or described is skipped: the process may
+    have closed it meanwhile."""
+    for fd in fds:
+        dup = dup_from(pidfd, fd)
+        if dup is None:
+            continue
+        try:
+            info = describe(dup)
+        except BPFError:
+            os.close(dup)
+            continue
+        yield fd, dup, info
 
 
 def register_with_peers(own_filter: HashMap) -> list[int]:
