@@ -77,32 +77,16 @@ def attach_tracepoint(program, group: str, name: str, tracefs: str | None = None
     """
     tp_id = tracepoint_id(group, name, tracefs=tracefs)
     event = perf.tracepoint_event(tp_id, cpu=cpu)
+    return _attach_perf(program, event, f"{group}:{name}", force_ioctl)
+
+
+def _attach_perf(program, event: FD, target: str, force_ioctl: bool = False) -> Link:
+    """Link ``program`` to an open perf event (BPF_LINK_CREATE, else the ioctls), enabling it; the Link owns
+    the event.  ``force_ioctl`` skips the link (as on a pre-5.15 kernel)."""
     try:
         try:
             if force_ioctl:
                 raise BPFError("BPF_LINK_CREATE", errno.EINVAL, "not tried: force_ioctl")
-            link = bpf.link_create(program.fileno(), event.fileno(), BPF_PERF_EVENT)
-        except BPFError as e:
-            if e.errno not in _LINK_CREATE_REFUSED:
-                raise
-            perf.ioc_set_bpf(event.fileno(), program.fileno())
-            perf.ioc_enable(event.fileno())
-            return Link("perf_ioctl", perf_fd=event, target=f"{group}:{name}")
-        try:
-            perf.ioc_enable(event.fileno())
-        except BaseException:
-            link.close()
-            raise
-        return Link("perf_link", link_fd=link, perf_fd=event, target=f"{group}:{name}")
-    except BaseException:
-        event.close()
-        raise
-
-
-def _attach_perf(program, event: FD, kind: str, target: str) -> Link:
-    """Link ``program`` to an open perf event (BPF_LINK_CREATE, else the ioctls), enabling it."""
-    try:
-        try:
             link = bpf.link_create(program.fileno(), event.fileno(), BPF_PERF_EVENT)
         except BPFError as e:
             if e.errno not in _LINK_CREATE_REFUSED:
@@ -127,7 +111,7 @@ def attach_uprobe(program, binary: str, offset: int, retprobe: bool = False, pid
     -1) or one; ``retprobe`` at the function's return instead."""
     event = perf.probe_event("uprobe", os.fsencode(binary), offset, retprobe, pid)
     kind = "uretprobe" if retprobe else "uprobe"
-    return _attach_perf(program, event, kind, f"{kind}:{binary}+0x{offset:x}")
+    return _attach_perf(program, event, f"{kind}:{binary}+0x{offset:x}")
 
 
 def attach_kprobe(program, function: str, offset: int = 0, retprobe: bool = False) -> Link:
@@ -135,7 +119,7 @@ def attach_kprobe(program, function: str, offset: int = 0, retprobe: bool = Fals
     return.  SetupError on a kernel without kprobes (no kprobe PMU)."""
     event = perf.probe_event("kprobe", function.encode(), offset, retprobe)
     kind = "kretprobe" if retprobe else "kprobe"
-    return _attach_perf(program, event, kind, f"{kind}:{function}" + (f"+0x{offset:x}" if offset else ""))
+    return _attach_perf(program, event, f"{kind}:{function}" + (f"+0x{offset:x}" if offset else ""))
 
 
 def attach_btf_program(program, target: str = "") -> Link:
