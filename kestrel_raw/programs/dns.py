@@ -25,11 +25,12 @@ architectures kestrel-raw supports (netdb.h, netinet/in.h): not kernel layouts, 
 """
 from __future__ import annotations
 
-from kestrel_raw.asm import BPF_ADD, BPF_DW, BPF_H, BPF_JEQ, BPF_JGE, BPF_JGT, BPF_JLE, BPF_JNE, BPF_JSLT, BPF_MUL
+from kestrel_raw.asm import BPF_ADD, BPF_DW, BPF_H, BPF_JEQ, BPF_JGE, BPF_JGT, BPF_JLE, BPF_JNE, BPF_MUL
 from kestrel_raw.asm import BPF_SUB, BPF_W, R0, R1, R2, R3, R4, R8, R9, R10, alu64_imm, alu64_reg, call, ja
-from kestrel_raw.asm import jmp32_imm, jmp_imm, jmp_reg, label, ld_map_fd, ldx_mem, mov64_imm, mov64_reg
+from kestrel_raw.asm import jmp_imm, jmp_reg, label, ld_map_fd, ldx_mem, mov64_imm, mov64_reg
 from kestrel_raw.asm import st_mem, stx_mem
 from kestrel_raw.programs.builder import SLOT_B, SLOT_C, SLOT_D, SLOT_TASK, STAT_READ_FAULT, ProgramBuilder
+from kestrel_raw.programs.strings import string_length
 from kestrel_raw.spec import (
     DNS_ADDR_SIZE, DNS_ADDRS, DNS_QUERY, FLAG_FAULT, FLAG_TRUNCATED, MAX_QUERY, MAX_SERVICE, CallArg,
 )
@@ -125,22 +126,8 @@ def _string(b: ProgramBuilder, rc_off: int, data_off: int, limit: int, length_fi
     the record's query offset (+ the query's length when ``dst_extra`` is that field's offset).  A failed
     read at the call sets FAULT, a longer string than ``limit`` TRUNCATED."""
     kind = DNS_QUERY
-    fault, cut, have = b.label("fault"), b.label("cut"), b.label("have")
-    b.emit(
-        ldx_mem(BPF_DW, R1, R10, SLOT_B),
-        ldx_mem(BPF_W, R9, R1, rc_off),
-        jmp32_imm(BPF_JSLT, R9, 0, fault),  # an s32: the read's -errno
-        jmp_imm(BPF_JEQ, R9, 0, have),  # NULL: nothing given
-        alu64_imm(BPF_SUB, R9, 1),  # the string's length, without its NUL
-        jmp_imm(BPF_JGT, R9, limit, cut),
-        ja(have),
-        label(cut),
-    )
-    b.set_flag(FLAG_TRUNCATED)
-    b.emit(mov64_imm(R9, limit), ja(have), label(fault))
-    b.set_flag(FLAG_FAULT)
-    b.count(kind, STAT_READ_FAULT)
-    b.emit(mov64_imm(R9, 0), label(have))
+    b.emit(ldx_mem(BPF_DW, R1, R10, SLOT_B), ldx_mem(BPF_W, R9, R1, rc_off))  # an s32: the read's -errno
+    string_length(b, kind, R9, limit, rc32=True)  # 0: NULL, nothing given
     b.store(length_field, R9)
     b.emit(
         jmp_imm(BPF_JGT, R9, limit, "out"),  # never: bounds the length for the verifier

@@ -106,7 +106,7 @@ KEY_CGROUP = struct.Struct("<IIQ")  # set, 0, cgroup id
 KEY_PORT = struct.Struct("<II")  # set, port (host byte order)
 # LPM tries: u32 prefixlen (in bits, counting the set and family bytes), then the data.
 DADDR_DATA = 1 + 1 + 16  # set, family, address (4 bytes for AF_INET, then zeros)
-KEY_DADDR = struct.Struct(f"<IBB16s")  # prefixlen, set, family, address
+KEY_DADDR = struct.Struct("<IBB16s")  # prefixlen, set, family, address
 PATH_KEY_MAX = 255  # path bytes in a key: the trie's data is at most 256 bytes (LPM_DATA_SIZE_MAX), one is the set
 KEY_PATH = struct.Struct(f"<IB{PATH_KEY_MAX}s")  # prefixlen, set, path
 

@@ -20,7 +20,8 @@ from kestrel_raw.asm import R6, R7, mov64_imm, mov64_reg, stx_mem
 from kestrel_raw.programs import entry
 from kestrel_raw.programs.builder import SLOT_B, SLOT_TASK, STAT_READ_FAULT, TAIL_OPEN_FINISH, ProgramBuilder
 from kestrel_raw.programs.resolve import build_resolved_path
-from kestrel_raw.spec import FLAG_FAULT, FLAG_LATE_READ, FLAG_TOCTOU, FLAG_TRUNCATED, OPEN, OPEN_SYSCALL_OPENAT
+from kestrel_raw.programs.strings import string_length
+from kestrel_raw.spec import FLAG_FAULT, FLAG_LATE_READ, FLAG_TOCTOU, OPEN, OPEN_SYSCALL_OPENAT
 
 MAX_PATH = OPEN.path.type.max
 # One more byte than the longest path kept, plus the NUL: a return of PATH_READ means "longer than the
@@ -106,20 +107,8 @@ def build(b: ProgramBuilder, fmt, layout, syscall: int) -> list:
     b.set_flag(FLAG_LATE_READ)
     b.emit(label(have_rc))
 
-    long_path = b.label("long")
-    got_len = b.label("got_len")
-    done_len = b.label("done_len")
-    # r9 < 0: unreadable (a NULL or bad pointer).  r9 == 0: an empty string on older kernels, whose
-    # strncpy_from_user_nofault does not count the NUL of an empty string (seen on Debian's 6.1 and 6.12).
-    b.emit(jmp_imm(BPF_JSGT, R9, 0, got_len), mov64_imm(R1, 0), jmp_imm(BPF_JEQ, R9, 0, done_len))
-    b.set_flag(FLAG_FAULT)
-    b.count(OPEN, STAT_READ_FAULT)
-    b.emit(mov64_imm(R1, 0), ja(done_len), label(got_len))
-    b.emit(jmp_imm(BPF_JGT, R9, MAX_PATH + 1, long_path), mov64_reg(R1, R9), alu64_imm(BPF_ADD, R1, -1))
-    b.emit(ja(done_len), label(long_path))
-    b.set_flag(FLAG_TRUNCATED)
-    b.emit(mov64_imm(R1, MAX_PATH), label(done_len))
-    b.store(OPEN.path_len, R1)
+    string_length(b, OPEN, R9, MAX_PATH)
+    b.store(OPEN.path_len, R9)
 
     # The rest (the opened file's path, the submit) in a program of its own: verified with this one, the
     # walk's paths multiply past the verifier's limit.  Without it (an empty slot), the record goes as is.

@@ -16,11 +16,12 @@ lookup costs every readline return one array lookup: a line typed, not a syscall
 """
 from __future__ import annotations
 
-from kestrel_raw.asm import BPF_ADD, BPF_JEQ, BPF_JGT, BPF_JLE, BPF_JSLT, BPF_SUB, R0, R1, R2, R3, R8, R9, alu64_imm, call
+from kestrel_raw.asm import BPF_ADD, BPF_JEQ, BPF_JGT, R0, R1, R2, R3, R8, R9, alu64_imm, call
 from kestrel_raw.asm import BPF_JNE, BPF_RSH, BPF_W, R6, R7, R10, ja, jmp_imm, jmp_reg, label, ld_map_fd, ldx_mem
 from kestrel_raw.asm import mov64_imm, mov64_reg, st_mem
-from kestrel_raw.programs.builder import SLOT_ARRAY_KEY, STAT_READ_FAULT, ProgramBuilder
-from kestrel_raw.spec import FLAG_FAULT, FLAG_TRUNCATED, MAX_COMMAND, SHELL_COMMAND
+from kestrel_raw.programs.builder import SLOT_ARRAY_KEY, ProgramBuilder
+from kestrel_raw.programs.strings import string_length
+from kestrel_raw.spec import MAX_COMMAND, SHELL_COMMAND
 
 # BPF_MAP_TYPE_ARRAY, one u32: the tgid of the collector's check process (0: none).
 MAP_CHECK = "kr_check"
@@ -55,29 +56,14 @@ def build(b: ProgramBuilder, fmt, layout) -> list:
     b.emit(jmp_imm(BPF_JEQ, R9, 0, "out"))
     b.scratch()
     b.header(kind, layout)
-    fault, have, fits = b.label("fault"), b.label("have"), b.label("fits")
     b.emit(
         mov64_reg(R1, R8),
         alu64_imm(BPF_ADD, R1, kind.line.offset),
         mov64_imm(R2, LINE_READ),
         mov64_reg(R3, R9),
         call("probe_read_user_str"),  # r0 = bytes with the NUL, or -errno
-        jmp_imm(BPF_JSLT, R0, 0, fault),
-        # An empty line: nothing to report.  1 (the NUL alone), or 0 on older kernels, whose
-        # strncpy_from_user_nofault does not count the NUL of an empty string (Debian's 6.1: r0 - 1 would
-        # then be a huge length, reported as a cut line).
-        jmp_imm(BPF_JLE, R0, 1, "out"),
-        mov64_reg(R9, R0),
-        alu64_imm(BPF_SUB, R9, 1),  # r9 = the line's length
-        jmp_imm(BPF_JGT, R9, MAX_COMMAND, have),
-        ja(fits),
-        label(have),
     )
-    b.set_flag(FLAG_TRUNCATED)
-    b.emit(mov64_imm(R9, MAX_COMMAND), ja(fits), label(fault))
-    b.set_flag(FLAG_FAULT)
-    b.count(kind, STAT_READ_FAULT)
-    b.emit(mov64_imm(R9, 0), label(fits))
+    string_length(b, kind, R0, MAX_COMMAND, empty="out")  # an empty line: nothing to report
     b.store(kind.line_len, R9)
     b.store_imm(kind._pad1, 0)
     b.emit(jmp_imm(BPF_JGT, R9, MAX_COMMAND, "out"))  # never: bounds r9 for the verifier
