@@ -134,6 +134,9 @@ BPF_F_MMAPABLE = 1 << 10
 BPF_F_STRICT_ALIGNMENT = 1 << 0
 BPF_F_SLEEPABLE = 1 << 4
 
+# bpf_task_storage_get flags
+BPF_LOCAL_STORAGE_GET_F_CREATE = 1 << 0
+
 # enum bpf_stats_type
 BPF_STATS_RUN_TIME = 0
 

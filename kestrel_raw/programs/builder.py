@@ -43,6 +43,7 @@ from kestrel_raw.asm import (
     label, ld_map_fd, ld_map_value, ldx_mem, mov64_imm, mov64_reg, st_mem, stx_mem,
 )
 from kestrel_raw.asm.annotate import Provenance, Sourced
+from kestrel_raw.kernel.uapi import BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP
 
 # Stack slots (see the module docstring).
 SLOT_ARRAY_KEY = -16
@@ -114,10 +115,6 @@ STATS_PER_KIND = 2
 STATS_ENTRIES = (max(spec.KINDS) + 1) * STATS_PER_KIND
 STAT_NAMES = ("ringbuf_full", "read_fault")
 
-# bpf_ringbuf_output flags and bpf_ringbuf_query flags (enum in include/uapi/linux/bpf.h).
-BPF_RB_NO_WAKEUP = 1
-BPF_RB_FORCE_WAKEUP = 2
-BPF_RB_AVAIL_DATA = 0
 
 _LOAD_SIZES = {1: BPF_B, 2: BPF_H, 4: BPF_W, 8: BPF_DW}
 MINORBITS = 20  # include/linux/kdev_t.h: dev_t is major << 20 | minor

@@ -27,16 +27,16 @@ from __future__ import annotations
 
 from kestrel_raw.asm import BPF_ADD, BPF_DW, BPF_H, BPF_JEQ, BPF_JGE, BPF_JGT, BPF_JLE, BPF_JNE, BPF_MUL
 from kestrel_raw.asm import BPF_SUB, BPF_W, R0, R1, R2, R3, R4, R8, R9, R10, alu64_imm, alu64_reg, call, ja
-from kestrel_raw.asm import jmp_imm, jmp_reg, label, ld_map_fd, ldx_mem, mov64_imm, mov64_reg
+from kestrel_raw.asm import jmp_imm, jmp_reg, label, ldx_mem, mov64_imm, mov64_reg
 from kestrel_raw.asm import st_mem, stx_mem
 from kestrel_raw.programs.builder import SLOT_B, SLOT_C, SLOT_D, SLOT_TASK, STAT_READ_FAULT, ProgramBuilder
+from kestrel_raw.programs.entry import task_slot
 from kestrel_raw.programs.strings import string_length
 from kestrel_raw.spec import (
     DNS_ADDR_SIZE, DNS_ADDRS, DNS_QUERY, FLAG_FAULT, FLAG_TRUNCATED, MAX_QUERY, MAX_SERVICE, CallArg,
 )
 
 MAP_DNS = "kr_dns"  # BPF_MAP_TYPE_TASK_STORAGE: one slot per thread, made at its first getaddrinfo call
-BPF_LOCAL_STORAGE_GET_F_CREATE = 1  # include/uapi/linux/bpf.h
 
 # The getaddrinfo arguments, as the spec names them.
 NODE = DNS_QUERY.query.source
@@ -85,24 +85,11 @@ SLOT_NEXT = SLOT_C  # u64: the next entry's address
 SLOT_SOCKTYPE = SLOT_D  # u64: the first entry's socket type
 
 
-def _slot(b: ProgramBuilder, create: bool) -> None:
-    """r0 = this thread's kr_dns slot (made when ``create``); leave ("out") when there is none.  Needs the
-    BTF task pointer in SLOT_TASK."""
-    b.emit(
-        ld_map_fd(R1, MAP_DNS),
-        ldx_mem(BPF_DW, R2, R10, SLOT_TASK),
-        mov64_imm(R3, 0),
-        mov64_imm(R4, BPF_LOCAL_STORAGE_GET_F_CREATE if create else 0),
-        call("task_storage_get"),
-        jmp_imm(BPF_JEQ, R0, 0, "out"),
-    )
-
-
 def build_call(b: ProgramBuilder, fmt, layout) -> list:
     """The uprobe at getaddrinfo's first instruction: copy its arguments into the thread's slot."""
     b.prologue()
     b.emit(call("get_current_task_btf"), stx_mem(BPF_DW, R10, R0, SLOT_TASK))
-    _slot(b, create=True)
+    task_slot(b, create=True, missing="out", map_name=MAP_DNS)
     b.emit(mov64_reg(R8, R0), st_mem(BPF_W, R8, SLOT_MARKER, 1), call("ktime_get_ns"),
            stx_mem(BPF_DW, R8, R0, SLOT_START), st_mem(BPF_W, R8, SLOT_FAMILY, 0))
     b.load_call(R1, RES, layout)
@@ -197,7 +184,7 @@ def build_return(b: ProgramBuilder, fmt, layout) -> list:
     b.prologue()
     b.scratch()
     b.header(kind, layout)
-    _slot(b, create=False)
+    task_slot(b, create=False, missing="out", map_name=MAP_DNS)
     b.emit(ldx_mem(BPF_W, R1, R0, SLOT_MARKER), jmp_imm(BPF_JNE, R1, 1, "out"), st_mem(BPF_W, R0, SLOT_MARKER, 0),
            stx_mem(BPF_DW, R10, R0, SLOT_B))
     b.fill(kind.ret, layout=layout)

@@ -23,6 +23,7 @@ from kestrel_raw.asm import BPF_ADD, BPF_AND, BPF_DW, BPF_JEQ, BPF_JGE, BPF_JGT,
 from kestrel_raw.asm import BPF_SUB, BPF_W, R0, R1, R2, R3, R4, R5, R8, R10, alu64_imm, alu64_reg
 from kestrel_raw.asm import call, ja, jmp_imm, jmp_reg, label, ld_map_fd, ldx_mem, mov32_reg, mov64_imm
 from kestrel_raw.asm import mov64_reg, st_mem, stx_mem
+from kestrel_raw.kernel.uapi import BPF_LOCAL_STORAGE_GET_F_CREATE
 from kestrel_raw.programs.builder import SLOT_TASK, ProgramBuilder
 from kestrel_raw.spec import MAX_PATH, MAX_SOCKADDR
 
@@ -43,14 +44,13 @@ MARK_OPENAT = 1
 MARK_OPENAT2 = 2
 MARK_CONNECT = 3
 
-BPF_LOCAL_STORAGE_GET_F_CREATE = 1  # include/uapi/linux/bpf.h
 
 
-def _slot(b: ProgramBuilder, create: bool, missing: str) -> None:
-    """r0 = this thread's slot (created when ``create``); jump to ``missing`` when there is none.  Needs the
-    BTF task pointer in SLOT_TASK."""
+def task_slot(b: ProgramBuilder, create: bool, missing: str, map_name: str = MAP_ENTRY) -> None:
+    """r0 = this thread's slot of the task storage ``map_name`` (created when ``create``); jump to ``missing``
+    when there is none.  Needs the BTF task pointer in SLOT_TASK."""
     b.emit(
-        ld_map_fd(R1, MAP_ENTRY),
+        ld_map_fd(R1, map_name),
         ldx_mem(BPF_DW, R2, R10, SLOT_TASK),
         mov64_imm(R3, 0),
         mov64_imm(R4, BPF_LOCAL_STORAGE_GET_F_CREATE if create else 0),
@@ -64,7 +64,7 @@ def build_string_entry(b: ProgramBuilder, fmt, arg: str, marker: int) -> list:
     the thread's slot."""
     b.prologue(filtered=False)
     b.emit(call("get_current_task_btf"), stx_mem(BPF_DW, R10, R0, SLOT_TASK))
-    _slot(b, create=True, missing="out")
+    task_slot(b, create=True, missing="out")
     b.emit(mov64_reg(R8, R0), st_mem(BPF_W, R8, ENTRY_MARKER, marker), mov64_reg(R1, R8),
            alu64_imm(BPF_ADD, R1, ENTRY_DATA), mov64_imm(R2, STRING_READ))
     b.load_ctx(R3, fmt.field(arg))
@@ -77,7 +77,7 @@ def build_sockaddr_entry(b: ProgramBuilder, fmt, marker: int) -> list:
     addrlen says) into the thread's slot; rc = the bytes copied, or -errno."""
     b.prologue(filtered=False)
     b.emit(call("get_current_task_btf"), stx_mem(BPF_DW, R10, R0, SLOT_TASK))
-    _slot(b, create=True, missing="out")
+    task_slot(b, create=True, missing="out")
     clamped, fits = b.label("clamped"), b.label("fits")
     b.emit(mov64_reg(R8, R0), st_mem(BPF_W, R8, ENTRY_MARKER, marker))
     b.load_ctx(R2, fmt.field("addrlen"))
@@ -99,7 +99,7 @@ def build_sockaddr_entry(b: ProgramBuilder, fmt, marker: int) -> list:
 def take(b: ProgramBuilder, marker: int, slot: int, none: str) -> None:
     """In an exit program: *(r10 + slot) = this thread's slot if the entry of this syscall armed it (and
     disarm it: a later call whose entry was not seen must not find it); else jump to ``none``."""
-    _slot(b, create=False, missing=none)
+    task_slot(b, create=False, missing=none)
     b.emit(
         ldx_mem(BPF_W, R1, R0, ENTRY_MARKER),
         jmp_imm(BPF_JNE, R1, marker, none),
@@ -124,27 +124,13 @@ def compare(b: ProgramBuilder, slot: int, record_off: int, n: int, max_n: int, d
         mov64_imm(R1, 0),  # r1: the word index
         label(loop),
         jmp_reg(BPF_JGE, R1, R2, tail),
-        mov64_reg(R3, R1),
-        alu64_imm(BPF_LSH, R3, 3),
-        mov64_reg(R4, R8),
-        alu64_imm(BPF_ADD, R4, record_off),
-        alu64_reg(BPF_ADD, R4, R3),
-        ldx_mem(BPF_DW, R4, R4, 0),
-        alu64_reg(BPF_ADD, R3, R0),
-        ldx_mem(BPF_DW, R3, R3, 0),
+        *_words(R1, record_off),
         jmp_reg(BPF_JNE, R3, R4, differ),
         alu64_imm(BPF_ADD, R1, 1),
         ja(loop),
         label(tail),
         jmp_imm(BPF_JEQ, R5, 0, same),
-        mov64_reg(R3, R2),
-        alu64_imm(BPF_LSH, R3, 3),
-        mov64_reg(R4, R8),
-        alu64_imm(BPF_ADD, R4, record_off),
-        alu64_reg(BPF_ADD, R4, R3),
-        ldx_mem(BPF_DW, R4, R4, 0),
-        alu64_reg(BPF_ADD, R3, R0),
-        ldx_mem(BPF_DW, R3, R3, 0),
+        *_words(R2, record_off),
         # mask = (1 << 8 * r5) - 1: the bytes up to and with the NUL (the rest of the word is stale)
         alu64_imm(BPF_LSH, R5, 3),
         mov64_imm(R1, 1),
@@ -154,6 +140,20 @@ def compare(b: ProgramBuilder, slot: int, record_off: int, n: int, max_n: int, d
         alu64_reg(BPF_AND, R4, R1),
         jmp_reg(BPF_JNE, R3, R4, differ),
         ja(same),
+    )
+
+
+def _words(index: int, record_off: int) -> tuple:
+    """r4 = the record's word ``index`` (a register) from record_off, r3 = the entry copy's (r0 points at it)."""
+    return (
+        mov64_reg(R3, index),
+        alu64_imm(BPF_LSH, R3, 3),
+        mov64_reg(R4, R8),
+        alu64_imm(BPF_ADD, R4, record_off),
+        alu64_reg(BPF_ADD, R4, R3),
+        ldx_mem(BPF_DW, R4, R4, 0),
+        alu64_reg(BPF_ADD, R3, R0),
+        ldx_mem(BPF_DW, R3, R3, 0),
     )
 
 
