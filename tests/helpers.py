@@ -495,15 +495,19 @@ class Doer:
         self.close()
 
 
-def cgroup2_mount() -> str | None:
+def cgroup2_mount() -> str:
     """Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup/unified on a hybrid host, /sys/fs/cgroup on a
-    v2 one), or None."""
+    v2 one); mounted at /run/kestrel-test-cgroup2 when it is nowhere (a test guest): the hierarchy and its
+    cgroup ids are the kernel's whatever the mount point."""
     with open("/proc/self/mounts") as f:
         for line in f:
             _dev, where, fstype, *_ = line.split()
             if fstype == "cgroup2":
                 return where
-    return None
+    where = "/run/kestrel-test-cgroup2"
+    os.makedirs(where, exist_ok=True)
+    subprocess.run(["mount", "-t", "cgroup2", "cgroup2", where], check=True)
+    return where
 
 
 def kernel_dev(st_dev: int) -> int:

@@ -173,8 +173,6 @@ async def test_exe_delivers_the_executable_given_and_drops_another(doer, tmp_pat
 @pytest.mark.parametrize("key", ["cgroup", "container"])
 async def test_cgroup_delivers_its_cgroup_drops_another_and_passes_one_not_scanned(doer, key):
     root = cgroup2_mount()
-    if root is None:
-        pytest.fail("no cgroup v2 hierarchy mounted: the cgroup filter reads the v2 cgroup")
     with open(f"/proc/{doer.pid}/cgroup") as f:
         home = root + next(line.split(":", 2)[2].strip() for line in f if line.startswith("0::"))
     made = [os.path.join(root, f"krf-{uuid.uuid4().hex[:12]}") for _ in range(2)]

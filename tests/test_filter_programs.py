@@ -7,6 +7,7 @@ import pytest
 import trio
 
 from kestrel_raw.asm import exit_insn, format_program, label, mov64_imm
+from kestrel_raw.collector import KestrelCollector
 from kestrel_raw.collector.deliver import Delivery
 from kestrel_raw.collector.filtering import FilterWriter, filter_counters, rekeyed
 from kestrel_raw.collector.load import create_filter_maps
@@ -256,3 +257,22 @@ def test_the_writer_fills_the_inactive_set_flips_and_clears_the_old_one():
     finally:
         for m in maps.values():
             m.close()
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("context", [True, False])
+def test_every_program_with_the_filters_is_accepted_by_the_verifier(context):
+    # Every event type's programs (the filters in each submit), with and without context (the flagged way
+    # out of exec, exit and fork), with new threads reported (fork's second submit).
+    from kestrel_raw.spec import EVENT_KINDS
+
+    send, _recv = trio.open_memory_channel(1)
+    c = KestrelCollector(send, CollectorConfig(event_types=[k.label for k in EVENT_KINDS.values()],
+                                               context=context, threads=True))
+    try:
+        c.load()
+        names = {spec.name for spec, _prog in c._programs}
+    finally:
+        c.stop()
+    assert {"kr_openat", "kr_open_fin", "kr_connect", "kr_exec_cwd", "kr_execve_x", "kr_exit", "kr_fork",
+            "kr_fork_cwd", "kr_shell", "kr_dns_ret"} <= names
