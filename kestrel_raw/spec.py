@@ -451,6 +451,11 @@ FLAG_TOCTOU = 1 << 2
 # The argument could be read only at the syscall's exit (its page was not in memory at entry, or the syscall
 # began before the collector attached): a racing thread could have changed it before that read.
 FLAG_LATE_READ = 1 << 3
+# Internal (issue 15): a filter dropped the record, or its kind's rate limit held it back, but it was written
+# for the process cache (exec, exit and fork with context on, kestrel_raw/programs/filtermaps.py): user space
+# uses it for the cache and never delivers it.
+FLAG_FILTERED = 1 << 4
+FLAG_RATE_LIMITED = 1 << 5
 
 TASK_COMM_LEN = 16
 MAX_PATH = 4096  # open path bytes kept, without the NUL; a longer path is cut here and flagged TRUNCATED
@@ -604,6 +609,8 @@ HEADER: tuple[Wire, ...] = (
     Wire("comm", Chars(TASK_COMM_LEN), Btf("task_struct.comm"), "the thread's command name"),
 )
 HEADER_SIZE = sum(w.type.size for w in HEADER)
+HEADER_FLAGS_OFFSET = 10  # header_flags' offset: after ts_ns (8) and kind (2); checked below
+assert sum(w.type.size for w in HEADER[:[w.name for w in HEADER].index("header_flags")]) == HEADER_FLAGS_OFFSET
 
 AUDIT_UNSET = 0xFFFFFFFF  # (u32)-1: AUDIT_UID_UNSET (include/linux/uidgid.h), AUDIT_SID_UNSET (include/linux/audit.h)
 
