@@ -290,3 +290,26 @@ def test_sighup_swaps_the_filters_with_the_same_programs(tmp_path, tag):
     assert rc == 0, err
     assert f"SIGHUP: read {conf}: filters changed (path-prefix), in force now: " in err
     assert "takes effect at the next start" not in err
+
+
+def test_rate_limit_delivers_about_the_rate_and_counts_the_rest_exactly(tmp_path, tag):
+    import re
+
+    name = f"krfm-rt{tag[:6]}"
+    c = started(tmp_path, "--events", "open", "--comm", name, "--rate-limit", "open=10")
+    t0 = time.monotonic()
+    child(TRY_OPEN + f"""
+import ctypes
+ctypes.CDLL(None).prctl(15, {name.encode()!r}, 0, 0, 0)
+for i in range(1000):
+    try_open(f"/nonexistent-{tag}-{{i}}")
+""")
+    elapsed = time.monotonic() - t0
+    rc, err = c.stop()
+    assert rc == 0, err
+    delivered = [e for e in c.events() if e.get("type") == "open" and e["path"].startswith(f"/nonexistent-{tag}-")]
+    limited = int(re.search(r"\bopen\.rate_limited=(\d+)", err).group(1))
+    # Every open either delivered or counted (the comm filter lets only the child's through to the bucket).
+    assert len(delivered) + limited == 1000, (len(delivered), limited)
+    # A bucket of 10 tokens, refilled at 10 a second while the child ran.
+    assert 1 <= len(delivered) <= 10 + 10 * elapsed + 1, (len(delivered), elapsed)
