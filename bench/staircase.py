@@ -64,7 +64,7 @@ def stage_program(stage: str, fmt, layout, wakeup_bytes: int) -> list:
     if stage == "empty":
         return [mov64_imm(R0, 0), exit_insn()]
     threshold = wakeup_bytes if stage == "full" else -1  # -1: BPF_RB_NO_WAKEUP on every record
-    b = ProgramBuilder("kr_stair", self_tgid=os.getpid(), nrings=1, wakeup_threshold=threshold)
+    b = ProgramBuilder("kr_stair", self_tgid=os.getpid(), nrings=1, wakeup_threshold=threshold, layout=layout)
     if stage in ("submit", "full"):
         return open_.build(b, fmt, layout, OPEN_SYSCALL_OPENAT)
     b.prologue()

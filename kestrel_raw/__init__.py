@@ -29,6 +29,7 @@ _EXPORTS = {
     "AsmProgram": "kestrel_raw.probes.user",
     "AsmMap": "kestrel_raw.probes.user",
     "LoadedAsmObject": "kestrel_raw.probes.user",
+    "Filters": "kestrel_raw.filters",
     "EventType": "kestrel_raw.spec",
     "FieldId": "kestrel_raw.spec",
     "FieldType": "kestrel_raw.spec",

@@ -53,6 +53,11 @@ def _dedupe(types: Iterable[EventType]) -> tuple[EventType, ...]:
     return tuple(dict.fromkeys(types))
 
 
+def _library_name(key: str) -> str:
+    """How a filter error names a setting of CollectorConfig: ``filters`` and the flag's key in it."""
+    return f"filters ({key})"
+
+
 def _positive_int(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{name} must be an integer, got {value!r}")
@@ -114,6 +119,10 @@ class CollectorConfig:
         Engine API, which podman's service speaks too), in order.
     status: emit the ``status`` event (the host's identity) once at start; not with only_tgids (those tgids'
         events alone are reported).
+    filters: what the programs filter in the kernel (a ``kestrel_raw.filters.Filters``; default: nothing),
+        checked against event_types here (a filter on what none of them has is refused); written into the
+        filter maps before the programs are attached, and changed while running with
+        ``KestrelCollector.set_filters``.
     queue_size: events buffered between the ring-buffer pollers and each consumer (with an EventBus for
         output, each subscriber's ``max_buffer`` instead).
     queue_policy: what happens when the consumer is slow and the queue is full.  "block": the pollers wait
@@ -183,6 +192,7 @@ class CollectorConfig:
     threads: bool = False
     container_sockets: tuple[str, ...] = DEFAULT_CONTAINER_SOCKETS
     status: bool = True
+    filters: object = None
 
     def __post_init__(self) -> None:
         if self.program_path is not None:
@@ -284,6 +294,14 @@ class CollectorConfig:
         if isinstance(sockets, (str, os.PathLike)):
             sockets = (sockets,)
         object.__setattr__(self, "container_sockets", tuple(os.fspath(p) for p in sockets))
+        from kestrel_raw.filters import NO_FILTERS, Filters
+
+        if self.filters is None:
+            object.__setattr__(self, "filters", NO_FILTERS)
+        elif not isinstance(self.filters, Filters):
+            raise ConfigError(f"filters must be a kestrel_raw.filters.Filters (Filters.parse(...)), got {self.filters!r}")
+        if not self.filters.empty:
+            self.filters.check(types, name=_library_name, events="event_types")
         for name in ("drop_uid", "drop_gid"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**32 - 1:

@@ -163,6 +163,9 @@ class FieldId(enum.IntEnum):
     ARCH = 56
     CLOUD = 57
     PROGRAMS = 58
+    # Issue 15 (filters, loss): 60-69.
+    FILTERS = 62
+    REASON = 63
     # Issue 17 (uprobe events): 130-139.
     COMMAND = 130
     QUERY = 131
@@ -448,6 +451,11 @@ FLAG_TOCTOU = 1 << 2
 # The argument could be read only at the syscall's exit (its page was not in memory at entry, or the syscall
 # began before the collector attached): a racing thread could have changed it before that read.
 FLAG_LATE_READ = 1 << 3
+# Internal (issue 15): a filter dropped the record, or its kind's rate limit held it back, but it was written
+# for the process cache (exec, exit and fork with context on, kestrel_raw/programs/filtermaps.py): user space
+# uses it for the cache and never delivers it.
+FLAG_FILTERED = 1 << 4
+FLAG_RATE_LIMITED = 1 << 5
 
 TASK_COMM_LEN = 16
 MAX_PATH = 4096  # open path bytes kept, without the NUL; a longer path is cut here and flagged TRUNCATED
@@ -601,6 +609,8 @@ HEADER: tuple[Wire, ...] = (
     Wire("comm", Chars(TASK_COMM_LEN), Btf("task_struct.comm"), "the thread's command name"),
 )
 HEADER_SIZE = sum(w.type.size for w in HEADER)
+HEADER_FLAGS_OFFSET = 10  # header_flags' offset: after ts_ns (8) and kind (2); checked below
+assert sum(w.type.size for w in HEADER[:[w.name for w in HEADER].index("header_flags")]) == HEADER_FLAGS_OFFSET
 
 AUDIT_UNSET = 0xFFFFFFFF  # (u32)-1: AUDIT_UID_UNSET (include/linux/uidgid.h), AUDIT_SID_UNSET (include/linux/audit.h)
 
@@ -967,7 +977,7 @@ class UserKind:
 
 STATUS = UserKind(
     EventType.STATUS,
-    inputs=("hostname", "machine_id", "boot_id", "kernel", "arch", "cloud", "programs"),
+    inputs=("hostname", "machine_id", "boot_id", "kernel", "arch", "cloud", "programs", "reason", "filters"),
     values=[
         Value(FieldId.HOSTNAME, "hostname", doc="the host's name"),
         Value(FieldId.MACHINE_ID, "machine_id", null="machine_id is None", doc="/etc/machine-id"),
@@ -981,8 +991,14 @@ STATUS = UserKind(
               doc='every program the collector loaded, in load order: `{"name", "sha256", "tag"}` (the '
                   "SHA-256 of its bytes, as a pin file approves them, and the tag the kernel reports; "
                   "`kestrel-raw disasm` prints the same)"),
+        Value(FieldId.REASON, "reason",
+              doc='why it was made: `"start"`, `"filters_changed"` (SIGHUP or `set_filters` changed the filters)'),
+        Value(FieldId.FILTERS, "filters",
+              doc='the filters in force, keyed as the config file keys them (`{"uid": [0], "exclude-comm": '
+                  '["sshd"], "failed-only": true, "rate-limit": {"open": 100}}`; `{}`: none)'),
     ],
-    doc="once, at start, made by the collector: the host's identity (kestrel_raw/context/host.py)",
+    doc="made by the collector: at start (the host's identity, kestrel_raw/context/host.py, and the filters), and when "
+        "the filters change",
 )
 USER_KINDS: dict[int, UserKind] = {STATUS.id: STATUS}
 # Every kind that makes events, by event type id.
@@ -1053,6 +1069,8 @@ _FIELD_DEFS: dict[FieldId, tuple[str, FieldType, str]] = {
     FieldId.ARCH: ("arch", FieldType.STRING, "machine architecture"),
     FieldId.CLOUD: ("cloud", FieldType.JSON, "cloud instance, or null"),
     FieldId.PROGRAMS: ("programs", FieldType.JSON, "the programs loaded, with their digests"),
+    FieldId.FILTERS: ("filters", FieldType.JSON, "the filters in force, as the flags name them"),
+    FieldId.REASON: ("reason", FieldType.STRING, "why the collector made the event"),
     FieldId.COMMAND: ("command", FieldType.STRING, "the command line an interactive shell read"),
     FieldId.QUERY: ("query", FieldType.STRING, "the host name a process asked the resolver for"),
     FieldId.SERVICE: ("service", FieldType.STRING, "the service (port name or number) asked for"),

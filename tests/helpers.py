@@ -424,6 +424,98 @@ class Opener:
         self.close()
 
 
+# -- a child that runs Python statements on demand (issue 15's filter tests) ----------------------------------
+
+_DOER = """
+import ctypes, os, socket, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+PR_SET_NAME = 15
+def comm(name):
+    libc.prctl(PR_SET_NAME, name.encode(), 0, 0, 0)
+def try_open(path):
+    try:
+        os.close(os.open(path, os.O_RDONLY))
+    except OSError:
+        pass
+def connect(host, port):
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        try:
+            s.connect((host, port))
+        except OSError:
+            pass
+for line in sys.stdin:
+    try:
+        exec(eval(line))
+        print("done", flush=True)
+    except BaseException as e:
+        print("error", repr(e).replace(chr(10), " "), flush=True)
+"""
+
+
+class Doer:
+    """A child Python that runs the statements it is sent (``do``), from one known tgid, and says when they
+    are done: events on demand from a process a collector can be told about (``only_tgids``) before it runs
+    anything.  Helpers in its namespace: ``comm(name)`` (prctl PR_SET_NAME), ``try_open(path)`` (an open that
+    may fail), ``connect(host, port)`` (a TCP connect that may fail); os, socket, time, ctypes imported (so
+    that nothing it is sent opens a module file)."""
+
+    def __init__(self, executable: str | None = None) -> None:
+        self.proc = subprocess.Popen([executable or sys.executable, "-c", _DOER], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        self.pid = self.proc.pid
+        try:
+            self.do("pass")  # its start-up opens are over before a collector attaches
+        except BaseException:
+            self.close()
+            raise
+
+    def do(self, code: str, timeout: float = 60) -> None:
+        self.proc.stdin.write(repr(code) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if line != "done\n":
+            raise AssertionError(f"the child (pid {self.pid}) failed running {code!r}: {line.strip() or 'it exited'}")
+
+    def exec_(self, path: str, *args: str) -> int:
+        """Replace the child by ``path args``, and wait for it to end: its exit status."""
+        self.proc.stdin.write(repr(f"os.execv({path!r}, {[path, *args]!r})") + "\n")
+        self.proc.stdin.flush()
+        return self.proc.wait(timeout=30)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+    def __enter__(self) -> "Doer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def cgroup2_mount() -> str:
+    """Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup/unified on a hybrid host, /sys/fs/cgroup on a
+    v2 one); mounted at /run/kestrel-test-cgroup2 when it is nowhere (a test guest): the hierarchy and its
+    cgroup ids are the kernel's whatever the mount point."""
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            _dev, where, fstype, *_ = line.split()
+            if fstype == "cgroup2":
+                return where
+    where = "/run/kestrel-test-cgroup2"
+    os.makedirs(where, exist_ok=True)
+    subprocess.run(["mount", "-t", "cgroup2", "cgroup2", where], check=True)
+    return where
+
+
+def kernel_dev(st_dev: int) -> int:
+    """stat()'s st_dev as the kernel's dev_t (major << 20 | minor: include/linux/kdev_t.h), what
+    super_block.s_dev holds."""
+    return os.major(st_dev) << 20 | os.minor(st_dev)
+
+
 # -- a kernel-side ring-buffer producer ------------------------------------------------------------------------
 # A program attached at ``syscalls:sys_enter_getppid`` for this process only writes the record the test
 # asked for in the ``ctl`` array map (see tests/test_ringbuf_kernel.py).

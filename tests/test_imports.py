@@ -26,7 +26,7 @@ SYSCALL_MODULE = ROOT / "kernel" / "syscall.py"
 
 # The pure zone: these packages (every module in them) and modules.
 PURE_PACKAGES = ["kestrel_raw.asm", "kestrel_raw.btf", "kestrel_raw.codec", "kestrel_raw.programs",
-                 "kestrel_raw.context"]   # context: its I/O runs on threads; tasks.py loads kernel/ when called
+                 "kestrel_raw.context", "kestrel_raw.filters"]   # context: its I/O runs on threads; tasks.py loads kernel/ when called
 PURE_MODULES = ["kestrel_raw.maps.ring", "kestrel_raw.spec", "kestrel_raw.kernel.layout", "kestrel_raw.kernel.uapi"]
 
 

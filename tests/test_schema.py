@@ -69,6 +69,8 @@ PINNED = [
     (56, "arch", "string", {"status"}),
     (57, "cloud", "json", {"status"}),
     (58, "programs", "json", {"status"}),
+    (62, "filters", "json", {"status"}),
+    (63, "reason", "string", {"status"}),
     (130, "command", "string", {SH}),
     (131, "query", "string", {DNS}),
     (132, "service", "string", {DNS}),
@@ -116,6 +118,6 @@ def test_fields_of_exit():
         "container_image", "parent_entity_key", "exe", "exe_deleted", "exe_memfd", "cwd", "pidns", "mntns", "netns",
         "hostname", "ancestors"]
     assert [f.name for f in fields_of(EventType.STATUS)] == ["hostname", "machine_id", "boot_id", "kernel", "arch",
-                                                             "cloud", "programs"]
+                                                             "cloud", "programs", "filters", "reason"]
     assert [f.name for f in fields_of(3)][8:16] == ["ret", "fault", "family", "daddr", "dport", "fd", "toctou",
                                                     "late_read"]

@@ -88,6 +88,9 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
     g("--container-socket", action="append", metavar="PATH", dest="container_sockets",
       help="a container runtime's API socket to ask for container names and images (docker's Engine API, or "
            "podman's service); repeat for several (default /run/podman/podman.sock, /var/run/docker.sock)")
+    add_filter_arguments(run.add_argument_group(
+        "filters, in the kernel (each flag may be repeated: values of one flag are OR-ed, different flags "
+        "AND-ed, an --exclude-... wins; SIGHUP applies a changed --config file's filters at once)"))
     g = run.add_argument_group("outputs (standard output when none is given)").add_argument
     g("--output", "-o", metavar="FILE",
       help="append JSON lines to FILE (created with mode 0600; a symbolic link, or an existing file that is "
@@ -145,6 +148,60 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
     g("--keep-privileges", action=argparse.BooleanOptionalAction,
       help="do not drop capabilities and root's uid once attached (debugging only)")
     add_run_audit_arguments(run.add_argument_group("audit (docs/audit.md)"))
+
+
+# The filter flags: config key -> (metavar, what it matches).  The --exclude-... twin of each excludes.
+FILTER_FLAGS = {
+    "pid": ("PID", "that process and its descendants, those born later too (up to 32 generations down)"),
+    "uid": ("UID", "processes of that (real) user id"),
+    "comm": ("NAME", "processes whose command name is NAME (at most 15 bytes, as ps -o comm shows it)"),
+    "exe": ("PATH", "processes running the executable PATH (its device and inode, read at start and at SIGHUP)"),
+    "cgroup": ("PATH", "processes in that cgroup v2 or below it (a path under the v2 mount, or relative to "
+                       "its root, as /proc/PID/cgroup shows it)"),
+    "container": ("ID", "processes in the container whose id starts with ID (12 or more hex digits), any "
+                        "(in a container) or none (on the host)"),
+    "port": ("PORT", "connect events to that destination port"),
+    "daddr": ("ADDR[/PREFIX]", "connect events to that IPv4 or IPv6 address or network"),
+    "path-prefix": ("PREFIX", "open events whose path starts with PREFIX (the opened file's absolute path when "
+                              "the open succeeded, the path as given otherwise; bytes, so /etc/ and not /etc)"),
+}
+FILTER_DESTS = tuple([k.replace("-", "_") for k in FILTER_FLAGS] + [f"exclude_{k.replace('-', '_')}" for k in FILTER_FLAGS]
+                     + ["failed_only", "success_only", "rate_limit"])
+
+
+def add_filter_arguments(g) -> None:
+    for key, (metavar, what) in FILTER_FLAGS.items():
+        g.add_argument(f"--{key}", action="append", metavar=metavar, help=f"only {what}")
+        g.add_argument(f"--exclude-{key}", action="append", metavar=metavar, help=f"not {what}")
+    g.add_argument("--failed-only", action="store_true", default=None,
+                   help="only events whose ret is negative (a failed open, connect, exec, getaddrinfo)")
+    g.add_argument("--success-only", action="store_true", default=None, help="only events whose ret is 0 or more")
+    g.add_argument("--rate-limit", action="append", metavar="TYPE=N",
+                   help="at most N events of TYPE per second (a token bucket in the kernel); the events held back "
+                        "are counted as lost (rate_limited)")
+
+
+def plan_filters(settings: Settings, event_types) -> object:
+    """The Filters the settings give, checked against ``event_types`` and this machine (an --exe that does
+    not exist, a --cgroup or --container that names nothing): SettingError naming the flag as given."""
+    from kestrel_raw.filters import Filters
+    from kestrel_raw.filters.lookup import read_host
+    from kestrel_raw.filters.values import KEYS
+
+    name = lambda key: settings.describe(key.replace("-", "_"))  # noqa: E731
+    values = settings.values
+    try:
+        filters = Filters.parse({k: getattr(values, k, None) for k in KEYS},
+                                {k: getattr(values, "exclude_" + k, None) for k in KEYS},
+                                failed_only=bool(getattr(values, "failed_only", None)),
+                                success_only=bool(getattr(values, "success_only", None)),
+                                rate_limits=getattr(values, "rate_limit", None) or (), name=name)
+        if not filters.empty:
+            filters.check(event_types, name=name)
+            read_host(filters, name=name)
+    except ConfigError as e:
+        raise SettingError(str(e)) from None
+    return filters
 
 
 # -- from settings to a plan ----------------------------------------------------------------------------------
@@ -214,8 +271,10 @@ def make_plan(settings: Settings) -> Plan:
             event_types = () if v("object") else DEFAULT_EVENT_TYPES
         else:
             event_types = parse_event_types(events)
+        filters = plan_filters(settings, event_types)
         config = CollectorConfig(event_types=event_types, program_path=v("object"), dump_dir=v("dump_programs"),
-                                 drop_privileges=not keep, drop_uid=uid, drop_gid=gid, deliver="json", **kwargs)
+                                 drop_privileges=not keep, drop_uid=uid, drop_gid=gid, deliver="json",
+                                 filters=filters, **kwargs)
         check_rings(config.buffers, config.buffer_size)
     except SettingError:
         raise
@@ -624,7 +683,7 @@ async def _run(plan: Plan, outputs: Outputs) -> int:
                     nonlocal settings
                     async for signum in signals:
                         if signum == signal.SIGHUP:
-                            settings = _reload(settings)
+                            settings = _reload(settings, collector)
                             continue
                         nursery.cancel_scope.cancel()
                         return
@@ -716,15 +775,16 @@ async def _finish(plan: Plan, outputs: Outputs, outs: list, recv, writable: bool
     return status
 
 
-def _reload(settings: Settings) -> Settings:
-    """SIGHUP: read the config file again.  Nothing loaded can change while running yet (the filters will:
-    issue 15); the new file is checked, and what it changes is named.  Returns the settings in force."""
+def _reload(settings: Settings, collector=None) -> Settings:
+    """SIGHUP: read the config file again.  The filters change at once (``collector.set_filters``: no
+    program reloaded); every other setting takes effect at the next start: the new file is checked, and
+    what it changes is named.  Returns the settings to compare the next SIGHUP's with: those in force."""
     if settings.path is None:
         error("SIGHUP: no --config file to read again; nothing changed")
         return settings
     try:
         new = settings.reload()
-        make_plan(new)
+        plan = make_plan(new)
     except ConfigError as e:
         error(f"SIGHUP: {e}; the running settings are kept")
         return settings
@@ -732,11 +792,36 @@ def _reload(settings: Settings) -> Settings:
 
     changed = [key for key, action in options(new.parser).items()
                if getattr(new.values, action.dest, None) != getattr(settings.values, action.dest, None)]
-    if changed:
-        error(f"SIGHUP: read {settings.path}: {', '.join(changed)} changed, which takes effect at the next start")
-    else:
+    filter_keys = [key for key in changed if options(new.parser)[key].dest in FILTER_DESTS]
+    later = [key for key in changed if key not in filter_keys]
+    in_force = settings
+    if filter_keys and collector is not None:
+        try:
+            collector.set_filters(plan.config.filters)
+        except (ConfigError, SetupError) as e:
+            error(f"SIGHUP: {e}; the running filters are kept")
+        else:
+            error(f"SIGHUP: read {settings.path}: filters changed ({', '.join(filter_keys)}), in force now: "
+                  f"{_filters_text(plan.config.filters)}")
+            # The filter settings in force are the new file's; the others stay those of the start.
+            merged = vars(settings.values).copy()
+            merged.update({dest: getattr(new.values, dest, None) for dest in FILTER_DESTS})
+            in_force = Settings(values=argparse.Namespace(**merged), parser=settings.parser, cli=settings.cli,
+                                path=settings.path,
+                                from_file={**{d: n for d, n in settings.from_file.items() if d not in FILTER_DESTS},
+                                           **{d: n for d, n in new.from_file.items() if d in FILTER_DESTS}})
+    if later:
+        error(f"SIGHUP: read {settings.path}: {', '.join(later)} changed, which takes effect at the next start")
+    elif not filter_keys:
         error(f"SIGHUP: read {settings.path}: nothing changed")
-    return settings
+    return in_force
+
+
+def _filters_text(filters) -> str:
+    import json
+
+    doc = filters.to_json()
+    return json.dumps(doc, separators=(",", ":")) if doc else "none"
 
 
 def _write_error(e: OSError, plan: Plan) -> None:

@@ -48,6 +48,7 @@ from kestrel_raw.collector import selfcheck
 from kestrel_raw.collector.attach import attach_all, check_attached
 from kestrel_raw.collector import context as ctxsetup
 from kestrel_raw.collector.deliver import Delivery
+from kestrel_raw.collector.filterset import FilterSet
 from kestrel_raw.collector.load import (
     build_programs, create_maps, create_probe_maps, fill_only, listing_text, load_btf, load_programs,
     write_listings,
@@ -74,12 +75,14 @@ __all__ = ["KestrelCollector", "CollectorStats", "ObjectRecord", "BATCH_RECORDS"
 STATUS_POLL = 0.05  # seconds between looks at an unfinished host identity lookup
 
 
-def status_event(ident: HostIdentity, ts_mono: int, wall_offset: int, loaded: list[dict] | None = None):
+def status_event(ident: HostIdentity, ts_mono: int, wall_offset: int, loaded: list[dict] | None = None,
+                 reason: str = "start", filters: dict | None = None):
     """The status event (spec.STATUS) of ``ident``, stamped ``ts_mono`` (CLOCK_MONOTONIC ns); ``loaded``: the
-    programs loaded with their digests (``loaded_digests``)."""
+    programs loaded with their digests (``loaded_digests``); ``reason``: "start" or "filters_changed";
+    ``filters``: the filters in force (``Filters.to_json()``)."""
     j = ident.to_json()
     return CODEC["event_status"](j["hostname"], j["machine_id"], j["boot_id"], j["kernel"], j["arch"], j["cloud"],
-                                 loaded or [], ts_mono, ts_mono + wall_offset)
+                                 loaded or [], reason, filters or {}, ts_mono, ts_mono + wall_offset)
 
 
 def loaded_digests(listing: list, linked: dict | None = None) -> list[dict]:
@@ -119,6 +122,8 @@ class KestrelCollector:
         self._object = None          # the LoadedObject of config.program_path (objects.py)
         self._object_readers: list[tuple[RingBufReader, ObjectDelivery]] = []
         self._shell_check: ShellCheck | None = None  # the bash of shell_command's check (shellcheck.py)
+        self._filterset = FilterSet(self.config.filters, self.config.event_types)  # the filters in force
+        self._background: trio.Nursery | None = None  # start()'s background tasks, while running
 
     # -- load ----------------------------------------------------------------------------------------
 
@@ -127,6 +132,9 @@ class KestrelCollector:
         if self._loaded:
             return
         cfg = self.config
+        if not self._filterset.filters.empty and self._filterset.host is None:
+            # ConfigError before anything is made: an --exe that is gone, a cgroup or container not found.
+            self._filterset.host = self._filterset.prepare(self._filterset.filters)
         specs = programs.config_specs(cfg)
         # The BTF is read once (it may come from a pipe): the process cache's seed and the user's object
         # need it again.
@@ -239,6 +247,9 @@ class KestrelCollector:
                     # The broker (a fork) is made while the process has one thread, before anything is
                     # attached: its start is not an event.
                     self._context = ctxsetup.Context(cfg, self._maps[programs.MAP_FILTER])
+                if builtin:
+                    # Before attaching: no event escapes the filters.
+                    self._filterset.install(self._maps)
                 attach_all(self._programs, self._links)
                 if builtin:
                     shell = self._shell_check
@@ -270,6 +281,9 @@ class KestrelCollector:
                 if cfg.status and cfg.only_tgids is None and builtin:
                     self._host = start_host_identity()
                 async with trio.open_nursery() as background:
+                    self._background = background
+                    if builtin:
+                        background.start_soon(self._filterset.rescan_forever)
                     if self._host is not None:
                         if self._host.done:  # off a cloud: the first event
                             await self._emit_status()
@@ -293,9 +307,10 @@ class KestrelCollector:
                         task_status.started()
                     background.cancel_scope.cancel()
         finally:
+            self._background = None
             self._close_all()
 
-    async def _emit_status(self) -> None:
+    async def _emit_status(self, reason: str = "start") -> None:
         """The status event, once the host's identity is known (a cloud's metadata service answers within
         its deadline, or the identity comes without ``cloud``)."""
         while not self._host.done:
@@ -304,8 +319,35 @@ class KestrelCollector:
         if ident is None:
             return
         loaded = [{"name": name, **d} for name, d in self.program_digests().items()]
-        event = status_event(ident, time.monotonic_ns(), self._delivery.wall_offset, loaded)
+        event = status_event(ident, time.monotonic_ns(), self._delivery.wall_offset, loaded, reason,
+                             self._filterset.filters.to_json())
         await self._delivery.deliver_event(event)
+
+    # -- filters -------------------------------------------------------------------------------------
+
+    @property
+    def filters(self):
+        """The filters in force (a kestrel_raw.filters.Filters)."""
+        return self._filterset.filters
+
+    def set_filters(self, filters) -> None:
+        """Make ``filters`` (a kestrel_raw.filters.Filters) the ones in force: checked (ConfigError, and the
+        filters in force are kept), compiled, written into the filter set the programs are not reading, then
+        flipped to; no program is reloaded.  While running, a ``status`` event with reason
+        "filters_changed" says so.  Before start(), they replace config.filters for the start."""
+        from kestrel_raw.filters import Filters
+
+        if not isinstance(filters, Filters):
+            raise TypeError(f"set_filters takes a kestrel_raw.filters.Filters, got {filters!r}")
+        host = self._filterset.prepare(filters)
+        if self._cancel is None:
+            self._filterset.filters, self._filterset.host = filters, host
+            return
+        if self._closed or self._stopping.is_set:
+            raise RuntimeError("this collector was stopped; its filters cannot change")
+        self._filterset.set(filters, host)
+        if self._host is not None and self._background is not None:
+            self._background.start_soon(self._emit_status, "filters_changed")
 
     def host_identity(self, timeout: float = 0) -> HostIdentity | None:
         """The host's identity the status event carries (hostname, machine id, boot id, kernel, arch, cloud),

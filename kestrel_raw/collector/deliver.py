@@ -16,7 +16,10 @@ the bus's ``statistics()`` shows per subscriber as ``drops``).
 Every record goes through the context provider ``ctx`` (kestrel_raw/collector/enrich.py), which fills each
 event's context values and takes the records that change them; ``wanted[kind]`` says which kinds' events
 are handed on (the exec, fork and exit records keep the process cache current even when those events were
-not asked for; the internal proc records are never events).
+not asked for; the internal proc records are never events).  A record a filter dropped in the kernel but
+wrote for the process cache (header_flags FLAG_FILTERED or FLAG_RATE_LIMITED: exec, exit and fork with
+context on, kestrel_raw/programs/filter.py) goes through ``ctx`` like any other and is never handed on: it
+is counted as consumed (the kernel counted it as filtered).
 """
 from __future__ import annotations
 
@@ -32,6 +35,17 @@ from kestrel_raw.collector.stats import Counts
 from kestrel_raw.config import CollectorConfig
 from kestrel_raw.errors import RecordError
 from kestrel_raw.sinks.bus import EventBus
+from kestrel_raw.spec import FLAG_FILTERED, FLAG_RATE_LIMITED, HEADER_FLAGS_OFFSET
+
+# The header_flags bits of a record written for the process cache alone, in the flags' low byte.
+_CACHE_ONLY = FLAG_FILTERED | FLAG_RATE_LIMITED
+assert _CACHE_ONLY < 256
+NOTHING_WANTED = (False,) * 256
+
+
+def cache_only(raw) -> bool:
+    """The record was dropped by a filter and written only for the process cache."""
+    return len(raw) > HEADER_FLAGS_OFFSET and bool(raw[HEADER_FLAGS_OFFSET] & _CACHE_ONLY)
 
 
 class Delivery:
@@ -86,13 +100,14 @@ class Delivery:
         counts = self.counts
         delivered = counts.delivered
         wall, ctx, wanted = self.wall_offset, self.ctx, self.wanted
+        flags_at, cache_only_bits = HEADER_FLAGS_OFFSET, _CACHE_ONLY
         for i, raw in enumerate(batch):
             try:
                 event = event_from_raw(raw, wall, ctx)
             except RecordError:
                 counts.parse_errors += 1
                 continue
-            if event is None or not wanted[event.event_type_id]:
+            if event is None or not wanted[event.event_type_id] or raw[flags_at] & cache_only_bits:
                 counts.consumed += 1
                 continue
             try:
@@ -131,7 +146,7 @@ class Delivery:
             except RecordError:
                 counts.parse_errors += 1
                 continue
-            if event is None or not wanted[event.event_type_id]:
+            if event is None or not wanted[event.event_type_id] or cache_only(raw):
                 counts.consumed += 1
                 continue
             if self.block:
@@ -153,8 +168,25 @@ class Delivery:
     # -- either ------------------------------------------------------------------------------------------
 
     def _encode_batch(self, batch: list[bytes]) -> tuple[bytes, list[int]]:
-        """The JSON lines of ``batch`` as one chunk, and the kind of each record in it."""
-        chunk, kinds, bad = encode_records(batch, self.wall_offset, self.ctx, self.wanted)
+        """The JSON lines of ``batch`` as one chunk, and the kind of each record in it.  Records written for
+        the process cache alone go through it with nothing wanted, in their place in the batch (a process's
+        exec before its next event)."""
+        if not any(cache_only(raw) for raw in batch):
+            chunk, kinds, bad = encode_records(batch, self.wall_offset, self.ctx, self.wanted)
+        else:
+            chunks, kinds, bad = [], [], 0
+            start = 0
+            for i in range(len(batch) + 1):
+                if i < len(batch) and cache_only(batch[i]) == cache_only(batch[start]):
+                    continue
+                part = batch[start:i]
+                c, k, b = encode_records(part, self.wall_offset, self.ctx,
+                                         NOTHING_WANTED if cache_only(part[0]) else self.wanted)
+                chunks.append(c)
+                kinds += k
+                bad += b
+                start = i
+            chunk = b"".join(chunks)
         self.counts.parse_errors += bad
         self.counts.consumed += len(batch) - bad - len(kinds)
         return chunk, kinds
@@ -179,7 +211,7 @@ class Delivery:
                 except RecordError:
                     counts.parse_errors += 1
                     continue
-                if event is not None and self.wanted[event.event_type_id]:
+                if event is not None and self.wanted[event.event_type_id] and not cache_only(raw):
                     items.append((event, [event.event_type_id]))
                 else:
                     counts.consumed += 1

@@ -24,10 +24,10 @@ from kestrel_raw.kernel import bpf
 from kestrel_raw.kernel.prog import Program
 from kestrel_raw.kernel.tracefs import find_tracefs, tracepoint_format
 from kestrel_raw.kernel.uapi import (
-    BPF_F_RDONLY_PROG, BPF_MAP_TYPE_ARRAY_OF_MAPS, BPF_PROG_TYPE_KPROBE, BPF_PROG_TYPE_TRACING, BPF_TRACE_RAW_TP,
+    BPF_F_NO_PREALLOC, BPF_F_RDONLY_PROG, BPF_MAP_TYPE_ARRAY_OF_MAPS, BPF_PROG_TYPE_KPROBE, BPF_PROG_TYPE_TRACING, BPF_TRACE_RAW_TP,
 )
-from kestrel_raw.maps import ArrayMap, HashMap, Map, PerCPUArrayMap, ProgArrayMap, RingBuf, TaskStorageMap
-from kestrel_raw.programs import dns, shell
+from kestrel_raw.maps import ArrayMap, HashMap, LpmTrieMap, Map, PerCPUArrayMap, ProgArrayMap, RingBuf, TaskStorageMap
+from kestrel_raw.programs import dns, filtermaps, shell
 from kestrel_raw.programs.builder import MAP_SELF_TGID
 
 _U32 = struct.Struct("<I")  # the outer map's key (ring index) and value (ring fd)
@@ -72,6 +72,32 @@ def create_maps(cfg: CollectorConfig, nprograms: int, maps: dict[str, Map], ring
     maps[MAP_SELF_TGID] = self_tgid_map(os.getpid())
     maps[programs.MAP_FILTER] = HashMap(
         TGID.size, START.size, FILTER_ENTRIES, name=FILTER_MAP_NAME if cfg.only_tgids is None else ONLY_MAP_NAME)
+    create_filter_maps(maps)
+
+
+# The filter maps whose entries are allocated as they are written (BPF_F_NO_PREALLOC) rather than all at
+# creation: the cgroup keys hold SETS * MAX_CGROUPS entries each (131072), which preallocated would charge
+# ~15 MB of BPF memory to the collector's cgroup for maps that are empty unless --cgroup/--container is
+# given.  A lookup in such a map costs the same; an update allocates (user space writes them, not the
+# programs, so no program ever waits on an allocation).  The other hash maps are small (2048 entries):
+# preallocated, as hash maps are by default.
+_NO_PREALLOC = (filtermaps.MAP_FCGROUP, filtermaps.MAP_FCONTAINER)
+
+
+def create_filter_maps(maps: dict[str, Map]) -> None:
+    """The filter maps of kestrel_raw/programs/filtermaps.py (names, sizes and layouts there), empty: no
+    filter until one is written (kestrel_raw/collector/filtering.py)."""
+    maps[filtermaps.MAP_FSET] = ArrayMap(4, 1, name=filtermaps.MAP_FSET)
+    maps[filtermaps.MAP_FCFG] = ArrayMap(filtermaps.CFG.size, filtermaps.SETS * filtermaps.FILTER_KINDS,
+                                         name=filtermaps.MAP_FCFG)
+    maps[filtermaps.MAP_FRATE] = ArrayMap(filtermaps.RATE.size, filtermaps.FILTER_KINDS, name=filtermaps.MAP_FRATE)
+    for name, key in filtermaps.KEY_STRUCTS.items():
+        entries = filtermaps.ENTRIES[name]
+        if name in filtermaps.LPM_MAPS:
+            maps[name] = LpmTrieMap(key.size, filtermaps.VALUE.size, entries, name=name)
+        else:
+            maps[name] = HashMap(key.size, filtermaps.VALUE.size, entries, name=name,
+                                 flags=BPF_F_NO_PREALLOC if name in _NO_PREALLOC else 0)
 
 
 def self_tgid_map(tgid: int) -> ArrayMap:
@@ -138,7 +164,7 @@ def build_programs(cfg: CollectorConfig, specs: list[programs.ProgramSpec], *, m
         insns = programs.build(spec, formats.get(spec.name), layout, self_tgid=None, nrings=cfg.buffers,
                                wakeup_threshold=-1 if cfg.latency == "low" else cfg.wakeup_bytes,
                                filter_mode=filter_mode, self_index=index if spec.tail is None else None,
-                               threads=cfg.threads)
+                               threads=cfg.threads, context=cfg.context)
         built.append((spec, insns))
     return built
 

@@ -15,6 +15,7 @@ _EXPORTS = {
     "ProgArrayMap": "kestrel_raw.maps.array",
     "possible_cpus": "kestrel_raw.maps.array",
     "HashMap": "kestrel_raw.maps.hash",
+    "LpmTrieMap": "kestrel_raw.maps.lpm",
     "TaskStorageMap": "kestrel_raw.maps.storage",
     "RingBuf": "kestrel_raw.maps.ringbuf",
     "RingBufReader": "kestrel_raw.maps.ringbuf",

@@ -153,14 +153,16 @@ def config_specs(config) -> list[ProgramSpec]:
 
 def build(spec: ProgramSpec, fmt, layout: KernelLayout, *, self_tgid: int | None, nrings: int,
           wakeup_threshold: int, filter_mode: str = FILTER_IGNORE, self_index: int | None = None,
-          threads: bool = False) -> list:
+          threads: bool = False, context: bool = False) -> list:
     """The instructions of ``spec`` for the tracepoint format ``fmt`` and the kernel ``layout``.
 
     ``self_index``: the program's slot in MAP_SELF_RUNS, where it counts its runs for ``self_tgid``.
-    ``threads``: the fork program reports new threads too.
+    ``threads``: the fork program reports new threads too.  ``context``: the collector carries context
+    (the filters still write the exec, exit and fork records they drop, flagged: programs/filter.py).
     """
     b = ProgramBuilder(spec.name, self_tgid=self_tgid, nrings=nrings, wakeup_threshold=wakeup_threshold,
-                       filter_mode=filter_mode, self_index=self_index, threads=threads)
+                       filter_mode=filter_mode, self_index=self_index, threads=threads, layout=layout,
+                       context=context)
     return spec._build(b, fmt, layout)
 
 

@@ -63,6 +63,10 @@ SLOT_J = -120
 SLOT_BUF = -160  # 32 bytes, -160 .. -129: what one bpf_probe_read_kernel of a struct span brings
 # The BTF-typed task_struct pointer a record describes when it is not the current task (fork: the child).
 SLOT_SUBJECT = -168
+# The filters' (kestrel_raw/programs/filter.py), at the submit: free above dns.py's slots (-288 .. -209).
+SLOT_FTASK = -176  # the task the pid filter's ancestor walk is at
+SLOT_FFLAGS = -184  # the pid filter's flags, OR-ed over the walk
+SLOT_FKEY = -208  # 24 bytes, -208 .. -185: a filter map's key (the path's is in the scratch work area)
 
 # Map names, shared by the programs and the loader.
 MAP_RINGS = "rings"  # BPF_MAP_TYPE_ARRAY_OF_MAPS of BPF_MAP_TYPE_RINGBUF
@@ -111,9 +115,11 @@ SCRATCH_SIZE = RECORD_AREA + WORK_SIZE
 # Kernel-side loss counters: stats[kind * STATS_PER_KIND + counter], per CPU.
 STAT_RINGBUF_FULL = 0  # bpf_ringbuf_output failed: the reader is behind, the record is lost
 STAT_READ_FAULT = 1  # user memory could not be read; the event is reported with FLAG_FAULT
-STATS_PER_KIND = 2
+STAT_FILTERED = 2  # a filter dropped the event (kestrel_raw/programs/filter.py): never written, or FLAG_FILTERED
+STAT_RATE_LIMITED = 3  # the kind's rate limit held the event back: never written, or FLAG_RATE_LIMITED
+STATS_PER_KIND = 4
 STATS_ENTRIES = (max(spec.KINDS) + 1) * STATS_PER_KIND
-STAT_NAMES = ("ringbuf_full", "read_fault")
+STAT_NAMES = ("ringbuf_full", "read_fault", "filtered", "rate_limited")
 
 
 _LOAD_SIZES = {1: BPF_B, 2: BPF_H, 4: BPF_W, 8: BPF_DW}
@@ -146,12 +152,18 @@ class ProgramBuilder:
 
     ``self_tgid``: the collector's tgid, which the programs skip (counting the run, see ``self_index``):
     None (what the collector uses) reads it from MAP_SELF_TGID, an int compares with it as an immediate.
+
+    ``layout``: the kernel's (KernelLayout), which the filters' reads need (``submit``); ``context``: the
+    collector carries context, so that exec, exit and fork records a filter drops are still written, flagged
+    (kestrel_raw/programs/filtermaps.py "Context kinds").  ``filters`` False leaves the filters out of
+    ``submit`` (bench/staircase.py's cut programs, which have no filter maps).
     """
 
     annotate = True
 
     def __init__(self, name: str, self_tgid: int | None, nrings: int, wakeup_threshold: int,
-                 filter_mode: str = FILTER_IGNORE, self_index: int | None = None, threads: bool = False) -> None:
+                 filter_mode: str = FILTER_IGNORE, self_index: int | None = None, threads: bool = False,
+                 layout=None, context: bool = False, filters: bool = True) -> None:
         if filter_mode not in (FILTER_IGNORE, FILTER_ONLY):
             raise ValueError(f"filter_mode must be {FILTER_IGNORE!r} or {FILTER_ONLY!r}, got {filter_mode!r}")
         self.name = name
@@ -161,6 +173,9 @@ class ProgramBuilder:
         self.nrings = nrings
         self.wakeup_threshold = wakeup_threshold
         self.threads = threads  # fork: report new threads too (--threads)
+        self.layout = layout
+        self.context = context
+        self.filters = filters
         self.insns: list = []
 
     def label(self, what: str) -> str:
@@ -487,7 +502,13 @@ class ProgramBuilder:
         seeing the other's bytes) only delay the wakeup to the next multiple.  The reader also drains
         on a deadline, so a lone record is never stranded.  A threshold of 0 keeps the kernel's own
         policy; a negative one never wakes the reader (it polls).
+
+        First the filters (kestrel_raw/programs/filter.py): a record they drop leaves here unwritten.
         """
+        if self.filters:
+            from kestrel_raw.programs import filter as filters  # filter.py builds on this module
+
+            filters.apply(self, kind)
         sent = self.label("sent")
         pid = spec.EXEC.pid
         self.note(f"send the record: r9 = {MAP_RINGS}[pid % {self.nrings}] (the record's pid: fork's is the child's)")
