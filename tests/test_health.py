@@ -125,6 +125,48 @@ def test_lost_and_filtered_by_type_and_cause():
                             "filtered": {"open": 15, "connect": 1}, "parse_errors": 3}
 
 
+class FakeStatsMap(dict):
+    """The programs' per-CPU counters (MAP_STATS) as kernel_counters reads them: index -> per-CPU u64s."""
+    closed = False
+
+    def __missing__(self, index):
+        return (0, 0)
+
+
+class FakeProg:
+    closed = False
+
+    def __init__(self, misses: int) -> None:
+        self.misses = misses
+
+    def info(self):
+        return type("Info", (), {"recursion_misses": self.misses})()
+
+
+@pytest.mark.parametrize("names", [("ringbuf_full", "read_fault"),
+                                   ("ringbuf_full", "read_fault", "filtered", "rate_limited")])
+def test_the_kernels_counters_are_read_by_name(monkeypatch, names):
+    # Before the filters' programs (two counters per kind) and after (four: STAT_FILTERED = 2,
+    # STAT_RATE_LIMITED = 3): the causes are found by their names in STAT_NAMES, never by index.
+    from kestrel_raw import programs
+    from kestrel_raw.collector.stats import kernel_counters
+
+    monkeypatch.setattr(programs, "STAT_NAMES", names)
+    monkeypatch.setattr(programs, "STATS_PER_KIND", len(names))
+    n = len(names)
+    stats_map = FakeStatsMap({KIND_OPEN * n + 0: (3, 4)})
+    if n == 4:
+        stats_map.update({KIND_OPEN * n + 2: (10, 5), KIND_OPEN * n + 3: (0, 2), KIND_EXEC * n + 2: (1, 0)})
+    spec_open = type("S", (), {"kind": KIND_OPEN})()
+    kernel = kernel_counters(stats_map, [(spec_open, FakeProg(1)), (spec_open, FakeProg(2))])
+    stats = snapshot(Counts(), kernel, ())
+    if n == 2:
+        assert stats.lost == {"open": {"ringbuf_full": 7, "prog_missed": 3}} and stats.filtered == {}
+    else:
+        assert stats.lost == {"open": {"ringbuf_full": 7, "rate_limited": 2, "prog_missed": 3}}
+        assert stats.filtered == {"exec": 1, "open": 15}
+
+
 def test_the_summary_line_has_filtered_by_type():
     assert stats_with_everything().summary() == (
         "kestrel-raw: records=40 delivered[connect=0 exec=1 loss=1 open=20 status=2] kernel_lost=11 "
