@@ -36,8 +36,8 @@ from typing import Callable
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 BPF_STATS_SYSCTL = "/proc/sys/kernel/bpf_stats_enabled"
-# The kernel's causes, by type (a type's series exist from the start, at 0); user space's causes by type once
-# they count.  The same names as the loss events' (spec.LOSS_CAUSES).
+# The kernel's causes, by type; user space's are user_dropped and parse_error.  The same names as the loss
+# events' (spec.LOSS_CAUSES).
 KERNEL_CAUSES = ("ringbuf_full", "rate_limited", "prog_missed")
 
 
@@ -118,8 +118,10 @@ def families(snap: Snapshot):
             lost.add_metric([kind, cause], counters.get(cause, 0))
         filtered.add_metric([kind], counters.get("filtered", 0))
     for cause, by_type in (("user_dropped", snap.dropped), ("parse_error", snap.refused)):
-        for kind, n in sorted(by_type.items()):
-            lost.add_metric([kind, cause], n)
+        # every program's type from the start (at 0), and any other once it counts (the collector's own
+        # events dropped, a record too damaged to name its kind: "unknown", a BPF object's ring)
+        for kind in sorted(set(snap.kernel) | set(by_type)):
+            lost.add_metric([kind, cause], by_type.get(kind, 0))
     yield lost
     yield filtered
     yield CounterMetricFamily("kestrel_records", "Records read from the ring buffers.", value=snap.records)

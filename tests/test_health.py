@@ -203,8 +203,10 @@ def test_prometheus_lost_by_type_and_cause_and_filtered():
             ("connect", "ringbuf_full"): 0, ("connect", "rate_limited"): 0, ("connect", "prog_missed"): 0,
             ("exec", "ringbuf_full"): 0, ("exec", "rate_limited"): 0, ("exec", "prog_missed"): 2,
             ("open", "ringbuf_full"): 7, ("open", "rate_limited"): 2, ("open", "prog_missed"): 0,
-            ("loss", "user_dropped"): 1, ("open", "user_dropped"): 5,
-            ("exec", "parse_error"): 2, ("unknown", "parse_error"): 1}.items()}
+            ("loss", "user_dropped"): 1, ("open", "user_dropped"): 5, ("exec", "user_dropped"): 0,
+            ("connect", "user_dropped"): 0,
+            ("exec", "parse_error"): 2, ("unknown", "parse_error"): 1, ("open", "parse_error"): 0,
+            ("connect", "parse_error"): 0}.items()}
     assert {labels: v for (name, labels), v in samples.items() if name == "kestrel_events_filtered_total"} == {
         (("type", "connect"),): 1, (("type", "exec"),): 0, (("type", "open"),): 15}
 
