@@ -127,11 +127,13 @@ async def test_a_storms_loss_events_and_delivered_opens_add_up_to_what_the_flood
         assert lost[("open", "ringbuf_full")] > 0 and ("open", "user_dropped") not in lost
     else:
         assert lost[("open", "user_dropped")] > 0
-    # Within a second: the storm lost events from its first moment, and loss events came while it lasted,
-    # each made at most LOSS_INTERVAL (0.5 s) after the one before (+0.25 s for a shared, loaded VM).
+    # Within a second: the storm lost events from its first moment, and while it lasted a loss event came
+    # at least once a second (the collector looks every 0.5 s; here ~0.5 s apart, 0.74 s at worst in 10 runs
+    # with three flooders on two CPUs).
     during = [e["ts_mono_ns"] for e in losses if e["ts_mono_ns"] < t_end]
-    assert during and during[0] - t_go < 1_000_000_000, (during[:1], t_go)
-    assert max(b - a for a, b in zip(during, during[1:] + [t_end])) < 750_000_000
+    timeline = [((e["ts_mono_ns"] - t_go) / 1e9, e["counts"]) for e in losses] + [("end", (t_end - t_go) / 1e9)]
+    assert during and during[0] - t_go < 1_000_000_000, timeline
+    assert max(b - a for a, b in zip(during, during[1:] + [t_end])) < 1_000_000_000, timeline
     # A loss event sits where the gap is: after the lines delivered before it was made.
     for i, e in enumerate(events):
         if e["type"] == "loss":

@@ -347,9 +347,13 @@ class KestrelCollector:
                         ()).lost
 
     async def _watch_loss(self) -> None:
-        """Every LOSS_INTERVAL seconds: a loss event with what was lost since the last one, if anything."""
+        """Every LOSS_INTERVAL seconds: a loss event with what was lost since the last one, if anything.  On
+        a fixed schedule: the time a loss event waits for room in the queue does not delay the next look
+        (a look that comes late is made at once)."""
+        due = trio.current_time()
         while True:
-            await trio.sleep(LOSS_INTERVAL)
+            due = max(due + LOSS_INTERVAL, trio.current_time())
+            await trio.sleep_until(due)
             await self._report_loss()
 
     async def _report_loss(self) -> None:
