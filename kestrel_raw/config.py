@@ -1,6 +1,7 @@
 """Collector configuration: one frozen value, validated when built (``ConfigError`` names setting and fix)."""
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Iterable
@@ -32,8 +33,11 @@ def _event_type(value: object) -> EventType:
     elif isinstance(value, int) and not isinstance(value, bool) and value in EventType._value2member_map_:
         found = EventType(value)
     if found is EventType.STATUS:
-        raise ConfigError("event_types: status is not collected from the kernel; the collector emits it once at "
-                          "start (CollectorConfig.status)")
+        raise ConfigError("event_types: status is not collected from the kernel; the collector emits it at start "
+                          "and every status_interval seconds (CollectorConfig.status)")
+    if found is EventType.LOSS:
+        raise ConfigError("event_types: loss is not collected from the kernel; the collector emits it whenever "
+                          "events were lost")
     if found is None:
         raise ConfigError(f"event_types: unknown event type {value!r}; valid: {_VALID_NAMES}")
     return found
@@ -117,8 +121,10 @@ class CollectorConfig:
     threads: fork events for new threads too (``thread: true``); by default only new processes.
     container_sockets: the container runtimes' API sockets asked for container names and images (docker's
         Engine API, which podman's service speaks too), in order.
-    status: emit the ``status`` event (the host's identity) once at start; not with only_tgids (those tgids'
-        events alone are reported).
+    status: emit the ``status`` event (the host's identity, the filters and the counters) at start; not with
+        only_tgids (those tgids' events alone are reported).
+    status_interval: seconds between the periodic ``status`` events after the one at start (``reason``
+        "interval", with the counters so far: a health line a log shipper keeps); 0: none.  Needs status.
     filters: what the programs filter in the kernel (a ``kestrel_raw.filters.Filters``; default: nothing),
         checked against event_types here (a filter on what none of them has is refused); written into the
         filter maps before the programs are attached, and changed while running with
@@ -192,6 +198,7 @@ class CollectorConfig:
     threads: bool = False
     container_sockets: tuple[str, ...] = DEFAULT_CONTAINER_SOCKETS
     status: bool = True
+    status_interval: float = 60.0
     filters: object = None
 
     def __post_init__(self) -> None:
@@ -285,6 +292,10 @@ class CollectorConfig:
         for name in ("context", "threads", "status"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if isinstance(self.status_interval, bool) or not isinstance(self.status_interval, (int, float)) or \
+                not 0 <= self.status_interval < math.inf:
+            raise ConfigError(f"status_interval must be a number of seconds (0: no periodic status event), got "
+                              f"{self.status_interval!r}")
         if isinstance(self.ancestors, bool) or not isinstance(self.ancestors, int) or \
                 not 0 <= self.ancestors <= MAX_ANCESTORS:
             raise ConfigError(f"ancestors must be an integer from 0 to {MAX_ANCESTORS}, got {self.ancestors!r}")

@@ -10,9 +10,10 @@ thread starts once the collector has dropped its privileges (a thread started ea
 Metrics (all prefixed ``kestrel_``):
 
     events_total{type}                 events delivered to the outputs
-    events_lost_total{type,cause}      ringbuf_full and prog_missed (kernel, by type); user_dropped and
-                                       parse_error (type "all": not known by type)
-    events_filtered_total{type}        events the programs' filters held back (0 until filters exist)
+    events_lost_total{type,cause}      ringbuf_full, rate_limited and prog_missed (kernel, by type);
+                                       user_dropped and parse_error (user space, by type: "unknown" for a
+                                       record too damaged to name its kind): the causes of the loss events
+    events_filtered_total{type}        events the programs' filters held back
     ring_buffer_used_bytes{ring}       unread bytes in each ring buffer, and ring_buffer_size_bytes{ring}
     ring_buffer_fill_ratio{ring}       used / size
     poll_wakeups_total{ring}           times the reader of a ring was woken by the kernel
@@ -35,7 +36,9 @@ from typing import Callable
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 BPF_STATS_SYSCTL = "/proc/sys/kernel/bpf_stats_enabled"
-LOST_CAUSES = ("ringbuf_full", "prog_missed")
+# The kernel's causes, by type; user space's are user_dropped and parse_error.  The same names as the loss
+# events' (spec.LOSS_CAUSES).
+KERNEL_CAUSES = ("ringbuf_full", "rate_limited", "prog_missed")
 
 
 def import_prometheus():
@@ -53,6 +56,8 @@ class Snapshot:
     records: int = 0
     user_dropped: int = 0
     parse_errors: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)  # user_dropped by type
+    refused: dict[str, int] = field(default_factory=dict)  # parse_errors by type
     rings: list[tuple[int, int, int]] = field(default_factory=list)  # (used bytes, size, wakeups)
     programs: list[tuple[str, int, int]] = field(default_factory=list)  # (name, run_cnt, run_time_ns)
     attached: int = 0
@@ -73,7 +78,8 @@ def snapshot(collector, outputs: dict[str, object]) -> Snapshot:
     """The collector's numbers now (call from its trio thread)."""
     stats = collector.stats()
     snap = Snapshot(delivered=dict(stats.delivered), records=stats.records, user_dropped=stats.user_dropped,
-                    parse_errors=stats.parse_errors, bpf_stats=bpf_stats_enabled())
+                    parse_errors=stats.parse_errors, dropped=dict(stats.dropped), refused=dict(stats.refused),
+                    bpf_stats=bpf_stats_enabled())
     snap.kernel = {kind: {name: sum(cpus) for name, cpus in counters.items()}
                    for kind, counters in stats.kernel.items()}
     for reader in getattr(collector, "_readers", ()):
@@ -108,11 +114,14 @@ def families(snap: Snapshot):
                                    labels=["type"])
     for kind in sorted(snap.kernel):
         counters = snap.kernel[kind]
-        for cause in LOST_CAUSES:
+        for cause in KERNEL_CAUSES:
             lost.add_metric([kind, cause], counters.get(cause, 0))
         filtered.add_metric([kind], counters.get("filtered", 0))
-    lost.add_metric(["all", "user_dropped"], snap.user_dropped)
-    lost.add_metric(["all", "parse_error"], snap.parse_errors)
+    for cause, by_type in (("user_dropped", snap.dropped), ("parse_error", snap.refused)):
+        # every program's type from the start (at 0), and any other once it counts (the collector's own
+        # events dropped, a record too damaged to name its kind: "unknown", a BPF object's ring)
+        for kind in sorted(set(snap.kernel) | set(by_type)):
+            lost.add_metric([kind, cause], by_type.get(kind, 0))
     yield lost
     yield filtered
     yield CounterMetricFamily("kestrel_records", "Records read from the ring buffers.", value=snap.records)

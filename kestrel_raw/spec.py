@@ -49,7 +49,8 @@ class EventType(enum.IntEnum):
     # Issue 17: events from uprobes on user-space functions, off unless asked for (EventType 50-59).
     SHELL_COMMAND = 50
     DNS_QUERY = 51
-    STATUS = 100  # made by the collector itself at start (host identity), not by a program
+    STATUS = 100  # made by the collector itself at start and periodically (host identity, counters), not by a program
+    LOSS = 101  # made by the collector itself when events were lost (issue 15)
 
     @property
     def label(self) -> str:
@@ -163,7 +164,9 @@ class FieldId(enum.IntEnum):
     ARCH = 56
     CLOUD = 57
     PROGRAMS = 58
-    # Issue 15 (filters, loss): 60-69.
+    # Issue 15 (filters, loss and health): 60-69.
+    COUNTS = 60
+    COUNTERS = 61
     FILTERS = 62
     REASON = 63
     # Issue 17 (uprobe events): 130-139.
@@ -977,7 +980,8 @@ class UserKind:
 
 STATUS = UserKind(
     EventType.STATUS,
-    inputs=("hostname", "machine_id", "boot_id", "kernel", "arch", "cloud", "programs", "reason", "filters"),
+    inputs=("hostname", "machine_id", "boot_id", "kernel", "arch", "cloud", "programs", "reason", "filters",
+            "counters"),
     values=[
         Value(FieldId.HOSTNAME, "hostname", doc="the host's name"),
         Value(FieldId.MACHINE_ID, "machine_id", null="machine_id is None", doc="/etc/machine-id"),
@@ -992,15 +996,31 @@ STATUS = UserKind(
                   "SHA-256 of its bytes, as a pin file approves them, and the tag the kernel reports; "
                   "`kestrel-raw disasm` prints the same)"),
         Value(FieldId.REASON, "reason",
-              doc='why it was made: `"start"`, `"filters_changed"` (SIGHUP or `set_filters` changed the filters)'),
+              doc='why it was written: `"start"` (the first), `"interval"` (every `--status-interval` seconds), '
+                  '`"filters_changed"` (SIGHUP or `set_filters` changed the filters)'),
         Value(FieldId.FILTERS, "filters",
               doc='the filters in force, keyed as the config file keys them (`{"uid": [0], "exclude-comm": '
                   '["sshd"], "failed-only": true, "rate-limit": {"open": 100}}`; `{}`: none)'),
+        Value(FieldId.COUNTERS, "counters",
+              doc='the counters since the start: `{"delivered": {type: n}, "lost": {type: {cause: n}}, '
+                  '"filtered": {type: n}, "parse_errors": n}` (types and causes with a count only)'),
     ],
-    doc="made by the collector: at start (the host's identity, kestrel_raw/context/host.py, and the filters), and when "
-        "the filters change",
+    doc="made by the collector at start, every `--status-interval` seconds and when the filters change: the "
+        "host's identity (kestrel_raw/context/host.py), the counters so far and the filters in force",
 )
-USER_KINDS: dict[int, UserKind] = {STATUS.id: STATUS}
+# The causes a loss event names, in the order its counts list them (issue 15).
+LOSS_CAUSES = ("ringbuf_full", "rate_limited", "user_dropped", "parse_error", "prog_missed")
+LOSS = UserKind(
+    EventType.LOSS,
+    inputs=("counts",),
+    values=[
+        Value(FieldId.COUNTS, "counts",
+              doc='the events lost since the last loss event, by type and cause: `{"open": {"ringbuf_full": '
+                  '120}}`; causes ' + ", ".join(f"`{c}`" for c in LOSS_CAUSES)),
+    ],
+    doc="made by the collector within a second after events were lost (never when nothing was)",
+)
+USER_KINDS: dict[int, UserKind] = {STATUS.id: STATUS, LOSS.id: LOSS}
 # Every kind that makes events, by event type id.
 ALL_KINDS: dict[int, Kind | UserKind] = {**EVENT_KINDS, **USER_KINDS}
 SOURCE_USER = "kestrel-raw"  # the ``source`` of the events the collector makes itself
@@ -1069,6 +1089,8 @@ _FIELD_DEFS: dict[FieldId, tuple[str, FieldType, str]] = {
     FieldId.ARCH: ("arch", FieldType.STRING, "machine architecture"),
     FieldId.CLOUD: ("cloud", FieldType.JSON, "cloud instance, or null"),
     FieldId.PROGRAMS: ("programs", FieldType.JSON, "the programs loaded, with their digests"),
+    FieldId.COUNTS: ("counts", FieldType.JSON, "events lost since the last loss event, by type and cause"),
+    FieldId.COUNTERS: ("counters", FieldType.JSON, "the collector's counters since the start"),
     FieldId.FILTERS: ("filters", FieldType.JSON, "the filters in force, as the flags name them"),
     FieldId.REASON: ("reason", FieldType.STRING, "why the collector made the event"),
     FieldId.COMMAND: ("command", FieldType.STRING, "the command line an interactive shell read"),

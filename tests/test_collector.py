@@ -347,4 +347,6 @@ async def test_a_stop_cut_short_counts_what_it_could_not_hand_on(opener):
         c.stop()
     stats = c.stats()
     assert stats.records == 2000
-    assert stats.delivered["open"] == 16 and stats.user_dropped == 2000 - 16
+    assert stats.delivered["open"] == 16 and stats.dropped["open"] == 2000 - 16
+    # The stop's last loss event, which would have said so, found no room either: counted, in the stats.
+    assert stats.dropped == {"open": 2000 - 16, "loss": 1} and stats.user_dropped == 2000 - 16 + 1

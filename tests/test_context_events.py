@@ -71,7 +71,9 @@ def test_the_first_line_is_the_status_event(collector):
         "machine_id": open("/etc/machine-id").read().strip() if os.path.exists("/etc/machine-id") else None,
         "boot_id": open("/proc/sys/kernel/random/boot_id").read().strip(), "kernel": u.release, "arch": u.machine,
         "cloud": None,  # DMI names no cloud provider here: nothing was asked over the network
-        "programs": status["programs"], "reason": "start", "filters": {}}
+        "programs": status["programs"], "reason": "start", "filters": {},
+        # written before any event: nothing delivered, lost or filtered yet
+        "counters": {"delivered": {}, "lost": {}, "filtered": {}, "parse_errors": 0}}
     assert 0 < status["ts_mono_ns"] <= time.monotonic_ns()
     # The digests of every program loaded: each tag is the one the kernel computed for the program it holds
     # (BPF_OBJ_GET_INFO_BY_FD of the collector's own fds), the SHA-256 as a pin file approves it.

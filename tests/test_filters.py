@@ -334,8 +334,8 @@ def test_the_status_event_says_why_and_which_filters():
         b'{"type":"status","event_type_id":100,"ts_mono_ns":1000,"ts_wall_ns":1005,"source":"kestrel-raw",'
         b'"hostname":"h","machine_id":"' + b"m" * 32 + b'","boot_id":"b","kernel":"6.18.0","arch":"x86_64",'
         b'"cloud":null,"programs":[],"reason":"filters_changed","filters":{"uid":[0],"exclude-comm":["sshd"],'
-        b'"failed-only":true,"rate-limit":{"open":100}}}\n')
-    assert encode_event(status_event(ident, 1, 0)).endswith(b'"programs":[],"reason":"start","filters":{}}\n')
+        b'"failed-only":true,"rate-limit":{"open":100}},"counters":{}}\n')
+    assert encode_event(status_event(ident, 1, 0)).endswith(b'"programs":[],"reason":"start","filters":{},"counters":{}}\n')
 
 
 # -- the collector side, with a writer that records (the kernel's is tests/test_filter_kernel.py's) --------

@@ -210,7 +210,7 @@ def test_metrics_text_parses_with_prometheus_own_parser():
     from kestrel_raw.metrics import Snapshot, families
 
     snap = Snapshot(delivered={"open": 5, "exec": 1}, kernel={"open": {"ringbuf_full": 2, "prog_missed": 1}},
-                    records=6, user_dropped=3, parse_errors=0, rings=[(1024, 4096, 7)],
+                    records=6, user_dropped=3, parse_errors=0, dropped={"open": 3}, rings=[(1024, 4096, 7)],
                     programs=[("kr_openat", 10, 2000)], attached=1, bpf_stats=1,
                     outputs={"nats": {"published": 5, "dropped": 0, "spool_bytes": 0, "connected": 1}})
 
@@ -224,7 +224,7 @@ def test_metrics_text_parses_with_prometheus_own_parser():
                for fam in text_string_to_metric_families(generate_latest(reg).decode()) for s in fam.samples}
     assert samples[("kestrel_events_total", (("type", "open"),))] == 5
     assert samples[("kestrel_events_lost_total", (("cause", "ringbuf_full"), ("type", "open")))] == 2
-    assert samples[("kestrel_events_lost_total", (("cause", "user_dropped"), ("type", "all")))] == 3
+    assert samples[("kestrel_events_lost_total", (("cause", "user_dropped"), ("type", "open")))] == 3
     assert samples[("kestrel_ring_buffer_fill_ratio", (("ring", "0"),))] == 0.25
     assert samples[("kestrel_poll_wakeups_total", (("ring", "0"),))] == 7
     assert samples[("kestrel_bpf_program_ns_per_run", (("program", "kr_openat"),))] == 200

@@ -69,6 +69,8 @@ PINNED = [
     (56, "arch", "string", {"status"}),
     (57, "cloud", "json", {"status"}),
     (58, "programs", "json", {"status"}),
+    (60, "counts", "json", {"loss"}),
+    (61, "counters", "json", {"status"}),
     (62, "filters", "json", {"status"}),
     (63, "reason", "string", {"status"}),
     (130, "command", "string", {SH}),
@@ -92,10 +94,10 @@ def test_ids_and_names_unique():
 def test_event_types():
     assert [(int(t), t.label) for t in EventType] == [(1, "exec"), (2, "open"), (3, "connect"), (4, "exit"),
                                                       (5, "fork"), (50, "shell_command"), (51, "dns_query"),
-                                                      (100, "status")]
+                                                      (100, "status"), (101, "loss")]
     assert EventType.from_label(" Connect ") is EventType.CONNECT
     with pytest.raises(ValueError, match="unknown event type 'chdir'; valid: exec, open, connect, exit, fork, "
-                                         "shell_command, dns_query, status"):
+                                         "shell_command, dns_query, status, loss"):
         EventType.from_label("chdir")
 
 
@@ -118,6 +120,6 @@ def test_fields_of_exit():
         "container_image", "parent_entity_key", "exe", "exe_deleted", "exe_memfd", "cwd", "pidns", "mntns", "netns",
         "hostname", "ancestors"]
     assert [f.name for f in fields_of(EventType.STATUS)] == ["hostname", "machine_id", "boot_id", "kernel", "arch",
-                                                             "cloud", "programs", "filters", "reason"]
+                                                             "cloud", "programs", "counters", "filters", "reason"]
     assert [f.name for f in fields_of(3)][8:16] == ["ret", "fault", "family", "daddr", "dport", "fd", "toctou",
                                                     "late_read"]

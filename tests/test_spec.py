@@ -74,8 +74,8 @@ def test_json_keys_follow_the_spec():
         "exe_memfd", "cwd", "pidns", "mntns", "netns", "hostname"]
     assert spec.json_keys(spec.FORK, optional=True)[-3:] == ["netns", "hostname", "ancestors"]
     assert spec.json_keys(spec.STATUS) == ["type", "event_type_id", "ts_mono_ns", "ts_wall_ns", "source", "hostname",
-                                           "machine_id", "boot_id", "kernel", "arch", "cloud", "programs", "reason",
-                                           "filters"]
+                                           "machine_id", "boot_id", "kernel", "arch", "cloud", "programs",
+                                           "reason", "filters", "counters"]
 
 
 def test_the_line_memo_refuses_a_value_made_from_the_time():
@@ -93,8 +93,9 @@ def test_generated_source_compiles_and_names_every_kind():
     assert "def event_line_proc(" not in src  # internal: never an event
     for s in spec.CONTEXT_SCOPES:
         assert f"def ctxtext_{s.name}({s.name}):" in src
-    assert ("def event_status(hostname, machine_id, boot_id, kernel, arch, cloud, programs, reason, filters, ts_mono, "
-            "ts_wall):") in src
+    assert ("def event_status(hostname, machine_id, boot_id, kernel, arch, cloud, programs, reason, filters, "
+            "counters, ts_mono, ts_wall):") in src
+    assert "def event_loss(counts, ts_mono, ts_wall):" in src
 
 
 def test_context_values_read_what_the_entries_have():

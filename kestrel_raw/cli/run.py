@@ -58,6 +58,7 @@ CONFIG_NAMES = {
     "wakeup_bytes": "wakeup_bytes", "poll_interval": "poll_interval", "flush_interval": "flush_interval",
     "latency": "latency", "drop_uid": "user", "drop_gid": "user", "stop_timeout": "stop_timeout",
     "ancestors": "ancestors", "context": "context", "threads": "threads", "container_sockets": "container_sockets",
+    "status_interval": "status_interval",
 }
 
 
@@ -76,6 +77,9 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
            "their SEC() names say and each record of its ring buffers written as {\"object\", \"map\", \"len\", "
            "\"hex\"}; the built-in programs run only if --events is given")
     g("--duration", type=float, metavar="SECONDS", help="stop after SECONDS")
+    g("--status-interval", type=float, metavar="SECONDS",
+      help="write a status event (the host's identity and the counters so far: delivered, lost, filtered) "
+           "every SECONDS after the one at start (default 60; 0: only the one at start)")
     g = run.add_argument_group("process context").add_argument
     g("--context", action=argparse.BooleanOptionalAction,
       help="a process cache adds exe, cwd, namespaces, hostname, cgroup and container keys to every event "
@@ -260,7 +264,7 @@ def make_plan(settings: Settings) -> Plan:
         kwargs = {name: v(name) for name in ("buffers", "buffer_size", "queue_size", "queue_policy", "latency",
                                               "wakeup_bytes", "poll_interval", "flush_interval",
                                               "stop_timeout", "context", "ancestors", "threads",
-                                              "container_sockets")
+                                              "container_sockets", "status_interval")
                   if v(name) is not None}
         if v("btf"):
             kwargs["btf_path"] = v("btf")

@@ -75,13 +75,15 @@ def encode_record(raw: bytes | bytearray | memoryview, wall_offset_ns: int, ctx=
 ALL_WANTED = (True,) * 256
 
 
-def encode_records(batch, wall_offset_ns: int, ctx=NO_CONTEXT, wanted=ALL_WANTED) -> tuple[bytes, list[int], int]:
+def encode_records(batch, wall_offset_ns: int, ctx=NO_CONTEXT, wanted=ALL_WANTED,
+                   refused: list | None = None) -> tuple[bytes, list[int], int]:
     """``encode_record`` over a batch: (the lines joined, the kind of each record encoded, how many were
     malformed and skipped).  One UTF-8 encode for the whole chunk instead of one per line.
 
     Every record goes through ``ctx`` (the internal ones only to it); ``wanted[kind]`` says whether a
     kind's lines are kept (the collector reads the exec, fork and exit records for its process cache even
-    when those events were not asked for)."""
+    when those events were not asked for).  ``refused``: a list the malformed records are appended to (the
+    collector counts them by the kind they name)."""
     lines: list[str] = []
     kinds: list[int] = []
     add_line, add_kind = lines.append, kinds.append
@@ -96,6 +98,8 @@ def encode_records(batch, wall_offset_ns: int, ctx=NO_CONTEXT, wanted=ALL_WANTED
                 line = _record_line(raw, wall_offset_ns, ctx)
         except RecordError:
             bad += 1
+            if refused is not None:
+                refused.append(raw)
             continue
         kind = raw[lo]  # the kind's low byte; checked above to name a kind
         if line and wanted[kind]:

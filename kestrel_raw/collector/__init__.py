@@ -21,13 +21,16 @@ The class holds the collector's state and its life cycle (load, start, stop); ea
     peers.py      recognising the other collectors, registering with them, pruning them
     objects.py    the user's BPF object (program_path): loading, its rings, its records
     stats.py      the counters and the kernel's counters, CollectorStats
+    health.py     loss and health in the stream: the loss events, the status event's counters
 
 Context (``config.context``, kestrel_raw/collector/enrich.py): once attached, the collector seeds its process
 cache from /proc (with every process's exact start time from a BPF task iterator, so that the keys match the
 events'), then keeps it current from the exec, fork, exit and internal proc records, and adds to every event
-what it knows of its process, cgroup and container.  ``status`` is the event it emits once at start with
+what it knows of its process, cgroup and container.  ``status`` is the event it emits at start with
 the host's identity (``host_identity()``), as soon as it is known: off a cloud at once, on one after the
-metadata service answered or ``host.DEFAULT_DEADLINE`` passed; it never delays attaching.
+metadata service answered or ``host.DEFAULT_DEADLINE`` passed; it never delays attaching.  It comes again
+every ``status_interval`` seconds with the counters so far, and a ``loss`` event follows every loss within
+a second (health.py).
 
 Privileges: with ``drop_privileges`` the collector gives up every capability and root's uid once its
 programs are attached and its rings mapped (kestrel_raw/kernel/caps.py), keeping CAP_BPF only on kernels that
@@ -49,6 +52,7 @@ from kestrel_raw.collector.attach import attach_all, check_attached
 from kestrel_raw.collector import context as ctxsetup
 from kestrel_raw.collector.deliver import Delivery
 from kestrel_raw.collector.filterset import FilterSet
+from kestrel_raw.collector.health import LOSS_INTERVAL, REASON_INTERVAL, REASON_START, LossWatch, loss_event
 from kestrel_raw.collector.load import (
     build_programs, create_maps, create_probe_maps, fill_only, listing_text, load_btf, load_programs,
     write_listings,
@@ -70,19 +74,22 @@ from kestrel_raw.kernel.prog import Program
 from kestrel_raw.maps import Map, ProgArrayMap, RingBuf, RingBufReader
 from kestrel_raw.sinks.bus import EventBus
 
-__all__ = ["KestrelCollector", "CollectorStats", "ObjectRecord", "BATCH_RECORDS", "loaded_digests", "status_event"]
+__all__ = ["KestrelCollector", "CollectorStats", "ObjectRecord", "BATCH_RECORDS", "loaded_digests", "status_event",
+           "loss_event"]
 
 STATUS_POLL = 0.05  # seconds between looks at an unfinished host identity lookup
 
 
 def status_event(ident: HostIdentity, ts_mono: int, wall_offset: int, loaded: list[dict] | None = None,
-                 reason: str = "start", filters: dict | None = None):
+                 reason: str = REASON_START, filters: dict | None = None, counters: dict | None = None):
     """The status event (spec.STATUS) of ``ident``, stamped ``ts_mono`` (CLOCK_MONOTONIC ns); ``loaded``: the
-    programs loaded with their digests (``loaded_digests``); ``reason``: "start" or "filters_changed";
-    ``filters``: the filters in force (``Filters.to_json()``)."""
+    programs loaded with their digests (``loaded_digests``); ``reason``: "start", "interval" or
+    "filters_changed"; ``filters``: the filters in force (``Filters.to_json()``); ``counters``:
+    ``CollectorStats.counters()``."""
     j = ident.to_json()
     return CODEC["event_status"](j["hostname"], j["machine_id"], j["boot_id"], j["kernel"], j["arch"], j["cloud"],
-                                 loaded or [], reason, filters or {}, ts_mono, ts_mono + wall_offset)
+                                 loaded or [], reason, filters or {}, counters if counters is not None else {},
+                                 ts_mono, ts_mono + wall_offset)
 
 
 def loaded_digests(listing: list, linked: dict | None = None) -> list[dict]:
@@ -124,6 +131,8 @@ class KestrelCollector:
         self._shell_check: ShellCheck | None = None  # the bash of shell_command's check (shellcheck.py)
         self._filterset = FilterSet(self.config.filters, self.config.event_types)  # the filters in force
         self._background: trio.Nursery | None = None  # start()'s background tasks, while running
+        self._loss: LossWatch | None = None  # what the loss events reported, once started (health.py)
+        self._loss_lock: trio.Lock | None = None
 
     # -- load ----------------------------------------------------------------------------------------
 
@@ -285,10 +294,14 @@ class KestrelCollector:
                     if builtin:
                         background.start_soon(self._filterset.rescan_forever)
                     if self._host is not None:
-                        if self._host.done:  # off a cloud: the first event
-                            await self._emit_status()
-                        else:
-                            background.start_soon(self._emit_status)
+                        # Off a cloud the status event is the first event; on one it comes once the
+                        # metadata service answered.
+                        started = self._host.done and await self._emit_status(REASON_START)
+                        background.start_soon(self._status_task, started)
+                    if builtin:  # (a BPF object alone makes no Kestrel events: its losses are in stats())
+                        self._loss = LossWatch()
+                        self._loss_lock = trio.Lock()
+                        background.start_soon(self._watch_loss)
                     if self._context is not None:
                         background.start_soon(self._context.housekeeping)
                     if cfg.only_tgids is None and builtin:
@@ -305,23 +318,67 @@ class KestrelCollector:
                         for reader, delivery in self._object_readers:
                             pollers.start_soon(poll_ring, reader, delivery, object_config, self._stopping)
                         task_status.started()
+                    # Stopped, the rings drained: what was lost since the last loss event, the stop's own
+                    # losses too (waiting for the consumer within stop_timeout).
+                    if self._loss is not None:
+                        await self._report_loss()
                     background.cancel_scope.cancel()
         finally:
             self._background = None
             self._close_all()
 
-    async def _emit_status(self, reason: str = "start") -> None:
-        """The status event, once the host's identity is known (a cloud's metadata service answers within
-        its deadline, or the identity comes without ``cloud``)."""
+    async def _emit_status(self, reason: str) -> bool:
+        """A status event, once the host's identity is known (a cloud's metadata service answers within
+        its deadline, or the identity comes without ``cloud``); False when there is none to give."""
         while not self._host.done:
             await trio.sleep(STATUS_POLL)
         ident = self._host.result(0)
         if ident is None:
-            return
+            return False
         loaded = [{"name": name, **d} for name, d in self.program_digests().items()]
         event = status_event(ident, time.monotonic_ns(), self._delivery.wall_offset, loaded, reason,
-                             self._filterset.filters.to_json())
+                             self._filterset.filters.to_json(), self.stats().counters())
         await self._delivery.deliver_event(event)
+        return True
+
+    async def _status_task(self, started: bool) -> None:
+        """The status event at start (unless ``started``: already emitted), then one every
+        ``status_interval`` seconds, on a fixed schedule (a slow delivery does not shift the next)."""
+        if not started and not await self._emit_status(REASON_START):
+            return
+        interval = self.config.status_interval
+        if not interval:
+            return
+        due = trio.current_time()
+        while True:
+            due += interval
+            await trio.sleep_until(due)
+            await self._emit_status(REASON_INTERVAL)
+
+    def _lost(self) -> dict[str, dict[str, int]]:
+        """Every event lost so far, by type and cause (without the peers' lookup ``stats()`` makes)."""
+        return snapshot(self._counts, kernel_counters(self._maps.get(programs.MAP_STATS), self._programs),
+                        ()).lost
+
+    async def _watch_loss(self) -> None:
+        """Every LOSS_INTERVAL seconds: a loss event with what was lost since the last one, if anything.  On
+        a fixed schedule: the time a loss event waits for room in the queue does not delay the next look
+        (a look that comes late is made at once)."""
+        due = trio.current_time()
+        while True:
+            due = max(due + LOSS_INTERVAL, trio.current_time())
+            await trio.sleep_until(due)
+            await self._report_loss()
+
+    async def _report_loss(self) -> None:
+        """A loss event with what was lost and not yet reported, if anything.  It waits for room whatever the
+        queue policy: in this task of its own, so that under "drop" the pollers go on (and the channel hands
+        a waiting sender the next free slot before any later send_nowait)."""
+        async with self._loss_lock:  # the watch's and the stop's: one at a time, or both would report it
+            counts = self._loss.pending(self._lost())
+            if counts and await self._delivery.offer_event(
+                    loss_event(counts, time.monotonic_ns(), self._delivery.wall_offset), wait=True):
+                self._loss.reported(counts)
 
     # -- filters -------------------------------------------------------------------------------------
 
@@ -444,6 +501,14 @@ class KestrelCollector:
                 self._final = self._kernel_state()
             except BPFError:
                 self._final = ({}, ())
+        if self._loss is not None:
+            # A stop cut short (or cancelled from outside): what was lost and not yet reported, the drain's
+            # losses too, handed on without waiting.
+            kernel = self._final[0] if self._final is not None else {}
+            counts = self._loss.pending(snapshot(self._counts, kernel, ()).lost)
+            self._loss = None
+            if counts:
+                self._delivery.deliver_event_now(loss_event(counts, time.monotonic_ns(), self._delivery.wall_offset))
         for m in self._maps.values():
             if isinstance(m, ProgArrayMap) and not m.closed:
                 m.clear()  # the tail programs go with the others, not when the map is freed later

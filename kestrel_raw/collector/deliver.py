@@ -31,7 +31,7 @@ from kestrel_raw.codec.context import NO_CONTEXT
 from kestrel_raw.codec.event import KestrelEvent
 from kestrel_raw.codec.normalize import event_from_raw
 from kestrel_raw.codec.jsonl import encode_event, encode_records
-from kestrel_raw.collector.stats import Counts
+from kestrel_raw.collector.stats import Counts, raw_kind
 from kestrel_raw.config import CollectorConfig
 from kestrel_raw.errors import RecordError
 from kestrel_raw.sinks.bus import EventBus
@@ -68,6 +68,7 @@ class Delivery:
             wanted[int(t)] = True
         self.wanted = tuple(wanted)
         self.block = config.queue_policy == "block"
+        self._refused: list = []  # the malformed records of the batch being encoded (``_encode_batch``)
         self.as_json = config.deliver == "json"
         self.to_bus = isinstance(out, EventBus)
         if self.to_bus:
@@ -86,7 +87,12 @@ class Delivery:
         """The channel is full and queue_policy is "block": wait for room, then go on, in order."""
         while blocked is not None:
             event, rest = blocked
-            await self._out.send(event)
+            try:
+                await self._out.send(event)
+            except trio.Cancelled:  # a stop out of time: the event and the records after it are dropped
+                self.counts.drop(event.event_type_id)
+                self._count_dropped([raw_kind(raw) for raw in rest])
+                raise
             self.counts.delivered[event.event_type_id] += 1
             blocked = self._send_events(rest)
 
@@ -105,7 +111,7 @@ class Delivery:
             try:
                 event = event_from_raw(raw, wall, ctx)
             except RecordError:
-                counts.parse_errors += 1
+                counts.refuse(raw)
                 continue
             if event is None or not wanted[event.event_type_id] or raw[flags_at] & cache_only_bits:
                 counts.consumed += 1
@@ -115,7 +121,7 @@ class Delivery:
             except trio.WouldBlock:
                 if block:
                     return event, batch[i + 1:]
-                counts.user_dropped += 1
+                counts.drop(event.event_type_id)
                 continue
             delivered[event.event_type_id] += 1
         return None
@@ -128,9 +134,9 @@ class Delivery:
             self._out.send_nowait(chunk)
         except trio.WouldBlock:
             if not self.block:
-                self.counts.user_dropped += len(kinds)
+                self._count_dropped(kinds)
                 return
-            await self._out.send(chunk)
+            await self._send_or_count(chunk, kinds)
         self._count_delivered(kinds)
 
     # -- into an EventBus ------------------------------------------------------------------------------
@@ -140,19 +146,24 @@ class Delivery:
         counts = self.counts
         delivered = counts.delivered
         wall, ctx, wanted = self.wall_offset, self.ctx, self.wanted
-        for raw in batch:
+        for i, raw in enumerate(batch):
             try:
                 event = event_from_raw(raw, wall, ctx)
             except RecordError:
-                counts.parse_errors += 1
+                counts.refuse(raw)
                 continue
             if event is None or not wanted[event.event_type_id] or cache_only(raw):
                 counts.consumed += 1
                 continue
             if self.block:
-                await bus.send(event)
+                try:
+                    await bus.send(event)
+                except trio.Cancelled:  # a stop out of time: the event and the records after it are dropped
+                    counts.drop(event.event_type_id)
+                    self._count_dropped([raw_kind(r) for r in batch[i + 1:]])
+                    raise
             else:
-                counts.user_dropped += bus.publish(event)
+                counts.drop(event.event_type_id, bus.publish(event))
             delivered[event.event_type_id] += 1
 
     async def _publish_json(self, batch: list[bytes]) -> None:
@@ -160,9 +171,9 @@ class Delivery:
         if not kinds:
             return
         if self.block:
-            await self._out.send(chunk)
+            await self._send_or_count(chunk, kinds)
         else:
-            self.counts.user_dropped += self._out.publish(chunk) * len(kinds)
+            self._count_dropped(kinds, self._out.publish(chunk))
         self._count_delivered(kinds)
 
     # -- either ------------------------------------------------------------------------------------------
@@ -171,8 +182,9 @@ class Delivery:
         """The JSON lines of ``batch`` as one chunk, and the kind of each record in it.  Records written for
         the process cache alone go through it with nothing wanted, in their place in the batch (a process's
         exec before its next event)."""
+        refused = self._refused
         if not any(cache_only(raw) for raw in batch):
-            chunk, kinds, bad = encode_records(batch, self.wall_offset, self.ctx, self.wanted)
+            chunk, kinds, bad = encode_records(batch, self.wall_offset, self.ctx, self.wanted, refused)
         else:
             chunks, kinds, bad = [], [], 0
             start = 0
@@ -181,13 +193,16 @@ class Delivery:
                     continue
                 part = batch[start:i]
                 c, k, b = encode_records(part, self.wall_offset, self.ctx,
-                                         NOTHING_WANTED if cache_only(part[0]) else self.wanted)
+                                         NOTHING_WANTED if cache_only(part[0]) else self.wanted, refused)
                 chunks.append(c)
                 kinds += k
                 bad += b
                 start = i
             chunk = b"".join(chunks)
-        self.counts.parse_errors += bad
+        if bad:
+            for raw in refused:
+                self.counts.refuse(raw)
+            refused.clear()
         self.counts.consumed += len(batch) - bad - len(kinds)
         return chunk, kinds
 
@@ -195,6 +210,28 @@ class Delivery:
         delivered = self.counts.delivered
         for kind, n in Counter(kinds).items():
             delivered[kind] += n
+
+    def _count_dropped(self, kinds: list[int], times: int = 1) -> None:
+        """The events of ``kinds`` dropped ``times`` each (an EventBus: once per subscriber that missed)."""
+        if times:
+            for kind, n in Counter(kinds).items():
+                self.counts.drop(kind, n * times)
+
+    async def _send_or_count(self, chunk: bytes, kinds: list[int]) -> None:
+        """Wait to hand ``chunk`` on; if a stop out of time cancels the wait, its events are dropped."""
+        try:
+            await self._out.send(chunk)
+        except trio.Cancelled:
+            self._count_dropped(kinds)
+            raise
+
+    def count_cancelled(self, batch: list[bytes], before: int) -> None:
+        """A delivery of ``batch`` was cancelled (a stop that ran out of time) when ``counts.handled()`` was
+        ``before``: what no path counted is counted as dropped (each path counts what it was waiting to hand
+        on; records go in order, so any left are the end of the batch)."""
+        missing = max(0, len(batch) - (self.counts.handled() - before))
+        if missing:
+            self._count_dropped([raw_kind(raw) for raw in batch[len(batch) - missing:]])
 
     def deliver_now(self, batch: list[bytes]) -> None:
         """Hand ``batch`` on without waiting, whatever the policy (the drain at stop, when nothing can wait
@@ -209,7 +246,7 @@ class Delivery:
                 try:
                     event = event_from_raw(raw, self.wall_offset, self.ctx)
                 except RecordError:
-                    counts.parse_errors += 1
+                    counts.refuse(raw)
                     continue
                 if event is not None and self.wanted[event.event_type_id] and not cache_only(raw):
                     items.append((event, [event.event_type_id]))
@@ -218,34 +255,59 @@ class Delivery:
         for item, kinds in items:
             if self.to_bus:
                 try:
-                    counts.user_dropped += self._out.publish(item) * len(kinds)
+                    self._count_dropped(kinds, self._out.publish(item))
                 except trio.ClosedResourceError:
-                    counts.user_dropped += len(kinds)
+                    self._count_dropped(kinds)
                     continue
             else:
                 try:
                     self._out.send_nowait(item)
                 except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                    counts.user_dropped += len(kinds)
+                    self._count_dropped(kinds)
                     continue
             for kind in kinds:
                 counts.delivered[kind] += 1
 
     async def deliver_event(self, event: KestrelEvent) -> None:
-        """One event the collector made itself (the status event): as an event, or as its JSON line, into
-        the channel or the bus, per queue_policy."""
+        """One event the collector made itself (status): as an event, or as its JSON line, into the channel
+        or the bus, per queue_policy; one the consumer has no room for under "drop" is counted as dropped."""
+        if not await self.offer_event(event):
+            self.counts.drop(event.event_type_id)
+
+    async def offer_event(self, event: KestrelEvent, wait: bool | None = None) -> bool:
+        """``event`` (one the collector made itself) into the channel, waiting for room when ``wait`` (None:
+        as queue_policy says), or into the bus per queue_policy (under "drop" a subscriber with no room
+        misses it, counted as dropped: waiting on the bus would wait for its slowest subscriber, which may
+        never read).  False, counting nothing, when the channel had no room and it did not wait."""
         item = encode_event(event) if self.as_json else event
+        kind = event.event_type_id
+        block = self.block if wait is None else wait
         if self.to_bus:
             if self.block:
                 await self._out.send(item)
             else:
-                self.counts.user_dropped += self._out.publish(item)
+                self.counts.drop(kind, self._out.publish(item))
         else:
             try:
                 self._out.send_nowait(item)
             except trio.WouldBlock:
-                if not self.block:
-                    self.counts.user_dropped += 1
-                    return
+                if not block:
+                    return False
                 await self._out.send(item)
-        self.counts.delivered[event.event_type_id] += 1
+        self.counts.delivered[kind] += 1
+        return True
+
+    def deliver_event_now(self, event: KestrelEvent) -> None:
+        """One event the collector made itself, handed on without waiting (at stop); what the consumer
+        cannot take, or no longer takes, is counted as dropped."""
+        item = encode_event(event) if self.as_json else event
+        kind = event.event_type_id
+        try:
+            if self.to_bus:
+                self.counts.drop(kind, self._out.publish(item))
+            else:
+                self._out.send_nowait(item)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            self.counts.drop(kind)
+            return
+        self.counts.delivered[kind] += 1

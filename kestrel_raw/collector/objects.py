@@ -118,6 +118,7 @@ class ObjectDelivery:
                     value = plain(self.schema.parse(data))
                 except Exception:       # construct raises its own error kinds for every malformed input
                     self.counts.parse_errors += 1
+                    self.counts.refused[self.key] = self.counts.refused.get(self.key, 0) + 1
                     continue
             out.append((ObjectRecord(self.object, self.ring, data, value), 1))
         return out
@@ -128,26 +129,31 @@ class ObjectDelivery:
                 if self.block:
                     await self._out.send(item)
                 else:
-                    self.counts.user_dropped += self._out.publish(item) * n
+                    self.counts.drop(self.key, self._out.publish(item) * n)
             else:
                 try:
                     self._out.send_nowait(item)
                 except trio.WouldBlock:
                     if not self.block:
-                        self.counts.user_dropped += n
+                        self.counts.drop(self.key, n)
                         continue
                     await self._out.send(item)
             self.counts.delivered[self.key] += n
+
+    def count_cancelled(self, batch: list[bytes], before: int) -> None:
+        """A delivery of ``batch`` was cancelled when ``counts.handled()`` was ``before``: what it had not
+        handed on is counted as dropped."""
+        self.counts.drop(self.key, max(0, len(batch) - (self.counts.handled() - before)))
 
     def deliver_now(self, batch: list[bytes]) -> None:
         """At stop: hand on without waiting; what the consumer cannot take is counted as dropped."""
         for item, n in self._items(batch):
             try:
                 if self.to_bus:
-                    self.counts.user_dropped += self._out.publish(item) * n
+                    self.counts.drop(self.key, self._out.publish(item) * n)
                 else:
                     self._out.send_nowait(item)
             except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                self.counts.user_dropped += n
+                self.counts.drop(self.key, n)
                 continue
             self.counts.delivered[self.key] += n

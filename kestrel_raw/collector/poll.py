@@ -60,13 +60,14 @@ class Stopping:
         self._waits.discard(scope)
 
 
-async def deliver_counted(deliver, batch: list[bytes], counts) -> None:
-    """``await deliver(batch)``; if it is cancelled, what it had not handed on is counted as dropped."""
-    before = counts.handled()
+async def deliver_counted(delivery: Delivery, batch: list[bytes]) -> None:
+    """``await delivery.deliver(batch)``; if it is cancelled, what it had not handed on is counted as
+    dropped."""
+    before = delivery.counts.handled()
     try:
-        await deliver(batch)
+        await delivery.deliver(batch)
     except trio.Cancelled:
-        counts.user_dropped += max(0, len(batch) - (counts.handled() - before))
+        delivery.count_cancelled(batch, before)
         raise
 
 
@@ -76,7 +77,6 @@ async def poll_ring(reader: RingBufReader, delivery: Delivery, config: Collector
     drain to the end and return."""
     stopping = stopping or Stopping()
     interval = config.poll_interval
-    deliver = delivery.deliver
     counts = delivery.counts
     checkpoint = trio.lowlevel.checkpoint
     until_empty = config.wakeup_bytes == 0
@@ -103,7 +103,7 @@ async def poll_ring(reader: RingBufReader, delivery: Delivery, config: Collector
             batch = reader.drain(BATCH_RECORDS)
             if batch:
                 counts.records += len(batch)
-                await deliver_counted(deliver, batch, counts)
+                await deliver_counted(delivery, batch)
             if len(batch) < BATCH_RECORDS:
                 break
             await checkpoint()
@@ -124,7 +124,6 @@ async def poll_busy(readers: list[RingBufReader], delivery: Delivery, stopping: 
     """
     probes = [(reader.drainer(), reader.probe()) for reader in readers]
     counts = delivery.counts
-    deliver = delivery.deliver
     send_events = delivery.send_events  # events into a channel: no coroutine on the path unless it is full
     send_blocked = delivery.send_blocked
     checkpoint = trio.lowlevel.checkpoint
@@ -138,7 +137,7 @@ async def poll_busy(readers: list[RingBufReader], delivery: Delivery, stopping: 
             for reader in readers:
                 while batch := reader.drain(BATCH_RECORDS):
                     counts.records += len(batch)
-                    await deliver_counted(deliver, batch, counts)
+                    await deliver_counted(delivery, batch)
             return
         give_up = clock() + BUSY_SPIN_NS
         found = False
@@ -150,7 +149,7 @@ async def poll_busy(readers: list[RingBufReader], delivery: Delivery, stopping: 
                         found = True
                         counts.records += len(batch)
                         if send_events is None:
-                            await deliver_counted(deliver, batch, counts)
+                            await deliver_counted(delivery, batch)
                         else:
                             before = counts.handled()
                             blocked = send_events(batch)
@@ -158,7 +157,7 @@ async def poll_busy(readers: list[RingBufReader], delivery: Delivery, stopping: 
                                 try:
                                     await send_blocked(blocked)
                                 except trio.Cancelled:
-                                    counts.user_dropped += max(0, len(batch) - (counts.handled() - before))
+                                    delivery.count_cancelled(batch, before)
                                     raise
             now = clock()
             if now > give_up:
