@@ -16,14 +16,7 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
-# include/linux/socket.h
-AF_UNSPEC = 0
-AF_UNIX = 1
-AF_INET = 2
-AF_INET6 = 10
-AF_NETLINK = 16
-AF_PACKET = 17
-AF_VSOCK = 40
+from kestrel_raw.kernel.uapi import AF_INET, AF_INET6, AF_NETLINK, AF_PACKET, AF_UNIX, AF_UNSPEC, AF_VSOCK
 
 FAMILY_NAMES = {
     AF_UNSPEC: "AF_UNSPEC",

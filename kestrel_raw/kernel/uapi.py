@@ -423,3 +423,22 @@ BpfLinkInfo = Layout("struct bpf_link_info", [
     ("id", U32),
     ("prog_id", U32),
 ])
+
+
+# --- sockets --------------------------------------------------------------------------------------------
+# address families (include/linux/socket.h)
+AF_UNSPEC = 0
+AF_UNIX = 1
+AF_INET = 2
+AF_INET6 = 10
+AF_NETLINK = 16
+AF_PACKET = 17
+AF_VSOCK = 40
+# struct sockaddr_in (include/uapi/linux/in.h): sa_family_t (u16) at 0, in_port_t (big-endian) at 2, struct
+# in_addr at 4, 16 bytes; struct sockaddr_in6 (in6.h): family, port, u32 flowinfo at 4, struct in6_addr at 8,
+# u32 scope_id, 28 bytes.
+SIN_PORT = 2
+SIN_ADDR = 4
+SIN6_ADDR = 8
+SOCKADDR_IN_SIZE = 16
+SOCKADDR_IN6_SIZE = 28

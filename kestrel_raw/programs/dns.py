@@ -30,6 +30,7 @@ from kestrel_raw.asm import BPF_SUB, BPF_W, R0, R1, R2, R3, R4, R8, R9, R10, alu
 from kestrel_raw.asm import jmp_imm, jmp_reg, label, ldx_mem, mov64_imm, mov64_reg
 from kestrel_raw.asm import st_mem, stx_mem
 from kestrel_raw.programs.builder import SLOT_B, SLOT_C, SLOT_D, SLOT_TASK, STAT_READ_FAULT, ProgramBuilder
+from kestrel_raw.kernel.uapi import AF_INET, AF_INET6, SIN6_ADDR, SIN_ADDR, SIN_PORT, SOCKADDR_IN6_SIZE
 from kestrel_raw.programs.entry import task_slot
 from kestrel_raw.programs.strings import string_length
 from kestrel_raw.spec import (
@@ -67,14 +68,7 @@ AI_ADDRLEN = 16
 AI_ADDR = 24
 AI_NEXT = 40
 ADDRINFO_SIZE = 48
-# struct sockaddr_in: sa_family_t (u16), in_port_t, struct in_addr; sockaddr_in6: family, port, u32
-# flowinfo, struct in6_addr, u32 scope_id.
-SIN_PORT = 2
-SIN_ADDR = 4
-SIN6_ADDR = 8
-SOCKADDR_READ = 28  # sizeof(struct sockaddr_in6): the most of an entry's sockaddr read
-AF_INET = 2
-AF_INET6 = 10
+SOCKADDR_READ = SOCKADDR_IN6_SIZE  # the most of an entry's sockaddr read
 
 WALK = 3 * DNS_ADDRS  # list entries walked at most: DNS_ADDRS addresses in each of three socket types
 

@@ -27,6 +27,7 @@ from kestrel_raw.asm import (
     mov64_reg, st_mem, stx_mem,
 )
 from kestrel_raw.asm.opcode import BPF_CMPXCHG, BPF_FETCH
+from kestrel_raw.kernel.uapi import AF_INET, AF_INET6, SIN6_ADDR, SIN_ADDR, SIN_PORT, SOCKADDR_IN6_SIZE, SOCKADDR_IN_SIZE
 from kestrel_raw.programs import filtermaps as fm
 from kestrel_raw.programs.builder import (
     SLOT_FFLAGS, SLOT_FKEY, SLOT_FTASK, SLOT_TASK, STAT_FILTERED, STAT_RATE_LIMITED, WORK_AREA, ProgramBuilder,
@@ -36,12 +37,6 @@ from kestrel_raw.spec import CONNECT, EXEC, EXIT, FLAG_FILTERED, FLAG_RATE_LIMIT
 # The kinds whose dropped records the process cache still needs (filtermaps "Context kinds").
 CONTEXT_KINDS = (EXEC.id, EXIT.id, FORK.id)
 
-AF_INET = 2  # include/linux/socket.h
-AF_INET6 = 10
-# struct sockaddr_in / sockaddr_in6 (include/uapi/linux/in.h, in6.h): family u16 at 0, port (big-endian)
-# at 2, then sin_addr at 4, or sin6_flowinfo at 4 and sin6_addr at 8.
-SIN_PORT, SIN_ADDR, SIN6_ADDR = 2, 4, 8
-SOCKADDR_IN_SIZE, SOCKADDR_IN6_SIZE = 16, 28
 V4_BYTES, V6_BYTES = 4, 16
 
 # Where the keys of the LPM tries are built: the scratch value's work area, dead at the submit (the path
