@@ -50,7 +50,7 @@ def fence(lang: str, text: str) -> str:
 
 
 def source() -> str:
-    parts = [inspect.getsource(entry.build_string_entry), inspect.getsource(entry._slot),
+    parts = [inspect.getsource(entry.build_string_entry), inspect.getsource(entry.task_slot),
              inspect.getsource(ProgramBuilder.prologue), inspect.getsource(ProgramBuilder._own_tgid),
              inspect.getsource(ProgramBuilder.epilogue)]
     return fence("python", "\n".join(parts))
