@@ -31,10 +31,11 @@ What each key is looked up with:
     container  v2 hierarchy it knows (F_* for those that match, including all cgroups below a matching one;
                0 for the others), and rescans it every CGROUP_RESCAN_S seconds.  A cgroup not in the map
                (made since the last scan) is unknown: the event passes that key (fail-open: delivered, never
-               lost), and is counted as passed-unknown.
+               lost; not counted apart: the stats have no slot for it).
     port       connect: the destination port, host byte order
     daddr      connect: an LPM trie keyed (set, family, address): family 2 (AF_INET, 4 bytes) or 10 (AF_INET6,
-               16 bytes); a v4 network is also written as its v4-mapped v6 network (::ffff:a.b.c.d)
+               16 bytes); a v4 network is also written as its v4-mapped v6 network (::ffff:a.b.c.d); each
+               entry's value is the OR of the flags of every shorter entry that covers it, as for path
     path       open: an LPM trie keyed (set, path bytes): the opened file's absolute path (resolved_path) when
                the open succeeded, the path as given otherwise; only the first PATH_KEY_MAX bytes are
                compared.  A trie finds only the longest matching prefix, so each entry's value is the OR of
