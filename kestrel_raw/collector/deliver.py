@@ -105,17 +105,7 @@ class Delivery:
         send_nowait = self._out.send_nowait
         counts = self.counts
         delivered = counts.delivered
-        wall, ctx, wanted = self.wall_offset, self.ctx, self.wanted
-        flags_at, cache_only_bits = HEADER_FLAGS_OFFSET, _CACHE_ONLY
-        for i, raw in enumerate(batch):
-            try:
-                event = event_from_raw(raw, wall, ctx)
-            except RecordError:
-                counts.refuse(raw)
-                continue
-            if event is None or not wanted[event.event_type_id] or raw[flags_at] & cache_only_bits:
-                counts.consumed += 1
-                continue
+        for i, event in self._wanted_events(batch):
             try:
                 send_nowait(event)
             except trio.WouldBlock:
@@ -145,16 +135,7 @@ class Delivery:
         bus = self._out
         counts = self.counts
         delivered = counts.delivered
-        wall, ctx, wanted = self.wall_offset, self.ctx, self.wanted
-        for i, raw in enumerate(batch):
-            try:
-                event = event_from_raw(raw, wall, ctx)
-            except RecordError:
-                counts.refuse(raw)
-                continue
-            if event is None or not wanted[event.event_type_id] or cache_only(raw):
-                counts.consumed += 1
-                continue
+        for i, event in self._wanted_events(batch):
             if self.block:
                 try:
                     await bus.send(event)
@@ -177,6 +158,24 @@ class Delivery:
         self._count_delivered(kinds)
 
     # -- either ------------------------------------------------------------------------------------------
+
+    def _wanted_events(self, batch: list[bytes]):
+        """(index in ``batch``, event) of each record that is an event the consumer wants.  A malformed record
+        is counted as refused; one that is no wanted event (an internal record, a type not asked for, a
+        record a filter dropped and the programs wrote for the process cache alone) as consumed."""
+        counts = self.counts
+        wall, ctx, wanted = self.wall_offset, self.ctx, self.wanted
+        flags_at, cache_only_bits = HEADER_FLAGS_OFFSET, _CACHE_ONLY
+        for i, raw in enumerate(batch):
+            try:
+                event = event_from_raw(raw, wall, ctx)
+            except RecordError:
+                counts.refuse(raw)
+                continue
+            if event is None or not wanted[event.event_type_id] or raw[flags_at] & cache_only_bits:
+                counts.consumed += 1
+                continue
+            yield i, event
 
     def _encode_batch(self, batch: list[bytes]) -> tuple[bytes, list[int]]:
         """The JSON lines of ``batch`` as one chunk, and the kind of each record in it.  Records written for
@@ -241,17 +240,7 @@ class Delivery:
             chunk, kinds = self._encode_batch(batch)
             items = [(chunk, kinds)] if kinds else []
         else:
-            items = []
-            for raw in batch:
-                try:
-                    event = event_from_raw(raw, self.wall_offset, self.ctx)
-                except RecordError:
-                    counts.refuse(raw)
-                    continue
-                if event is not None and self.wanted[event.event_type_id] and not cache_only(raw):
-                    items.append((event, [event.event_type_id]))
-                else:
-                    counts.consumed += 1
+            items = [(event, [event.event_type_id]) for _, event in self._wanted_events(batch)]
         for item, kinds in items:
             if self.to_bus:
                 try:
