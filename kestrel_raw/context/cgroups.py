@@ -37,6 +37,27 @@ class Mount:
     root: str            # the directory of the file system the mount shows (/ unless a bind of a subtree)
 
 
+def walk_cgroups(mount: str):
+    """(cgroup id, path relative to the mount) of each cgroup of the v2 hierarchy mounted at ``mount``,
+    breadth-first (the shallow ones first, where containers live).  A cgroup's id is its directory's inode
+    number (kernfs: the same 64-bit id the kernel's cgroup_id and bpf_get_current_cgroup_id give)."""
+    queue = deque([("/", mount)])
+    while queue:
+        rel, where = queue.popleft()
+        try:
+            ino = os.stat(where).st_ino
+            entries = list(os.scandir(where))
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            continue  # removed while we walked
+        yield ino, rel
+        for e in entries:
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    queue.append((rel.rstrip("/") + "/" + e.name, e.path))
+            except OSError:
+                continue
+
+
 def cgroup2_mounts(mountinfo: str) -> list[Mount]:
     """Every cgroup2 mount in ``mountinfo``'s text (proc(5): fields, then ``-``, type, source, options)."""
     out = []
@@ -127,21 +148,11 @@ class CgroupPaths:
         """Walk the hierarchy now (breadth-first, at most ``max_entries`` cgroups)."""
         by_id: dict[int, str] = {}
         self.truncated = False
-        queue = deque([("/", self.mount)])
-        while queue:
-            rel, where = queue.popleft()
-            try:
-                ino = os.stat(where).st_ino
-                entries = list(os.scandir(where))
-            except (FileNotFoundError, NotADirectoryError, PermissionError):
-                continue   # removed while we walked
+        for ino, rel in walk_cgroups(self.mount):
             if len(by_id) >= self.max_entries:
                 self.truncated = True
                 break
             by_id[ino] = rel
-            for e in entries:
-                if e.is_dir(follow_symlinks=False):
-                    queue.append((rel.rstrip("/") + "/" + e.name, e.path))
         self._by_id = by_id
         self._containers = {k: v for k, v in self._containers.items() if k in by_id}
         self._last_walk = self._clock()

@@ -9,9 +9,8 @@ filter image when the tree changed).
 from __future__ import annotations
 
 import os
-from collections import deque
 
-from kestrel_raw.context.cgroups import MOUNTINFO, read_cgroup2_mount
+from kestrel_raw.context.cgroups import MOUNTINFO, read_cgroup2_mount, walk_cgroups
 from kestrel_raw.context.containers import container_from_cgroup
 from kestrel_raw.errors import ConfigError
 from kestrel_raw.filters import values as fv
@@ -37,22 +36,11 @@ def scan_cgroups(mount: str, limit: int = filtermaps.MAX_CGROUPS) -> tuple[Cgrou
     """The cgroup v2 tree under ``mount``, breadth-first (at most ``limit``: the shallow ones, where
     containers live, are kept; a cgroup beyond is unknown to the programs, which let its events pass)."""
     out: list[Cgroup] = []
-    queue = deque([("/", mount)])
-    while queue and len(out) < limit:
-        rel, where = queue.popleft()
-        try:
-            ino = os.stat(where).st_ino
-            entries = list(os.scandir(where))
-        except (FileNotFoundError, NotADirectoryError, PermissionError):
-            continue  # removed while we walked
+    for ino, rel in walk_cgroups(mount):
+        if len(out) >= limit:
+            break
         container = container_from_cgroup(rel)
         out.append(Cgroup(ino, rel, container.id if container is not None else None))
-        for e in entries:
-            try:
-                if e.is_dir(follow_symlinks=False):
-                    queue.append((rel.rstrip("/") + "/" + e.name, e.path))
-            except OSError:
-                continue
     return tuple(out)
 
 
