@@ -276,3 +276,52 @@ def test_every_program_with_the_filters_is_accepted_by_the_verifier(context):
         c.stop()
     assert {"kr_openat", "kr_open_fin", "kr_connect", "kr_exec_cwd", "kr_execve_x", "kr_exit", "kr_fork",
             "kr_fork_cwd", "kr_shell", "kr_dns_ret"} <= names
+
+
+# -- the task's keys, before a program's costly part ----------------------------------------------------------
+
+
+@pytest.mark.kernel
+def test_the_early_piece_tests_only_the_task_keys_and_counts_only_at_the_exit():
+    # (the running kernel's BTF: the exe and pid keys and the header read kernel structs)
+    from kestrel_raw.collector.load import load_btf
+    from kestrel_raw.programs.layout import KernelLayout
+
+    layout = KernelLayout(load_btf("/sys/kernel/btf/vmlinux"))
+
+    def early(kind, **kw):
+        b = ProgramBuilder("kr_t", self_tgid=1, nrings=1, wakeup_threshold=0, layout=layout, context=True)
+        piece.apply_early(b, kind, **kw)
+        if not b.insns:
+            return ""
+        b.emit(label("out"), mov64_imm(0, 0), exit_insn())
+        return format_program(b.insns)
+
+    exit_ = early(OPEN, build_header=False, count=True)
+    assert f"r1 &= {piece.TASK_BITS}" in exit_ and "stats[open.filtered]" in exit_
+    assert "filter uid" in exit_ and "filter pid" in exit_ and "filter path" not in exit_
+    assert "filter outcome" not in exit_ and "rate limit" not in exit_ and "record header" not in exit_
+    entry_ = early(OPEN, build_header=True, count=False)
+    assert "stats[open.filtered]" not in entry_  # the exit program counts the event it drops
+    # the header only past the mask test: a kind with no task key pays the row's lookup and nothing more
+    assert entry_.index(f"r1 &= {piece.TASK_BITS}") < entry_.index("record header") < entry_.index("filter uid")
+    assert early(EXIT, build_header=False, count=True) == ""  # context kind, context on: flagged at the submit
+    assert piece.TASK_BITS == sum(fm.KEY_BITS[k] for k in ("pid", "uid", "comm", "exe", "cgroup", "container"))
+
+
+@pytest.mark.kernel
+def test_open_and_connect_drop_on_the_task_keys_before_the_copies():
+    # In the programs as loaded: the early piece comes before the entry's copy and the exit's path read
+    # and sockaddr read, so that an event the task's keys drop costs none of them.
+    from kestrel_raw.asm import format_program as listing
+    from kestrel_raw.collector.load import build_programs
+
+    cfg = CollectorConfig(event_types=["open", "connect"])
+    built = {spec.name: listing(insns) for spec, insns in build_programs(cfg, __import__(
+        "kestrel_raw.programs", fromlist=["config_specs"]).config_specs(cfg), mount_tracefs=False)}
+    for name, costly in (("kr_openat_e", "probe_read_user_str"), ("kr_openat", "probe_read_user_str"),
+                         ("kr_openat2", "probe_read_user"), ("kr_connect_e", "probe_read_user"),
+                         ("kr_connect", "task_storage_get")):
+        text = built[name]
+        assert "filters at the start" in text, name
+        assert text.index("filters at the start") < text.index(costly), name

@@ -83,9 +83,9 @@ SPECS = {
     OPEN.id: (
         # the entry copies first: a syscall whose exit is traced has had its arguments copied
         _spec("kr_openat_e", OPEN.id, "syscalls", "sys_enter_openat",
-              lambda b, f, l: entry.build_string_entry(b, f, "filename", entry.MARK_OPENAT)),
+              lambda b, f, l: entry.build_string_entry(b, f, OPEN, "filename", entry.MARK_OPENAT)),
         _spec("kr_openat2_e", OPEN.id, "syscalls", "sys_enter_openat2",
-              lambda b, f, l: entry.build_string_entry(b, f, "filename", entry.MARK_OPENAT2)),
+              lambda b, f, l: entry.build_string_entry(b, f, OPEN, "filename", entry.MARK_OPENAT2)),
         _spec("kr_openat", OPEN.id, "syscalls", "sys_exit_openat",
               lambda b, f, l: open_.build(b, f, l, OPEN_SYSCALL_OPENAT)),
         _spec("kr_openat2", OPEN.id, "syscalls", "sys_exit_openat2",
@@ -94,7 +94,7 @@ SPECS = {
     ),
     CONNECT.id: (
         _spec("kr_connect_e", CONNECT.id, "syscalls", "sys_enter_connect",
-              lambda b, f, l: entry.build_sockaddr_entry(b, f, entry.MARK_CONNECT)),
+              lambda b, f, l: entry.build_sockaddr_entry(b, f, CONNECT, entry.MARK_CONNECT)),
         _spec("kr_connect", CONNECT.id, "syscalls", "sys_exit_connect", connect.build),
     ),
     EXIT.id: (

@@ -18,7 +18,7 @@ from kestrel_raw.asm import BPF_ADD, BPF_AND, BPF_DW, BPF_H, BPF_JEQ, BPF_JGE, B
 from kestrel_raw.asm import BPF_W
 from kestrel_raw.asm import R0, R1, R2, R3, R8, R9, R10, alu64_imm, alu64_reg, call, ja, jmp_imm, jmp_reg, label
 from kestrel_raw.asm import ldx_mem, mov32_reg, mov64_imm, mov64_reg, st_mem, stx_mem
-from kestrel_raw.programs import entry
+from kestrel_raw.programs import entry, filter
 from kestrel_raw.programs.builder import SLOT_A, SLOT_B, SLOT_BUF, SLOT_C, SLOT_TASK, STAT_READ_FAULT, ProgramBuilder
 from kestrel_raw.spec import CONNECT, FLAG_FAULT, FLAG_LATE_READ, FLAG_TOCTOU
 
@@ -32,6 +32,7 @@ def build(b: ProgramBuilder, fmt, layout) -> list:
     b.prologue()
     b.scratch()
     b.header(CONNECT, layout)
+    filter.apply_early(b, CONNECT, build_header=False, count=True)  # before the copies and the socket's reads
     b.pt_regs(R9)
     clamp_done = b.label("clamped")
     too_long = b.label("too_long")

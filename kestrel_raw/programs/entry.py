@@ -24,8 +24,9 @@ from kestrel_raw.asm import BPF_SUB, BPF_W, R0, R1, R2, R3, R4, R5, R8, R10, alu
 from kestrel_raw.asm import call, ja, jmp_imm, jmp_reg, label, ld_map_fd, ldx_mem, mov32_reg, mov64_imm
 from kestrel_raw.asm import mov64_reg, st_mem, stx_mem
 from kestrel_raw.kernel.uapi import BPF_LOCAL_STORAGE_GET_F_CREATE
+from kestrel_raw.programs import filter
 from kestrel_raw.programs.builder import SLOT_TASK, ProgramBuilder
-from kestrel_raw.spec import MAX_PATH, MAX_SOCKADDR
+from kestrel_raw.spec import MAX_PATH, MAX_SOCKADDR, Kind
 
 MAP_ENTRY = "kr_entry"  # BPF_MAP_TYPE_TASK_STORAGE: one slot per thread, created on the thread's first call
 
@@ -59,10 +60,11 @@ def task_slot(b: ProgramBuilder, create: bool, missing: str, map_name: str = MAP
     )
 
 
-def build_string_entry(b: ProgramBuilder, fmt, arg: str, marker: int) -> list:
+def build_string_entry(b: ProgramBuilder, fmt, kind: Kind, arg: str, marker: int) -> list:
     """sys_enter_<syscall>: copy the string argument ``arg`` (a tracefs format field: the user pointer) into
-    the thread's slot."""
+    the thread's slot; not for an event of ``kind`` the filters drop on the task's keys alone."""
     b.prologue(filtered=False)
+    filter.apply_early(b, kind, build_header=True, count=False)
     b.emit(call("get_current_task_btf"), stx_mem(BPF_DW, R10, R0, SLOT_TASK))
     task_slot(b, create=True, missing="out")
     b.emit(mov64_reg(R8, R0), st_mem(BPF_W, R8, ENTRY_MARKER, marker), mov64_reg(R1, R8),
@@ -72,10 +74,12 @@ def build_string_entry(b: ProgramBuilder, fmt, arg: str, marker: int) -> list:
     return b.epilogue()
 
 
-def build_sockaddr_entry(b: ProgramBuilder, fmt, marker: int) -> list:
+def build_sockaddr_entry(b: ProgramBuilder, fmt, kind: Kind, marker: int) -> list:
     """sys_enter_connect: copy the sockaddr (at most sizeof(struct sockaddr_storage), as many bytes as
-    addrlen says) into the thread's slot; rc = the bytes copied, or -errno."""
+    addrlen says) into the thread's slot; rc = the bytes copied, or -errno.  Not for an event of ``kind`` the
+    filters drop on the task's keys alone."""
     b.prologue(filtered=False)
+    filter.apply_early(b, kind, build_header=True, count=False)
     b.emit(call("get_current_task_btf"), stx_mem(BPF_DW, R10, R0, SLOT_TASK))
     task_slot(b, create=True, missing="out")
     clamped, fits = b.label("clamped"), b.label("fits")

@@ -77,6 +77,46 @@ def apply(b: ProgramBuilder, kind: Kind) -> None:
     b.emit(label(passed))
 
 
+# The keys whose value is the task's, known as soon as the header is built (``apply_early``), in the order
+# ``apply`` takes them: the cheapest first.
+TASK_KEYS = ("uid", "comm", "cgroup", "container", "exe", "pid")
+TASK_BITS = sum(fm.KEY_BITS[name] for name in TASK_KEYS)
+
+
+def apply_early(b: ProgramBuilder, kind: Kind, *, build_header: bool, count: bool) -> None:
+    """The task's keys (TASK_KEYS) of ``kind``'s filters, before a program's costly part (the copies, the
+    path walk): an event they drop leaves at once.  Sound because the keys are AND-ed: whatever the later
+    keys say, a drop by one of these stands; ``apply`` at the submit takes them again with the others.
+
+    ``build_header``: the program has no record yet (an entry program): when the kind's row has a task key,
+    the header is built in the scratch value (r8) to read them from; the program must set r8 again after.
+    ``count``: count the drop (STAT_FILTERED); an entry program's drop is not counted, its exit program
+    drops the same event and counts it (a flip between the two at worst delivers the event, read at the
+    exit: LATE_READ).  Nothing for the context kinds when the collector carries context (their records are
+    flagged, not dropped: ``apply``)."""
+    if kind.internal or (b.context and kind.id in CONTEXT_KINDS):
+        return
+    passed, dropped = b.label("f_early_pass"), b.label("f_early_drop")
+    _row(b, kind, passed)
+    b.note(f"filters at the start: only when the row's include or exclude mask has a task key ({TASK_BITS:#x})")
+    b.emit(
+        ldx_mem(BPF_W, R1, R9, fm.CFG_INCLUDE),
+        ldx_mem(BPF_W, R2, R9, fm.CFG_EXCLUDE),
+        alu64_reg(BPF_OR, R1, R2),
+        alu64_imm(BPF_AND, R1, TASK_BITS),
+        jmp_imm(BPF_JEQ, R1, 0, passed),
+    )
+    if build_header:
+        b.scratch()
+        b.header(kind, b.layout)
+    for name in TASK_KEYS:
+        _key(b, name, kind, passed, dropped)
+    b.emit(ja(passed), label(dropped))
+    if count:
+        b.count(kind, STAT_FILTERED)
+    b.emit(ja("out"), label(passed))
+
+
 def _row(b: ProgramBuilder, kind: Kind, passed: str) -> None:
     """r9 = the kind's row in the active set; no filter for the kind (a row of zeros): to the submit."""
     b.note(f"filters: the active set ({fm.MAP_FSET}, kept in the keys' first u32), the kind's row "

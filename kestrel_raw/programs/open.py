@@ -17,7 +17,7 @@ from kestrel_raw.asm import BPF_ADD, BPF_DW, BPF_JEQ, BPF_JGT, BPF_JLE, BPF_JNE,
 from kestrel_raw.asm import R0, R1, R2, R3, R8, R9, R10, alu64_imm, alu64_reg, call, ja, jmp_imm, jmp_reg, label
 from kestrel_raw.asm import ldx_mem
 from kestrel_raw.asm import R6, R7, mov64_imm, mov64_reg, stx_mem
-from kestrel_raw.programs import entry
+from kestrel_raw.programs import entry, filter
 from kestrel_raw.programs.builder import SLOT_B, SLOT_TASK, STAT_READ_FAULT, TAIL_OPEN_FINISH, ProgramBuilder
 from kestrel_raw.programs.resolve import build_resolved_path
 from kestrel_raw.programs.strings import string_length
@@ -38,6 +38,7 @@ def build(b: ProgramBuilder, fmt, layout, syscall: int) -> list:
     b.prologue()
     b.scratch()
     b.header(OPEN, layout)
+    filter.apply_early(b, OPEN, build_header=False, count=True)  # before the copies and the walk
     b.pt_regs(R9)
     b.fill(OPEN.ret, fmt)
     b.fill(OPEN.dfd, layout=layout, regs=R9)
