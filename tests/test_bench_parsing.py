@@ -95,6 +95,28 @@ def test_parse_kestrel_summary():
     assert outputs.parse_kestrel_summary("Traceback ...") is None
 
 
+def test_parse_kestrel_outputs():
+    err = ("kestrel-raw: records=3 delivered[open=3] kernel_lost=0 user_dropped=0 parse_errors=0\n"
+           "kestrel-raw: outputs syslog[sent=3 dropped=0] nats[published=3 spooled=1 dropped=0 resent=1 "
+           "spool_bytes=0]\n")
+    assert outputs.parse_kestrel_outputs(err) == {
+        "syslog": {"sent": 3, "dropped": 0},
+        "nats": {"published": 3, "spooled": 1, "dropped": 0, "resent": 1, "spool_bytes": 0}}
+    assert outputs.parse_kestrel_outputs("kestrel-raw: records=3") is None
+
+
+def test_count_open_lines_agrees_with_tally():
+    other_pid = KESTREL_OPEN.replace('"pid":4242,', '"pid":4243,')
+    longer_path = KESTREL_OPEN.replace('"path":"/tmp/t",', '"path":"/tmp/t2",')
+    status = '{"type":"status","event_type_id":100,"pid":4242,"path":"/tmp/t","ppid":0}'
+    lines = [KESTREL_OPEN, KESTREL_OPEN, other_pid, longer_path, KESTREL_EXEC, status]
+    payload = ("\n".join(lines) + "\n").encode()
+    by_pid = {4242: 0}
+    assert outputs.count_open_lines(payload, frozenset([4242]), "/tmp/t", by_pid) == 6
+    t = outputs.tally("kestrel", [line + "\n" for line in lines], "open", [4242], "/tmp/t")
+    assert by_pid == t.by_pid == {4242: 2}
+
+
 def test_parse_proc_stat_counts_fields_after_last_paren():
     line = ("1234 (we ird) name)) S 1 1234 1234 0 -1 4194560 500 0 0 0 "
             "17 9 0 0 20 0 3 0 100 1000000 300 18446744073709551615\n")
