@@ -109,6 +109,19 @@ class NatsCluster:
                 pass
         return total
 
+    def log_summary(self, keep: int = 5) -> dict:
+        """Warnings and errors in each server's log: {"n0": {"warnings", "errors", "last": [...]}, ...}."""
+        out = {}
+        for i in range(len(self.procs)):
+            try:
+                with open(os.path.join(self.root, f"n{i}.log"), errors="replace") as f:
+                    bad = [line.strip() for line in f if "[WRN]" in line or "[ERR]" in line]
+            except OSError:
+                continue
+            out[f"n{i}"] = {"warnings": sum("[WRN]" in b for b in bad), "errors": sum("[ERR]" in b for b in bad),
+                            "last": bad[-keep:]}
+        return out
+
     def stop(self) -> None:
         for p in self.procs:
             if p.poll() is None:

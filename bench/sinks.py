@@ -254,11 +254,23 @@ def nats_delivered(run: Run, rec: dict, target: str) -> dict:
     return read | dict(tally)
 
 
+def busiest(n: int = 6) -> dict:
+    """The machine before a run: load average and the processes using the most CPU (ps's %CPU is over each
+    process's life), for the report's conditions."""
+    with open("/proc/loadavg") as f:
+        load = f.read().split()[:3]
+    ps = subprocess.run(["ps", "-eo", "pcpu,comm", "--sort=-pcpu", "--no-headers"], capture_output=True,
+                        text=True, timeout=10).stdout.splitlines()[:n]
+    return {"loadavg": load, "top": [line.strip() for line in ps]}
+
+
 def ladder(bench: Bench, run: Run, rates, seconds, procs) -> dict:
+    before = busiest()
     rec = bench.ladder(run.subject, "open", rates, seconds, procs, before_rung=run.before_rung,
                        after_rung=run.after_rung)
     rec["subject"] = run.name
     rec["ready_s"] = run.ready_s
+    rec["machine_before"] = before
     if run.name == NATS:
         rec["stream_subject"] = run.subject_name
         rec["scrape_during_load"] = run.during
@@ -408,8 +420,8 @@ def render_md(rep: dict) -> str:
                 f"{_n(r.get('nats_server_cpu_pct'), '{:.0f}')} | {_n(r.get('rss_kb') and r['rss_kb'] / 1024, '{:.0f}')} |")
     out += ["", "## Per ladder run", "",
             "| subject | pass | max zero-loss rate /s | same, 0.01% tolerance | collector's own count at exit "
-            "| NATS output at exit | stream: messages read / held, duplicates, events | peak RSS MB | error |",
-            "|---|---|---|---|---|---|---|---|---|"]
+            "| NATS output at exit | stream: messages read / held, duplicates, events | peak RSS MB | load average before | error |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for rec in rep["ladders"]:
         ks = rec.get("kestrel_summary") or {}
         own = (f"records={ks.get('records')} open={ks.get('delivered', {}).get('open')} "
@@ -422,13 +434,20 @@ def render_md(rep: dict) -> str:
             (st.get("error", "-") if st else "-")
         out.append(f"| {rec['subject']} | {rec['rep'] + 1} | {_n(rec.get('max_zero_loss_rate'))} | "
                    f"{_n(rec.get('max_zero_loss_rate_001'))} | {own} | {nats_out} | {stream} | "
-                   f"{_n(rec.get('hwm_kb') and rec['hwm_kb'] / 1024, '{:.0f}')} | {rec.get('error', '')} |")
+                   f"{_n(rec.get('hwm_kb') and rec['hwm_kb'] / 1024, '{:.0f}')} | "
+                   f"{' '.join((rec.get('machine_before') or {}).get('loadavg', []))} | {rec.get('error', '')} |")
     out += ["", "## Summary (median over passes)", "", "| subject | max zero-loss rate /s (per pass) | median |",
             "|---|---|---|"]
     for name in (FILE, NATS):
         zs = [rec.get("max_zero_loss_rate") for rec in rep["ladders"] if rec["subject"] == name]
         med = stats.median([z for z in zs if z is not None])
         out.append(f"| {name} | {', '.join(_n(z) for z in zs)} | {_n(med)} |")
+    logs = rep.get("nats_logs") or {}
+    if logs:
+        out += ["", "nats-server logs: " + "; ".join(f"{n}: {v['warnings']} warnings, {v['errors']} errors"
+                                                     for n, v in logs.items())]
+        for n, v in logs.items():
+            out += [f"- {n}: `{line[:200]}`" for line in v["last"]]
     s = rep.get("scrapes") or []
     out += ["", "## Metrics endpoint", ""]
     for sc in s:
@@ -531,6 +550,7 @@ def main(argv=None) -> int:
                                             scratch))
                     host.log(f"profile {name}: {profiles[-1].get('parts_pct')} ({time.monotonic() - t_start:.0f} s)")
         nats_version = natscluster.server_version(cluster.binary)
+        nats_logs = cluster.log_summary()
     finally:
         tracers.kill_all()
         if cluster is not None:
@@ -546,7 +566,7 @@ def main(argv=None) -> int:
                     "nats_server": nats_version, "rates": rates, "seconds": args.seconds, "procs": args.procs,
                     "drain": args.drain, "passes": args.passes, "order": order, "file_cmd": file_cmd,
                     "nats_cmd": nats_cmd, "note": args.note},
-           "stream_config": stream_config, "ladders": ladders,
+           "stream_config": stream_config, "nats_logs": nats_logs, "ladders": ladders,
            "scrapes": [rec.get("scrape_during_load") for rec in ladders if rec["subject"] == NATS],
            "profiles": profiles}
     js, md = write(rep, args.out)

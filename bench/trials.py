@@ -273,7 +273,7 @@ class Bench:
             rec["hwm_kb"] = sum(v for v in running.hwm_kb().values() if v)
             exits = running.stop()
             running = None
-            rec["exits"] = [e.__dict__ | {"stderr": e.stderr[-300:]} for e in exits]
+            rec["exits"] = [e.__dict__ | {"stderr": e.stderr[-1200:]} for e in exits]
             summary = next((outputs.parse_kestrel_summary(e.stderr) for e in exits if e.label == "kestrel-raw"),
                            None)
             if summary:

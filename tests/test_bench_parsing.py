@@ -175,3 +175,27 @@ def test_subject_commands():
     assert tracers.subject_for("none", "open").procs == ()
     with pytest.raises(ValueError, match="unknown subject"):
         tracers.subject_for("strace", "open")
+
+
+def test_summarize_pyspy(tmp_path):
+    from bench.sinks import summarize_pyspy
+
+    raw = tmp_path / "raw.txt"
+    raw.write_text(
+        "thread (1): MainThread;run (trio/_core/_run.py:1);poll_ring (kestrel_raw/collector/poll.py:5);"
+        "Delivery._encode_batch (kestrel_raw/collector/deliver.py:9) 3\n"
+        "thread (1): MainThread;run (trio/_core/_run.py:1);_run.<locals>.write_events (kestrel_raw/cli/run.py:2);"
+        "NatsSink.send (kestrel_raw/sinks/nats.py:7) 1\n"
+        "thread (2): kestrel-raw nats;NatsSink._pump (kestrel_raw/sinks/nats.py:3);"
+        "NatsSink._publish_one (kestrel_raw/sinks/nats.py:4) 4\n")
+    s = summarize_pyspy(str(raw), ticks=16)
+    assert s["samples"] == 8
+    assert s["threads_pct"] == {"MainThread": 50.0, "kestrel-raw nats": 50.0}
+    assert s["threads_active_pct"] == {"MainThread": 25.0, "kestrel-raw nats": 25.0}
+    parts = s["parts_pct"]
+    assert parts["trio thread: poll_ring (ring read, parse, hand-off)"] == 37.5
+    assert parts["trio thread: JSON encode (Delivery._encode_batch)"] == 37.5
+    assert parts["trio thread: NatsSink.send (queue + wake the NATS thread)"] == 12.5
+    assert parts["NATS thread: _publish_one (js.publish_async)"] == 50.0
+    assert s["top_self_pct"]["MainThread"] == [("Delivery._encode_batch (kestrel_raw/collector/deliver.py)", 37.5),
+                                               ("NatsSink.send (kestrel_raw/sinks/nats.py)", 12.5)]
