@@ -3,7 +3,7 @@
 file) and with ``--nats URL --subject S --metrics ADDR`` (a 3-node JetStream cluster on loopback, a stream
 with 3 replicas), alternating; then a py-spy profile of each at one rate.
 
-    sudo python3 bench/sinks.py --kestrel-rev HEAD     # ~10 min on a 2-core VM -> bench/results/sinks.{json,md}
+    sudo python3 bench/sinks.py --kestrel-rev HEAD     # ~4-10 min on a 2-core VM -> bench/results/sinks.{json,md}
 
 See bench/README.md ("Outputs: NATS and metrics") for the method and what each figure means.
 """
