@@ -198,3 +198,42 @@ def parse_kestrel_summary(stderr: str) -> dict | None:
             found = {"records": int(m.group(1)), "delivered": delivered, "kernel_lost": int(m.group(3)),
                      "user_dropped": int(m.group(4)), "parse_errors": int(m.group(5))}
     return found
+
+
+_OUTPUTS = re.compile(r"kestrel-raw: outputs (.*)$")
+_OUTPUT_ITEM = re.compile(r"(\w+)\[([^\]]*)\]")
+
+
+def parse_kestrel_outputs(stderr: str) -> dict | None:
+    """The outputs line kestrel-raw prints on stderr at exit (``kestrel-raw: outputs nats[published=N
+    spooled=N dropped=N resent=N spool_bytes=N]``) as {output: {counter: value}}; None if it is absent."""
+    found = None
+    for line in stderr.splitlines():
+        m = _OUTPUTS.search(line)
+        if m:
+            found = {name: {k: int(v) for k, _, v in (item.partition("=") for item in body.split())}
+                     for name, body in _OUTPUT_ITEM.findall(m.group(1))}
+    return found
+
+
+_PID = re.compile(rb',"pid":(\d+),')
+
+
+def count_open_lines(payload: bytes, pids: frozenset[int], target: str, by_pid: dict[int, int]) -> int:
+    """The same rule as ``tally(..., "open", ...)`` over a chunk of kestrel-raw JSON lines (a NATS message's
+    payload), without decoding each line: adds the opens of ``target`` by each of ``pids`` to ``by_pid``
+    and returns the number of event lines in the chunk.  Exact for kestrel-raw's encoder, which writes
+    "type" first, "pid" before "path", and no spaces."""
+    path_key = b',"path":' + json.dumps(target).encode() + b','
+    lines = 0
+    for line in payload.split(b"\n"):
+        if not line:
+            continue
+        lines += 1
+        if line.startswith(b'{"type":"open",') and path_key in line:
+            m = _PID.search(line)
+            if m:
+                pid = int(m.group(1))
+                if pid in pids:
+                    by_pid[pid] += 1
+    return lines

@@ -238,9 +238,13 @@ class Bench:
     # -- ladder ---------------------------------------------------------------------------------------
 
     def ladder(self, subject: tracers.Subject, workload: str, rates: list[float], seconds: float,
-               procs: int) -> dict:
+               procs: int, *, before_rung=None, after_rung=None) -> dict:
         """Offered rate vs delivered rate (and collector CPU %) for each rung of ``rates`` (total ops/s,
-        split over ``procs`` rate-limited generators), with the subject started once."""
+        split over ``procs`` rate-limited generators), with the subject started once.
+
+        ``before_rung(running, rate)`` is called right before a rung's load starts, ``after_rung(running,
+        rung)`` after its drain and CPU reading (outside the rung's CPU window), and may add keys to the
+        rung's dict (bench/sinks.py: other processes' CPU, a metrics scrape)."""
         rec: dict = {"subject": subject.name, "workload": workload, "ok": False, "rungs": []}
         workdir = tempfile.mkdtemp(prefix=f"ladder-{subject.name}-{workload}-", dir=self.scratch)
         running = None
@@ -251,6 +255,8 @@ class Bench:
             time.sleep(0.2)
             for rate in rates:
                 ops = max(1, int(rate / procs * seconds))
+                if before_rung is not None:
+                    before_rung(running, rate)
                 cpu0, t0 = running.cpu_s(), time.monotonic()
                 gen = self.run_load(Load(workload, ops, procs, rate / procs, max_seconds=seconds * 3))
                 time.sleep(self.drain)
@@ -262,9 +268,12 @@ class Bench:
                               "elapsed_s": gen["elapsed_s"], "offered_rate": gen["ops"] / gen["elapsed_s"],
                               "cpu_s": cpu, "window_s": time.monotonic() - t0,
                               "cpu_pct": stats.cpu_pct(cpu, gen["elapsed_s"])})
+                if after_rung is not None:
+                    after_rung(running, rungs[-1])
+            rec["hwm_kb"] = sum(v for v in running.hwm_kb().values() if v)
             exits = running.stop()
             running = None
-            rec["exits"] = [e.__dict__ | {"stderr": e.stderr[-300:]} for e in exits]
+            rec["exits"] = [e.__dict__ | {"stderr": e.stderr[-1200:]} for e in exits]
             summary = next((outputs.parse_kestrel_summary(e.stderr) for e in exits if e.label == "kestrel-raw"),
                            None)
             if summary:

@@ -95,6 +95,28 @@ def test_parse_kestrel_summary():
     assert outputs.parse_kestrel_summary("Traceback ...") is None
 
 
+def test_parse_kestrel_outputs():
+    err = ("kestrel-raw: records=3 delivered[open=3] kernel_lost=0 user_dropped=0 parse_errors=0\n"
+           "kestrel-raw: outputs syslog[sent=3 dropped=0] nats[published=3 spooled=1 dropped=0 resent=1 "
+           "spool_bytes=0]\n")
+    assert outputs.parse_kestrel_outputs(err) == {
+        "syslog": {"sent": 3, "dropped": 0},
+        "nats": {"published": 3, "spooled": 1, "dropped": 0, "resent": 1, "spool_bytes": 0}}
+    assert outputs.parse_kestrel_outputs("kestrel-raw: records=3") is None
+
+
+def test_count_open_lines_agrees_with_tally():
+    other_pid = KESTREL_OPEN.replace('"pid":4242,', '"pid":4243,')
+    longer_path = KESTREL_OPEN.replace('"path":"/tmp/t",', '"path":"/tmp/t2",')
+    status = '{"type":"status","event_type_id":100,"pid":4242,"path":"/tmp/t","ppid":0}'
+    lines = [KESTREL_OPEN, KESTREL_OPEN, other_pid, longer_path, KESTREL_EXEC, status]
+    payload = ("\n".join(lines) + "\n").encode()
+    by_pid = {4242: 0}
+    assert outputs.count_open_lines(payload, frozenset([4242]), "/tmp/t", by_pid) == 6
+    t = outputs.tally("kestrel", [line + "\n" for line in lines], "open", [4242], "/tmp/t")
+    assert by_pid == t.by_pid == {4242: 2}
+
+
 def test_parse_proc_stat_counts_fields_after_last_paren():
     line = ("1234 (we ird) name)) S 1 1234 1234 0 -1 4194560 500 0 0 0 "
             "17 9 0 0 20 0 3 0 100 1000000 300 18446744073709551615\n")
@@ -153,3 +175,27 @@ def test_subject_commands():
     assert tracers.subject_for("none", "open").procs == ()
     with pytest.raises(ValueError, match="unknown subject"):
         tracers.subject_for("strace", "open")
+
+
+def test_summarize_pyspy(tmp_path):
+    from bench.sinks import summarize_pyspy
+
+    raw = tmp_path / "raw.txt"
+    raw.write_text(
+        "thread (1): MainThread;run (trio/_core/_run.py:1);poll_ring (kestrel_raw/collector/poll.py:5);"
+        "Delivery._encode_batch (kestrel_raw/collector/deliver.py:9) 3\n"
+        "thread (1): MainThread;run (trio/_core/_run.py:1);_run.<locals>.write_events (kestrel_raw/cli/run.py:2);"
+        "NatsSink.send (kestrel_raw/sinks/nats.py:7) 1\n"
+        "thread (2): kestrel-raw nats;NatsSink._pump (kestrel_raw/sinks/nats.py:3);"
+        "NatsSink._publish_one (kestrel_raw/sinks/nats.py:4) 4\n")
+    s = summarize_pyspy(str(raw), ticks=16)
+    assert s["samples"] == 8
+    assert s["threads_pct"] == {"MainThread": 50.0, "kestrel-raw nats": 50.0}
+    assert s["threads_active_pct"] == {"MainThread": 25.0, "kestrel-raw nats": 25.0}
+    parts = s["parts_pct"]
+    assert parts["trio thread: poll_ring (ring read, parse, hand-off)"] == 37.5
+    assert parts["trio thread: JSON encode (Delivery._encode_batch)"] == 37.5
+    assert parts["trio thread: NatsSink.send (queue + wake the NATS thread)"] == 12.5
+    assert parts["NATS thread: _publish_one (js.publish_async)"] == 50.0
+    assert s["top_self_pct"]["MainThread"] == [("Delivery._encode_batch (kestrel_raw/collector/deliver.py)", 37.5),
+                                               ("NatsSink.send (kestrel_raw/sinks/nats.py)", 12.5)]
