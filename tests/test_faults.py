@@ -21,6 +21,7 @@ import pytest
 
 from kestrel_raw.collector import KestrelCollector
 from kestrel_raw.config import CollectorConfig, default_buffers
+from kestrel_raw.programs import filtermaps as fm
 from kestrel_raw.maps import HashMap
 
 from helpers import BPFTOOL, ENV, REPO, Cli, kernel_objects, live_objects, wait_gone
@@ -51,9 +52,10 @@ def test_kill_9_leaves_nothing_in_the_kernel(tmp_path, clis):
     # call, without a link: the open programs' second half, exec's exe and cwd walks, fork's, proc's cwd.
     # Maps: rings (one per CPU, at most 4), their array, scratch, stats, self_runs, the filter, the entry
     # copies (task storage), the exec entry copies (an array), the two tail-call arrays (tracepoint, tp_btf),
-    # the collector's own tgid (self_tgid).
+    # the collector's own tgid (self_tgid); and the filters' (programs/filtermaps.py): the active set, the rows,
+    # the rate buckets and one map per key.
     assert len(objects["prog"]) == 25 and len(objects["link"]) == 19, objects
-    assert len(objects["map"]) == default_buffers() + 1 + 9, objects
+    assert len(objects["map"]) == default_buffers() + 1 + 9 + 3 + len(fm.KEY_STRUCTS), objects
     live = live_objects()
     assert all(objects[k] <= live[k] for k in objects)
     c.proc.kill()
