@@ -12,6 +12,9 @@ bench/gen's krgen opening one file (``open --path``) OPS times.  Cases, alternat
     nofilter    the collector with no filter: every open delivered (the filters' fast path)
     delivered   a path-prefix filter that includes the file's directory: evaluated, then delivered
     dropped     a path-prefix filter that excludes the file's directory: evaluated, dropped unwritten
+    task        a filter on a task's key that drops the loop's opens (--exclude-comm krgen): tested right
+                after the header in the exit program and before the entry program's copy (filter.apply_early),
+                dropped before any path work
 
 Kernel ns per run: run_time_ns / run_cnt of kr_openat, the exit program, from a second loop with bpf_stats
 on (which adds two clock reads to every run).  Its tail-called second half (kr_open_fin: the opened file's
@@ -42,7 +45,8 @@ from kestrel_raw.kernel.uapi import BPF_STATS_RUN_TIME  # noqa: E402
 from kestrel_raw.programs import filtermaps as fm  # noqa: E402
 from kestrel_raw.spec import OPEN  # noqa: E402
 
-CASES = ("none", "nofilter", "delivered", "dropped")
+CASES = ("none", "nofilter", "delivered", "dropped", "task")
+GENERATOR_COMM = b"krgen"  # bench/gen/krgen.c, as the kernel keeps its name
 PROGRAMS = ("kr_openat_e", "kr_openat")
 TARGET_DIR = os.path.join(host.BUILD_DIR, "filter-target")
 TARGET = os.path.join(TARGET_DIR, "f")
@@ -52,6 +56,10 @@ RING_BYTES = 1 << 26
 def image(case: str) -> fm.Image:
     if case == "nofilter":
         return fm.Image(0, {}, {})
+    if case == "task":
+        comm = fm.KEY_COMM.pack(0, GENERATOR_COMM)
+        return fm.Image(0, {OPEN.id: fm.CFG.pack(0, fm.KEY_BITS["comm"], 0, 0)},
+                        {fm.MAP_FCOMM: {comm: fm.VALUE.pack(fm.F_EXCLUDE)}})
     prefix = (TARGET_DIR + "/").encode()
     key = fm.KEY_PATH.pack((1 + len(prefix)) * 8, 0, prefix)
     bit = fm.KEY_BITS["path"]

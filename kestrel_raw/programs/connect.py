@@ -30,9 +30,9 @@ S_IFSOCK = 0o140000
 def build(b: ProgramBuilder, fmt, layout) -> list:
     arg = layout.syscall_args
     b.prologue()
+    filter.apply_early(b, CONNECT, build_header=True, count=True)  # before the header, copies and socket reads
     b.scratch()
     b.header(CONNECT, layout)
-    filter.apply_early(b, CONNECT, build_header=False, count=True)  # before the copies and the socket's reads
     b.pt_regs(R9)
     clamp_done = b.label("clamped")
     too_long = b.label("too_long")

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from kestrel_raw.asm import (
     BPF_ADD, BPF_AND, BPF_B, BPF_DIV, BPF_DW, BPF_H, BPF_JEQ, BPF_JGE, BPF_JGT, BPF_JNE, BPF_JSGE, BPF_JSLE,
-    BPF_JLE, BPF_JSLT, BPF_MUL, BPF_OR, BPF_SUB, BPF_TO_BE, BPF_W, R0, R1, R2, R3, R4, R8, R9, R10, alu64_imm, alu64_reg,
+    BPF_JLE, BPF_JSLT, BPF_MUL, BPF_OR, BPF_RSH, BPF_SUB, BPF_TO_BE, BPF_W, R0, R1, R2, R3, R4, R7, R8, R9, R10, alu64_imm, alu64_reg,
     atomic_op, call, endian, ja, jmp32_imm, jmp_imm, jmp_reg, label, ld_map_fd, ld_map_value, ldx_mem, mov64_imm,
     mov64_reg, st_mem, stx_mem,
 )
@@ -88,8 +88,10 @@ def apply_early(b: ProgramBuilder, kind: Kind, *, build_header: bool, count: boo
     path walk): an event they drop leaves at once.  Sound because the keys are AND-ed: whatever the later
     keys say, a drop by one of these stands; ``apply`` at the submit takes them again with the others.
 
-    ``build_header``: the program has no record yet (an entry program): when the kind's row has a task key,
-    the header is built in the scratch value (r8) to read them from; the program must set r8 again after.
+    ``build_header``: the program has no record yet: when the kind's row has a task key, what the keys read
+    of the header (pid, uid, comm, cgroup_id: ``_task_fields``) is written into the scratch value (r8), not
+    the whole header (its clock and helper calls); an entry program must set r8 again after, an exit
+    program builds its header over them (the same values).
     ``count``: count the drop (STAT_FILTERED); an entry program's drop is not counted, its exit program
     drops the same event and counts it (a flip between the two at worst delivers the event, read at the
     exit: LATE_READ).  Nothing for the context kinds when the collector carries context (their records are
@@ -108,13 +110,24 @@ def apply_early(b: ProgramBuilder, kind: Kind, *, build_header: bool, count: boo
     )
     if build_header:
         b.scratch()
-        b.header(kind, b.layout)
+        _task_fields(b, kind)
     for name in TASK_KEYS:
         _key(b, name, kind, passed, dropped)
     b.emit(ja(passed), label(dropped))
     if count:
         b.count(kind, STAT_FILTERED)
     b.emit(ja("out"), label(passed))
+
+
+def _task_fields(b: ProgramBuilder, kind: Kind) -> None:
+    """The header fields the task's keys read, into the record at r8: pid from pid_tgid (r7), uid, comm and
+    cgroup_id from the task (BTF-typed loads, as ProgramBuilder.header reads them), and the current task in
+    SLOT_TASK (the exe key and the pid walk start there)."""
+    b.note("filters at the start: the header fields the task's keys read (pid, uid, comm, cgroup_id)")
+    b.emit(mov64_reg(R1, R7), alu64_imm(BPF_RSH, R1, 32))
+    b.store(kind.pid, R1)
+    b.emit(call("get_current_task_btf"), stx_mem(BPF_DW, R10, R0, SLOT_TASK))
+    b.read_btf([kind.uid, kind.comm, kind.cgroup_id], b.layout)
 
 
 def _row(b: ProgramBuilder, kind: Kind, passed: str) -> None:

@@ -36,9 +36,9 @@ def build(b: ProgramBuilder, fmt, layout, syscall: int) -> list:
     usize)."""
     arg = layout.syscall_args
     b.prologue()
+    filter.apply_early(b, OPEN, build_header=True, count=True)  # before the header, the copies and the walk
     b.scratch()
     b.header(OPEN, layout)
-    filter.apply_early(b, OPEN, build_header=False, count=True)  # before the copies and the walk
     b.pt_regs(R9)
     b.fill(OPEN.ret, fmt)
     b.fill(OPEN.dfd, layout=layout, regs=R9)
