@@ -353,13 +353,12 @@ class RecordingWriter:
         self.images.append(image)
 
 
-def test_the_filter_set_writes_at_start_on_change_and_when_the_cgroup_tree_changes(monkeypatch):
+def test_the_filter_set_writes_at_start_on_change_and_when_the_cgroup_tree_changes():
     from kestrel_raw.collector import filterset
 
-    monkeypatch.setattr(filterset, "_writer_class", lambda: RecordingWriter)
     host = Host(mount="/sys/fs/cgroup/unified", cgroups=TREE)
     first = parse(cgroup=["/system.slice"])
-    fs = filterset.FilterSet(first, [E.OPEN])
+    fs = filterset.FilterSet(first, [E.OPEN], writer=RecordingWriter)
     fs.host = host
     fs.install({fm.MAP_FSET: object()})
     w = fs._writer
@@ -376,18 +375,16 @@ def test_the_filter_set_writes_at_start_on_change_and_when_the_cgroup_tree_chang
     assert fs.needs_rescan is False and fs.apply_tree(TREE) is False and len(w.images) == 4
 
 
-def test_no_filters_write_nothing_and_a_build_without_filter_maps_refuses_filters(monkeypatch):
+def test_no_filters_write_nothing_and_filters_without_the_filter_maps_are_refused():
     from kestrel_raw.collector import filterset
     from kestrel_raw.errors import SetupError
 
-    monkeypatch.setattr(filterset, "_writer_class", lambda: RecordingWriter)
-    fs = filterset.FilterSet(None, [E.OPEN])
+    fs = filterset.FilterSet(None, [E.OPEN], writer=RecordingWriter)
     fs.install({fm.MAP_FSET: object()})
     assert fs._writer.images == []
-    monkeypatch.setattr(filterset, "_writer_class", lambda: None)
-    filterset.FilterSet(None, [E.OPEN]).install({})
-    with pytest.raises(SetupError, match="filters were given, and this build has no filter maps"):
-        filterset.FilterSet(parse(uid=[0]), [E.OPEN]).install({})
+    filterset.FilterSet(None, [E.OPEN], writer=RecordingWriter).install({})  # no maps, no filters: fine
+    with pytest.raises(SetupError, match="filters were given, and the filter maps were not created"):
+        filterset.FilterSet(parse(uid=[0]), [E.OPEN], writer=RecordingWriter).install({})
 
 
 def test_set_filters_checks_before_changing_anything():

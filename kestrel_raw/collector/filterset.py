@@ -1,5 +1,5 @@
 """The filters in force in a running collector: compiled (kestrel_raw/filters) and written into the filter
-maps by fkern's FilterWriter (collector/filtering.py), at start before the programs are attached, on
+maps by FilterWriter (collector/filtering.py), at start before the programs are attached, on
 ``set_filters`` (SIGHUP), and again when a cgroup rescan finds the v2 tree changed.
 
 Each write goes to the set the programs are not reading (the first to set 0), then the active set flips
@@ -11,6 +11,7 @@ from typing import Iterable
 
 import trio
 
+from kestrel_raw.collector.filtering import FilterWriter
 from kestrel_raw.errors import SetupError
 from kestrel_raw.filters import NO_FILTERS, Filters, Host, compile
 from kestrel_raw.filters.lookup import read_host, scan_cgroups
@@ -18,20 +19,13 @@ from kestrel_raw.programs import filtermaps
 from kestrel_raw.spec import EventType
 
 
-def _writer_class():
-    """fkern's FilterWriter (kestrel_raw/collector/filtering.py), or None in a build without it."""
-    try:
-        from kestrel_raw.collector.filtering import FilterWriter
-    except ImportError:
-        return None
-    return FilterWriter
-
-
 class FilterSet:
     """``filters`` in force, the ``host`` facts they were compiled with, and the set last written."""
 
-    def __init__(self, filters: Filters | None, event_types: Iterable[EventType]) -> None:
+    def __init__(self, filters: Filters | None, event_types: Iterable[EventType], writer=FilterWriter) -> None:
+        """``writer``: what writes an image into the maps (``writer(maps).write(image)``)."""
         self.filters = filters or NO_FILTERS
+        self._writer_class = writer
         self.event_types = tuple(event_types)
         self.host: Host | None = None
         self.active: int | None = None  # the set last written (None: nothing written yet, set 0 next)
@@ -46,18 +40,12 @@ class FilterSet:
     def install(self, maps: dict) -> None:
         """At start, before attaching: write the filters' image (nothing to write when there are none: the
         maps start all zero, which filters nothing)."""
-        cls = _writer_class()
-        if cls is None:
-            if not self.filters.empty:
-                raise SetupError("filters were given, and this build has no filter maps (kestrel_raw/collector/"
-                                 "filtering.py, the kernel side of issue 15, is missing)")
-            return
         if filtermaps.MAP_FSET not in maps:
             if not self.filters.empty:
                 raise SetupError("filters were given, and the filter maps were not created (no built-in "
                                  "programs to filter: give --events)")
             return
-        self._writer = cls(maps)
+        self._writer = self._writer_class(maps)
         if self.host is None:
             self.host = self.prepare(self.filters)
         if not self.filters.empty:
@@ -77,7 +65,7 @@ class FilterSet:
 
     def _write(self) -> None:
         # The writer says which set it fills next (filtering.py); compiled for it, no key needs rewriting.
-        nxt = getattr(self._writer, "next_set", 0 if self.active is None else 1 - self.active)
+        nxt = self._writer.next_set
         image = compile(self.filters, self.event_types, set=nxt, host=self.host)
         self._writer.write(image)
         self.active = nxt
