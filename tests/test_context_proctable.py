@@ -7,15 +7,15 @@ relate to /proc/PID/stat, and check that the seeded keys are the keys the collec
 """
 from __future__ import annotations
 
-import json
 import os
+import signal
 import subprocess
 import sys
 import time
 
 import pytest
 
-from helpers import fake_proc
+from helpers import Cli, fake_proc
 from kestrel_raw.codec.event import entity_key
 from kestrel_raw.context import proctable
 from kestrel_raw.context.procfs import parse_cmdline, parse_stat, parse_status_ids, read_process, split_deleted
@@ -303,7 +303,7 @@ def test_seeded_keys_equal_the_keys_of_the_collectors_events(tmp_path):
     from kestrel_raw.context.tasks import read_task_starts
 
     child = subprocess.Popen([sys.executable, "-c", OPENER], stdout=subprocess.PIPE, text=True)
-    out = tmp_path / "events.jsonl"
+    run = None
     try:
         assert child.stdout.readline() == "ready\n"
         seed = read_seed(starts=read_task_starts())
@@ -313,20 +313,23 @@ def test_seeded_keys_equal_the_keys_of_the_collectors_events(tmp_path):
         mine = _own(seed)[child.pid]
         assert mine.parent_key == _own(seed)[os.getpid()].entity_key
         assert table.ancestors(mine.entity_key, 1)[0]["pid"] == os.getpid()
-        run = subprocess.Popen([sys.executable, "-m", "kestrel_raw", "run", "--events", "open", "--duration", "3",
-                                "--keep-privileges", "--output", str(out)], cwd=os.path.dirname(
-                                    os.path.dirname(os.path.abspath(__file__))), stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 20
-        while run.poll() is None and time.monotonic() < deadline:
-            with open("/etc/hostname"):       # this process's own opens, for its key
+        # Until both processes' opens are in the output, not for a fixed time: under emulation (the arm64
+        # guest) loading and attaching can take most of a few seconds.
+        run = Cli(tmp_path, "--events", "open", "--keep-privileges")
+        try:
+            run.wait_attached()
+            with open("/etc/hostname"):  # this process's own open, for its key
                 pass
-            time.sleep(0.05)
-        _, err = run.communicate(timeout=20)
-        assert run.returncode == 0, err
+            run.wait_for(lambda e: e.get("pid") == os.getpid(), "this process's open", 20)
+            run.wait_for(lambda e: e.get("pid") == child.pid, "the child's opens", 20)
+            rc, err = run.stop(signal.SIGINT)
+            assert rc == 0, err
+        finally:
+            run.kill()
     finally:
         child.kill()
         child.wait()
-    events = [json.loads(line) for line in out.read_text().splitlines()]
+    events = run.events()
     keys = {(e["pid"], e["entity_key"]) for e in events if e.get("pid") in (child.pid, os.getpid())}
     assert {pid for pid, _ in keys} == {child.pid, os.getpid()}, err
     assert keys == {(child.pid, mine.entity_key), (os.getpid(), mine.parent_key)}
