@@ -101,13 +101,7 @@ def apply_early(b: ProgramBuilder, kind: Kind, *, build_header: bool, count: boo
     passed, dropped = b.label("f_early_pass"), b.label("f_early_drop")
     _row(b, kind, passed)
     b.note(f"filters at the start: only when the row's include or exclude mask has a task key ({TASK_BITS:#x})")
-    b.emit(
-        ldx_mem(BPF_W, R1, R9, fm.CFG_INCLUDE),
-        ldx_mem(BPF_W, R2, R9, fm.CFG_EXCLUDE),
-        alu64_reg(BPF_OR, R1, R2),
-        alu64_imm(BPF_AND, R1, TASK_BITS),
-        jmp_imm(BPF_JEQ, R1, 0, passed),
-    )
+    _unless_keys(b, TASK_BITS, passed)
     if build_header:
         b.scratch()
         _task_fields(b, kind)
@@ -128,6 +122,17 @@ def _task_fields(b: ProgramBuilder, kind: Kind) -> None:
     b.store(kind.pid, R1)
     b.emit(call("get_current_task_btf"), stx_mem(BPF_DW, R10, R0, SLOT_TASK))
     b.read_btf([kind.uid, kind.comm, kind.cgroup_id], b.layout)
+
+
+def _unless_keys(b: ProgramBuilder, bits: int, skip: str) -> None:
+    """Jump to ``skip`` when neither the include nor the exclude mask of the row (r9) has any of ``bits``."""
+    b.emit(
+        ldx_mem(BPF_W, R1, R9, fm.CFG_INCLUDE),
+        ldx_mem(BPF_W, R2, R9, fm.CFG_EXCLUDE),
+        alu64_reg(BPF_OR, R1, R2),
+        alu64_imm(BPF_AND, R1, bits),
+        jmp_imm(BPF_JEQ, R1, 0, skip),
+    )
 
 
 def _row(b: ProgramBuilder, kind: Kind, passed: str) -> None:
@@ -160,13 +165,7 @@ def _key(b: ProgramBuilder, name: str, kind: Kind, passed: str, dropped: str) ->
     done = b.label(f"f_{name}_done")
     bit = fm.KEY_BITS[name]
     b.note(f"filter {name}: only when the row's include or exclude mask has its bit ({bit:#x})")
-    b.emit(
-        ldx_mem(BPF_W, R1, R9, fm.CFG_INCLUDE),
-        ldx_mem(BPF_W, R2, R9, fm.CFG_EXCLUDE),
-        alu64_reg(BPF_OR, R1, R2),
-        alu64_imm(BPF_AND, R1, bit),
-        jmp_imm(BPF_JEQ, R1, 0, done),
-    )
+    _unless_keys(b, bit, done)
     _FLAGS[name](b, kind, done)
     _decide(b, bit, dropped, done)
     b.emit(label(done))
