@@ -208,6 +208,7 @@ def test_a_record_written_for_the_cache_alone_is_never_delivered(deliver, flag):
     send, recv = trio.open_memory_channel(100)
     counts = Counts()
     d = Delivery(send, CollectorConfig(event_types=["open", "exit"], deliver=deliver), counts)
+    d.cache_only_records = True  # as the collector sets it once a filter is written with context on
     batch = [open_bytes(path=b"/a"), exit_bytes(flags=flag, pid=77), open_bytes(path=b"/b")]
     if deliver == "json":
         trio.run(d.deliver, batch)
@@ -219,6 +220,18 @@ def test_a_record_written_for_the_cache_alone_is_never_delivered(deliver, flag):
         assert [e["path"] for e in got] == ["/a", "/b"]
     assert counts.delivered[EventType.OPEN] == 2 and counts.delivered[EventType.EXIT] == 0
     assert counts.consumed == 1
+
+
+def test_the_delivery_looks_for_cache_only_records_once_a_filter_is_set_with_context():
+    from kestrel_raw.filters import Filters
+
+    for context, filters, expected in ((True, Filters.parse({"uid": [0]}), True), (False, Filters.parse({"uid": [0]}), False),
+                                       (True, None, False)):
+        send, _recv = trio.open_memory_channel(1)
+        c = KestrelCollector(send, CollectorConfig(event_types=["open"], context=context, filters=filters))
+        assert c._delivery.cache_only_records is False
+        c._note_cache_only()
+        assert c._delivery.cache_only_records is expected, (context, filters)
 
 
 # -- FilterWriter on real maps ---------------------------------------------------------------------------------

@@ -259,6 +259,7 @@ class KestrelCollector:
                 if builtin:
                     # Before attaching: no event escapes the filters.
                     self._filterset.install(self._maps)
+                    self._note_cache_only()
                 attach_all(self._programs, self._links)
                 if builtin:
                     shell = self._shell_check
@@ -382,6 +383,12 @@ class KestrelCollector:
 
     # -- filters -------------------------------------------------------------------------------------
 
+    def _note_cache_only(self) -> None:
+        """Tell the delivery when the programs may now write records for the process cache alone (context
+        kinds a filter drops, with context on: programs/filtermaps.py)."""
+        if self.config.context and not self._filterset.filters.empty:
+            self._delivery.cache_only_records = True
+
     @property
     def filters(self):
         """The filters in force (a kestrel_raw.filters.Filters)."""
@@ -403,6 +410,7 @@ class KestrelCollector:
         if self._closed or self._stopping.is_set:
             raise RuntimeError("this collector was stopped; its filters cannot change")
         self._filterset.set(filters, host)
+        self._note_cache_only()
         if self._host is not None and self._background is not None:
             self._background.start_soon(self._emit_status, "filters_changed")
 

@@ -69,6 +69,10 @@ class Delivery:
         self.wanted = tuple(wanted)
         self.block = config.queue_policy == "block"
         self._refused: list = []  # the malformed records of the batch being encoded (``_encode_batch``)
+        # Whether the programs may write records for the process cache alone (FLAG_FILTERED,
+        # FLAG_RATE_LIMITED): only with context and a filter, once written (records of a filter since
+        # removed may still be in the rings).  Without, the JSON path skips looking at every record.
+        self.cache_only_records = False
         self.as_json = config.deliver == "json"
         self.to_bus = isinstance(out, EventBus)
         if self.to_bus:
@@ -182,7 +186,7 @@ class Delivery:
         the process cache alone go through it with nothing wanted, in their place in the batch (a process's
         exec before its next event)."""
         refused = self._refused
-        if not any(cache_only(raw) for raw in batch):
+        if not self.cache_only_records or not any(cache_only(raw) for raw in batch):
             chunk, kinds, bad = encode_records(batch, self.wall_offset, self.ctx, self.wanted, refused)
         else:
             chunks, kinds, bad = [], [], 0
